@@ -1,0 +1,5 @@
+import sys
+
+from scorefetch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,250 @@
+"""From "this file is announced" to "this file landed": formats, duplicates, the worker
+pool, and what to do after each kind of failure.
+
+A presigned URL is requested by the worker that downloads it, immediately before
+the download, so a 15-second URL never waits in a queue.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from pathlib import Path
+from typing import Any
+
+from scorefetch import logs
+from scorefetch.downloads import Landed, Progress, fetch_to_file
+from scorefetch.errors import RefusedError, ScorefetchError, VendorError
+from scorefetch.filenames import file_format
+from scorefetch.ledger import Ledger
+from scorefetch.vendors.collegeboard import URL_LIFETIME_S, CollegeBoard
+
+URL_TRIES = 3  # fresh URLs asked for in a row after 403/expiry before backing off
+URL_MARGIN_S = 3.0  # a URL older than its lifetime minus this is not used
+TRANSIENT_DELAYS = (1.0, 5.0)  # then the configured retry_schedule
+
+
+def retry_delay(kind: str, retries_done: int, schedule: Sequence[float]) -> float | None:
+    """Seconds until the next round for a failure of `kind`, or None to give up."""
+    if kind in ("fatal", "refused"):
+        return None
+    delays = (*TRANSIENT_DELAYS, *schedule) if kind in ("transient", "expired") else tuple(schedule)
+    return delays[retries_done] if retries_done < len(delays) else None
+
+
+class Scheduler:
+    """Runs callables after a delay on one thread; what is pending at stop() is dropped
+    (the ledger still has those rows as `retrying`, so the next start redoes them)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._cond = threading.Condition()
+        self._seq = 0
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+        self._thread.start()
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        with self._cond:
+            self._seq += 1
+            heapq.heappush(self._heap, (time.monotonic() + delay, self._seq, fn))
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._heap.clear()
+            self._cond.notify()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped and (not self._heap or self._heap[0][0] > time.monotonic()):
+                    timeout = self._heap[0][0] - time.monotonic() if self._heap else None
+                    self._cond.wait(timeout)
+                if self._stopped:
+                    return
+                _, _, fn = heapq.heappop(self._heap)
+            fn()
+
+
+class CollegeBoardDeliveries:
+    """Announced College Board files → files on disk, each at most once."""
+
+    vendor = "collegeboard"
+
+    def __init__(
+        self,
+        client: CollegeBoard,
+        ledger: Ledger,
+        download_dir: Path,
+        progress: Callable[[str], Progress | None] | None = None,
+    ) -> None:
+        self.client = client
+        self.config = client.config
+        self.ledger = ledger
+        self.folder = download_dir / self.vendor
+        self._progress = progress
+        self._pool = ThreadPoolExecutor(self.config.max_parallel, thread_name_prefix="download")
+        self._scheduler = Scheduler()
+        self._futures: set[Future[None]] = set()
+        self._rounds: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._idle = threading.Condition(self._lock)
+        self._log = logs.get(vendor=self.vendor)
+
+    def wants(self, name: str) -> bool:
+        return file_format(name) in self.config.formats
+
+    def announce(self, names: Sequence[str], source: str) -> None:
+        """Queue each wanted, new name; log a `delivery.skipped` line for each other one."""
+        for name in names:
+            if not self.wants(name):
+                self._log.info(
+                    "delivery.skipped",
+                    filename=name,
+                    reason="format",
+                    formats=list(self.config.formats),
+                )
+            elif not self.ledger.claim(self.vendor, name, name, source):
+                state = self.ledger.get(self.vendor, name)
+                self._log.info(
+                    "delivery.skipped",
+                    filename=name,
+                    reason="duplicate",
+                    state=state.state if state else None,
+                )
+            else:
+                self._submit(name)
+
+    def resume(self) -> int:
+        """Queue every row a previous run left unfinished; returns how many."""
+        rows = self.ledger.unfinished(self.vendor)
+        for row in rows:
+            self._log.info("delivery.resumed", filename=row.filename, state=row.state)
+            self._submit(row.key)
+        return len(rows)
+
+    def _submit(self, name: str) -> None:
+        if self._stopping.is_set():
+            return  # the row stays pending in the ledger; the next start does it
+        future = self._pool.submit(self._run, name)
+        with self._lock:
+            self._futures.add(future)
+        future.add_done_callback(self._done)
+
+    def _done(self, future: Future[None]) -> None:
+        with self._lock:
+            self._futures.discard(future)
+            self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no download is queued or running (the scheduler may hold retries)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._futures:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    def _run(self, name: str) -> None:
+        if self._stopping.is_set():
+            return
+        try:
+            self.deliver(name)
+        except Exception:  # noqa: BLE001 - one failed file must never stop the others
+            self._log.exception(
+                "delivery.failed",
+                filename=name,
+                attempt=None,
+                error="internal error",
+                will_retry=False,
+            )
+
+    def deliver(self, name: str, *, schedule: bool = True) -> Landed | None:
+        """One round of attempts for `name`; on failure, schedules the next round
+        (`schedule`) or leaves the row `retrying` for the daemon's next start."""
+        log = self._log.bind(filename=name)
+        error: ScorefetchError | None = None
+        for _ in range(URL_TRIES):
+            attempt = self.ledger.attempt(self.vendor, name)
+            try:
+                landed = self._attempt(name)
+            except RefusedError as exc:
+                error, kind = exc, "refused"
+            except VendorError as exc:
+                error, kind = exc, exc.kind
+            else:
+                self.ledger.downloaded(self.vendor, name, landed.path, landed.size, landed.sha256)
+                log.info(
+                    "delivery.downloaded",
+                    path=str(landed.path),
+                    bytes=landed.size,
+                    sha256=landed.sha256,
+                    elapsed_s=round(landed.elapsed_s, 3),
+                    attempt=attempt,
+                )
+                with self._lock:
+                    self._rounds.pop(name, None)
+                return landed
+            if kind != "expired":
+                break
+            log.warning("delivery.failed", attempt=attempt, error=str(error), will_retry=True)
+        self._after_failure(name, str(error), kind, attempt, schedule=schedule)
+        return None
+
+    def _attempt(self, name: str) -> Landed:
+        asked = time.monotonic()
+        url = self.client.file_url(name)
+        if time.monotonic() - asked > URL_LIFETIME_S - URL_MARGIN_S:
+            raise VendorError("the URL answer came too late to use", kind="expired")
+        progress = self._progress(name) if self._progress else None
+        return fetch_to_file(
+            self.client.session,
+            url,
+            self.folder,
+            name,
+            hosts=self.config.download_hosts,
+            deadline_s=self.config.download_timeout,
+            progress=progress,
+        )
+
+    def _after_failure(
+        self, name: str, error: str, kind: str, attempt: int, *, schedule: bool
+    ) -> None:
+        with self._lock:
+            rounds = self._rounds.get(name, 0)
+            self._rounds[name] = rounds + 1
+        delay = retry_delay(kind, rounds, self.config.retry_schedule)
+        will_retry = delay is not None
+        self.ledger.failed(self.vendor, name, error, will_retry=will_retry)
+        fields: dict[str, Any] = {
+            "attempt": attempt,
+            "error": error,
+            "will_retry": will_retry,
+            "kind": kind,
+        }
+        if delay is not None and schedule and not self._stopping.is_set():
+            fields["retry_in_s"] = delay
+            self._scheduler.call_later(delay, lambda: self._submit(name))
+        # A final failure is loud: nothing will fetch this file unless someone acts.
+        level = self._log.warning if will_retry else self._log.error
+        level("delivery.failed", filename=name, **fields)
+
+    def close(self, timeout: float) -> bool:
+        """Stop taking work, let running downloads finish for up to `timeout` seconds."""
+        self._stopping.set()
+        self._scheduler.stop()
+        with self._lock:
+            running = set(self._futures)
+        _, not_done = wait_futures(running, timeout=timeout)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        return not not_done

@@ -1,0 +1,225 @@
+"""`scorefetch demo`: the real daemon against the built-in sandbox, start to finish.
+
+Starts the College Board simulator and an embedded IMAP server (pymap), writes
+a config for them, runs `scorefetch run` as a child process, delivers a handful
+of notification emails and shows the delivery events and the files that
+landed. Exit 0 only when exactly the expected files arrived with the right bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from scorefetch.sandbox import mail
+from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
+from scorefetch.sandbox.imapserver import PymapServer
+
+SHOWN = ("daemon.", "imap.connected", "imap.first_scan", "notification.", "delivery.")
+
+
+def sample_csv(name: str, rows: int = 40) -> bytes:
+    """A synthetic score file: made-up students, deterministic per name."""
+    seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+    lines = ["Last Name,First Name,Birth Date,SAT Total,SAT EBRW,SAT Math"]
+    for i in range(rows):
+        n = (seed + i * 7919) % 10007
+        math, ebrw = 200 + n % 601 // 10 * 10, 200 + (n * 3) % 601 // 10 * 10
+        lines.append(
+            f"Student{n:05d},Demo{i:03d},2008-0{1 + i % 9}-1{i % 10},{math + ebrw},{ebrw},{math}"
+        )
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def write_config(folder: Path, sim: CollegeBoardSimulator, imap: PymapServer) -> Path:
+    secrets = folder / "credentials"
+    secrets.mkdir(mode=0o700)
+    for name, value in (("imap_password", imap.password), ("collegeboard_password", sim.password)):
+        (secrets / name).write_text(value + "\n")
+        (secrets / name).chmod(0o600)
+    path = folder / "config.yaml"
+    path.write_text(f"""\
+# Written by `scorefetch demo`: the daemon against the local sandbox.
+download_dir: {folder / "files"}
+state_dir: {folder / "state"}
+log:
+  format: json
+  level: info
+imap:
+  host: {imap.host}
+  port: {imap.port}
+  security: plain            # loopback only
+  username: {imap.username}
+  password_file: credentials/imap_password
+  folder: INBOX
+  lookback_days: 14
+collegeboard:
+  base_url: {sim.base_url}
+  username: {sim.username}
+  password_file: credentials/collegeboard_password
+  formats: [csv]
+  senders: ["@collegeboard.org"]
+  download_hosts: ["{sim.download_host}"]
+  retry_schedule: [2s, 5s]
+""")
+    return path
+
+
+class DaemonProcess:
+    """`scorefetch run` as a child; its JSON log lines are echoed and queued for waiting."""
+
+    def __init__(self, config: Path, echo: bool = True) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("NOTIFY_SOCKET", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "scorefetch", "run", "-c", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.seen: list[dict[str, Any]] = []
+        self._echo = echo
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip()
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = {"event": "output", "line": line}
+            self.events.put(event)
+            if self._echo and str(event.get("event", "")).startswith(SHOWN):
+                print(_pretty(event), flush=True)
+
+    def wait_for(self, predicate: Any, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("the expected log event did not come")
+            try:
+                event = self.events.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            self.seen.append(event)
+            if predicate(event):
+                return event
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def _pretty(event: dict[str, Any]) -> str:
+    stamp = str(event.get("timestamp", ""))[11:23]
+    rest = {k: v for k, v in event.items() if k not in ("timestamp", "event", "level")}
+    fields = "  ".join(f"{k}={v}" for k, v in rest.items())
+    return f"  {stamp}  {event.get('event', ''):<22} {fields}"
+
+
+def run_demo(keep: bool = False) -> int:
+    folder = Path(tempfile.mkdtemp(prefix="scorefetch-demo-"))
+    try:
+        with CollegeBoardSimulator() as sim, PymapServer() as imap:
+            return _demo(folder, sim, imap)
+    finally:
+        if keep:
+            print(f"\nkept the sandbox folder: {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _demo(folder: Path, sim: CollegeBoardSimulator, imap: PymapServer) -> int:
+    day = datetime.now(UTC).strftime("%Y%m%d")
+    early, pair, later = (f"4300_{day}_{t}" for t in ("081502", "101544", "113020"))
+    published: dict[str, bytes] = {}
+    for stem in (early, pair, later):
+        for ext in ("csv", "txt"):
+            published[f"{stem}.{ext}"] = sample_csv(f"{stem}.{ext}")
+            sim.publish(f"{stem}.{ext}", published[f"{stem}.{ext}"])
+    sim.publish("passwd", b"not for you\n")
+    config = write_config(folder, sim, imap)
+    print(
+        f"sandbox: College Board simulator at {sim.base_url}, IMAP (pymap) at "
+        f"{imap.host}:{imap.port}, files under {folder / 'files'}\n"
+    )
+
+    # Mail that arrived before the daemon's first start is handled too (lookback_days).
+    imap.deliver(mail.notification(f"{early}.csv"))
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_for(lambda e: e.get("event") == "daemon.ready", timeout=30)
+        expected = {f"{early}.csv", f"{pair}.csv", f"{later}.csv"}
+        for raw in (
+            mail.notification(f"{pair}.csv"),
+            mail.notification(f"{pair}.txt"),  # the twin: skipped, the office wants csv
+            mail.marketing(),
+            mail.notification(
+                f"{later}.csv",
+                html_encoding="base64",
+                span=f"<SPAN ID='fileName'>\n {later}.csv\n</SPAN>",
+            ),
+            mail.notification("passwd", sender="College Board <scores@evil.example>"),
+            mail.notification("../../etc/passwd"),
+            mail.notification(f"{pair}.csv"),  # a repeated email: no second download
+        ):
+            imap.deliver(raw)
+        landed: set[str] = set()
+        while landed != expected:
+            event = daemon.wait_for(
+                lambda e: e.get("event") in ("delivery.downloaded", "delivery.failed"), timeout=60
+            )
+            if event["event"] == "delivery.downloaded":
+                landed.add(event["filename"])
+        daemon.wait_for(lambda e: e.get("reason") == "duplicate", timeout=30)
+    except TimeoutError as exc:
+        print(f"\ndemo FAILED: {exc}")
+        daemon.stop()
+        return 1
+    code = daemon.stop()
+    return _report(folder / "files" / "collegeboard", published, expected, code)
+
+
+def _report(target: Path, published: dict[str, bytes], expected: set[str], code: int) -> int:
+    print(f"\nfiles that landed in {target}:")
+    ok = code == 0
+    found = sorted(p.name for p in target.iterdir()) if target.is_dir() else []
+    for name in found:
+        data = (target / name).read_bytes()
+        good = name in expected and data == published.get(name)
+        ok &= good
+        mode = oct((target / name).stat().st_mode & 0o777)
+        print(
+            f"  {'ok ' if good else 'BAD'} {name}  {len(data)} bytes  {mode}  "
+            f"sha256 {hashlib.sha256(data).hexdigest()[:16]}…"
+        )
+    missing = expected - set(found)
+    ok &= not missing
+    for name in sorted(missing):
+        print(f"  MISSING {name}")
+    print(
+        f"\ndaemon exit code {code}; "
+        + ("demo OK: every expected file landed once with the right bytes" if ok else "demo FAILED")
+    )
+    return 0 if ok else 1

@@ -1,0 +1,208 @@
+"""Durable downloads: a URL checked before any connection, bytes streamed to a hidden
+`.NAME.part`, fsynced, then linked into place under a name that never overwrites a
+different file. Shared by every vendor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import requests
+
+from scorefetch.config import is_loopback
+from scorefetch.errors import RefusedError, VendorError
+from scorefetch.filenames import check_name
+from scorefetch.logs import strip_query
+
+CHUNK = 1024 * 1024
+Progress = Callable[[int, int | None], None]
+
+
+@dataclass(frozen=True)
+class Landed:
+    path: Path
+    size: int
+    sha256: str
+    elapsed_s: float
+
+
+def host_allowed(host: str, patterns: Iterable[str]) -> bool:
+    """`host` equals a pattern, or matches `*.suffix` with one or more labels before it."""
+    host = host.lower().rstrip(".")
+    for pattern in patterns:
+        pattern = pattern.lower().rstrip(".")
+        if pattern.startswith("*."):
+            if host.endswith(pattern[1:]) and len(host) > len(pattern) - 1:
+                return True
+        elif host == pattern:
+            return True
+    return False
+
+
+def check_url(url: str, hosts: Iterable[str]) -> None:
+    """RefusedError unless `url` is https (http only on loopback) to an allowed host."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme not in {"https", "http"} or not host:
+        raise RefusedError(f"download URL {strip_query(url)!r} is not an http(s) URL")
+    if parts.scheme == "http" and not is_loopback(host):
+        raise RefusedError(f"download URL {strip_query(url)!r} is plain http to a remote host")
+    if parts.username or parts.password:
+        raise RefusedError("download URL carries credentials")
+    if not host_allowed(host, hosts):
+        raise RefusedError(f"download host {host!r} is not in download_hosts")
+
+
+def ensure_folder(folder: Path) -> None:
+    """Create `folder` (and parents) 0700; fsync the parent so the entry survives a crash."""
+    if folder.is_dir():
+        return
+    ensure_folder(folder.parent)
+    folder.mkdir(mode=0o700, exist_ok=True)
+    fsync_dir(folder.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def part_path(folder: Path, name: str) -> Path:
+    return folder / f".{name}.part"
+
+
+def remove_partials(root: Path) -> list[Path]:
+    """Delete leftover `.NAME.part` files under `root` (a crash mid-download); return them."""
+    removed = []
+    if root.is_dir():
+        for path in root.rglob(".*.part"):
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _place(part: Path, folder: Path, name: str, sha256: str) -> Path:
+    """Link `part` to its final name; an existing different file keeps its name, we take NAME-N."""
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem:
+        stem, dot, ext = name, "", ""
+    for n in range(1000):
+        target = folder / (name if n == 0 else f"{stem}-{n}{dot}{ext}")
+        try:
+            os.link(part, target)  # atomic, and unlike rename never replaces a file
+        except FileExistsError:
+            if target.is_file() and _sha256_of(target) == sha256:
+                break  # the very same bytes are already here
+            continue
+        break
+    else:
+        raise RefusedError(f"too many different files named like {name!r} in {folder}")
+    part.unlink()
+    fsync_dir(folder)
+    return target
+
+
+def fetch_to_file(
+    session: requests.Session,
+    url: str,
+    folder: Path,
+    name: str,
+    *,
+    hosts: Iterable[str],
+    deadline_s: float,
+    progress: Progress | None = None,
+) -> Landed:
+    """Stream `url` into `folder/name`, complete or not at all.
+
+    Raises RefusedError before any connection for a bad name or URL, and
+    VendorError whose `kind` says how to retry.
+    """
+    check_name(name)
+    check_url(url, hosts)
+    started = time.monotonic()
+    ensure_folder(folder)
+    part = part_path(folder, name)
+    try:
+        response = session.get(url, stream=True, allow_redirects=False)
+    except requests.RequestException as exc:
+        raise VendorError(f"download failed: {_describe(exc)}", kind="transient") from None
+    try:
+        with response:
+            _raise_for_download_status(response)
+            expected = _content_length(response)
+            size, digest = _stream(response, part, started + deadline_s, expected, progress)
+        if expected is not None and size != expected:
+            raise VendorError(f"download truncated: {size} of {expected} bytes", kind="transient")
+        path = _place(part, folder, name, digest)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return Landed(path, size, digest, time.monotonic() - started)
+
+
+def _stream(
+    response: requests.Response,
+    part: Path,
+    deadline: float,
+    expected: int | None,
+    progress: Progress | None,
+) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        try:
+            for chunk in response.iter_content(chunk_size=CHUNK):
+                out.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
+                if progress is not None:
+                    progress(size, expected)
+                if time.monotonic() > deadline:
+                    raise VendorError("download exceeded its overall deadline", kind="transient")
+        except requests.RequestException as exc:
+            raise VendorError(f"download interrupted: {_describe(exc)}", kind="transient") from None
+        out.flush()
+        os.fsync(out.fileno())
+    return size, digest.hexdigest()
+
+
+def _content_length(response: requests.Response) -> int | None:
+    value = response.headers.get("Content-Length")
+    return int(value) if value and value.isdigit() else None
+
+
+def _raise_for_download_status(response: requests.Response) -> None:
+    status = response.status_code
+    if status == 200:
+        return
+    if status == 403:  # S3: AccessDenied, "Request has expired"
+        raise VendorError(
+            "download URL refused (403): expired or not valid", kind="expired", status=status
+        )
+    if status >= 500 or status == 429:
+        raise VendorError(f"download server error ({status})", kind="transient", status=status)
+    raise VendorError(f"download failed with HTTP {status}", kind="fatal", status=status)
+
+
+def _describe(exc: requests.RequestException) -> str:
+    """The exception's class and text with any URL query removed."""
+    return strip_query(f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,204 @@
+"""The SQLite ledger: what was announced, what landed, where the mailbox watcher stands.
+
+One row per (vendor, key) — the key is the file name for College Board. A row
+is written before any request is made for it, so a crash leaves a `pending`
+row that the next start redoes. WAL and synchronous=FULL: a row said to be
+committed survives a power cut.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from scorefetch.errors import ScorefetchError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS deliveries (
+    vendor      TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    filename    TEXT NOT NULL,
+    state       TEXT NOT NULL CHECK (state IN ('pending', 'retrying', 'downloaded', 'failed')),
+    source      TEXT NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    path        TEXT,
+    bytes       INTEGER,
+    sha256      TEXT,
+    error       TEXT,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL,
+    PRIMARY KEY (vendor, key)
+);
+CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state);
+CREATE TABLE IF NOT EXISTS mailbox (
+    folder      TEXT PRIMARY KEY,
+    uidvalidity INTEGER NOT NULL,
+    last_uid    INTEGER NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS watcher (
+    name        TEXT PRIMARY KEY,
+    value       TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    vendor: str
+    key: str
+    filename: str
+    state: str
+    source: str
+    attempts: int
+    path: str | None
+    bytes: int | None
+    sha256: str | None
+    error: str | None
+    updated_at: str
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class Ledger:
+    """Thread-safe: one connection behind a lock (writes are tiny; downloads dominate)."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                path, check_same_thread=False, isolation_level=None, timeout=30
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise ScorefetchError(f"cannot open the ledger {path}: {exc}") from exc
+        path.chmod(0o600)
+        self.path = path
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        try:
+            with self._lock:
+                return self._db.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise ScorefetchError(f"ledger {self.path}: {exc}") from exc
+
+    def claim(self, vendor: str, key: str, filename: str, source: str) -> bool:
+        """Record that `key` is wanted. False when it is already downloaded or under way."""
+        now = _now()
+        cursor = self._execute(
+            "INSERT INTO deliveries (vendor, key, filename, state, source, created_at, updated_at)"
+            " VALUES (?, ?, ?, 'pending', ?, ?, ?)"
+            " ON CONFLICT (vendor, key) DO UPDATE SET state = 'pending', attempts = 0,"
+            "   error = NULL, source = excluded.source, updated_at = excluded.updated_at"
+            " WHERE deliveries.state = 'failed'",
+            (vendor, key, filename, source, now, now),
+        )
+        return cursor.rowcount == 1
+
+    def get(self, vendor: str, key: str) -> Delivery | None:
+        row = self._execute(
+            "SELECT * FROM deliveries WHERE vendor = ? AND key = ?", (vendor, key)
+        ).fetchone()
+        return _delivery(row) if row else None
+
+    def attempt(self, vendor: str, key: str) -> int:
+        """Count one more attempt; returns the new count."""
+        self._execute(
+            "UPDATE deliveries SET attempts = attempts + 1, updated_at = ?"
+            " WHERE vendor = ? AND key = ?",
+            (_now(), vendor, key),
+        )
+        row = self.get(vendor, key)
+        return row.attempts if row else 0
+
+    def downloaded(self, vendor: str, key: str, path: Path, size: int, sha256: str) -> None:
+        self._execute(
+            "UPDATE deliveries SET state = 'downloaded', path = ?, bytes = ?, sha256 = ?,"
+            " error = NULL, updated_at = ? WHERE vendor = ? AND key = ?",
+            (str(path), size, sha256, _now(), vendor, key),
+        )
+
+    def failed(self, vendor: str, key: str, error: str, *, will_retry: bool) -> None:
+        self._execute(
+            "UPDATE deliveries SET state = ?, error = ?, updated_at = ?"
+            " WHERE vendor = ? AND key = ?",
+            ("retrying" if will_retry else "failed", error, _now(), vendor, key),
+        )
+
+    def unfinished(self, vendor: str) -> list[Delivery]:
+        """Rows announced but not landed: redone at start-up."""
+        rows = self._execute(
+            "SELECT * FROM deliveries WHERE vendor = ? AND state IN ('pending', 'retrying')"
+            " ORDER BY created_at",
+            (vendor,),
+        ).fetchall()
+        return [_delivery(r) for r in rows]
+
+    def recent(self, limit: int = 20) -> list[Delivery]:
+        rows = self._execute(
+            "SELECT * FROM deliveries ORDER BY updated_at DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [_delivery(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        rows = self._execute("SELECT state, count(*) FROM deliveries GROUP BY state").fetchall()
+        return {state: n for state, n in rows}
+
+    def mailbox_position(self, folder: str) -> tuple[int, int] | None:
+        """(UIDVALIDITY, last handled UID) of `folder`, or None before the first start."""
+        row = self._execute(
+            "SELECT uidvalidity, last_uid FROM mailbox WHERE folder = ?", (folder,)
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def save_mailbox_position(self, folder: str, uidvalidity: int, last_uid: int) -> None:
+        self._execute(
+            "INSERT INTO mailbox (folder, uidvalidity, last_uid, updated_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (folder) DO UPDATE SET uidvalidity = excluded.uidvalidity,"
+            "   last_uid = excluded.last_uid, updated_at = excluded.updated_at",
+            (folder, uidvalidity, last_uid, _now()),
+        )
+
+    def set_watcher(self, name: str, value: str) -> None:
+        """A line of watcher state for `scorefetch status` (connected, last round-trip …)."""
+        self._execute(
+            "INSERT INTO watcher (name, value, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value,"
+            "   updated_at = excluded.updated_at",
+            (name, value, _now()),
+        )
+
+    def watcher(self) -> dict[str, tuple[str, str]]:
+        rows = self._execute("SELECT name, value, updated_at FROM watcher").fetchall()
+        return {name: (value, at) for name, value, at in rows}
+
+
+def _delivery(row: sqlite3.Row) -> Delivery:
+    return Delivery(
+        vendor=row["vendor"],
+        key=row["key"],
+        filename=row["filename"],
+        state=row["state"],
+        source=row["source"],
+        attempts=row["attempts"],
+        path=row["path"],
+        bytes=row["bytes"],
+        sha256=row["sha256"],
+        error=row["error"],
+        updated_at=row["updated_at"],
+    )

@@ -1,0 +1,238 @@
+"""Watching the IMAP folder: IDLE, then catch up by UID, forever.
+
+After every wake-up, timeout and reconnect the watcher searches for UIDs above
+the last one handled (persisted in the ledger with the folder's UIDVALIDITY),
+so mail that arrives while the daemon or the connection is down is handled
+when it is back. Messages are only read (`BODY.PEEK[]`, folder EXAMINEd).
+"""
+
+from __future__ import annotations
+
+import imaplib
+import random
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from imapclient import IMAPClient
+from imapclient.exceptions import LoginError
+from imapclient.imapclient import SocketTimeout
+
+from scorefetch import logs
+from scorefetch.config import ImapConfig
+from scorefetch.errors import MailboxAuthError, MailboxError
+from scorefetch.ledger import Ledger
+
+TICK_S = 1.0  # how often the loop looks at the stop flag and pings the watchdog
+FETCH_BATCH = 50
+MAX_FETCH_BYTES = 5 * 1024 * 1024
+BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 300.0
+AUTH_BACKOFF_S = 300.0  # a refused password is retried slowly: never lock the account
+
+Handler = Callable[[int, bytes | None, str], None]  # (uid, raw message or None if too big, reason)
+
+
+def backoff_delay(failures: int, rng: random.Random) -> float:
+    """Exponential backoff with full jitter: uniform in [min, min(max, min·2^failures)]."""
+    ceiling = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** min(failures, 16))
+    return rng.uniform(BACKOFF_MIN_S, max(BACKOFF_MIN_S, ceiling))
+
+
+def new_uids(found: list[int], last_uid: int) -> list[int]:
+    """UIDs above `last_uid`, ascending. `UID SEARCH N:*` always returns the highest UID,
+    even when it is below N, so the filter is ours."""
+    return sorted(uid for uid in found if uid > last_uid)
+
+
+def _keepalive(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4)):
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
+class MailboxWatcher:
+    """Runs in the main thread until `stop` is set; never returns on a server error."""
+
+    def __init__(
+        self,
+        config: ImapConfig,
+        ledger: Ledger,
+        handle: Handler,
+        stop: threading.Event,
+        on_ready: Callable[[], None],
+        tick: Callable[[], None],
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self._handle = handle
+        self._stop = stop
+        self._on_ready = on_ready
+        self._tick = tick
+        self._ready = False
+        self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
+        self._log = logs.get(host=config.host, folder=config.folder)
+        self.reconnects = 0
+
+    def run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            delay = 0.0
+            try:
+                self._session()
+                failures = 0
+            except MailboxAuthError as exc:
+                self._log.error("imap.auth_failed", error=str(exc), retry_in_s=AUTH_BACKOFF_S)
+                delay = AUTH_BACKOFF_S
+            except (MailboxError, imaplib.IMAP4.error, OSError) as exc:
+                self._log.warning("imap.disconnected", error=_describe(exc))
+                delay = backoff_delay(failures, self._rng)
+                failures += 1
+            self.ledger.set_watcher("connected", "no")
+            if self._stop.is_set():
+                break
+            self.reconnects += 1
+            self.ledger.set_watcher("reconnects", str(self.reconnects))
+            self._log.info("imap.reconnecting", delay_s=round(delay, 2))
+            self._sleep(delay)
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            self._tick()
+            self._stop.wait(min(TICK_S, max(0.0, deadline - time.monotonic())))
+
+    def _connect(self) -> IMAPClient:
+        cfg = self.config
+        context = ssl.create_default_context()
+        timeout = SocketTimeout(connect=cfg.connect_timeout, read=cfg.read_timeout)
+        client = IMAPClient(
+            cfg.host, port=cfg.port, ssl=cfg.security == "tls", ssl_context=context, timeout=timeout
+        )
+        try:
+            _keepalive(client.socket())
+            if cfg.security == "starttls":
+                client.starttls(context)
+            client.login(cfg.username, cfg.password.get_secret_value())
+        except LoginError as exc:
+            client.shutdown()
+            raise MailboxAuthError(f"login refused for {cfg.username}: {_describe(exc)}") from None
+        except BaseException:
+            client.shutdown()
+            raise
+        return client
+
+    def _session(self) -> None:
+        client = self._connect()
+        try:
+            selected = client.select_folder(self.config.folder, readonly=True)
+            validity = int(selected[b"UIDVALIDITY"])
+            self._log.info("imap.connected", security=self.config.security)
+            self.ledger.set_watcher("connected", "yes")
+            if not self._ready:
+                self._ready = True
+                self._on_ready()
+            last_uid = self._starting_uid(client, validity)
+            idle = client.has_capability("IDLE")
+            while not self._stop.is_set():
+                last_uid = self._catch_up(client, validity, last_uid)
+                self.ledger.set_watcher("last_round_trip", datetime.now(UTC).isoformat())
+                if idle:
+                    self._idle(client)
+                else:
+                    self._sleep(min(60.0, self.config.idle_timeout))
+                    client.noop()
+        finally:
+            self._close(client)
+
+    def _close(self, client: IMAPClient) -> None:
+        try:
+            client.logout()
+        except (imaplib.IMAP4.error, OSError):
+            client.shutdown()
+
+    def _starting_uid(self, client: IMAPClient, validity: int) -> int:
+        """The last handled UID; on a first start (or a new UIDVALIDITY) handle the
+        messages of the last `lookback_days`, then go on from the top."""
+        position = self.ledger.mailbox_position(self.config.folder)
+        if position is not None and position[0] == validity:
+            return position[1]
+        if position is not None:
+            self._log.warning(
+                "imap.uidvalidity_changed",
+                old=position[0],
+                new=validity,
+                lookback_days=self.config.lookback_days,
+            )
+        # The top first: anything arriving during the scan is above it and caught up after.
+        top = max(client.search(["ALL"]), default=0)
+        since = date.today() - timedelta(days=self.config.lookback_days)
+        recent = sorted(u for u in client.search(["SINCE", since]) if u <= top)
+        self._log.info("imap.first_scan", messages=len(recent), since=since.isoformat())
+        self._process(client, validity, recent)
+        if self._stop.is_set():
+            return top
+        self.ledger.save_mailbox_position(self.config.folder, validity, top)
+        return top
+
+    def _catch_up(self, client: IMAPClient, validity: int, last_uid: int) -> int:
+        uids = new_uids(client.search(["UID", f"{last_uid + 1}:*"]), last_uid)
+        return max(self._process(client, validity, uids), last_uid)
+
+    def _process(self, client: IMAPClient, validity: int, uids: list[int]) -> int:
+        """Fetch and hand over each message in UID order; the position advances per message."""
+        last = 0
+        for start in range(0, len(uids), FETCH_BATCH):
+            batch = uids[start : start + FETCH_BATCH]
+            sizes = client.fetch(batch, ["RFC822.SIZE"])
+            small = [
+                u for u in batch if int(sizes.get(u, {}).get(b"RFC822.SIZE", 0)) <= MAX_FETCH_BYTES
+            ]
+            bodies = client.fetch(small, ["BODY.PEEK[]"]) if small else {}
+            for uid in batch:
+                if self._stop.is_set():
+                    return last
+                raw = bodies.get(uid, {}).get(b"BODY[]")
+                reason = "" if raw is not None else ("too_large" if uid not in small else "gone")
+                self._handle(uid, raw, reason)
+                self.ledger.save_mailbox_position(self.config.folder, validity, uid)
+                last = uid
+        return last
+
+    def _idle(self, client: IMAPClient) -> None:
+        """IDLE until the server says something, the idle timeout passes, or stop is set.
+        On a dead connection the exception skips DONE; the session then drops the socket."""
+        client.idle()
+        until = time.monotonic() + self.config.idle_timeout
+        while not self._stop.is_set() and time.monotonic() < until:
+            self._tick()
+            began = time.monotonic()
+            responses = client.idle_check(timeout=TICK_S)
+            if any(_is_bye(r) for r in responses):
+                raise MailboxError("server said BYE")
+            if any(_wakes(r) for r in responses):
+                break
+            if not responses and time.monotonic() - began < TICK_S / 2:
+                # imapclient swallows EOF: a readable socket that yields nothing is dead.
+                raise MailboxError("connection closed by the server")
+        client.idle_done()
+
+
+def _is_bye(response: Any) -> bool:
+    return isinstance(response, tuple) and len(response) > 0 and response[0] == b"BYE"
+
+
+def _wakes(response: Any) -> bool:
+    """EXISTS (new mail) wakes the catch-up; FETCH flag changes and keep-alive OKs do not."""
+    return (
+        isinstance(response, tuple) and len(response) > 1 and response[1] in (b"EXISTS", b"RECENT")
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:300]

@@ -1,0 +1,125 @@
+"""College Board notification emails → the file names they announce. Pure functions.
+
+The email only names a file; nothing in it is fetched. It is trusted only as far
+as its parsed From address is on the `senders` allowlist.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+
+from bs4 import BeautifulSoup, Tag
+
+from scorefetch.errors import RefusedError
+from scorefetch.filenames import check_name
+
+MAX_MESSAGE_BYTES = 5 * 1024 * 1024  # real notifications are a few KB
+
+
+@dataclass(frozen=True)
+class Notification:
+    message_id: str
+    sender: str
+    filenames: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    message_id: str
+    reason: str  # a short code people can grep: sender, no_filename, unsafe_filename, …
+    detail: str
+
+
+def sender_allowed(address: str, senders: Sequence[str]) -> bool:
+    """Exact address, or `@domain` matching that domain and its subdomains."""
+    address = address.lower()
+    _, _, domain = address.rpartition("@")
+    for allowed in senders:
+        allowed = allowed.lower()
+        if allowed.startswith("@"):
+            if domain == allowed[1:] or domain.endswith("." + allowed[1:]):
+                return True
+        elif address == allowed:
+            return True
+    return False
+
+
+def html_parts(message: EmailMessage) -> list[str]:
+    """Every decoded text/html body part (any transfer encoding, any charset), attachments aside."""
+    parts = []
+    for part in message.walk():
+        if part.get_content_type() != "text/html" or part.get_content_disposition() == "attachment":
+            continue
+        try:
+            parts.append(part.get_content())
+        except (LookupError, ValueError, AssertionError):
+            # An unknown charset or broken encoding: decode leniently rather than drop it.
+            payload = part.get_payload(decode=True)
+            if isinstance(payload, bytes):
+                parts.append(payload.decode("utf-8", "replace"))
+    return parts
+
+
+def file_names_in_html(html: str) -> list[str]:
+    """Trimmed texts of the elements whose id is `fileName` (either quote style, any tag case)."""
+    soup = BeautifulSoup(html, "html.parser")
+    names = []
+    for element in soup.find_all(
+        id=lambda v: isinstance(v, str) and v.strip().lower() == "filename"
+    ):
+        if isinstance(element, Tag):
+            text = element.get_text().strip()
+            if text and text not in names:
+                names.append(text)
+    return names
+
+
+def _sender(message: EmailMessage) -> str | None:
+    """The single parsed From address (never the display name), or None."""
+    values = message.get_all("From") or []
+    pairs = email.utils.getaddresses([str(v) for v in values])
+    addresses = [addr for _, addr in pairs if addr]
+    if len(addresses) != 1 or addresses[0].count("@") != 1:
+        return None
+    return addresses[0].lower()
+
+
+def read_notification(raw: bytes, senders: Sequence[str]) -> Notification | Rejection:
+    """Decide what one email announces; never raises on any input."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return Rejection("", "too_large", f"message is {len(raw)} bytes; notifications are small")
+    try:
+        message = BytesParser(policy=policy.default).parsebytes(raw)
+        message_id = str(message.get("Message-ID", "") or "").strip()
+    except Exception as exc:  # noqa: BLE001 - a hostile message must not stop the loop
+        return Rejection("", "malformed", f"unparseable message: {type(exc).__name__}")
+    try:
+        return _read(message, message_id, senders)
+    except Exception as exc:  # noqa: BLE001 - the email package raises many kinds on junk
+        return Rejection(message_id, "malformed", f"unparseable message: {type(exc).__name__}")
+
+
+def _read(
+    message: EmailMessage, message_id: str, senders: Sequence[str]
+) -> Notification | Rejection:
+    sender = _sender(message)
+    if sender is None:
+        return Rejection(message_id, "sender", "no single From address")
+    if not sender_allowed(sender, senders):
+        return Rejection(message_id, "sender", f"sender {sender} is not in collegeboard.senders")
+    names: list[str] = []
+    for html in html_parts(message):
+        names.extend(n for n in file_names_in_html(html) if n not in names)
+    if not names:
+        return Rejection(message_id, "no_filename", "no element with id=fileName in an HTML part")
+    for name in names:
+        try:
+            check_name(name)
+        except RefusedError as exc:
+            return Rejection(message_id, "unsafe_filename", f"{name!r}: {exc}")
+    return Notification(message_id, sender, tuple(names))

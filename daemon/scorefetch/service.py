@@ -1,0 +1,139 @@
+"""The daemon: wires the ledger, the vendors and the mailbox watcher; speaks sd_notify;
+stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from types import FrameType
+
+from scorefetch import logs
+from scorefetch.config import Config
+from scorefetch.deliveries import CollegeBoardDeliveries
+from scorefetch.downloads import remove_partials
+from scorefetch.ledger import Ledger
+from scorefetch.mailbox import MailboxWatcher
+from scorefetch.notifications import Notification, read_notification
+from scorefetch.sessions import build_session
+from scorefetch.vendors.collegeboard import CollegeBoard
+
+SHUTDOWN_GRACE_S = 30.0  # in-flight downloads get this long after SIGTERM
+
+
+class Notifier:
+    """sd_notify over $NOTIFY_SOCKET; does nothing when not run by systemd."""
+
+    def __init__(self, environ: dict[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        address = env.get("NOTIFY_SOCKET", "")
+        self._address = "\0" + address[1:] if address.startswith("@") else address
+        usec = env.get("WATCHDOG_USEC", "")
+        pid = env.get("WATCHDOG_PID", "")
+        watchdog = usec.isdigit() and (not pid or pid == str(os.getpid()))
+        self.watchdog_interval = int(usec) / 2e6 if watchdog else None
+        self._last_ping = 0.0
+
+    def send(self, state: str) -> None:
+        if not self._address:
+            return
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            try:
+                sock.sendto(state.encode(), self._address)
+            except OSError as exc:
+                logs.get().warning("systemd.notify_failed", error=str(exc))
+
+    def tick(self) -> None:
+        """Called from the main loop while it is healthy: WATCHDOG=1 at half the interval."""
+        if self.watchdog_interval is None:
+            return
+        now = time.monotonic()
+        if now - self._last_ping >= self.watchdog_interval:
+            self._last_ping = now
+            self.send("WATCHDOG=1")
+
+
+class Service:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.stop = threading.Event()
+        self.notifier = Notifier()
+        self.ledger = Ledger(config.ledger_path)
+        self.deliveries: CollegeBoardDeliveries | None = None
+        cb = config.collegeboard
+        if cb is not None and cb.enabled:
+            client = CollegeBoard(cb, build_session())
+            self.deliveries = CollegeBoardDeliveries(client, self.ledger, config.download_dir)
+        self.sources = [name for name in ("collegeboard",) if self.deliveries is not None]
+        self._log = logs.get()
+
+    def handle_message(self, uid: int, raw: bytes | None, reason: str) -> None:
+        """One email: announce its files, or say in one line why not. Never raises."""
+        log = self._log.bind(uid=uid)
+        if raw is None or self.deliveries is None:
+            log.warning("notification.rejected", message_id=None, reason=reason or "disabled")
+            return
+        try:
+            found = read_notification(raw, self.deliveries.config.senders)
+            if not isinstance(found, Notification):
+                log.info(
+                    "notification.rejected",
+                    message_id=found.message_id,
+                    reason=found.reason,
+                    detail=found.detail,
+                )
+                return
+            log.info(
+                "notification.received",
+                vendor="collegeboard",
+                message_id=found.message_id,
+                filenames=list(found.filenames),
+            )
+            self.deliveries.announce(found.filenames, source="notification")
+        except Exception:
+            log.exception("notification.rejected", message_id=None, reason="internal_error")
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._log.info("daemon.signal", signal=signal.Signals(signum).name)
+        self.stop.set()
+
+    def _ready(self) -> None:
+        self._log.info("daemon.ready", sources=self.sources, pid=os.getpid())
+        self.notifier.send("READY=1\nSTATUS=watching " + ", ".join(self.sources))
+
+    def run(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        for part in remove_partials(self.config.download_dir):
+            self._log.warning("delivery.partial_removed", path=str(part))
+        if self.deliveries is not None:
+            self.deliveries.resume()
+        try:
+            if self.config.imap is not None and self.deliveries is not None:
+                watcher = MailboxWatcher(
+                    self.config.imap,
+                    self.ledger,
+                    self.handle_message,
+                    self.stop,
+                    self._ready,
+                    self.notifier.tick,
+                )
+                watcher.run()
+            else:
+                self._ready()
+                while not self.stop.wait(1.0):
+                    self.notifier.tick()
+        finally:
+            self._log.info("daemon.stopping", sources=self.sources)
+            self.notifier.send("STOPPING=1")
+            if self.deliveries is not None and not self.deliveries.close(SHUTDOWN_GRACE_S):
+                # Downloads still running: leave now. Their rows stay unfinished in the
+                # ledger and their .part files are removed and redone on the next start.
+                self._log.warning("daemon.shutdown_timeout", grace_s=SHUTDOWN_GRACE_S)
+                sys.stdout.flush()
+                os._exit(0)
+            self.ledger.close()
+        return 0

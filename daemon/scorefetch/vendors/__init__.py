@@ -1,0 +1,1 @@
+"""Vendor API clients: one module per vendor."""

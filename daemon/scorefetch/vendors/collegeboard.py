@@ -1,0 +1,116 @@
+"""College Board score download web service: presigned URLs (15 s) and the file listing.
+
+Every response is translated here into VendorError with a `kind` that says what
+a retry should do; nothing above this module sees requests' exceptions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import requests
+
+from scorefetch.config import CollegeBoardConfig
+from scorefetch.errors import VendorError
+from scorefetch.logs import strip_query
+
+URL_LIFETIME_S = 15.0  # the vendor's word: "The presigned URL is active for only 15 seconds."
+
+
+@dataclass(frozen=True)
+class ListedFile:
+    name: str
+    size: int | None
+    delivered: str | None
+
+
+def format_from_date(moment: datetime) -> str:
+    """The listing's `fromDate`: yyyy-MM-ddTHH:mm:ss±hhmm (the vendor refuses the `Z` form)."""
+    if moment.tzinfo is None:
+        raise ValueError("fromDate needs an aware datetime")
+    return moment.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _kind_for(status: int) -> str:
+    if status == 404:
+        return "not_found"
+    if status in (401, 403):
+        return "auth"
+    if status >= 500 or status in (408, 429):
+        return "transient"
+    return "fatal"
+
+
+class CollegeBoard:
+    """One-step calls: credentials with every request (the vendor's advice for email triggers)."""
+
+    name = "collegeboard"
+
+    def __init__(self, config: CollegeBoardConfig, session: requests.Session) -> None:
+        self.config = config
+        self.session = session
+
+    def _credentials(self) -> dict[str, str]:
+        return {
+            "username": self.config.username,
+            "password": self.config.password.get_secret_value(),
+        }
+
+    def _post(self, path: str, params: dict[str, str]) -> Any:
+        url = f"{self.config.base_url}{path}"
+        try:
+            response = self.session.post(
+                url, params=params, json=self._credentials(), headers={"Accept": "application/json"}
+            )
+        except requests.RequestException as exc:
+            raise VendorError(
+                strip_query(f"{path}: {type(exc).__name__}: {exc}"), kind="transient"
+            ) from None
+        if response.status_code != 200:
+            raise VendorError(
+                f"{path}: HTTP {response.status_code}: {_message(response)}",
+                kind=_kind_for(response.status_code),
+                status=response.status_code,
+            )
+        try:
+            return response.json()
+        except ValueError:
+            raise VendorError(f"{path}: response is not JSON", kind="transient") from None
+
+    def file_url(self, name: str) -> str:
+        """A fresh presigned URL for `name`; use it at once, it lives 15 seconds."""
+        body = self._post("/pascoredwnld/file", {"filename": name})
+        url = body.get("fileUrl") if isinstance(body, dict) else None
+        if not isinstance(url, str) or not url:
+            raise VendorError("/pascoredwnld/file: no fileUrl in the response", kind="transient")
+        return url
+
+    def list_files(self, since: datetime | None) -> list[ListedFile]:
+        """Files posted since `since` (everything when None); `files: null` means none."""
+        params = {"fromDate": format_from_date(since)} if since else {}
+        body = self._post("/pascoredwnld/files/list", params)
+        entries = body.get("files") if isinstance(body, dict) else None
+        listed = []
+        for entry in entries or []:
+            if isinstance(entry, dict) and isinstance(entry.get("fileName"), str):
+                size = entry.get("fileSize")
+                listed.append(
+                    ListedFile(
+                        entry["fileName"].strip(),
+                        size if isinstance(size, int) else None,
+                        str(entry.get("deliveryDate") or "") or None,
+                    )
+                )
+        return listed
+
+
+def _message(response: requests.Response) -> str:
+    """The vendor's JSON `message`, shortened; never the whole body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.reason or "no message"
+    message = body.get("message") if isinstance(body, dict) else None
+    return strip_query(str(message))[:200] if message else (response.reason or "no message")

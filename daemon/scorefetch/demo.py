@@ -9,22 +9,14 @@ landed. Exit 0 only when exactly the expected files arrived with the right bytes
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import queue
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from scorefetch.sandbox import mail
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
+from scorefetch.sandbox.daemon import DaemonProcess, Event, pretty, write_config
 from scorefetch.sandbox.imapserver import PymapServer
 
 SHOWN = ("daemon.", "imap.connected", "imap.first_scan", "notification.", "delivery.")
@@ -43,99 +35,9 @@ def sample_csv(name: str, rows: int = 40) -> bytes:
     return ("\r\n".join(lines) + "\r\n").encode()
 
 
-def write_config(folder: Path, sim: CollegeBoardSimulator, imap: PymapServer) -> Path:
-    secrets = folder / "credentials"
-    secrets.mkdir(mode=0o700)
-    for name, value in (("imap_password", imap.password), ("collegeboard_password", sim.password)):
-        (secrets / name).write_text(value + "\n")
-        (secrets / name).chmod(0o600)
-    path = folder / "config.yaml"
-    path.write_text(f"""\
-# Written by `scorefetch demo`: the daemon against the local sandbox.
-download_dir: {folder / "files"}
-state_dir: {folder / "state"}
-log:
-  format: json
-  level: info
-imap:
-  host: {imap.host}
-  port: {imap.port}
-  security: plain            # loopback only
-  username: {imap.username}
-  password_file: credentials/imap_password
-  folder: INBOX
-  lookback_days: 14
-collegeboard:
-  base_url: {sim.base_url}
-  username: {sim.username}
-  password_file: credentials/collegeboard_password
-  formats: [csv]
-  senders: ["@collegeboard.org"]
-  download_hosts: ["{sim.download_host}"]
-  retry_schedule: [2s, 5s]
-""")
-    return path
-
-
-class DaemonProcess:
-    """`scorefetch run` as a child; its JSON log lines are echoed and queued for waiting."""
-
-    def __init__(self, config: Path, echo: bool = True) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("NOTIFY_SOCKET", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scorefetch", "run", "-c", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.seen: list[dict[str, Any]] = []
-        self._echo = echo
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip()
-            try:
-                event = json.loads(line)
-            except ValueError:
-                event = {"event": "output", "line": line}
-            self.events.put(event)
-            if self._echo and str(event.get("event", "")).startswith(SHOWN):
-                print(_pretty(event), flush=True)
-
-    def wait_for(self, predicate: Any, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("the expected log event did not come")
-            try:
-                event = self.events.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            self.seen.append(event)
-            if predicate(event):
-                return event
-
-    def stop(self, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-
-def _pretty(event: dict[str, Any]) -> str:
-    stamp = str(event.get("timestamp", ""))[11:23]
-    rest = {k: v for k, v in event.items() if k not in ("timestamp", "event", "level")}
-    fields = "  ".join(f"{k}={v}" for k, v in rest.items())
-    return f"  {stamp}  {event.get('event', ''):<22} {fields}"
+def _show(event: Event) -> None:
+    if str(event.get("event", "")).startswith(SHOWN):
+        print(pretty(event), flush=True)
 
 
 def run_demo(keep: bool = False) -> int:
@@ -167,9 +69,9 @@ def _demo(folder: Path, sim: CollegeBoardSimulator, imap: PymapServer) -> int:
 
     # Mail that arrived before the daemon's first start is handled too (lookback_days).
     imap.deliver(mail.notification(f"{early}.csv"))
-    daemon = DaemonProcess(config)
+    daemon = DaemonProcess(config, echo=_show)
     try:
-        daemon.wait_for(lambda e: e.get("event") == "daemon.ready", timeout=30)
+        daemon.wait_event("daemon.ready", timeout=30)
         expected = {f"{early}.csv", f"{pair}.csv", f"{later}.csv"}
         for raw in (
             mail.notification(f"{pair}.csv"),
@@ -185,14 +87,9 @@ def _demo(folder: Path, sim: CollegeBoardSimulator, imap: PymapServer) -> int:
             mail.notification(f"{pair}.csv"),  # a repeated email: no second download
         ):
             imap.deliver(raw)
-        landed: set[str] = set()
-        while landed != expected:
-            event = daemon.wait_for(
-                lambda e: e.get("event") in ("delivery.downloaded", "delivery.failed"), timeout=60
-            )
-            if event["event"] == "delivery.downloaded":
-                landed.add(event["filename"])
-        daemon.wait_for(lambda e: e.get("reason") == "duplicate", timeout=30)
+        for name in sorted(expected):
+            daemon.wait_event("delivery.downloaded", timeout=60, filename=name)
+        daemon.wait_event("delivery.skipped", timeout=30, reason="duplicate")
     except TimeoutError as exc:
         print(f"\ndemo FAILED: {exc}")
         daemon.stop()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import email.utils
 from collections.abc import Sequence
 from dataclasses import dataclass
-from email import policy
+from email import errors, policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 
@@ -80,13 +80,24 @@ def file_names_in_html(html: str) -> list[str]:
 
 
 def _sender(message: EmailMessage) -> str | None:
-    """The single parsed From address (never the display name), or None."""
-    values = message.get_all("From") or []
-    pairs = email.utils.getaddresses([str(v) for v in values])
-    addresses = [addr for _, addr in pairs if addr]
-    if len(addresses) != 1 or addresses[0].count("@") != 1:
+    """The single From address (never the display name), or None when there is any doubt.
+
+    The modern header parser quietly drops what it cannot parse (`a@good <x@evil>`
+    becomes `a@good`), so the raw value is also read by the legacy parser and both
+    must agree on exactly one address, with no parse defect.
+    """
+    raw = [str(value) for key, value in message.raw_items() if key.lower() == "from"]
+    if len(raw) != 1:
         return None
-    return addresses[0].lower()
+    header = message["From"]
+    if any(isinstance(d, errors.InvalidHeaderDefect) for d in getattr(header, "defects", ())):
+        return None
+    modern = [a.addr_spec for a in getattr(header, "addresses", ())]
+    legacy = [addr for _, addr in email.utils.getaddresses(raw) if addr]
+    if len(legacy) != 1 or [a.lower() for a in modern] != [legacy[0].lower()]:
+        return None
+    address = legacy[0].lower()
+    return address if address.count("@") == 1 else None
 
 
 def read_notification(raw: bytes, senders: Sequence[str]) -> Notification | Rejection:

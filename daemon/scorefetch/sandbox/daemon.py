@@ -1,0 +1,172 @@
+"""The real `scorefetch run` as a child process against the sandbox, with its config.
+
+Used by `scorefetch demo`, the end-to-end tests and the benchmarks alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
+from scorefetch.sandbox.imapserver import ImapServer
+
+Event = dict[str, Any]
+
+
+def write_config(
+    folder: Path,
+    sim: CollegeBoardSimulator,
+    imap: ImapServer,
+    *,
+    imap_folder: str = "INBOX",
+    formats: Sequence[str] = ("csv",),
+    retry_schedule: Sequence[str] = ("2s", "5s"),
+    lookback_days: int = 14,
+    extra_collegeboard: str = "",
+    extra_imap: str = "",
+) -> Path:
+    """A config for the sandbox under `folder`, secrets in 0600 files beside it."""
+    secrets = folder / "credentials"
+    secrets.mkdir(mode=0o700, exist_ok=True)
+    for name, value in (("imap_password", imap.password), ("collegeboard_password", sim.password)):
+        (secrets / name).write_text(value + "\n")
+        (secrets / name).chmod(0o600)
+    path = folder / "config.yaml"
+    path.write_text(f"""\
+# Written for the sandbox: the daemon against local stand-ins on loopback.
+download_dir: {folder / "files"}
+state_dir: {folder / "state"}
+log:
+  format: json
+  level: info
+imap:
+  host: {imap.host}
+  port: {imap.port}
+  security: plain            # loopback only
+  username: "{imap.username}"
+  password_file: credentials/imap_password
+  folder: "{imap_folder}"
+  lookback_days: {lookback_days}
+{extra_imap}collegeboard:
+  base_url: {sim.base_url}
+  username: "{sim.username}"
+  password_file: credentials/collegeboard_password
+  formats: [{", ".join(formats)}]
+  senders: ["@collegeboard.org"]
+  download_hosts: ["{sim.download_host}"]
+  retry_schedule: [{", ".join(retry_schedule)}]
+{extra_collegeboard}""")
+    return path
+
+
+class DaemonProcess:
+    """`scorefetch run -c CONFIG` as a child; its JSON log lines are kept and can be waited on."""
+
+    def __init__(
+        self,
+        config: Path,
+        *,
+        echo: Callable[[Event], None] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        environ = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        if env is None or "NOTIFY_SOCKET" not in env:
+            environ.pop("NOTIFY_SOCKET", None)
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "scorefetch", "run", "-c", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=environ,
+        )
+        self.lines: list[str] = []  # every stdout and stderr line, for secret checks
+        self.events: list[Event] = []
+        self._cond = threading.Condition()
+        self._echo = echo
+        threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
+        threading.Thread(target=self._read, args=(self.proc.stderr,), daemon=True).start()
+
+    def _read(self, stream: Any) -> None:
+        for raw in stream:
+            line = raw.decode("utf-8", "replace").rstrip()
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = {"event": "output", "line": line}
+            if not isinstance(event, dict):
+                event = {"event": "output", "line": line}
+            event["_at"] = time.monotonic()
+            with self._cond:
+                self.lines.append(line)
+                self.events.append(event)
+                self._cond.notify_all()
+            if self._echo is not None:
+                self._echo(event)
+
+    def wait_for(
+        self, predicate: Callable[[Event], bool], timeout: float = 30, start: int = 0
+    ) -> Event:
+        """The first event from index `start` on that matches; TimeoutError naming the last ones."""
+        deadline = time.monotonic() + timeout
+        index = start
+        with self._cond:
+            while True:
+                while index < len(self.events):
+                    event = self.events[index]
+                    index += 1
+                    if predicate(event):
+                        return event
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.proc.poll() is not None and index >= len(self.events)):
+                    tail = [e.get("event") for e in self.events[-8:]]
+                    raise TimeoutError(f"no matching log event within {timeout}s; last: {tail}")
+                self._cond.wait(min(remaining, 0.2))
+
+    def named(self, name: str, **fields: Any) -> list[Event]:
+        """Every event so far called `name` whose fields match `fields`."""
+        with self._cond:
+            return [
+                e
+                for e in self.events
+                if e.get("event") == name and all(e.get(k) == v for k, v in fields.items())
+            ]
+
+    def wait_event(self, name: str, timeout: float = 30, **fields: Any) -> Event:
+        return self.wait_for(
+            lambda e: e.get("event") == name and all(e.get(k) == v for k, v in fields.items()),
+            timeout,
+        )
+
+    def stop(self, timeout: float = 40) -> int:
+        """SIGTERM, then the exit code (killed after `timeout`)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to clean up."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def pretty(event: Event) -> str:
+    """One event as a readable line for people watching the demo."""
+    stamp = str(event.get("timestamp", ""))[11:23]
+    rest = {k: v for k, v in event.items() if k not in ("timestamp", "event", "level", "_at")}
+    fields = "  ".join(f"{k}={v}" for k, v in rest.items())
+    return f"  {stamp}  {event.get('event', ''):<22} {fields}"

@@ -1,0 +1,109 @@
+"""Shared fixtures: the real sandbox servers and the real daemon process.
+
+IMAP servers are started once per session (pymap always; Dovecot when installed,
+required with SCOREFETCH_REQUIRE_DOVECOT=1); each test gets a folder of its own.
+Every daemon a test starts has its whole output checked for secrets at teardown.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
+from scorefetch.sandbox.daemon import DaemonProcess, write_config
+from scorefetch.sandbox.imapserver import ImapServer, PymapServer
+
+REQUIRE_DOVECOT = os.environ.get("SCOREFETCH_REQUIRE_DOVECOT") == "1"
+_folders = itertools.count(1)
+
+# What must never reach a log line: presigned query parameters and the signature.
+PRESIGNED = re.compile(r"X-Amz-Signature|X-Amz-Credential|Expires=\d|[?&]Signature=", re.I)
+
+
+def dovecot_or_skip(workdir: Path) -> Any:
+    try:
+        from scorefetch.sandbox.dovecot import DovecotServer, dovecot_binary
+    except ImportError:  # pragma: no cover - the module ships with the package
+        dovecot_binary = None  # type: ignore[assignment]
+    if dovecot_binary is None or dovecot_binary() is None:
+        if REQUIRE_DOVECOT:
+            pytest.fail("SCOREFETCH_REQUIRE_DOVECOT=1 but dovecot is not installed")
+        pytest.skip("dovecot is not installed (apt-get install dovecot-imapd)")
+    return DovecotServer(workdir)
+
+
+@pytest.fixture(scope="session")
+def pymap_server() -> Iterator[PymapServer]:
+    with PymapServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def dovecot_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImapServer]:
+    server = dovecot_or_skip(tmp_path_factory.mktemp("dovecot"))
+    with server:
+        yield server
+
+
+@pytest.fixture(params=["pymap", "dovecot"])
+def imap_server(request: pytest.FixtureRequest) -> ImapServer:
+    """Each end-to-end test runs on both servers."""
+    server: ImapServer = request.getfixturevalue(f"{request.param}_server")
+    return server
+
+
+@pytest.fixture
+def imap_folder(imap_server: Any) -> str:
+    """A fresh, empty folder on the server for this test."""
+    name = f"test{os.getpid()}x{next(_folders)}"
+    with imap_server.client() as client:
+        client.create_folder(name)
+    return name
+
+
+@pytest.fixture
+def cb_sim() -> Iterator[CollegeBoardSimulator]:
+    with CollegeBoardSimulator() as sim:
+        yield sim
+
+
+def assert_no_secrets(lines: list[str], secrets: list[str]) -> None:
+    """No secret value and no presigned query string in any line."""
+    for line in lines:
+        for secret in secrets:
+            assert secret not in line, f"a secret leaked into a log line: {line[:200]}"
+        assert not PRESIGNED.search(line), f"a presigned URL query leaked: {line[:200]}"
+
+
+@pytest.fixture
+def start_daemon(
+    tmp_path: Path, cb_sim: CollegeBoardSimulator, imap_server: Any, imap_folder: str
+) -> Iterator[Callable[..., DaemonProcess]]:
+    """Start `scorefetch run` on a sandbox config; stops it and checks its output at teardown."""
+    started: list[DaemonProcess] = []
+
+    def start(
+        wait_ready: bool = True, env: dict[str, str] | None = None, **config: Any
+    ) -> DaemonProcess:
+        path = tmp_path / "config.yaml"
+        if not path.exists() or config:
+            write_config(tmp_path, cb_sim, imap_server, imap_folder=imap_folder, **config)
+        daemon = DaemonProcess(path, env=env)
+        started.append(daemon)
+        if wait_ready:
+            daemon.wait_event("daemon.ready", timeout=30)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()
+    assert_no_secrets(
+        [line for d in started for line in d.lines], [imap_server.password, cb_sim.password]
+    )

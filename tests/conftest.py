@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,12 +18,10 @@ import pytest
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, write_config
 from scorefetch.sandbox.imapserver import ImapServer, PymapServer
+from tests.support import assert_no_secrets
 
 REQUIRE_DOVECOT = os.environ.get("SCOREFETCH_REQUIRE_DOVECOT") == "1"
 _folders = itertools.count(1)
-
-# What must never reach a log line: presigned query parameters and the signature.
-PRESIGNED = re.compile(r"X-Amz-Signature|X-Amz-Credential|Expires=\d|[?&]Signature=", re.I)
 
 
 def dovecot_or_skip(workdir: Path) -> Any:
@@ -72,14 +69,6 @@ def imap_folder(imap_server: Any) -> str:
 def cb_sim() -> Iterator[CollegeBoardSimulator]:
     with CollegeBoardSimulator() as sim:
         yield sim
-
-
-def assert_no_secrets(lines: list[str], secrets: list[str]) -> None:
-    """No secret value and no presigned query string in any line."""
-    for line in lines:
-        for secret in secrets:
-            assert secret not in line, f"a secret leaked into a log line: {line[:200]}"
-        assert not PRESIGNED.search(line), f"a presigned URL query leaked: {line[:200]}"
 
 
 @pytest.fixture

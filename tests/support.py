@@ -1,0 +1,16 @@
+"""Checks shared by the tests."""
+
+from __future__ import annotations
+
+import re
+
+# What must never reach a log line: presigned query parameters and their signature.
+PRESIGNED = re.compile(r"X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Expires=\d", re.I)
+
+
+def assert_no_secrets(lines: list[str], secrets: list[str]) -> None:
+    """No secret value and no presigned query string in any line."""
+    for line in lines:
+        for secret in secrets:
+            assert secret not in line, f"a secret leaked into a log line: {line[:200]}"
+        assert not PRESIGNED.search(line), f"a presigned URL query leaked: {line[:200]}"

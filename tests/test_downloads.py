@@ -1,0 +1,166 @@
+"""Durable downloads over real loopback HTTP to the sandbox's S3 stand-in."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from scorefetch.downloads import check_url, fetch_to_file, host_allowed, remove_partials
+from scorefetch.errors import RefusedError, VendorError
+from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
+from scorefetch.sessions import build_session
+from scorefetch.vendors.collegeboard import CollegeBoard
+
+
+def presigned(sim: CollegeBoardSimulator, name: str) -> str:
+    from scorefetch.config import CollegeBoardConfig
+
+    config = CollegeBoardConfig(
+        base_url=sim.base_url,
+        username=sim.username,
+        password=sim.password,
+        download_hosts=(sim.download_host,),
+    )
+    return CollegeBoard(config, build_session()).file_url(name)
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("s3.amazonaws.com", True),
+        ("bucket.s3.amazonaws.com", True),
+        ("a.b.s3.amazonaws.com", True),
+        ("S3.AMAZONAWS.COM.", True),
+        ("evils3.amazonaws.com", False),
+        ("s3.amazonaws.com.evil.com", False),
+        ("amazonaws.com", False),
+        ("", False),
+    ],
+)
+def test_host_allowlist(host: str, allowed: bool) -> None:
+    """Exact hosts and `*.suffix` patterns; lookalikes are refused."""
+    assert host_allowed(host, ["s3.amazonaws.com", "*.s3.amazonaws.com"]) is allowed
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://bucket.s3.amazonaws.com/x.csv",
+        "ftp://s3.amazonaws.com/x.csv",
+        "https://user:pw@s3.amazonaws.com/x.csv",
+        "https://elsewhere.example/x.csv",
+        "x.csv",
+    ],
+)
+def test_check_url_refuses(url: str) -> None:
+    """Plain http to a remote host, other schemes, credentials and other hosts are refused."""
+    with pytest.raises(RefusedError):
+        check_url(url, ["s3.amazonaws.com", "*.s3.amazonaws.com"])
+
+
+def test_lands_exact_bytes_with_modes(cb_sim: CollegeBoardSimulator, tmp_path: Path) -> None:
+    """The file appears whole under its name, 0600 in a new 0700 folder, no .part left."""
+    cb_sim.publish_generated("big.csv", 3 * 1024 * 1024 + 17, seed=1)
+    folder = tmp_path / "files" / "collegeboard"
+    landed = fetch_to_file(
+        build_session(),
+        presigned(cb_sim, "big.csv"),
+        folder,
+        "big.csv",
+        hosts=["127.0.0.1"],
+        deadline_s=60,
+    )
+    assert landed.path == folder / "big.csv"
+    assert landed.size == 3 * 1024 * 1024 + 17
+    assert landed.sha256 == cb_sim.sha256_of("big.csv")
+    assert hashlib.sha256(landed.path.read_bytes()).hexdigest() == landed.sha256
+    assert landed.path.stat().st_mode & 0o777 == 0o600
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert sorted(p.name for p in folder.iterdir()) == ["big.csv"]
+
+
+def test_refused_host_makes_no_connection(cb_sim: CollegeBoardSimulator, tmp_path: Path) -> None:
+    """A URL outside download_hosts is refused before connecting: no request, no file."""
+    cb_sim.publish("a.csv", b"1,2\n")
+    url = presigned(cb_sim, "a.csv")
+    with pytest.raises(RefusedError):
+        fetch_to_file(
+            build_session(), url, tmp_path, "a.csv", hosts=["s3.amazonaws.com"], deadline_s=60
+        )
+    assert cb_sim.stats.downloads_started == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_expired_url_is_kind_expired_and_leaves_nothing(
+    cb_sim: CollegeBoardSimulator, tmp_path: Path
+) -> None:
+    """403 from S3 means "ask for a new URL"; no partial file stays."""
+    cb_sim.publish("a.csv", b"1,2\n")
+    cb_sim.url_lifetime = 0
+    with pytest.raises(VendorError) as caught:
+        fetch_to_file(
+            build_session(),
+            presigned(cb_sim, "a.csv"),
+            tmp_path,
+            "a.csv",
+            hosts=["127.0.0.1"],
+            deadline_s=60,
+        )
+    assert caught.value.kind == "expired"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overall_deadline(cb_sim: CollegeBoardSimulator, tmp_path: Path) -> None:
+    """A download slower than its deadline is abandoned as transient, its .part removed."""
+    cb_sim.publish_generated("slow.csv", 2 * 1024 * 1024)
+    cb_sim.throttle_bps = 512 * 1024
+    with pytest.raises(VendorError) as caught:
+        fetch_to_file(
+            build_session(),
+            presigned(cb_sim, "slow.csv"),
+            tmp_path,
+            "slow.csv",
+            hosts=["127.0.0.1"],
+            deadline_s=0.5,
+        )
+    assert caught.value.kind == "transient"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_never_overwrites_a_different_file(cb_sim: CollegeBoardSimulator, tmp_path: Path) -> None:
+    """An existing different file keeps its name, the new one lands as NAME-1; same bytes reuse."""
+    cb_sim.publish("a.csv", b"new bytes\n")
+    (tmp_path / "a.csv").write_bytes(b"someone else's file\n")
+    landed = fetch_to_file(
+        build_session(),
+        presigned(cb_sim, "a.csv"),
+        tmp_path,
+        "a.csv",
+        hosts=["127.0.0.1"],
+        deadline_s=60,
+    )
+    assert landed.path == tmp_path / "a-1.csv"
+    assert (tmp_path / "a.csv").read_bytes() == b"someone else's file\n"
+    again = fetch_to_file(
+        build_session(),
+        presigned(cb_sim, "a.csv"),
+        tmp_path,
+        "a.csv",
+        hosts=["127.0.0.1"],
+        deadline_s=60,
+    )
+    assert again.path == tmp_path / "a-1.csv"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-1.csv", "a.csv"]
+
+
+def test_remove_partials_only_touches_part_files(tmp_path: Path) -> None:
+    """Leftover .NAME.part files are removed at start; everything else stays."""
+    (tmp_path / "encoura" / "prospect").mkdir(parents=True)
+    keep = [tmp_path / "a.csv", tmp_path / "part.csv", tmp_path / "encoura" / "prospect" / "x.csv"]
+    gone = [tmp_path / ".a.csv.part", tmp_path / "encoura" / "prospect" / ".x.csv.part"]
+    for path in keep + gone:
+        path.write_bytes(b"x")
+    assert sorted(remove_partials(tmp_path)) == sorted(gone)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in gone)

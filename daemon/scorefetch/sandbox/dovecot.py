@@ -1,0 +1,172 @@
+"""A real Dovecot IMAP server, confined to one work folder, for the tests and benchmarks.
+
+Config, sockets (base_dir), state, log and maildirs all live under the work folder;
+/etc/dovecot and the system service are never read or touched. Plain IMAP on loopback.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import weakref
+from pathlib import Path
+
+from scorefetch.sandbox.imapserver import _ServerBase
+from scorefetch.sandbox.ports import free_port, wait_for_port
+
+_SYSTEM_BINARY = Path("/usr/sbin/dovecot")
+# Services that chroot by default. chroot needs root, so a rootless instance turns it off.
+_CHROOTING = ("aggregator", "anvil", "director", "imap-urlauth-login", "ipc", "old-stats")
+# A unix socket path holds 107 bytes, and Dovecot puts names of up to ~25 under base_dir.
+_MAX_BASE_DIR = 80
+
+
+def dovecot_binary() -> str | None:
+    """The dovecot executable, or None when Dovecot is not installed."""
+    # /usr/sbin is often missing from a non-root PATH.
+    found = shutil.which("dovecot")
+    if found is None and _SYSTEM_BINARY.exists():
+        found = str(_SYSTEM_BINARY)
+    return found
+
+
+class DovecotServer(_ServerBase):
+    """Dovecot 2.3 with one passwd-file user and Maildir storage that survives stop()/start()."""
+
+    name = "dovecot"
+
+    def __init__(
+        self, workdir: Path, username: str = "scores@example.edu", password: str = "sandbox-imap"
+    ) -> None:
+        if ":" in username + password:  # the passwd-file separator
+            raise ValueError("username and password must not contain ':'")
+        self.workdir = workdir.absolute()
+        self.username = username
+        self.password = password
+        self.log_path = self.workdir / "dovecot.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._base_dir = self.workdir / "run"
+        if len(str(self._base_dir)) > _MAX_BASE_DIR:
+            # Socket paths under a deep work folder would be too long for bind().
+            self._base_dir = Path(tempfile.mkdtemp(prefix="dovecot-"))
+            weakref.finalize(self, shutil.rmtree, self._base_dir, ignore_errors=True)
+
+    def start(self) -> None:
+        """Start Dovecot in the foreground and wait for its IMAP port (the same one on restarts)."""
+        if self._proc is not None:
+            return
+        binary = dovecot_binary()
+        if binary is None:
+            raise RuntimeError("dovecot is not installed (apt-get install dovecot-imapd)")
+        if not self.port:
+            self.port = free_port(self.host)
+        conf = self._write_config()
+        # A pid file left by a killed master blocks startup if another process got that pid.
+        (self._base_dir / "master.pid").unlink(missing_ok=True)
+        with self.log_path.open("ab") as log:  # early fatal errors go to stderr, not log_path
+            self._proc = subprocess.Popen(
+                [binary, "-F", "-c", str(conf)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 20
+        while self._proc.poll() is None and time.monotonic() < deadline:
+            try:
+                wait_for_port(self.host, self.port, timeout=0.2)
+                return
+            except TimeoutError:
+                continue
+        self.stop()
+        raise RuntimeError(f"dovecot did not start on {self.host}:{self.port}:\n{self._log_tail()}")
+
+    def stop(self) -> None:
+        """Stop Dovecot (SIGTERM, then SIGKILL); the maildir stays for the next start()."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.terminate()  # the master then stops its children and disconnects clients
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the children too, so none keeps the port
+            proc.wait()
+
+    def _write_config(self) -> Path:
+        mail = self.workdir / "mail"
+        home = mail / self.username
+        for folder in (self._base_dir, self.workdir / "state", home):
+            folder.mkdir(parents=True, exist_ok=True)
+        extra = login_chroot = ""
+        if os.getuid() == 0:
+            # Dovecot refuses root for login and mail processes, so they run as nobody. The
+            # "/./" in home chroots the mail process into mail/, so nobody need not traverse
+            # the 0700 folders above it (pytest's tmp_path is one).
+            user = pwd.getpwnam("nobody")
+            internal, home_field = "root", f"{mail}/./{self.username}"
+            for folder in (mail, home):
+                os.chown(folder, user.pw_uid, user.pw_gid)
+        else:
+            user = pwd.getpwuid(os.getuid())
+            internal, home_field = user.pw_name, str(home)
+            extra = "".join(f"service {name} {{\n  chroot =\n}}\n" for name in _CHROOTING)
+            login_chroot = "  chroot =\n"
+        users = self.workdir / "users"
+        users.write_text(f"{self.username}:{{PLAIN}}{self.password}::::{home_field}::\n")
+        users.chmod(0o600)
+        conf = self.workdir / "dovecot.conf"
+        conf.write_text(f"""\
+instance_name = dovecot-sandbox-{self.port}
+base_dir = {self._base_dir}
+state_dir = {self.workdir / "state"}
+log_path = {self.log_path}
+protocols = imap
+listen = {self.host}
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_username_format = %u
+default_internal_user = {internal}
+default_internal_group = {grp.getgrgid(pwd.getpwnam(internal).pw_gid).gr_name}
+default_login_user = {user.pw_name}
+mail_uid = {user.pw_uid}
+mail_gid = {user.pw_gid}
+first_valid_uid = {user.pw_uid}
+first_valid_gid = {user.pw_gid}
+valid_chroot_dirs = {mail}
+mail_location = maildir:~/Maildir
+# IDLE is pushed by inotify; this poll only matters if inotify instances run out.
+mailbox_idle_check_interval = 1 secs
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {users}
+}}
+userdb {{
+  driver = passwd-file
+  args = username_format=%u {users}
+}}
+service imap-login {{
+{login_chroot}  inet_listener imap {{
+    address = {self.host}
+    port = {self.port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+{extra}""")
+        return conf
+
+    def _log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no dovecot log)"
+        return "\n".join(text.splitlines()[-lines:])

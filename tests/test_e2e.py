@@ -316,3 +316,34 @@ def test_sigterm_lets_the_running_download_finish(
     assert daemon.stop() == 0
     assert daemon.named("delivery.downloaded", filename=name)
     assert hashlib.sha256(landed(tmp_path)[name]).hexdigest() == cb_sim.sha256_of(name)
+
+
+@pytest.mark.parametrize("imap_server", ["dovecot"], indirect=True)
+def test_server_restart_reconnects_and_catches_up(
+    start_daemon: Start,
+    cb_sim: CollegeBoardSimulator,
+    imap_server: Any,
+    imap_folder: str,
+    tmp_path: Path,
+) -> None:
+    """The IMAP server goes down and comes back: the daemon reconnects and handles the mail
+    delivered while it was away (and nothing twice)."""
+    first = publish_pair(cb_sim, "4300_20261121_180000")
+    second = publish_pair(cb_sim, "4300_20261121_181500")
+    daemon = start_daemon()
+    deliver(imap_server, imap_folder, mail.notification("4300_20261121_180000.csv"))
+    daemon.wait_event("delivery.downloaded", filename="4300_20261121_180000.csv")
+    imap_server.stop()
+    try:
+        daemon.wait_event("imap.disconnected", timeout=30)
+    finally:
+        imap_server.start()
+    deliver(imap_server, imap_folder, mail.notification("4300_20261121_181500.csv"))
+    daemon.wait_event("delivery.downloaded", filename="4300_20261121_181500.csv", timeout=60)
+    assert len(daemon.named("imap.connected")) >= 2
+    assert daemon.stop() == 0
+    assert landed(tmp_path) == {
+        "4300_20261121_180000.csv": first["4300_20261121_180000.csv"],
+        "4300_20261121_181500.csv": second["4300_20261121_181500.csv"],
+    }
+    assert cb_sim.stats.file_url_names.count("4300_20261121_180000.csv") == 1

@@ -21,7 +21,8 @@ test: venv
 	$(BIN)/pytest
 
 bench: venv
-	$(BIN)/python bench/run.py
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 lint: venv
 	$(BIN)/ruff check daemon tests bench

@@ -7,6 +7,7 @@ e.g. ``config.yaml: collegeboard.formats[1]: 'xls' is not one of csv, txt, zip``
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from pathlib import Path
@@ -32,6 +33,7 @@ DEFAULT_PATH = Path("/etc/scorefetch/config.yaml")
 SECRET_KEYS = frozenset({"password", "api_key", "client_secret", "refresh_token"})
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_NAMED_KEY = re.compile(r"^([a-z_]+(?:\.[a-z_]+)*): (.*)$", re.S)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -46,6 +48,8 @@ def parse_duration(value: object) -> float:
         if not match:
             raise ValueError(f"{value!r} is not a duration (use e.g. 30s, 15m, 1h or seconds)")
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not math.isfinite(seconds):
+        raise ValueError(f"{value!r} is not a duration")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
@@ -162,12 +166,27 @@ class Config(_Model):
     @model_validator(mode="after")
     def _sources(self) -> Config:
         if self.collegeboard is not None and self.collegeboard.enabled and self.imap is None:
-            raise ValueError("collegeboard is enabled, so an imap section is required")
+            raise ValueError("imap: required, because collegeboard is enabled")
         return self
 
     @property
     def ledger_path(self) -> Path:
         return self.state_dir / "ledger.sqlite3"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (a typo, like unknown keys)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def default_path() -> Path:
@@ -182,8 +201,10 @@ def load(path: Path, environ: dict[str, str] | None = None) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: cannot read: not UTF-8 text ({exc.reason})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
@@ -216,6 +237,10 @@ def _describe(path: Path, err: Any) -> str:
         message = "required key is missing"
     else:
         message = str(err["msg"]).removeprefix("Value error, ")
+        # A model validator names the key it is about as "key: reason".
+        named = _NAMED_KEY.match(message) if kind == "value_error" else None
+        if named:
+            loc, message = (*loc, *named.group(1).split(".")), named.group(2)
     return f"{path}: {_key_path(loc)}: {message}"
 
 
@@ -265,6 +290,8 @@ def _read_secret(value: Any, loc: tuple[str | int, ...], path: Path, base: Path)
         raise ConfigError(
             f"{path}: {_key_path(loc)}: cannot read {secret_path}: {exc.strerror or exc}"
         ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: {_key_path(loc)}: {secret_path} is not UTF-8 text") from None
     if not secret:
         raise ConfigError(f"{path}: {_key_path(loc)}: {secret_path} is empty")
     return secret

@@ -68,6 +68,7 @@ class Service:
             client = CollegeBoard(cb, build_session())
             self.deliveries = CollegeBoardDeliveries(client, self.ledger, config.download_dir)
         self.sources = [name for name in ("collegeboard",) if self.deliveries is not None]
+        self._signal: str | None = None
         self._log = logs.get()
 
     def handle_message(self, uid: int, raw: bytes | None, reason: str) -> None:
@@ -97,7 +98,9 @@ class Service:
             log.exception("notification.rejected", message_id=None, reason="internal_error")
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        self._log.info("daemon.signal", signal=signal.Signals(signum).name)
+        # Only set flags here: the handler runs between any two bytecodes of the main
+        # thread, possibly while it holds the log writer's lock, so logging could deadlock.
+        self._signal = signal.Signals(signum).name
         self.stop.set()
 
     def _ready(self) -> None:
@@ -127,7 +130,7 @@ class Service:
                 while not self.stop.wait(1.0):
                     self.notifier.tick()
         finally:
-            self._log.info("daemon.stopping", sources=self.sources)
+            self._log.info("daemon.stopping", sources=self.sources, signal=self._signal)
             self.notifier.send("STOPPING=1")
             if self.deliveries is not None and not self.deliveries.close(SHUTDOWN_GRACE_S):
                 # Downloads still running: leave now. Their rows stay unfinished in the

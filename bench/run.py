@@ -1,0 +1,343 @@
+"""Benchmarks for the spec's targets (`make bench`): writes bench/results/results.md and a
+PNG of the latency distribution.
+
+    python bench/run.py [--quick] [--idle-seconds N] [--only NAME ...]
+
+Everything runs on loopback against the sandbox: the real daemon process, pymap and
+(when installed) Dovecot, the College Board simulator, and curl for the streaming
+baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from scorefetch.sandbox import mail
+from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
+from scorefetch.sandbox.daemon import DaemonProcess, write_config
+from scorefetch.sandbox.dovecot import DovecotServer, dovecot_binary
+from scorefetch.sandbox.imapserver import ImapServer, PymapServer
+
+RESULTS = Path(__file__).parent / "results"
+Row = tuple[str, str, str, str]  # benchmark, measured, target, verdict
+
+
+def _stamp(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
+
+
+class Sandbox:
+    """A simulator, an IMAP server and a running daemon in a temp folder."""
+
+    def __init__(self, server: ImapServer, folder: Path, **config: Any) -> None:
+        self.sim = CollegeBoardSimulator()
+        self.server = server
+        self.folder = folder
+        self.config = config
+
+    def __enter__(self) -> Sandbox:
+        self.sim.start()
+        self.server.start()
+        path = write_config(self.folder, self.sim, self.server, **self.config)
+        self.daemon = DaemonProcess(path)
+        self.daemon.wait_event("daemon.ready", timeout=60)
+        self.client = self.server.client()  # type: ignore[attr-defined]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.logout()
+        self.daemon.stop()
+        self.server.stop()
+        self.sim.stop()
+
+
+def latency(server: ImapServer, folder: Path, count: int) -> list[float]:
+    """Seconds from APPEND to the file renamed into place, per notification (100 KB files)."""
+    samples = []
+    with Sandbox(server, folder) as box:
+        for i in range(count):
+            name = f"4300_20261121_{i:06d}.csv"
+            box.sim.publish(name, os.urandom(100 * 1024))
+            raw = mail.notification(name)
+            start = len(box.daemon.events)
+            began = time.time()
+            box.client.append("INBOX", raw)
+            event = box.daemon.wait_for(
+                lambda e, n=name: e.get("event") == "delivery.downloaded" and e["filename"] == n,
+                timeout=30,
+                start=start,
+            )
+            samples.append(_stamp(event) - began)
+            time.sleep(0.05)
+    return samples
+
+
+def burst(server: ImapServer, folder: Path, pairs: int) -> tuple[float, int, int, float, bool]:
+    """Append `pairs` csv/txt notification pairs at once; time until every csv landed."""
+    with Sandbox(server, folder, retry_schedule=("1s", "2s")) as box:
+        names = [f"4300_20261121_{i:06d}" for i in range(pairs)]
+        for stem in names:
+            box.sim.publish(f"{stem}.csv", os.urandom(4096))
+            box.sim.publish(f"{stem}.txt", os.urandom(4096))
+        raws = [mail.notification(f"{s}.{ext}") for s in names for ext in ("csv", "txt")]
+        began = time.time()
+        for raw in raws:
+            box.client.append("INBOX", raw)
+        wanted = {f"{s}.csv" for s in names}
+        last = began
+        while wanted:
+            event = box.daemon.wait_for(
+                lambda e: e.get("event") == "delivery.downloaded" and e["filename"] in wanted,
+                timeout=120,
+            )
+            wanted.discard(event["filename"])
+            last = _stamp(event)
+        stats = box.sim.stats
+        files = list((folder / "files" / "collegeboard").iterdir())
+        return (
+            last - began,
+            len(files),
+            stats.expired_rejections,
+            stats.max_url_age(),
+            len(files) == pairs,
+        )
+
+
+def streaming(folder: Path, size: int) -> tuple[float, float, float, int]:
+    """curl and `scorefetch fetch` on the same simulator in the same run:
+    (curl MB/s, scorefetch MB/s, ratio, scorefetch peak RSS bytes)."""
+    with CollegeBoardSimulator() as sim, PymapServer() as imap:
+        sim.publish_generated("big.csv", size, seed=11)
+        config = write_config(folder, sim, imap)
+        from scorefetch.config import load
+        from scorefetch.sessions import build_session
+        from scorefetch.vendors.collegeboard import CollegeBoard
+
+        cfg = load(config).collegeboard
+        assert cfg is not None
+        url = CollegeBoard(cfg, build_session()).file_url("big.csv")
+        out = folder / "curl.out"
+        began = time.monotonic()
+        subprocess.run(["curl", "-sS", "-o", str(out), url], check=True)
+        curl_s = time.monotonic() - began
+        out.unlink()
+        began = time.monotonic()
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "scorefetch",
+                "fetch",
+                "-c",
+                str(config),
+                "collegeboard",
+                "big.csv",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        ours_s = time.monotonic() - began
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        assert proc.returncode == 0, "scorefetch fetch failed"
+        landed = folder / "files" / "collegeboard" / "big.csv"
+        digest = hashlib.sha256()
+        with landed.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        assert digest.hexdigest() == sim.sha256_of("big.csv"), "bytes differ"
+        mb = size / 1e6
+        return mb / curl_s, mb / ours_s, curl_s / ours_s, usage.ru_maxrss * 1024
+
+
+def _cpu_and_rss(pid: int) -> tuple[float, int]:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    rss = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+    return cpu, rss
+
+
+def idle(server: ImapServer, folder: Path, seconds: float) -> tuple[float, int, int]:
+    """CPU seconds and RSS (start, end) of the daemon over `seconds` of IDLE."""
+    with Sandbox(server, folder) as box:
+        time.sleep(2)
+        cpu0, rss0 = _cpu_and_rss(box.daemon.proc.pid)
+        time.sleep(seconds)
+        cpu1, rss1 = _cpu_and_rss(box.daemon.proc.pid)
+        return cpu1 - cpu0, rss0, rss1
+
+
+def start_to_ready(folder: Path, runs: int) -> list[float]:
+    """Seconds from exec to READY=1 on $NOTIFY_SOCKET."""
+    samples = []
+    with CollegeBoardSimulator() as sim, PymapServer() as imap:
+        config = write_config(folder, sim, imap)
+        for i in range(runs):
+            path = str(folder / f"notify{i}.sock")
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.bind(path)
+            sock.settimeout(30)
+            began = time.monotonic()
+            daemon = DaemonProcess(config, env={"NOTIFY_SOCKET": path})
+            while b"READY=1" not in sock.recv(4096):
+                pass
+            samples.append(time.monotonic() - began)
+            daemon.stop()
+            sock.close()
+    return samples
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def plot(series: dict[str, list[float]], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, values in series.items():
+        ms = sorted(v * 1000 for v in values)
+        ax.plot(
+            ms, [(i + 1) / len(ms) for i in range(len(ms))], label=label, drawstyle="steps-post"
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("notification APPEND → file in place (ms, log scale)")
+    ax.set_ylabel("fraction of notifications")
+    ax.set_title("scorefetch email-to-file latency, 100 KB files, loopback")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller runs (a minute or two)")
+    parser.add_argument("--idle-seconds", type=float, default=None)
+    parser.add_argument("--only", nargs="*", default=None)
+    args = parser.parse_args()
+    quick = args.quick
+    idle_s = args.idle_seconds if args.idle_seconds is not None else (30 if quick else 600)
+    wanted: Callable[[str], bool] = lambda n: args.only is None or n in args.only  # noqa: E731
+    RESULTS.mkdir(exist_ok=True)
+    rows: list[Row] = []
+    series: dict[str, list[float]] = {}
+    work = Path(tempfile.mkdtemp(prefix="scorefetch-bench-"))
+    have_dovecot = dovecot_binary() is not None
+    try:
+
+        def sub(name: str) -> Path:
+            path = work / name
+            path.mkdir()
+            return path
+
+        if wanted("latency"):
+            n = 40 if quick else 200
+            samples = latency(PymapServer(), sub("lat-pymap"), n)
+            series["pymap"] = samples
+            p50, p99 = percentile(samples, 50), percentile(samples, 99)
+            rows.append(
+                (
+                    "latency p50 / p99, pymap",
+                    f"{p50 * 1000:.0f} ms / {p99 * 1000:.0f} ms (n={n})",
+                    "≤ 50 ms / ≤ 250 ms",
+                    "met" if p50 <= 0.05 and p99 <= 0.25 else "missed",
+                )
+            )
+            if have_dovecot:
+                samples = latency(DovecotServer(sub("dovecot-lat")), sub("lat-dovecot"), n // 2)
+                series["dovecot"] = samples
+                p50, p99 = percentile(samples, 50), percentile(samples, 99)
+                rows.append(
+                    (
+                        "latency p50 / p99, Dovecot",
+                        f"{p50 * 1000:.0f} ms / {p99 * 1000:.0f} ms (n={n // 2})",
+                        "≤ ~500 ms IDLE delay + 150 ms",
+                        "met" if p99 <= 0.65 else "missed",
+                    )
+                )
+            if plot(series, RESULTS / "latency.png"):
+                print(f"wrote {RESULTS / 'latency.png'}")
+        if wanted("burst"):
+            pairs = 100 if quick else 250
+            took, files, expired, age, ok = burst(PymapServer(), sub("burst"), pairs)
+            rows.append(
+                (
+                    f"burst, {pairs * 2} notifications ({pairs} pairs), pymap",
+                    f"{took:.2f} s, {files} files, {expired} expired URLs, "
+                    f"oldest URL used at {age:.2f} s",
+                    "all land, none expired, ≤ 10 s",
+                    "met" if ok and expired == 0 and took <= 10 and age < 15 else "missed",
+                )
+            )
+        if wanted("streaming"):
+            size = (256 if quick else 1024) * 1024 * 1024
+            curl_mb, ours_mb, ratio, rss = streaming(sub("stream"), size)
+            rows.append(
+                (
+                    f"streaming {size >> 20} MiB vs curl",
+                    f"curl {curl_mb:.0f} MB/s, scorefetch {ours_mb:.0f} MB/s "
+                    f"(ratio {ratio:.2f}), peak RSS {rss / 1e6:.0f} MB",
+                    "≥ 0.8× curl, RSS ≤ 80 MB",
+                    "met" if ratio >= 0.8 and rss <= 80e6 else "missed",
+                )
+            )
+        if wanted("idle"):
+            cpu, rss0, rss1 = idle(PymapServer(), sub("idle"), idle_s)
+            per10 = cpu * 600 / idle_s
+            rows.append(
+                (
+                    f"idle {idle_s:.0f} s on IDLE, pymap",
+                    f"{cpu:.2f} s CPU (≈ {per10:.2f} s per 10 min), RSS "
+                    f"{rss0 / 1e6:.1f} → {rss1 / 1e6:.1f} MB",
+                    "≤ 1 s CPU per 10 min, RSS flat",
+                    "met" if per10 <= 1 and rss1 <= rss0 * 1.05 else "missed",
+                )
+            )
+        if wanted("ready"):
+            samples = start_to_ready(sub("ready"), 5)
+            med = statistics.median(samples)
+            rows.append(
+                (
+                    "start → READY=1 (median of 5)",
+                    f"{med:.2f} s (max {max(samples):.2f})",
+                    "≤ 1.5 s",
+                    "met" if med <= 1.5 else "missed",
+                )
+            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    table = ["| benchmark | measured | target | verdict |", "|---|---|---|---|"]
+    table += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    header = (
+        f"# scorefetch benchmarks\n\n{datetime.now().isoformat(timespec='seconds')}, "
+        f"{os.cpu_count()} cores, Python {sys.version.split()[0]}"
+        f"{', quick run' if quick else ''}\n\n"
+    )
+    (RESULTS / "results.md").write_text(header + "\n".join(table) + "\n")
+    print(header + "\n".join(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

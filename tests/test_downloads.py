@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from scorefetch.downloads import check_url, fetch_to_file, host_allowed, remove_partials
+from scorefetch.downloads import Landed, check_url, fetch_to_file, host_allowed, remove_partials
 from scorefetch.errors import RefusedError, VendorError
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sessions import build_session
@@ -24,6 +24,18 @@ def presigned(sim: CollegeBoardSimulator, name: str) -> str:
         download_hosts=(sim.download_host,),
     )
     return CollegeBoard(config, build_session()).file_url(name)
+
+
+def fetch(sim: CollegeBoardSimulator, name: str, folder: Path, deadline_s: float = 60) -> Landed:
+    """A fresh URL for `name`, fetched at once into `folder`."""
+    return fetch_to_file(
+        build_session(),
+        presigned(sim, name),
+        folder,
+        name,
+        hosts=[sim.download_host],
+        deadline_s=deadline_s,
+    )
 
 
 @pytest.mark.parametrize(
@@ -64,14 +76,7 @@ def test_lands_exact_bytes_with_modes(cb_sim: CollegeBoardSimulator, tmp_path: P
     """The file appears whole under its name, 0600 in a new 0700 folder, no .part left."""
     cb_sim.publish_generated("big.csv", 3 * 1024 * 1024 + 17, seed=1)
     folder = tmp_path / "files" / "collegeboard"
-    landed = fetch_to_file(
-        build_session(),
-        presigned(cb_sim, "big.csv"),
-        folder,
-        "big.csv",
-        hosts=["127.0.0.1"],
-        deadline_s=60,
-    )
+    landed = fetch(cb_sim, "big.csv", folder, deadline_s=60)
     assert landed.path == folder / "big.csv"
     assert landed.size == 3 * 1024 * 1024 + 17
     assert landed.sha256 == cb_sim.sha256_of("big.csv")
@@ -100,14 +105,7 @@ def test_expired_url_is_kind_expired_and_leaves_nothing(
     cb_sim.publish("a.csv", b"1,2\n")
     cb_sim.url_lifetime = 0
     with pytest.raises(VendorError) as caught:
-        fetch_to_file(
-            build_session(),
-            presigned(cb_sim, "a.csv"),
-            tmp_path,
-            "a.csv",
-            hosts=["127.0.0.1"],
-            deadline_s=60,
-        )
+        fetch(cb_sim, "a.csv", tmp_path, deadline_s=60)
     assert caught.value.kind == "expired"
     assert list(tmp_path.iterdir()) == []
 
@@ -117,14 +115,7 @@ def test_overall_deadline(cb_sim: CollegeBoardSimulator, tmp_path: Path) -> None
     cb_sim.publish_generated("slow.csv", 2 * 1024 * 1024)
     cb_sim.throttle_bps = 512 * 1024
     with pytest.raises(VendorError) as caught:
-        fetch_to_file(
-            build_session(),
-            presigned(cb_sim, "slow.csv"),
-            tmp_path,
-            "slow.csv",
-            hosts=["127.0.0.1"],
-            deadline_s=0.5,
-        )
+        fetch(cb_sim, "slow.csv", tmp_path, deadline_s=0.5)
     assert caught.value.kind == "transient"
     assert list(tmp_path.iterdir()) == []
 
@@ -133,24 +124,10 @@ def test_never_overwrites_a_different_file(cb_sim: CollegeBoardSimulator, tmp_pa
     """An existing different file keeps its name, the new one lands as NAME-1; same bytes reuse."""
     cb_sim.publish("a.csv", b"new bytes\n")
     (tmp_path / "a.csv").write_bytes(b"someone else's file\n")
-    landed = fetch_to_file(
-        build_session(),
-        presigned(cb_sim, "a.csv"),
-        tmp_path,
-        "a.csv",
-        hosts=["127.0.0.1"],
-        deadline_s=60,
-    )
+    landed = fetch(cb_sim, "a.csv", tmp_path, deadline_s=60)
     assert landed.path == tmp_path / "a-1.csv"
     assert (tmp_path / "a.csv").read_bytes() == b"someone else's file\n"
-    again = fetch_to_file(
-        build_session(),
-        presigned(cb_sim, "a.csv"),
-        tmp_path,
-        "a.csv",
-        hosts=["127.0.0.1"],
-        deadline_s=60,
-    )
+    again = fetch(cb_sim, "a.csv", tmp_path, deadline_s=60)
     assert again.path == tmp_path / "a-1.csv"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-1.csv", "a.csv"]
 

@@ -22,10 +22,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, cast
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 from xml.sax.saxutils import escape
+
+from scorefetch.sandbox.ports import Lifecycle
 
 CHUNK = 64 * 1024
 BUCKET = "cb-score-downloads"
@@ -246,7 +247,7 @@ class _S3Handler(_Handler):
         return None
 
 
-class CollegeBoardSimulator:
+class CollegeBoardSimulator(Lifecycle):
     """College Board's score download API plus the S3 bucket its presigned URLs point at."""
 
     def __init__(
@@ -291,18 +292,6 @@ class CollegeBoardSimulator:
             server.server_close()
             thread.join(timeout=5)
         self._servers.clear()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _port(self, index: int) -> int:
         if not self._servers:

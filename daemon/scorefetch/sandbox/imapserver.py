@@ -9,12 +9,11 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol
 
 from imapclient import IMAPClient
 
-from scorefetch.sandbox.ports import free_port, wait_for_port
+from scorefetch.sandbox.ports import Lifecycle, free_port, wait_for_port
 
 
 class ImapServer(Protocol):
@@ -30,30 +29,12 @@ class ImapServer(Protocol):
     def stop(self) -> None: ...
 
 
-class _ServerBase:
+class _ServerBase(Lifecycle):
     name = "imap"
     host = "127.0.0.1"
     port = 0
     username = ""
     password = ""
-
-    def start(self) -> None:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def client(self, timeout: float = 10.0) -> IMAPClient:
         """A logged-in client, e.g. to APPEND notifications."""

@@ -37,6 +37,16 @@ The College Board
 """
 
 
+def _message(sender: str, subject: str, id_domain: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = RECIPIENT
+    message["Subject"] = subject
+    message["Date"] = email.utils.formatdate(localtime=False)
+    message["Message-ID"] = email.utils.make_msgid(domain=id_domain)
+    return message
+
+
 def notification(
     filename: str,
     *,
@@ -52,12 +62,7 @@ def notification(
     `html_encoding`: quoted-printable (the vendor's), base64, 7bit or 8bit.
     `span`: the fileName element to use instead of `<span id="fileName"> NAME </span>`.
     """
-    message = EmailMessage()
-    message["From"] = sender
-    message["To"] = RECIPIENT
-    message["Subject"] = "New score report file available"
-    message["Date"] = email.utils.formatdate(localtime=False)
-    message["Message-ID"] = email.utils.make_msgid(domain="notify.collegeboard.org")
+    message = _message(sender, "New score report file available", "notify.collegeboard.org")
     for key, value in (headers or {}).items():
         message[key] = value
     html = HTML.format(
@@ -73,12 +78,9 @@ def notification(
 
 def marketing(sender: str = SENDER) -> bytes:
     """A College Board email that announces no file (a webinar invitation)."""
-    message = EmailMessage()
-    message["From"] = sender
-    message["To"] = RECIPIENT
-    message["Subject"] = "Join our upcoming webinar on the digital SAT Suite"
-    message["Date"] = email.utils.formatdate(localtime=False)
-    message["Message-ID"] = email.utils.make_msgid(domain="news.collegeboard.org")
+    message = _message(
+        sender, "Join our upcoming webinar on the digital SAT Suite", "news.collegeboard.org"
+    )
     message.set_content("Register for the webinar.\n")
     message.add_alternative(
         "<html><body><p>Register for the <b>webinar</b>.</p>"

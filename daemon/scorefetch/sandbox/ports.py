@@ -1,9 +1,33 @@
-"""Loopback port helpers shared by the sandbox servers."""
+"""Loopback port helpers and the start/stop shape shared by the sandbox servers."""
 
 from __future__ import annotations
 
 import socket
 import time
+from types import TracebackType
+from typing import Self
+
+
+class Lifecycle:
+    """start() and stop(), and `with server:` doing both."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

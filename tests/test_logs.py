@@ -1,0 +1,66 @@
+"""Log lines: JSON shape, and the last-line scrubbing of secrets and presigned queries."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from scorefetch import logs
+
+
+@pytest.fixture
+def stream() -> Iterator[io.StringIO]:
+    out = io.StringIO()
+    logs.configure("json", "debug", out)
+    yield out
+    logs.configure("json", "info")
+
+
+def lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_json_line_has_timestamp_level_event_and_bound_fields(stream: io.StringIO) -> None:
+    """One JSON object per line with an ISO UTC timestamp, the level, the event and bound fields."""
+    logs.get(vendor="collegeboard").info("delivery.skipped", filename="a.txt", reason="format")
+    (event,) = lines(stream)
+    assert event["event"] == "delivery.skipped" and event["level"] == "info"
+    assert event["vendor"] == "collegeboard" and event["reason"] == "format"
+    assert str(event["timestamp"]).endswith("Z")
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["password", "api_key", "apikey", "session_token", "secret", "Authorization", "x_api_key"],
+)
+def test_secret_named_fields_are_masked(stream: io.StringIO, field: str) -> None:
+    """A field named like a secret never shows its value, whatever the caller passed."""
+    logs.get().warning("oops", **{field: "hunter2-very-secret"})
+    assert "hunter2-very-secret" not in stream.getvalue()
+    assert lines(stream)[0][field] == "********"
+
+
+def test_url_queries_are_cut_everywhere(stream: io.StringIO) -> None:
+    """Presigned URLs keep scheme, host and path; their query never reaches the line."""
+    url = "https://bucket.s3.amazonaws.com/4300_1.csv?X-Amz-Signature=abc123&Expires=1700000000"
+    logs.get().error("delivery.failed", error=f"403 for url: {url}", urls=[url], nested=(url,))
+    text = stream.getvalue()
+    assert "X-Amz-Signature" not in text and "abc123" not in text and "Expires=" not in text
+    assert "https://bucket.s3.amazonaws.com/4300_1.csv?…" in lines(stream)[0]["error"]
+
+
+def test_level_filter(stream: io.StringIO) -> None:
+    """Below the configured level nothing is written."""
+    logs.configure("json", "warning", stream)
+    logs.get().info("quiet")
+    logs.get().warning("loud")
+    assert [e["event"] for e in lines(stream)] == ["loud"]
+
+
+def test_strip_query_leaves_plain_text() -> None:
+    """Text without URLs, and URLs without a query, are unchanged."""
+    assert logs.strip_query("no url here ?x=1") == "no url here ?x=1"
+    assert logs.strip_query("see https://h/p") == "see https://h/p"

@@ -20,6 +20,7 @@ from scorefetch.downloads import Progress
 from scorefetch.errors import ConfigError, RefusedError, ScorefetchError
 from scorefetch.filenames import check_name
 from scorefetch.ledger import Ledger
+from scorefetch.reconciliation import missing
 from scorefetch.sessions import build_session
 from scorefetch.vendors.collegeboard import CollegeBoard
 
@@ -184,15 +185,11 @@ def _sync(config: Config, args: argparse.Namespace) -> int:
         return EX_USAGE
     deliveries = _collegeboard(config)
     listed = deliveries.client.list_files(since.astimezone())
-    names = []
-    for entry in listed:
-        try:
-            names.append(check_name(entry.name))
-        except RefusedError as exc:
-            logs.get().warning(
-                "listing.refused", vendor="collegeboard", filename=entry.name, error=str(exc)
-            )
-    print(f"collegeboard: {len(listed)} files listed since {since.date().isoformat()}")
+    names = missing(deliveries, listed)
+    print(
+        f"collegeboard: {len(listed)} files listed since {since.date().isoformat()}, "
+        f"{len(names)} to download"
+    )
     return _deliver_now(deliveries, names, source="listing")
 
 

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -113,15 +114,23 @@ class ImapConfig(_Model):
         return self
 
 
+class AuthenticationResults(_Model):
+    authserv_id: str = Field(min_length=1)
+
+
 class CollegeBoardConfig(_Model):
     enabled: bool = True
     base_url: BaseUrl = "https://scoresdownload.collegeboard.org"
+    auth: Literal["one-step", "token"] = "one-step"
     username: str
     password: SecretStr
     formats: tuple[Literal["csv", "txt", "zip"], ...] = ("csv",)
     senders: tuple[str, ...] = ("@collegeboard.org",)
+    require_authentication_results: AuthenticationResults | None = None
     download_hosts: tuple[str, ...] = ("s3.amazonaws.com", "*.s3.amazonaws.com")
     poll_interval: Duration = 3600.0
+    listing_overlap: Duration = 3600.0
+    timezone: str = "America/New_York"
     max_parallel: int = Field(4, ge=1, le=32)
     retry_schedule: tuple[Duration, ...] = (30.0, 120.0, 600.0, 3600.0)
     download_timeout: Duration = Field(3600.0, gt=0)
@@ -131,6 +140,15 @@ class CollegeBoardConfig(_Model):
     def _some_format(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if not value:
             raise ValueError("list at least one of csv, txt, zip")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not a time zone name (e.g. America/New_York)") from None
         return value
 
     @field_validator("senders")

@@ -19,7 +19,7 @@ from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, Event, pretty, write_config
 from scorefetch.sandbox.imapserver import PymapServer
 
-SHOWN = ("daemon.", "imap.connected", "imap.first_scan", "notification.", "delivery.")
+SHOWN = ("daemon.", "imap.connected", "imap.first_scan", "listing.", "notification.", "delivery.")
 
 
 def sample_csv(name: str, rows: int = 40) -> bytes:
@@ -54,25 +54,31 @@ def run_demo(keep: bool = False) -> int:
 
 def _demo(folder: Path, sim: CollegeBoardSimulator, imap: PymapServer) -> int:
     day = datetime.now(UTC).strftime("%Y%m%d")
-    early, pair, later = (f"4300_{day}_{t}" for t in ("081502", "101544", "113020"))
+    lost, early, pair, later = (f"4300_{day}_{t}" for t in ("061500", "081502", "101544", "113020"))
     published: dict[str, bytes] = {}
-    for stem in (early, pair, later):
-        for ext in ("csv", "txt"):
-            published[f"{stem}.{ext}"] = sample_csv(f"{stem}.{ext}")
-            sim.publish(f"{stem}.{ext}", published[f"{stem}.{ext}"])
+
+    def post(*stems: str) -> None:
+        for stem in stems:
+            for ext in ("csv", "txt"):
+                published[f"{stem}.{ext}"] = sample_csv(f"{stem}.{ext}")
+                sim.publish(f"{stem}.{ext}", published[f"{stem}.{ext}"])
+
+    # Posted before the daemon starts: one whose email was lost (the listing finds it),
+    # one whose email is already waiting in the folder (the first scan finds it).
+    post(lost, early)
     sim.publish("passwd", b"not for you\n")
-    config = write_config(folder, sim, imap)
+    config = write_config(folder, sim, imap, poll_interval="1h")
     print(
         f"sandbox: College Board simulator at {sim.base_url}, IMAP (pymap) at "
         f"{imap.host}:{imap.port}, files under {folder / 'files'}\n"
     )
-
-    # Mail that arrived before the daemon's first start is handled too (lookback_days).
     imap.deliver(mail.notification(f"{early}.csv"))
     daemon = DaemonProcess(config, echo=_show)
+    expected = {f"{lost}.csv", f"{early}.csv", f"{pair}.csv", f"{later}.csv"}
     try:
         daemon.wait_event("daemon.ready", timeout=30)
-        expected = {f"{early}.csv", f"{pair}.csv", f"{later}.csv"}
+        daemon.wait_event("listing.completed", timeout=30)
+        post(pair, later)
         for raw in (
             mail.notification(f"{pair}.csv"),
             mail.notification(f"{pair}.txt"),  # the twin: skipped, the office wants csv
@@ -89,7 +95,10 @@ def _demo(folder: Path, sim: CollegeBoardSimulator, imap: PymapServer) -> int:
             imap.deliver(raw)
         for name in sorted(expected):
             daemon.wait_event("delivery.downloaded", timeout=60, filename=name)
-        daemon.wait_event("delivery.skipped", timeout=30, reason="duplicate")
+        daemon.wait_for(
+            lambda e: e.get("reason") == "duplicate" and e.get("filename") == f"{pair}.csv",
+            timeout=30,
+        )
     except TimeoutError as exc:
         print(f"\ndemo FAILED: {exc}")
         daemon.stop()

@@ -7,6 +7,7 @@ as its parsed From address is on the `senders` allowlist.
 from __future__ import annotations
 
 import email.utils
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email import errors, policy
@@ -19,6 +20,7 @@ from scorefetch.errors import RefusedError
 from scorefetch.filenames import check_name
 
 MAX_MESSAGE_BYTES = 5 * 1024 * 1024  # real notifications are a few KB
+_RESULT = re.compile(r"\s*(dkim|dmarc)\s*=\s*(\w+)", re.I)
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,38 @@ def sender_allowed(address: str, senders: Sequence[str]) -> bool:
                 return True
         elif address == allowed:
             return True
+    return False
+
+
+def _allowed_domains(senders: Sequence[str]) -> list[str]:
+    return [s.lower().rpartition("@")[2] for s in senders]
+
+
+def _strip_comments(text: str) -> str:
+    """RFC 5322 comments `( … )` removed (not nested: enough for these headers)."""
+    return re.sub(r"\([^()]*\)", " ", text)
+
+
+def authenticated(message: EmailMessage, authserv_id: str, senders: Sequence[str]) -> bool:
+    """An Authentication-Results header from our own `authserv_id` says dkim=pass (header.d)
+    or dmarc=pass (header.from) for an allowlisted domain. Only the receiving server's
+    own header counts: it must strip look-alikes that arrive from outside."""
+    domains = _allowed_domains(senders)
+    for key, value in message.raw_items():
+        if key.lower() != "authentication-results":
+            continue
+        server, *results = _strip_comments(" ".join(str(value).split())).split(";")
+        if not server.split() or server.split()[0].lower() != authserv_id.lower():
+            continue
+        for result in results:
+            match = _RESULT.match(result)
+            if not match or match.group(2).lower() != "pass":
+                continue
+            prop = r"header\.[di]" if match.group(1).lower() == "dkim" else r"header\.from"
+            found = re.search(rf"\b{prop}\s*=\s*(?:[^\s;@]*@)?([^\s;@]+)", result, re.I)
+            domain = found.group(1).lower().rstrip(".") if found else ""
+            if domain and any(domain == d or domain.endswith("." + d) for d in domains):
+                return True
     return False
 
 
@@ -100,7 +134,9 @@ def _sender(message: EmailMessage) -> str | None:
     return address if address.count("@") == 1 else None
 
 
-def read_notification(raw: bytes, senders: Sequence[str]) -> Notification | Rejection:
+def read_notification(
+    raw: bytes, senders: Sequence[str], authserv_id: str | None = None
+) -> Notification | Rejection:
     """Decide what one email announces; never raises on any input."""
     if len(raw) > MAX_MESSAGE_BYTES:
         return Rejection("", "too_large", f"message is {len(raw)} bytes; notifications are small")
@@ -110,19 +146,25 @@ def read_notification(raw: bytes, senders: Sequence[str]) -> Notification | Reje
     except Exception as exc:  # noqa: BLE001 - a hostile message must not stop the loop
         return Rejection("", "malformed", f"unparseable message: {type(exc).__name__}")
     try:
-        return _read(message, message_id, senders)
+        return _read(message, message_id, senders, authserv_id)
     except Exception as exc:  # noqa: BLE001 - the email package raises many kinds on junk
         return Rejection(message_id, "malformed", f"unparseable message: {type(exc).__name__}")
 
 
 def _read(
-    message: EmailMessage, message_id: str, senders: Sequence[str]
+    message: EmailMessage, message_id: str, senders: Sequence[str], authserv_id: str | None
 ) -> Notification | Rejection:
     sender = _sender(message)
     if sender is None:
         return Rejection(message_id, "sender", "no single From address")
     if not sender_allowed(sender, senders):
         return Rejection(message_id, "sender", f"sender {sender} is not in collegeboard.senders")
+    if authserv_id is not None and not authenticated(message, authserv_id, senders):
+        return Rejection(
+            message_id,
+            "unauthenticated",
+            f"no dkim=pass or dmarc=pass for an allowed domain from {authserv_id}",
+        )
     names: list[str] = []
     for html in html_parts(message):
         names.extend(n for n in file_names_in_html(html) if n not in names)

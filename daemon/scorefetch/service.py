@@ -18,6 +18,7 @@ from scorefetch.downloads import remove_partials
 from scorefetch.ledger import Ledger
 from scorefetch.mailbox import MailboxWatcher
 from scorefetch.notifications import Notification, read_notification
+from scorefetch.reconciliation import Reconciler
 from scorefetch.sessions import build_session
 from scorefetch.vendors.collegeboard import CollegeBoard
 
@@ -67,6 +68,10 @@ class Service:
         if cb is not None and cb.enabled:
             client = CollegeBoard(cb, build_session())
             self.deliveries = CollegeBoardDeliveries(client, self.ledger, config.download_dir)
+        self.reconciler: Reconciler | None = None
+        if self.deliveries is not None and self.deliveries.config.poll_interval > 0:
+            lookback = config.imap.lookback_days if config.imap else 14
+            self.reconciler = Reconciler(self.deliveries, self.stop, lookback)
         self.sources = [name for name in ("collegeboard",) if self.deliveries is not None]
         self._signal: str | None = None
         self._log = logs.get()
@@ -78,7 +83,9 @@ class Service:
             log.warning("notification.rejected", message_id=None, reason=reason or "disabled")
             return
         try:
-            found = read_notification(raw, self.deliveries.config.senders)
+            cb = self.deliveries.config
+            trust = cb.require_authentication_results
+            found = read_notification(raw, cb.senders, trust.authserv_id if trust else None)
             if not isinstance(found, Notification):
                 log.info(
                     "notification.rejected",
@@ -106,6 +113,8 @@ class Service:
     def _ready(self) -> None:
         self._log.info("daemon.ready", sources=self.sources, pid=os.getpid())
         self.notifier.send("READY=1\nSTATUS=watching " + ", ".join(self.sources))
+        if self.reconciler is not None:
+            self.reconciler.start()
 
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -31,6 +31,7 @@ def write_config(
     formats: Sequence[str] = ("csv",),
     retry_schedule: Sequence[str] = ("2s", "5s"),
     lookback_days: int = 14,
+    poll_interval: str = "0",
     extra_collegeboard: str = "",
     extra_imap: str = "",
 ) -> Path:
@@ -64,6 +65,7 @@ imap:
   senders: ["@collegeboard.org"]
   download_hosts: ["{sim.download_host}"]
   retry_schedule: [{", ".join(retry_schedule)}]
+  poll_interval: {poll_interval}         # listing-based reconciliation; 0 is off
 {extra_collegeboard}""")
     return path
 

@@ -6,6 +6,7 @@ a retry should do; nothing above this module sees requests' exceptions.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -44,13 +45,16 @@ def _kind_for(status: int) -> str:
 
 
 class CollegeBoard:
-    """One-step calls: credentials with every request (the vendor's advice for email triggers)."""
+    """`auth: one-step` sends the credentials with every call (the vendor's advice for email
+    triggers); `auth: token` logs in once, reuses the token and logs in again after a 401."""
 
     name = "collegeboard"
 
     def __init__(self, config: CollegeBoardConfig, session: requests.Session) -> None:
         self.config = config
         self.session = session
+        self._token: str | None = None
+        self._token_lock = threading.Lock()
 
     def _credentials(self) -> dict[str, str]:
         return {
@@ -58,11 +62,34 @@ class CollegeBoard:
             "password": self.config.password.get_secret_value(),
         }
 
+    def _auth_body(self, stale: str | None) -> tuple[dict[str, str], str | None]:
+        """The body that authenticates a call, and the token it used (None: one-step)."""
+        if self.config.auth == "one-step":
+            return self._credentials(), None
+        with self._token_lock:
+            if self._token is None or self._token == stale:
+                body = self._call("/pascoredwnld/login", {}, self._credentials())
+                token = body.get("token") if isinstance(body, dict) else None
+                if not isinstance(token, str) or not token:
+                    raise VendorError("/pascoredwnld/login: no token in the answer", kind="auth")
+                self._token = token
+            return {"token": self._token}, self._token
+
     def _post(self, path: str, params: dict[str, str]) -> Any:
+        body, token = self._auth_body(None)
+        try:
+            return self._call(path, params, body)
+        except VendorError as exc:
+            if token is None or exc.status != 401:
+                raise
+        body, _ = self._auth_body(token)  # the token expired: log in again, once
+        return self._call(path, params, body)
+
+    def _call(self, path: str, params: dict[str, str], body: dict[str, str]) -> Any:
         url = f"{self.config.base_url}{path}"
         try:
             response = self.session.post(
-                url, params=params, json=self._credentials(), headers={"Accept": "application/json"}
+                url, params=params, json=body, headers={"Accept": "application/json"}
             )
         except requests.RequestException as exc:
             raise VendorError(

@@ -1,0 +1,107 @@
+"""The listing is the truth: every `poll_interval` (and at start-up) ask College Board
+what it posted since the last good listing, and download what the ledger lacks.
+
+An email may be lost, arrive before its file exists, or arrive while the daemon
+is down for a week; reconciliation catches all three.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from scorefetch import logs
+from scorefetch.deliveries import CollegeBoardDeliveries
+from scorefetch.errors import RefusedError, ScorefetchError
+from scorefetch.filenames import check_name
+from scorefetch.vendors.collegeboard import ListedFile
+
+CURSOR = "collegeboard.last_listing"  # start time of the last listing that succeeded
+
+
+def listing_since(
+    last_good: datetime | None, now: datetime, lookback: timedelta, overlap: timedelta, tz: str
+) -> datetime:
+    """`fromDate` for the next listing: the last good one minus an overlap (clocks and the
+    vendor's posting lag differ), or `lookback` ago the first time; in the vendor's zone."""
+    base = last_good - overlap if last_good is not None else now - lookback
+    return base.astimezone(ZoneInfo(tz))
+
+
+def missing(deliveries: CollegeBoardDeliveries, listed: list[ListedFile]) -> list[str]:
+    """Names in a listing that are plain, of a wanted format, and not landed or under way."""
+    log = logs.get(vendor=deliveries.vendor)
+    names: list[str] = []
+    for entry in listed:
+        try:
+            name = check_name(entry.name)
+        except RefusedError as exc:
+            log.warning("listing.refused", filename=entry.name, error=str(exc))
+            continue
+        if not deliveries.wants(name) or name in names:
+            continue
+        row = deliveries.ledger.get(deliveries.vendor, name)
+        if row is None or row.state == "failed":
+            names.append(name)
+    return names
+
+
+class Reconciler:
+    """Runs listing passes on its own thread until `stop` is set."""
+
+    def __init__(
+        self,
+        deliveries: CollegeBoardDeliveries,
+        stop: threading.Event,
+        lookback_days: int,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.deliveries = deliveries
+        self.config = deliveries.config
+        self._stop = stop
+        self._lookback = timedelta(days=lookback_days)
+        self._clock = clock
+        self._log = logs.get(vendor=deliveries.vendor)
+
+    def run_once(self) -> list[str]:
+        """One listing pass; announces what is missing and returns those names."""
+        ledger = self.deliveries.ledger
+        cursor = ledger.watcher().get(CURSOR)
+        last_good = datetime.fromisoformat(cursor[0]) if cursor else None
+        started = self._clock()
+        since = listing_since(
+            last_good,
+            started,
+            self._lookback,
+            timedelta(seconds=self.config.listing_overlap),
+            self.config.timezone,
+        )
+        listed = self.deliveries.client.list_files(since)
+        new = missing(self.deliveries, listed)
+        self.deliveries.announce(new, source="listing")
+        ledger.set_watcher(CURSOR, started.isoformat())
+        self._log.info(
+            "listing.completed", since=since.isoformat(), files=len(listed), new=len(new)
+        )
+        return new
+
+    def run(self) -> None:
+        """A pass now, then one every poll_interval; a failed pass is retried sooner."""
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+                failures = 0
+                wait = self.config.poll_interval
+            except ScorefetchError as exc:
+                failures += 1
+                wait = min(self.config.poll_interval, 60.0 * 2 ** min(failures, 6))
+                self._log.warning("listing.failed", error=str(exc), retry_in_s=wait)
+            self._stop.wait(wait)
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run, name="reconciliation", daemon=True)
+        thread.start()
+        return thread

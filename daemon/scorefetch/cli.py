@@ -15,14 +15,16 @@ import yaml
 from scorefetch import __version__, logs
 from scorefetch import config as config_module
 from scorefetch.config import Config
-from scorefetch.deliveries import CollegeBoardDeliveries
+from scorefetch.deliveries import CollegeBoardDeliveries, Deliveries
 from scorefetch.downloads import Progress
 from scorefetch.errors import ConfigError, RefusedError, ScorefetchError
+from scorefetch.exports import EncouraDeliveries, locate, recover
 from scorefetch.filenames import check_name
 from scorefetch.ledger import Ledger
 from scorefetch.reconciliation import missing
 from scorefetch.sessions import build_session
 from scorefetch.vendors.collegeboard import CollegeBoard
+from scorefetch.vendors.encoura import Encoura
 
 EX_OK, EX_FAILURE, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 SYNC_DEFAULT_DAYS = 30
@@ -48,10 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     command("run", "run the daemon in the foreground (what systemd runs)")
     command("check-config", "validate the config; print it with secrets masked")
     fetch = command("fetch", "download files by name, once, by hand")
-    fetch.add_argument("vendor", choices=["collegeboard"])
-    fetch.add_argument("names", nargs="+", metavar="NAME")
+    fetch.add_argument("vendor", choices=["collegeboard", "encoura"])
+    fetch.add_argument("names", nargs="+", metavar="NAME", help="file names, or export uids")
     sync = command("sync", "one listing-based catch-up pass, then exit")
-    sync.add_argument("--vendor", choices=["collegeboard"], default="collegeboard")
+    sync.add_argument("--vendor", choices=["collegeboard", "encoura"], default="collegeboard")
     sync.add_argument(
         "--since",
         metavar="DATE",
@@ -136,26 +138,40 @@ def _collegeboard(config: Config) -> CollegeBoardDeliveries:
     )
 
 
-def _deliver_now(deliveries: CollegeBoardDeliveries, names: list[str], source: str) -> int:
-    """Download each new wanted name in the foreground; 1 if any failed."""
+def _encoura(config: Config) -> EncouraDeliveries:
+    if config.encoura is None or not config.encoura.enabled:
+        raise ConfigError("encoura: not configured or not enabled")
+    client = Encoura(config.encoura, build_session())
+    return EncouraDeliveries(client, Ledger(config.ledger_path), config.download_dir, progress=_bar)
+
+
+def _claim_names(deliveries: CollegeBoardDeliveries, names: list[str], source: str) -> list[str]:
+    """The names to download now; says why each other one is left."""
+    claimed = []
+    for name in names:
+        if not deliveries.wants(name):
+            print(f"{name}: skipped, not one of the formats {list(deliveries.config.formats)}")
+        elif deliveries.ledger.claim(deliveries.vendor, name, name, source):
+            claimed.append(name)
+        else:
+            row = deliveries.ledger.get(deliveries.vendor, name)
+            print(
+                f"{name}: already {row.state if row else 'known'}"
+                + (f" at {row.path}" if row and row.path else "")
+            )
+    return claimed
+
+
+def _deliver_now(deliveries: Deliveries, keys: list[str]) -> int:
+    """Download each key in the foreground; 1 if any failed (the daemon retries those)."""
     failed = 0
     try:
-        for name in names:
-            if not deliveries.wants(name):
-                print(f"{name}: skipped, not one of the formats {list(deliveries.config.formats)}")
-                continue
-            if not deliveries.ledger.claim(deliveries.vendor, name, name, source):
-                row = deliveries.ledger.get(deliveries.vendor, name)
-                print(
-                    f"{name}: already {row.state if row else 'known'}"
-                    + (f" at {row.path}" if row and row.path else "")
-                )
-                continue
-            landed = deliveries.deliver(name, schedule=False)
+        for key in keys:
+            landed = deliveries.deliver(key, schedule=False)
             if landed is None:
                 failed += 1
             else:
-                print(f"{name}: {landed.size} bytes → {landed.path}")
+                print(f"{key}: {landed.size} bytes → {landed.path}")
     finally:
         deliveries.close(timeout=0)
         deliveries.ledger.close()
@@ -163,14 +179,18 @@ def _deliver_now(deliveries: CollegeBoardDeliveries, names: list[str], source: s
 
 
 def _fetch(config: Config, args: argparse.Namespace) -> int:
-    names = [n.strip() for n in args.names]
-    for name in names:
+    keys = [n.strip() for n in args.names]
+    for key in keys:
         try:
-            check_name(name)
+            check_name(key)
         except RefusedError as exc:
-            print(f"scorefetch: {name!r}: {exc}", file=sys.stderr)
+            print(f"scorefetch: {key!r}: {exc}", file=sys.stderr)
             return EX_USAGE
-    return _deliver_now(_collegeboard(config), names, source="fetch")
+    if args.vendor == "encoura":
+        exports = _encoura(config)
+        return _deliver_now(exports, locate(exports, keys))
+    deliveries = _collegeboard(config)
+    return _deliver_now(deliveries, _claim_names(deliveries, keys, "fetch"))
 
 
 def _sync(config: Config, args: argparse.Namespace) -> int:
@@ -179,18 +199,23 @@ def _sync(config: Config, args: argparse.Namespace) -> int:
             datetime.fromisoformat(args.since)
             if args.since
             else datetime.now() - timedelta(days=SYNC_DEFAULT_DAYS)
-        )
+        ).astimezone()
     except ValueError:
         print(f"scorefetch: --since {args.since!r} is not a date (YYYY-MM-DD)", file=sys.stderr)
         return EX_USAGE
+    if args.vendor == "encoura":
+        exports = _encoura(config)
+        uids = recover(exports, since)
+        print(f"encoura: {len(uids)} exports since {since.date().isoformat()} to download")
+        return _deliver_now(exports, uids)
     deliveries = _collegeboard(config)
-    listed = deliveries.client.list_files(since.astimezone())
+    listed = deliveries.client.list_files(since)
     names = missing(deliveries, listed)
     print(
         f"collegeboard: {len(listed)} files listed since {since.date().isoformat()}, "
         f"{len(names)} to download"
     )
-    return _deliver_now(deliveries, names, source="listing")
+    return _deliver_now(deliveries, _claim_names(deliveries, names, "listing"))
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
@@ -208,7 +233,9 @@ def _status(config: Config, args: argparse.Namespace) -> int:
                 if config.imap and (pos := ledger.mailbox_position(config.imap.folder))
                 else None
             ),
-            "unfinished": [vars(d) for d in ledger.unfinished("collegeboard")],
+            "unfinished": [
+                vars(d) for vendor in ("collegeboard", "encoura") for d in ledger.unfinished(vendor)
+            ],
             "recent": [vars(d) for d in ledger.recent(20)],
         }
     finally:

@@ -169,8 +169,29 @@ class EncouraConfig(_Model):
     password: SecretStr | None = None
     organization: str | None = None
     product_keys: tuple[str, ...] = ("score-reporter",)
-    poll_interval: Duration = 900.0
+    poll_interval: Duration = Field(900.0, gt=0)
     download_hosts: tuple[str, ...] = ("s3.amazonaws.com", "*.s3.amazonaws.com")
+    max_parallel: int = Field(2, ge=1, le=16)
+    retry_schedule: tuple[Duration, ...] = (30.0, 120.0, 600.0, 3600.0)
+    download_timeout: Duration = Field(3600.0, gt=0)
+
+    @field_validator("product_keys")
+    @classmethod
+    def _product_keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("list at least one product key (e.g. score-reporter)")
+        for key in value:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", key):
+                raise ValueError(f"{key!r} is not a product key (lower-case, e.g. score-reporter)")
+        return value
+
+    @model_validator(mode="after")
+    def _credentials(self) -> EncouraConfig:
+        if self.enabled:
+            for key in ("api_key", "username", "password"):
+                if getattr(self, key) is None:
+                    raise ValueError(f"{key}: required when encoura is enabled")
+        return self
 
 
 class Config(_Model):

@@ -73,24 +73,26 @@ class Scheduler:
             fn()
 
 
-class CollegeBoardDeliveries:
-    """Announced College Board files → files on disk, each at most once."""
+class Deliveries:
+    """Announced keys → files on disk, each at most once: the pool, the retry rounds and
+    their log lines. A vendor says how one attempt goes (`_attempt`)."""
 
-    vendor = "collegeboard"
+    vendor = ""
 
     def __init__(
         self,
-        client: CollegeBoard,
         ledger: Ledger,
         download_dir: Path,
+        *,
+        max_parallel: int,
+        retry_schedule: Sequence[float],
         progress: Callable[[str], Progress | None] | None = None,
     ) -> None:
-        self.client = client
-        self.config = client.config
         self.ledger = ledger
         self.folder = download_dir / self.vendor
+        self._retry_schedule = tuple(retry_schedule)
         self._progress = progress
-        self._pool = ThreadPoolExecutor(self.config.max_parallel, thread_name_prefix="download")
+        self._pool = ThreadPoolExecutor(max_parallel, thread_name_prefix=f"{self.vendor}-download")
         self._scheduler = Scheduler()
         self._futures: set[Future[None]] = set()
         self._rounds: dict[str, int] = {}
@@ -99,35 +101,11 @@ class CollegeBoardDeliveries:
         self._idle = threading.Condition(self._lock)
         self._log = logs.get(vendor=self.vendor)
 
-    def wants(self, name: str) -> bool:
-        return file_format(name) in self.config.formats
-
-    def announce(self, names: Sequence[str], source: str) -> None:
-        """Queue each wanted, new name; log a `delivery.skipped` line for each other one."""
-        for name in names:
-            if not self.wants(name):
-                self._log.info(
-                    "delivery.skipped",
-                    filename=name,
-                    reason="format",
-                    formats=list(self.config.formats),
-                )
-            elif not self.ledger.claim(self.vendor, name, name, source):
-                state = self.ledger.get(self.vendor, name)
-                self._log.info(
-                    "delivery.skipped",
-                    filename=name,
-                    reason="duplicate",
-                    state=state.state if state else None,
-                )
-            else:
-                self._submit(name)
-
     def resume(self) -> int:
         """Queue every row a previous run left unfinished; returns how many."""
         rows = self.ledger.unfinished(self.vendor)
         for row in rows:
-            self._log.info("delivery.resumed", filename=row.filename, state=row.state)
+            self._log.info("delivery.resumed", **self._ids(row.key), state=row.state)
             self._submit(row.key)
         return len(rows)
 
@@ -163,7 +141,7 @@ class CollegeBoardDeliveries:
         except Exception:  # noqa: BLE001 - one failed file must never stop the others
             self._log.exception(
                 "delivery.failed",
-                filename=name,
+                **self._ids(name),
                 attempt=None,
                 error="internal error",
                 will_retry=False,
@@ -172,7 +150,7 @@ class CollegeBoardDeliveries:
     def deliver(self, name: str, *, schedule: bool = True) -> Landed | None:
         """One round of attempts for `name`; on failure, schedules the next round
         (`schedule`) or leaves the row `retrying` for the daemon's next start."""
-        log = self._log.bind(filename=name)
+        log = self._log.bind(**self._ids(name))
         error: ScorefetchError | None = None
         for _ in range(URL_TRIES):
             attempt = self.ledger.attempt(self.vendor, name)
@@ -186,6 +164,7 @@ class CollegeBoardDeliveries:
                 self.ledger.downloaded(self.vendor, name, landed.path, landed.size, landed.sha256)
                 log.info(
                     "delivery.downloaded",
+                    filename=landed.path.name,
                     path=str(landed.path),
                     bytes=landed.size,
                     sha256=landed.sha256,
@@ -200,6 +179,92 @@ class CollegeBoardDeliveries:
             log.warning("delivery.failed", attempt=attempt, error=str(error), will_retry=True)
         self._after_failure(name, str(error), kind, attempt, schedule=schedule)
         return None
+
+    def _attempt(self, key: str) -> Landed:
+        raise NotImplementedError
+
+    def _ids(self, key: str) -> dict[str, Any]:
+        """What names `key` in log lines."""
+        return {"filename": key}
+
+    def _after_failure(
+        self, name: str, error: str, kind: str, attempt: int, *, schedule: bool
+    ) -> None:
+        with self._lock:
+            rounds = self._rounds.get(name, 0)
+            self._rounds[name] = rounds + 1
+        delay = retry_delay(kind, rounds, self._retry_schedule)
+        will_retry = delay is not None
+        self.ledger.failed(self.vendor, name, error, will_retry=will_retry)
+        fields: dict[str, Any] = {
+            "attempt": attempt,
+            "error": error,
+            "will_retry": will_retry,
+            "kind": kind,
+        }
+        if delay is not None and schedule and not self._stopping.is_set():
+            fields["retry_in_s"] = delay
+            self._scheduler.call_later(delay, lambda: self._submit(name))
+        # A final failure is loud: nothing will fetch this file unless someone acts.
+        level = self._log.warning if will_retry else self._log.error
+        level("delivery.failed", **self._ids(name), **fields)
+
+    def close(self, timeout: float) -> bool:
+        """Stop taking work, let running downloads finish for up to `timeout` seconds."""
+        self._stopping.set()
+        self._scheduler.stop()
+        with self._lock:
+            running = set(self._futures)
+        _, not_done = wait_futures(running, timeout=timeout)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        return not not_done
+
+
+class CollegeBoardDeliveries(Deliveries):
+    """Announced College Board files → files on disk, each at most once."""
+
+    vendor = "collegeboard"
+
+    def __init__(
+        self,
+        client: CollegeBoard,
+        ledger: Ledger,
+        download_dir: Path,
+        progress: Callable[[str], Progress | None] | None = None,
+    ) -> None:
+        self.client = client
+        self.config = client.config
+        super().__init__(
+            ledger,
+            download_dir,
+            max_parallel=self.config.max_parallel,
+            retry_schedule=self.config.retry_schedule,
+            progress=progress,
+        )
+
+    def wants(self, name: str) -> bool:
+        return file_format(name) in self.config.formats
+
+    def announce(self, names: Sequence[str], source: str) -> None:
+        """Queue each wanted, new name; log a `delivery.skipped` line for each other one."""
+        for name in names:
+            if not self.wants(name):
+                self._log.info(
+                    "delivery.skipped",
+                    filename=name,
+                    reason="format",
+                    formats=list(self.config.formats),
+                )
+            elif not self.ledger.claim(self.vendor, name, name, source):
+                state = self.ledger.get(self.vendor, name)
+                self._log.info(
+                    "delivery.skipped",
+                    filename=name,
+                    reason="duplicate",
+                    state=state.state if state else None,
+                )
+            else:
+                self._submit(name)
 
     def _attempt(self, name: str) -> Landed:
         asked = time.monotonic()
@@ -216,35 +281,3 @@ class CollegeBoardDeliveries:
             deadline_s=self.config.download_timeout,
             progress=progress,
         )
-
-    def _after_failure(
-        self, name: str, error: str, kind: str, attempt: int, *, schedule: bool
-    ) -> None:
-        with self._lock:
-            rounds = self._rounds.get(name, 0)
-            self._rounds[name] = rounds + 1
-        delay = retry_delay(kind, rounds, self.config.retry_schedule)
-        will_retry = delay is not None
-        self.ledger.failed(self.vendor, name, error, will_retry=will_retry)
-        fields: dict[str, Any] = {
-            "attempt": attempt,
-            "error": error,
-            "will_retry": will_retry,
-            "kind": kind,
-        }
-        if delay is not None and schedule and not self._stopping.is_set():
-            fields["retry_in_s"] = delay
-            self._scheduler.call_later(delay, lambda: self._submit(name))
-        # A final failure is loud: nothing will fetch this file unless someone acts.
-        level = self._log.warning if will_retry else self._log.error
-        level("delivery.failed", filename=name, **fields)
-
-    def close(self, timeout: float) -> bool:
-        """Stop taking work, let running downloads finish for up to `timeout` seconds."""
-        self._stopping.set()
-        self._scheduler.stop()
-        with self._lock:
-            running = set(self._futures)
-        _, not_done = wait_futures(running, timeout=timeout)
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        return not not_done

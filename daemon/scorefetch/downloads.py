@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 import requests
@@ -76,8 +77,17 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def part_path(folder: Path, name: str) -> Path:
-    return folder / f".{name}.part"
+def open_part(folder: Path, name: str) -> tuple[int, Path]:
+    """A new hidden `.NAME.part` (0600) in `folder`, or `.NAME.N.part` while another download
+    of the same name (another Encoura export, a `fetch` beside the daemon) is writing one."""
+    for n in range(100):
+        part = folder / (f".{name}.part" if n == 0 else f".{name}.{n}.part")
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            return os.open(part, flags, 0o600), part
+        except FileExistsError:
+            continue
+    raise RefusedError(f"too many downloads of {name!r} at once in {folder}")
 
 
 def remove_partials(root: Path) -> list[Path]:
@@ -139,16 +149,17 @@ def fetch_to_file(
     check_url(url, hosts)
     started = time.monotonic()
     ensure_folder(folder)
-    part = part_path(folder, name)
+    fd, part = open_part(folder, name)
     try:
-        response = session.get(url, stream=True, allow_redirects=False)
-    except requests.RequestException as exc:
-        raise VendorError(f"download failed: {_describe(exc)}", kind="transient") from None
-    try:
-        with response:
-            _raise_for_download_status(response)
-            expected = _content_length(response)
-            size, digest = _stream(response, part, started + deadline_s, expected, progress)
+        with os.fdopen(fd, "wb") as out:
+            try:
+                response = session.get(url, stream=True, allow_redirects=False)
+            except requests.RequestException as exc:
+                raise VendorError(f"download failed: {_describe(exc)}", kind="transient") from None
+            with response:
+                _raise_for_download_status(response)
+                expected = _content_length(response)
+                size, digest = _stream(response, out, started + deadline_s, expected, progress)
         if expected is not None and size != expected:
             raise VendorError(f"download truncated: {size} of {expected} bytes", kind="transient")
         path = _place(part, folder, name, digest)
@@ -160,28 +171,26 @@ def fetch_to_file(
 
 def _stream(
     response: requests.Response,
-    part: Path,
+    out: BinaryIO,
     deadline: float,
     expected: int | None,
     progress: Progress | None,
 ) -> tuple[int, str]:
     digest = hashlib.sha256()
     size = 0
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        try:
-            for chunk in response.iter_content(chunk_size=CHUNK):
-                out.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
-                if progress is not None:
-                    progress(size, expected)
-                if time.monotonic() > deadline:
-                    raise VendorError("download exceeded its overall deadline", kind="transient")
-        except requests.RequestException as exc:
-            raise VendorError(f"download interrupted: {_describe(exc)}", kind="transient") from None
-        out.flush()
-        os.fsync(out.fileno())
+    try:
+        for chunk in response.iter_content(chunk_size=CHUNK):
+            out.write(chunk)
+            digest.update(chunk)
+            size += len(chunk)
+            if progress is not None:
+                progress(size, expected)
+            if time.monotonic() > deadline:
+                raise VendorError("download exceeded its overall deadline", kind="transient")
+    except requests.RequestException as exc:
+        raise VendorError(f"download interrupted: {_describe(exc)}", kind="transient") from None
+    out.flush()
+    os.fsync(out.fileno())
     return size, digest.hexdigest()
 
 

@@ -22,6 +22,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     vendor      TEXT NOT NULL,
     key         TEXT NOT NULL,
     filename    TEXT NOT NULL,
+    product     TEXT,
     state       TEXT NOT NULL CHECK (state IN ('pending', 'retrying', 'downloaded', 'failed')),
     source      TEXT NOT NULL,
     attempts    INTEGER NOT NULL DEFAULT 0,
@@ -53,6 +54,7 @@ class Delivery:
     vendor: str
     key: str
     filename: str
+    product: str | None
     state: str
     source: str
     attempts: int
@@ -97,18 +99,48 @@ class Ledger:
         except sqlite3.Error as exc:
             raise ScorefetchError(f"ledger {self.path}: {exc}") from exc
 
-    def claim(self, vendor: str, key: str, filename: str, source: str) -> bool:
+    def claim(
+        self, vendor: str, key: str, filename: str, source: str, product: str | None = None
+    ) -> bool:
         """Record that `key` is wanted. False when it is already downloaded or under way."""
         now = _now()
         cursor = self._execute(
-            "INSERT INTO deliveries (vendor, key, filename, state, source, created_at, updated_at)"
-            " VALUES (?, ?, ?, 'pending', ?, ?, ?)"
+            "INSERT INTO deliveries"
+            " (vendor, key, filename, product, state, source, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)"
             " ON CONFLICT (vendor, key) DO UPDATE SET state = 'pending', attempts = 0,"
             "   error = NULL, source = excluded.source, updated_at = excluded.updated_at"
             " WHERE deliveries.state = 'failed'",
-            (vendor, key, filename, source, now, now),
+            (vendor, key, filename, product, source, now, now),
         )
         return cursor.rowcount == 1
+
+    def claim_all(self, vendor: str, keys: list[tuple[str, str | None]], source: str) -> list[str]:
+        """Record many (key, product) pairs in one transaction; returns the newly claimed keys.
+        One commit, so a listing is remembered whole or not at all."""
+        now = _now()
+        claimed = []
+        try:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    for key, product in keys:
+                        cursor = self._db.execute(
+                            "INSERT INTO deliveries (vendor, key, filename, product, state,"
+                            " source, created_at, updated_at)"
+                            " VALUES (?, ?, '', ?, 'pending', ?, ?, ?)"
+                            " ON CONFLICT (vendor, key) DO NOTHING",
+                            (vendor, key, product, source, now, now),
+                        )
+                        if cursor.rowcount == 1:
+                            claimed.append(key)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            raise ScorefetchError(f"ledger {self.path}: {exc}") from exc
+        return claimed
 
     def get(self, vendor: str, key: str) -> Delivery | None:
         row = self._execute(
@@ -128,9 +160,9 @@ class Ledger:
 
     def downloaded(self, vendor: str, key: str, path: Path, size: int, sha256: str) -> None:
         self._execute(
-            "UPDATE deliveries SET state = 'downloaded', path = ?, bytes = ?, sha256 = ?,"
-            " error = NULL, updated_at = ? WHERE vendor = ? AND key = ?",
-            (str(path), size, sha256, _now(), vendor, key),
+            "UPDATE deliveries SET state = 'downloaded', filename = ?, path = ?, bytes = ?,"
+            " sha256 = ?, error = NULL, updated_at = ? WHERE vendor = ? AND key = ?",
+            (path.name, str(path), size, sha256, _now(), vendor, key),
         )
 
     def failed(self, vendor: str, key: str, error: str, *, will_retry: bool) -> None:
@@ -193,6 +225,7 @@ def _delivery(row: sqlite3.Row) -> Delivery:
         vendor=row["vendor"],
         key=row["key"],
         filename=row["filename"],
+        product=row["product"],
         state=row["state"],
         source=row["source"],
         attempts=row["attempts"],

@@ -13,14 +13,17 @@ from types import FrameType
 
 from scorefetch import logs
 from scorefetch.config import Config
-from scorefetch.deliveries import CollegeBoardDeliveries
+from scorefetch.deliveries import CollegeBoardDeliveries, Deliveries
 from scorefetch.downloads import remove_partials
+from scorefetch.errors import VendorError
+from scorefetch.exports import KNOWN_PRODUCT_KEYS, EncouraDeliveries, EncouraPoller
 from scorefetch.ledger import Ledger
 from scorefetch.mailbox import MailboxWatcher
 from scorefetch.notifications import Notification, read_notification
 from scorefetch.reconciliation import Reconciler
 from scorefetch.sessions import build_session
 from scorefetch.vendors.collegeboard import CollegeBoard
+from scorefetch.vendors.encoura import Encoura
 
 SHUTDOWN_GRACE_S = 30.0  # in-flight downloads get this long after SIGTERM
 
@@ -72,7 +75,11 @@ class Service:
         if self.deliveries is not None and self.deliveries.config.poll_interval > 0:
             lookback = config.imap.lookback_days if config.imap else 14
             self.reconciler = Reconciler(self.deliveries, self.stop, lookback)
-        self.sources = [name for name in ("collegeboard",) if self.deliveries is not None]
+        self.exports: EncouraDeliveries | None = None
+        if config.encoura is not None and config.encoura.enabled:
+            encoura = Encoura(config.encoura, build_session())
+            self.exports = EncouraDeliveries(encoura, self.ledger, config.download_dir)
+        self.sources = [d.vendor for d in self._all()]
         self._signal: str | None = None
         self._log = logs.get()
 
@@ -104,6 +111,24 @@ class Service:
         except Exception:
             log.exception("notification.rejected", message_id=None, reason="internal_error")
 
+    def _all(self) -> list[Deliveries]:
+        return [d for d in (self.deliveries, self.exports) if d is not None]
+
+    def _start_encoura(self) -> None:
+        """Log in now so that an ambiguous organization stops the start (exit 78); a vendor
+        outage does not: the poller logs in again on its first pass."""
+        assert self.exports is not None
+        for key in self.exports.config.product_keys:
+            if key not in KNOWN_PRODUCT_KEYS:
+                self._log.warning(
+                    "encoura.unknown_product_key", product_key=key, known=sorted(KNOWN_PRODUCT_KEYS)
+                )
+        try:
+            organization = self.exports.client.login()
+            self._log.info("encoura.logged_in", organization=organization)
+        except VendorError as exc:
+            self._log.error("encoura.login_failed", error=str(exc))
+
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         # Only set flags here: the handler runs between any two bytecodes of the main
         # thread, possibly while it holds the log writer's lock, so logging could deadlock.
@@ -115,14 +140,18 @@ class Service:
         self.notifier.send("READY=1\nSTATUS=watching " + ", ".join(self.sources))
         if self.reconciler is not None:
             self.reconciler.start()
+        if self.exports is not None:
+            EncouraPoller(self.exports, self.stop).start()
 
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         for part in remove_partials(self.config.download_dir):
             self._log.warning("delivery.partial_removed", path=str(part))
-        if self.deliveries is not None:
-            self.deliveries.resume()
+        if self.exports is not None:
+            self._start_encoura()
+        for deliveries in self._all():
+            deliveries.resume()
         try:
             if self.config.imap is not None and self.deliveries is not None:
                 watcher = MailboxWatcher(
@@ -141,7 +170,7 @@ class Service:
         finally:
             self._log.info("daemon.stopping", sources=self.sources, signal=self._signal)
             self.notifier.send("STOPPING=1")
-            if self.deliveries is not None and not self.deliveries.close(SHUTDOWN_GRACE_S):
+            if not all([d.close(SHUTDOWN_GRACE_S) for d in self._all()]):
                 # Downloads still running: leave now. Their rows stay unfinished in the
                 # ledger and their .part files are removed and redone on the next start.
                 self._log.warning("daemon.shutdown_timeout", grace_s=SHUTDOWN_GRACE_S)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
+from scorefetch.sandbox.encoura import EncouraSimulator
 from scorefetch.sandbox.imapserver import ImapServer
 
 Event = dict[str, Any]
@@ -34,11 +35,17 @@ def write_config(
     poll_interval: str = "0",
     extra_collegeboard: str = "",
     extra_imap: str = "",
+    encoura: EncouraSimulator | None = None,
+    product_keys: Sequence[str] = ("score-reporter",),
+    encoura_poll_interval: str = "15m",
 ) -> Path:
     """A config for the sandbox under `folder`, secrets in 0600 files beside it."""
     secrets = folder / "credentials"
     secrets.mkdir(mode=0o700, exist_ok=True)
-    for name, value in (("imap_password", imap.password), ("collegeboard_password", sim.password)):
+    values = [("imap_password", imap.password), ("collegeboard_password", sim.password)]
+    if encoura is not None:
+        values += [("encoura_api_key", encoura.api_key), ("encoura_password", encoura.password)]
+    for name, value in values:
         (secrets / name).write_text(value + "\n")
         (secrets / name).chmod(0o600)
     path = folder / "config.yaml"
@@ -67,6 +74,20 @@ imap:
   retry_schedule: [{", ".join(retry_schedule)}]
   poll_interval: {poll_interval}         # listing-based reconciliation; 0 is off
 {extra_collegeboard}""")
+    if encoura is not None:
+        with path.open("a") as out:
+            out.write(f"""\
+encoura:
+  enabled: true
+  base_url: {encoura.base_url}
+  api_key_file: credentials/encoura_api_key
+  username: "{encoura.username}"
+  password_file: credentials/encoura_password
+  product_keys: [{", ".join(product_keys)}]
+  poll_interval: {encoura_poll_interval}
+  download_hosts: ["{encoura.download_host}"]
+  retry_schedule: [{", ".join(retry_schedule)}]
+""")
     return path
 
 

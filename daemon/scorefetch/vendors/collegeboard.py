@@ -16,6 +16,7 @@ import requests
 from scorefetch.config import CollegeBoardConfig
 from scorefetch.errors import VendorError
 from scorefetch.logs import strip_query
+from scorefetch.vendors.responses import kind_for, message_of
 
 URL_LIFETIME_S = 15.0  # the vendor's word: "The presigned URL is active for only 15 seconds."
 
@@ -32,16 +33,6 @@ def format_from_date(moment: datetime) -> str:
     if moment.tzinfo is None:
         raise ValueError("fromDate needs an aware datetime")
     return moment.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def _kind_for(status: int) -> str:
-    if status == 404:
-        return "not_found"
-    if status in (401, 403):
-        return "auth"
-    if status >= 500 or status in (408, 429):
-        return "transient"
-    return "fatal"
 
 
 class CollegeBoard:
@@ -97,8 +88,8 @@ class CollegeBoard:
             ) from None
         if response.status_code != 200:
             raise VendorError(
-                f"{path}: HTTP {response.status_code}: {_message(response)}",
-                kind=_kind_for(response.status_code),
+                f"{path}: HTTP {response.status_code}: {message_of(response)}",
+                kind=kind_for(response.status_code),
                 status=response.status_code,
             )
         try:
@@ -131,13 +122,3 @@ class CollegeBoard:
                     )
                 )
         return listed
-
-
-def _message(response: requests.Response) -> str:
-    """The vendor's JSON `message`, shortened; never the whole body."""
-    try:
-        body = response.json()
-    except ValueError:
-        return response.reason or "no message"
-    message = body.get("message") if isinstance(body, dict) else None
-    return strip_query(str(message))[:200] if message else (response.reason or "no message")

@@ -1,0 +1,255 @@
+"""Encoura exports: the client, the listing trap, and the daemon against the simulator."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scorefetch.config import EncouraConfig
+from scorefetch.errors import ConfigError, VendorError
+from scorefetch.exports import EncouraDeliveries, recover
+from scorefetch.ledger import Ledger
+from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
+from scorefetch.sandbox.daemon import DaemonProcess, write_config
+from scorefetch.sandbox.encoura import EncouraSimulator
+from scorefetch.sessions import build_session
+from scorefetch.vendors.encoura import Encoura, choose_organization, strip_token
+from tests.support import assert_no_secrets
+
+ORG = {"uid": "org-1", "name": "Sandbox University"}
+
+
+@pytest.fixture
+def enc_sim() -> Iterator[EncouraSimulator]:
+    with EncouraSimulator() as sim:
+        yield sim
+
+
+def exports(sim: EncouraSimulator, tmp_path: Path, **overrides: Any) -> EncouraDeliveries:
+    config = EncouraConfig.model_validate(
+        {
+            "enabled": True,
+            "base_url": sim.base_url,
+            "api_key": sim.api_key,
+            "username": sim.username,
+            "password": sim.password,
+            "product_keys": ["score-reporter", "prospect"],
+            "download_hosts": [sim.download_host],
+            "retry_schedule": [0.2, 0.2],
+            **overrides,
+        }
+    )
+    return EncouraDeliveries(
+        Encoura(config, build_session()), Ledger(tmp_path / "l.sqlite3"), tmp_path / "files"
+    )
+
+
+def landed(tmp_path: Path) -> dict[str, bytes]:
+    root = tmp_path / "files" / "encoura"
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_token_quotes_are_stripped() -> None:
+    """A session token wrapped in extra quotes is used bare."""
+    assert strip_token('"eyJ.a.b"') == "eyJ.a.b"
+    assert strip_token(" eyJ.a.b ") == "eyJ.a.b"
+
+
+def test_organization_choice() -> None:
+    """The only organization is chosen; several without a configured one is a config error
+    that lists them; a configured uid must be one of the account's."""
+    assert choose_organization(None, [ORG]) == "org-1"
+    other = {"uid": "org-2", "name": "Other College"}
+    with pytest.raises(ConfigError, match="org-1 \\(Sandbox University\\), org-2"):
+        choose_organization(None, [ORG, other])
+    assert choose_organization("org-2", [ORG, other]) == "org-2"
+    with pytest.raises(ConfigError, match="not one of"):
+        choose_organization("org-9", [ORG])
+
+
+def test_poll_remembers_then_lands_each_export_once(
+    enc_sim: EncouraSimulator, tmp_path: Path
+) -> None:
+    """Exports across product keys land in encoura/<productKey>/<name>; listed uids are in the
+    ledger; no API header reaches a download URL and no URL is used twice."""
+    a = enc_sim.add_export("score-reporter", "SANDBOX-UNIVERSITY-11212026-1.csv", b"a,b\r\n1,2\r\n")
+    b = enc_sim.add_export("prospect", "SANDBOX-UNIVERSITY-11212026-2.csv", b"p\r\n")
+    enc_sim.add_export("inquiry", "not-configured.csv", b"x")
+    deliveries = exports(enc_sim, tmp_path)
+    assert sorted(deliveries.poll()) == sorted([a, b])
+    assert deliveries.wait_idle(30)
+    assert deliveries.poll() == []  # listed once: Delivered at the vendor now
+    deliveries.close(5)
+    assert landed(tmp_path) == {
+        "score-reporter/SANDBOX-UNIVERSITY-11212026-1.csv": b"a,b\r\n1,2\r\n",
+        "prospect/SANDBOX-UNIVERSITY-11212026-2.csv": b"p\r\n",
+    }
+    stats = enc_sim.stats
+    assert stats.api_headers_on_download == 0 and stats.reused_url_rejections == 0
+    assert enc_sim.export(a)["status"] == "Delivered"
+
+
+def test_failed_download_is_redone_with_a_fresh_url(
+    enc_sim: EncouraSimulator, tmp_path: Path
+) -> None:
+    """A 5xx from the bucket and from the URL endpoint: retried with a new one-time URL."""
+    uid = enc_sim.add_export("score-reporter", "s.csv", b"scores\r\n")
+    enc_sim.inject("download", 503)
+    enc_sim.inject("download_url", 500)
+    deliveries = exports(enc_sim, tmp_path)
+    deliveries.poll()
+    for _ in range(100):
+        deliveries.wait_idle(5)
+        row = deliveries.ledger.get("encoura", uid)
+        if row is not None and row.state == "downloaded":
+            break
+        time.sleep(0.1)
+    deliveries.close(5)
+    assert landed(tmp_path) == {"score-reporter/s.csv": b"scores\r\n"}
+    assert enc_sim.stats.download_url_calls == 3
+
+
+def test_expired_session_logs_in_again(enc_sim: EncouraSimulator, tmp_path: Path) -> None:
+    """A 401 mid-session (token expired at the vendor) means one fresh login, then success."""
+    deliveries = exports(enc_sim, tmp_path)
+    deliveries.client.login()
+    enc_sim.expire_tokens()
+    uid = enc_sim.add_export("score-reporter", "t.csv", b"t")
+    assert deliveries.poll() == [uid]
+    assert deliveries.wait_idle(30)
+    deliveries.close(5)
+    assert enc_sim.stats.login_calls == 2
+    assert landed(tmp_path) == {"score-reporter/t.csv": b"t"}
+
+
+def test_wrong_api_key_is_a_clear_auth_error(enc_sim: EncouraSimulator, tmp_path: Path) -> None:
+    """A refused API key fails the listing as `auth` after a single login attempt."""
+    deliveries = exports(enc_sim, tmp_path, api_key="wrong-key-123")
+    with pytest.raises(VendorError) as caught:
+        deliveries.poll()
+    deliveries.close(1)
+    assert caught.value.kind == "auth" and "403" in str(caught.value)
+    assert enc_sim.stats.login_calls == 1
+
+
+def test_same_name_different_exports_never_overwrite(
+    enc_sim: EncouraSimulator, tmp_path: Path
+) -> None:
+    """Two exports with one file name both land; the second takes NAME-1."""
+    enc_sim.add_export("prospect", "prospects.csv", b"first\r\n")
+    enc_sim.add_export("prospect", "prospects.csv", b"second\r\n")
+    deliveries = exports(enc_sim, tmp_path)
+    deliveries.poll()
+    assert deliveries.wait_idle(30)
+    deliveries.close(5)
+    assert sorted(landed(tmp_path).values()) == [b"first\r\n", b"second\r\n"]
+    assert sorted(landed(tmp_path)) == ["prospect/prospects-1.csv", "prospect/prospects.csv"]
+
+
+def test_sync_recovers_delivered_exports_never_landed(
+    enc_sim: EncouraSimulator, tmp_path: Path
+) -> None:
+    """Exports listed (Delivered) by someone else are found through status=Delivered."""
+    uid = enc_sim.add_export("score-reporter", "lost.csv", b"lost\r\n")
+    elsewhere = exports(enc_sim, tmp_path / "elsewhere")
+    elsewhere.client.list_exports("score-reporter", "NotDelivered")  # the trap, sprung
+    elsewhere.close(1)
+    deliveries = exports(enc_sim, tmp_path)
+    assert deliveries.poll() == []
+    from datetime import UTC, datetime, timedelta
+
+    assert recover(deliveries, datetime.now(UTC) - timedelta(days=1)) == [uid]
+    assert deliveries.deliver(uid, schedule=False) is not None
+    deliveries.close(5)
+    assert landed(tmp_path) == {"score-reporter/lost.csv": b"lost\r\n"}
+
+
+@pytest.fixture
+def start_encoura_daemon(
+    tmp_path: Path, cb_sim: CollegeBoardSimulator, pymap_server: Any, enc_sim: EncouraSimulator
+) -> Iterator[Callable[..., DaemonProcess]]:
+    started: list[DaemonProcess] = []
+
+    def start() -> DaemonProcess:
+        path = write_config(
+            tmp_path,
+            cb_sim,
+            pymap_server,
+            encoura=enc_sim,
+            product_keys=("score-reporter", "prospect"),
+            encoura_poll_interval="1s",
+            retry_schedule=("0.5s", "1s"),
+        )
+        daemon = DaemonProcess(path)
+        started.append(daemon)
+        daemon.wait_event("daemon.ready", timeout=30)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()
+    assert_no_secrets(
+        [line for d in started for line in d.lines],
+        [enc_sim.api_key, enc_sim.password, cb_sim.password],
+    )
+
+
+@pytest.mark.e2e
+def test_daemon_sigkilled_between_listing_and_download_loses_nothing(
+    start_encoura_daemon: Callable[..., DaemonProcess],
+    enc_sim: EncouraSimulator,
+    tmp_path: Path,
+) -> None:
+    """Listed (so Delivered at the vendor), then killed before the bytes came: the next start
+    lands it from the ledger, once, with short-lived tokens throughout."""
+    enc_sim.token_lifetime = 2.0
+    uid = enc_sim.add_generated_export("score-reporter", "big.csv", 3 * 1024 * 1024, seed=5)
+    small = enc_sim.add_export("prospect", "p.csv", b"prospect\r\n")
+    enc_sim.inject("download_url", 503, count=1000)
+    daemon = start_encoura_daemon()
+    daemon.wait_event("delivery.failed", uid=uid)
+    daemon.kill()
+    assert enc_sim.export(uid)["status"] == "Delivered"
+    assert not landed(tmp_path)
+
+    enc_sim.clear_faults()  # the outage is over
+    again = start_encoura_daemon()
+    again.wait_event("delivery.downloaded", uid=uid, timeout=30)
+    again.wait_event("delivery.downloaded", uid=small, timeout=30)
+    time.sleep(3)  # let tokens expire and polls run: still nothing twice
+    assert again.stop() == 0
+    files = landed(tmp_path)
+    assert sorted(files) == ["prospect/p.csv", "score-reporter/big.csv"]
+    assert hashlib.sha256(files["score-reporter/big.csv"]).hexdigest() == enc_sim.sha256_of(uid)
+    assert enc_sim.stats.api_headers_on_download == 0
+    assert enc_sim.stats.reused_url_rejections == 0
+
+
+@pytest.mark.e2e
+def test_daemon_sigkilled_mid_download_redoes_it(
+    start_encoura_daemon: Callable[..., DaemonProcess],
+    enc_sim: EncouraSimulator,
+    tmp_path: Path,
+) -> None:
+    """Killed while the bytes stream: no partial file is visible, the next start lands it."""
+    uid = enc_sim.add_generated_export("score-reporter", "slow.csv", 4 * 1024 * 1024, seed=9)
+    enc_sim.throttle_bps = 1024 * 1024
+    daemon = start_encoura_daemon()
+    part = tmp_path / "files" / "encoura" / "score-reporter" / ".slow.csv.part"
+    deadline = time.monotonic() + 20
+    while not (part.exists() and part.stat().st_size > 0):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    daemon.kill()
+    assert not (part.parent / "slow.csv").exists()
+    enc_sim.throttle_bps = None
+    again = start_encoura_daemon()
+    again.wait_event("delivery.downloaded", uid=uid, timeout=30)
+    assert again.stop() == 0
+    assert list(landed(tmp_path)) == ["score-reporter/slow.csv"]
+    assert enc_sim.stats.reused_url_rejections == 0

@@ -8,15 +8,10 @@ from urllib.parse import unquote, urlsplit
 from scorefetch.errors import RefusedError
 
 MAX_NAME_BYTES = 255  # the usual file-system limit (ext4, xfs)
+_DIGITS = (*"123456789", "¹", "²", "³")  # Windows also reserves COM¹ … LPT³
 _WINDOWS_RESERVED = frozenset(
-    {
-        "con",
-        "prn",
-        "aux",
-        "nul",
-        *(f"com{i}" for i in range(1, 10)),
-        *(f"lpt{i}" for i in range(1, 10)),
-    }
+    {"con", "prn", "aux", "nul", "conin$", "conout$"}
+    | {f"{device}{digit}" for device in ("com", "lpt") for digit in _DIGITS}
 )
 
 
@@ -36,11 +31,13 @@ def check_name(name: str) -> str:
     for char in name:
         if unicodedata.category(char) in {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}:
             raise RefusedError(f"file name contains the control character U+{ord(char):04X}")
+        if char == "\ufffd":  # a lossy decoding (or an &#0;) happened on the way here
+            raise RefusedError("file name contains U+FFFD, the replacement character")
     if name != name.strip() or name.endswith("."):
         raise RefusedError("file name ends or starts with a space, or ends with a dot")
     if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
         raise RefusedError(f"file name is longer than {MAX_NAME_BYTES} bytes")
-    if name.split(".")[0].lower() in _WINDOWS_RESERVED:
+    if name.split(".")[0].rstrip(" ").lower() in _WINDOWS_RESERVED:
         raise RefusedError("file name is a reserved device name")
     return name
 
@@ -59,5 +56,8 @@ def twin_key(name: str) -> str:
 
 def name_from_url(url: str) -> str:
     """The last path segment of a download URL, URL-decoded, checked as a plain name."""
-    segment = urlsplit(url).path.rsplit("/", 1)[-1]
-    return check_name(unquote(segment))
+    try:
+        segment = urlsplit(url).path.rsplit("/", 1)[-1]
+    except ValueError as exc:
+        raise RefusedError(f"not a URL: {exc}") from exc
+    return check_name(unquote(segment, errors="strict"))

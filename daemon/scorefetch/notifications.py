@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from email import errors, policy
 from email.message import EmailMessage
 from email.parser import BytesParser
+from typing import cast
 
 from bs4 import BeautifulSoup, Tag
 
@@ -40,7 +41,9 @@ class Rejection:
 def sender_allowed(address: str, senders: Sequence[str]) -> bool:
     """Exact address, or `@domain` matching that domain and its subdomains."""
     address = address.lower()
-    _, _, domain = address.rpartition("@")
+    local, at, domain = address.rpartition("@")
+    if not at or not local or "@" in local or not domain:
+        return False
     for allowed in senders:
         allowed = allowed.lower()
         if allowed.startswith("@"):
@@ -84,19 +87,32 @@ def authenticated(message: EmailMessage, authserv_id: str, senders: Sequence[str
 
 
 def html_parts(message: EmailMessage) -> list[str]:
-    """Every decoded text/html body part (any transfer encoding, any charset), attachments aside."""
-    parts = []
-    for part in message.walk():
-        if part.get_content_type() != "text/html" or part.get_content_disposition() == "attachment":
-            continue
-        try:
-            parts.append(part.get_content())
-        except (LookupError, ValueError, AssertionError):
-            # An unknown charset or broken encoding: decode leniently rather than drop it.
-            payload = part.get_payload(decode=True)
-            if isinstance(payload, bytes):
-                parts.append(payload.decode("utf-8", "replace"))
-    return parts
+    """Every decoded text/html body part (any transfer encoding, any charset). Attachments
+    and attached messages are skipped whole: their From was never checked."""
+    if message.get_content_disposition() == "attachment":
+        return []
+    if message.is_multipart():
+        if message.get_content_maintype() == "message":
+            return []  # message/rfc822 and the like: another email inside this one
+        parts = (cast(EmailMessage, part) for part in message.iter_parts())
+        return [html for part in parts for html in html_parts(part)]
+    if message.get_content_type() != "text/html":
+        return []
+    if str(message.get("Content-Transfer-Encoding", "")).strip().lower() == "quoted-printable":
+        _repair_soft_breaks(message)
+    try:
+        return [message.get_content()]
+    except (LookupError, ValueError, AssertionError):
+        # An unknown charset or broken encoding: decode leniently rather than drop it.
+        payload = message.get_payload(decode=True)
+        return [payload.decode("utf-8", "replace")] if isinstance(payload, bytes) else []
+
+
+def _repair_soft_breaks(part: EmailMessage) -> None:
+    """RFC 2045 6.7(3): whitespace added in transit after a soft break's `=` is dropped."""
+    payload = part.get_payload()
+    if isinstance(payload, str) and re.search(r"=[ \t]+\r?\n", payload):
+        part.set_payload(re.sub(r"=[ \t]+(?=\r?\n)", "=", payload))
 
 
 def file_names_in_html(html: str) -> list[str]:

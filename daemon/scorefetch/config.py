@@ -103,6 +103,8 @@ class ImapConfig(_Model):
     idle_timeout: Duration = Field(300.0, gt=0, le=29 * 60)
     connect_timeout: Duration = Field(15.0, gt=0)
     read_timeout: Duration = Field(60.0, gt=0)
+    session_lifetime: Duration = Field(25 * 60.0, gt=0, le=25 * 60)
+    processed_folder: str | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
     def _plain_only_on_loopback(self) -> ImapConfig:
@@ -111,6 +113,12 @@ class ImapConfig(_Model):
                 f"security: plain sends the password in clear text; it is accepted only for "
                 f"loopback hosts, not {self.host!r} (use tls or starttls)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _processed_elsewhere(self) -> ImapConfig:
+        if self.processed_folder is not None and self.processed_folder == self.folder:
+            raise ValueError("processed_folder: must differ from folder")
         return self
 
 

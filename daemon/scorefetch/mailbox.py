@@ -3,7 +3,9 @@
 After every wake-up, timeout and reconnect the watcher searches for UIDs above
 the last one handled (persisted in the ledger with the folder's UIDVALIDITY),
 so mail that arrives while the daemon or the connection is down is handled
-when it is back. Messages are only read (`BODY.PEEK[]`, folder EXAMINEd).
+when it is back. Messages are only read (`BODY.PEEK[]`, folder EXAMINEd), unless
+`imap.processed_folder` is set: then each notification acted on is moved there
+once the ledger holds its files.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from imapclient import IMAPClient
+from imapclient import DELETED, IMAPClient
 from imapclient.exceptions import LoginError
 from imapclient.imapclient import SocketTimeout
 
@@ -33,7 +35,8 @@ MAX_FETCH_BYTES = 5 * 1024 * 1024
 BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 300.0
 AUTH_BACKOFF_S = 300.0  # a refused password is retried slowly: never lock the account
 
-Handler = Callable[[int, bytes | None, str], None]  # (uid, raw message or None if too big, reason)
+# (uid, raw message or None if too big, reason) -> whether it was a notification acted on
+Handler = Callable[[int, bytes | None, str], bool]
 
 
 def backoff_delay(failures: int, rng: random.Random) -> float:
@@ -77,6 +80,7 @@ class MailboxWatcher:
         self._on_ready = on_ready
         self._tick = tick
         self._ready = False
+        self._healthy = False  # this session got through a catch-up
         self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
         self._log = logs.get(host=config.host, folder=config.folder)
         self.reconnects = 0
@@ -85,14 +89,19 @@ class MailboxWatcher:
         failures = 0
         while not self._stop.is_set():
             delay = 0.0
+            self._healthy = False
             try:
                 self._session()
                 failures = 0
+                self.ledger.set_watcher("connected", "no")
+                continue  # a planned renewal (or stop): connect again at once
             except MailboxAuthError as exc:
                 self._log.error("imap.auth_failed", error=str(exc), retry_in_s=AUTH_BACKOFF_S)
                 delay = AUTH_BACKOFF_S
             except (MailboxError, imaplib.IMAP4.error, OSError) as exc:
                 self._log.warning("imap.disconnected", error=_describe(exc))
+                if self._healthy:
+                    failures = 0  # the backoff grows only while connecting keeps failing
                 delay = backoff_delay(failures, self._rng)
                 failures += 1
             self.ledger.set_watcher("connected", "no")
@@ -130,9 +139,14 @@ class MailboxWatcher:
         return client
 
     def _session(self) -> None:
+        """One connection, until an error, stop, or `session_lifetime` (then it returns)."""
         client = self._connect()
+        renew_at = time.monotonic() + self.config.session_lifetime
         try:
-            selected = client.select_folder(self.config.folder, readonly=True)
+            moving = self.config.processed_folder is not None
+            if moving:
+                self._ensure_processed_folder(client)
+            selected = client.select_folder(self.config.folder, readonly=not moving)
             validity = int(selected[b"UIDVALIDITY"])
             self._log.info("imap.connected", security=self.config.security)
             self.ledger.set_watcher("connected", "yes")
@@ -145,10 +159,14 @@ class MailboxWatcher:
                 _take_new_mail_signals(client)
                 last_uid = self._catch_up(client, validity, last_uid)
                 self.ledger.set_watcher("last_round_trip", datetime.now(UTC).isoformat())
+                self._healthy = True
+                if time.monotonic() >= renew_at:
+                    self._log.info("imap.session_renewed", age_s=self.config.session_lifetime)
+                    return
                 if idle:
-                    self._idle(client)
+                    self._idle(client, renew_at)
                 else:
-                    self._sleep(min(60.0, self.config.idle_timeout))
+                    self._sleep(min(60.0, self.config.idle_timeout, renew_at - time.monotonic()))
                     client.noop()
         finally:
             self._close(client)
@@ -202,16 +220,46 @@ class MailboxWatcher:
                     return last
                 raw = bodies.get(uid, {}).get(b"BODY[]")
                 reason = "" if raw is not None else ("too_large" if uid not in small else "gone")
-                self._handle(uid, raw, reason)
+                acted = self._handle(uid, raw, reason)
                 self.ledger.save_mailbox_position(self.config.folder, validity, uid)
                 last = uid
+                if acted and self.config.processed_folder is not None:
+                    self._move(client, uid, self.config.processed_folder)
         return last
 
-    def _idle(self, client: IMAPClient) -> None:
-        """IDLE until the server says something, the idle timeout passes, or stop is set.
-        On a dead connection the exception skips DONE; the session then drops the socket."""
+    def _ensure_processed_folder(self, client: IMAPClient) -> None:
+        folder = self.config.processed_folder
+        assert folder is not None
+        if not client.folder_exists(folder):
+            client.create_folder(folder)
+            self._log.info("imap.folder_created", processed_folder=folder)
+
+    def _move(self, client: IMAPClient, uid: int, folder: str) -> None:
+        """MOVE, or COPY + \\Deleted + UID EXPUNGE. The ledger already holds the files, so
+        a failure here only leaves the message where it was."""
+        try:
+            if client.has_capability("MOVE"):
+                client.move([uid], folder)
+            else:
+                client.copy([uid], folder)
+                client.add_flags([uid], [DELETED])
+                # UID EXPUNGE removes only this message; plain EXPUNGE (no UIDPLUS) would
+                # also remove whatever else is marked \\Deleted in the folder.
+                client.expunge([uid] if client.has_capability("UIDPLUS") else None)
+            self._log.debug("imap.moved", uid=uid, processed_folder=folder)
+        except imaplib.IMAP4.error as exc:
+            if isinstance(exc, imaplib.IMAP4.abort):
+                raise
+            self._log.warning(
+                "imap.move_failed", uid=uid, processed_folder=folder, error=_describe(exc)
+            )
+
+    def _idle(self, client: IMAPClient, renew_at: float) -> None:
+        """IDLE until the server says something, the idle timeout passes, the session is due
+        for renewal, or stop is set. On a dead connection the exception skips DONE; the
+        session then drops the socket."""
         client.idle()
-        until = time.monotonic() + self.config.idle_timeout
+        until = min(time.monotonic() + self.config.idle_timeout, renew_at)
         # Mail that arrived during the catch-up was announced in the answers to SEARCH or
         # FETCH (or before IDLE's "+"); the server will not say it again while idling.
         if _take_new_mail_signals(client):

@@ -83,12 +83,13 @@ class Service:
         self._signal: str | None = None
         self._log = logs.get()
 
-    def handle_message(self, uid: int, raw: bytes | None, reason: str) -> None:
-        """One email: announce its files, or say in one line why not. Never raises."""
+    def handle_message(self, uid: int, raw: bytes | None, reason: str) -> bool:
+        """One email: announce its files (True once the ledger holds them), or say in one
+        line why not (False). Never raises."""
         log = self._log.bind(uid=uid)
         if raw is None or self.deliveries is None:
             log.warning("notification.rejected", message_id=None, reason=reason or "disabled")
-            return
+            return False
         try:
             cb = self.deliveries.config
             trust = cb.require_authentication_results
@@ -100,7 +101,7 @@ class Service:
                     reason=found.reason,
                     detail=found.detail,
                 )
-                return
+                return False
             log.info(
                 "notification.received",
                 vendor="collegeboard",
@@ -108,8 +109,10 @@ class Service:
                 filenames=list(found.filenames),
             )
             self.deliveries.announce(found.filenames, source="notification")
+            return True
         except Exception:
             log.exception("notification.rejected", message_id=None, reason="internal_error")
+            return False
 
     def _all(self) -> list[Deliveries]:
         return [d for d in (self.deliveries, self.exports) if d is not None]

@@ -1,0 +1,138 @@
+"""The watcher's own duties, through the real daemon: moving handled notifications to
+`imap.processed_folder`, and renewing its session before `imap.session_lifetime`."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scorefetch.mailbox import backoff_delay, new_uids
+from scorefetch.sandbox import mail
+from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
+from scorefetch.sandbox.daemon import DaemonProcess
+
+pytestmark = pytest.mark.e2e
+Start = Callable[..., DaemonProcess]
+
+
+def kinds(server: Any, folder: str) -> list[str]:
+    """What is in `folder`: each message labelled spoof, webinar, txt or csv."""
+    with server.client() as client:
+        client.select_folder(folder, readonly=True)
+        uids = client.search(["ALL"])
+        found = client.fetch(uids, ["BODY.PEEK[]"]) if uids else {}
+    labels = []
+    for item in found.values():
+        raw = item[b"BODY[]"]
+        if b"evil.example" in raw:
+            labels.append("spoof")
+        elif b"webinar" in raw:
+            labels.append("webinar")
+        else:
+            labels.append("txt" if b".txt" in raw else "csv")
+    return sorted(labels)
+
+
+def test_processed_folder_takes_notifications_and_leaves_the_rest(
+    start_daemon: Start,
+    cb_sim: CollegeBoardSimulator,
+    imap_server: Any,
+    imap_folder: str,
+    tmp_path: Path,
+) -> None:
+    """Notifications acted on (downloaded, or skipped as a twin) move once the ledger holds
+    them; mail that is not a notification stays where it was, unread."""
+    processed = f"{imap_folder}-done"
+    cb_sim.publish("4300_20261122_080000.csv", b"a,b\r\n1,2\r\n")
+    cb_sim.publish("4300_20261122_080000.txt", b"1 2\r\n")
+    daemon = start_daemon(extra_imap=f'  processed_folder: "{processed}"\n')
+    daemon.wait_event("imap.folder_created", processed_folder=processed)
+    for raw in (
+        mail.notification("4300_20261122_080000.csv"),
+        mail.notification("4300_20261122_080000.txt"),
+        mail.marketing(),
+        mail.notification("4300_20261122_080000.csv", sender="x@evil.example"),
+    ):
+        imap_server.deliver(raw, imap_folder)
+    daemon.wait_event("delivery.downloaded", filename="4300_20261122_080000.csv")
+    daemon.wait_event("notification.rejected", reason="sender")
+    assert daemon.stop() == 0
+
+    assert kinds(imap_server, processed) == ["csv", "txt"]
+    assert kinds(imap_server, imap_folder) == ["spoof", "webinar"]
+    with imap_server.client() as client:
+        client.select_folder(imap_folder, readonly=True)
+        assert client.search(["SEEN"]) == []  # read with BODY.PEEK only
+    assert not daemon.named("imap.move_failed")
+    assert (tmp_path / "files" / "collegeboard" / "4300_20261122_080000.csv").exists()
+
+
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+def test_session_is_renewed_before_its_lifetime_and_mail_still_lands(
+    start_daemon: Start,
+    cb_sim: CollegeBoardSimulator,
+    imap_server: Any,
+    imap_folder: str,
+    tmp_path: Path,
+) -> None:
+    """A planned renewal reconnects at once, is not counted as a reconnect, loses nothing."""
+    daemon = start_daemon(extra_imap="  session_lifetime: 2s\n")
+    daemon.wait_event("imap.session_renewed")
+    connected = daemon.wait_for(
+        lambda e: e.get("event") == "imap.connected",
+        start=len(daemon.events) - 1,
+    )
+    cb_sim.publish("4300_20261122_090000.csv", b"x\r\n")
+    imap_server.deliver(mail.notification("4300_20261122_090000.csv"), imap_folder)
+    daemon.wait_event("delivery.downloaded", filename="4300_20261122_090000.csv")
+    assert connected
+    assert not daemon.named("imap.disconnected")
+    assert not daemon.named("imap.reconnecting")
+    config = tmp_path / "config.yaml"
+    status = subprocess.run(
+        [sys.executable, "-m", "scorefetch", "status", "--json", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    watcher = json.loads(status.stdout)["watcher"]
+    assert watcher.get("reconnects", "0") == "0"
+    assert daemon.stop() == 0
+
+
+def test_processed_folder_must_differ_from_the_watched_one(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"download_dir: {tmp_path}/f\nstate_dir: {tmp_path}/s\n"
+        "imap: {host: 127.0.0.1, security: plain, username: u, password: p,"
+        " folder: INBOX, processed_folder: INBOX}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "scorefetch", "check-config", "-c", str(config)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 78
+    assert "imap.processed_folder: must differ from folder" in done.stderr
+
+
+def test_backoff_is_full_jitter_between_one_second_and_five_minutes() -> None:
+    rng = random.Random(7)
+    for failures in range(40):
+        ceiling = min(300.0, 2.0**failures)
+        delays = [backoff_delay(failures, rng) for _ in range(200)]
+        assert all(1.0 <= d <= max(1.0, ceiling) for d in delays)
+    assert max(backoff_delay(30, rng) for _ in range(500)) > 250  # it does reach the cap
+
+
+def test_new_uids_filters_the_star_answer() -> None:
+    """`UID SEARCH 8:*` on a folder whose top is 5 answers [5]: nothing is new."""
+    assert new_uids([5], 7) == []
+    assert new_uids([9, 8, 12], 7) == [8, 9, 12]

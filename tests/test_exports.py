@@ -253,3 +253,49 @@ def test_daemon_sigkilled_mid_download_redoes_it(
     assert again.stop() == 0
     assert list(landed(tmp_path)) == ["score-reporter/slow.csv"]
     assert enc_sim.stats.reused_url_rejections == 0
+
+
+def cli_config(sim: EncouraSimulator, tmp_path: Path) -> Path:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"download_dir: {tmp_path / 'files'}\nstate_dir: {tmp_path / 'state'}\n"
+        f"encoura: {{enabled: true, base_url: {sim.base_url}, api_key: {sim.api_key},"
+        f" username: {sim.username}, password: {sim.password},"
+        f" download_hosts: [{sim.download_host}]}}\n"
+    )
+    return config
+
+
+def test_fetch_by_uid_once_then_already_downloaded(
+    enc_sim: EncouraSimulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`fetch encoura UID` lands an export found through the listing; a second fetch
+    requests nothing; an unknown uid exits 1."""
+    from scorefetch.cli import main
+
+    uid = enc_sim.add_export("prospect", "one.csv", b"1\r\n")
+    config = cli_config(enc_sim, tmp_path)
+    assert main(["fetch", "-c", str(config), "encoura", uid]) == 0
+    assert landed(tmp_path) == {"prospect/one.csv": b"1\r\n"}
+    calls = enc_sim.stats.download_url_calls
+    assert main(["fetch", "-c", str(config), "encoura", uid]) == 0
+    assert "already downloaded" in capsys.readouterr().out
+    assert enc_sim.stats.download_url_calls == calls
+    assert main(["fetch", "-c", str(config), "encoura", "no-such-export"]) == 1
+
+
+def test_status_lists_exports_listed_but_not_landed(
+    enc_sim: EncouraSimulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An export remembered from a listing whose download keeps failing shows in `status`."""
+    from scorefetch.cli import main
+
+    uid = enc_sim.add_export("score-reporter", "pending.csv", b"x\r\n")
+    config = cli_config(enc_sim, tmp_path)
+    (tmp_path / "state").mkdir()
+    ledger = Ledger(tmp_path / "state" / "ledger.sqlite3")
+    ledger.claim_all("encoura", [(uid, "score-reporter")], "listing")
+    ledger.close()
+    assert main(["status", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert f"pending  encoura      pending    {uid}" in out

@@ -103,7 +103,7 @@ def test_session_is_renewed_before_its_lifetime_and_mail_still_lands(
         check=True,
     )
     watcher = json.loads(status.stdout)["watcher"]
-    assert watcher.get("reconnects", "0") == "0"
+    assert watcher.get("reconnects", {"value": "0"})["value"] == "0"
     assert daemon.stop() == 0
 
 

@@ -188,7 +188,12 @@ def _fetch(config: Config, args: argparse.Namespace) -> int:
             return EX_USAGE
     if args.vendor == "encoura":
         exports = _encoura(config)
-        return _deliver_now(exports, locate(exports, keys))
+        ready = locate(exports, keys)
+        for uid in keys:
+            row = exports.ledger.get(exports.vendor, uid)
+            if uid not in ready and row is not None:
+                print(f"{uid}: already downloaded at {row.path}")
+        return _deliver_now(exports, ready)
     deliveries = _collegeboard(config)
     return _deliver_now(deliveries, _claim_names(deliveries, keys, "fetch"))
 
@@ -251,6 +256,11 @@ def _status(config: Config, args: argparse.Namespace) -> int:
         print(
             f"mailbox  uidvalidity={report['mailbox']['uidvalidity']} "
             f"last_uid={report['mailbox']['last_uid']}"
+        )
+    for row in report["unfinished"]:
+        print(
+            f"pending  {row['vendor']:<12} {row['state']:<10} {row['key']}  "
+            f"{row['filename'] or ''}  {row['error'] or ''}".rstrip()
         )
     for row in report["recent"]:
         where = row["path"] or row["error"] or ""

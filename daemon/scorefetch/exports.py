@@ -123,8 +123,9 @@ def recover(deliveries: EncouraDeliveries, since: datetime) -> list[str]:
 
 
 def locate(deliveries: EncouraDeliveries, uids: list[str]) -> list[str]:
-    """Claim export `uids` for a one-off fetch; their product key comes from a listing
-    (Delivered first: it changes nothing; NotDelivered ones are all remembered)."""
+    """Claim export `uids` for a one-off fetch and return those not downloaded yet; their
+    product key comes from a listing (Delivered first: it changes nothing; NotDelivered
+    ones are all remembered)."""
     ledger = deliveries.ledger
     unknown = {uid for uid in uids if ledger.get(deliveries.vendor, uid) is None}
     for status in ("Delivered", "NotDelivered"):
@@ -140,14 +141,12 @@ def locate(deliveries: EncouraDeliveries, uids: list[str]) -> list[str]:
         row = ledger.get(deliveries.vendor, uid)
         if row is not None and row.state == "failed":
             ledger.claim(deliveries.vendor, uid, row.filename, "fetch", row.product)
-    ready = []
-    for uid in uids:
-        row = ledger.get(deliveries.vendor, uid)
-        if row is not None and row.state == "downloaded":
-            print(f"{uid}: already downloaded at {row.path}")
-        else:
-            ready.append(uid)
-    return ready
+    return [uid for uid in uids if _state(ledger, uid) != "downloaded"]
+
+
+def _state(ledger: Ledger, uid: str) -> str | None:
+    row = ledger.get(EncouraDeliveries.vendor, uid)
+    return row.state if row else None
 
 
 class EncouraPoller:

@@ -1,9 +1,10 @@
 """`scorefetch demo`: the real daemon against the built-in sandbox, start to finish.
 
-Starts the College Board simulator and an embedded IMAP server (pymap), writes
-a config for them, runs `scorefetch run` as a child process, delivers a handful
-of notification emails and shows the delivery events and the files that
-landed. Exit 0 only when exactly the expected files arrived with the right bytes.
+Starts the College Board and Encoura simulators and an embedded IMAP server
+(pymap), writes a config for them, runs `scorefetch run` as a child process,
+delivers a handful of notification emails, posts an Encoura export, and shows
+the delivery events and the files that landed. Exit 0 only when exactly the
+expected files arrived with the right bytes.
 """
 
 from __future__ import annotations
@@ -17,9 +18,18 @@ from pathlib import Path
 from scorefetch.sandbox import mail
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, Event, pretty, write_config
+from scorefetch.sandbox.encoura import EncouraSimulator
 from scorefetch.sandbox.imapserver import PymapServer
 
-SHOWN = ("daemon.", "imap.connected", "imap.first_scan", "listing.", "notification.", "delivery.")
+SHOWN = (
+    "daemon.",
+    "imap.connected",
+    "imap.first_scan",
+    "encoura.",
+    "listing.",
+    "notification.",
+    "delivery.",
+)
 
 
 def sample_csv(name: str, rows: int = 40) -> bytes:
@@ -43,8 +53,8 @@ def _show(event: Event) -> None:
 def run_demo(keep: bool = False) -> int:
     folder = Path(tempfile.mkdtemp(prefix="scorefetch-demo-"))
     try:
-        with CollegeBoardSimulator() as sim, PymapServer() as imap:
-            return _demo(folder, sim, imap)
+        with CollegeBoardSimulator() as sim, EncouraSimulator() as enc, PymapServer() as imap:
+            return _demo(folder, sim, enc, imap)
     finally:
         if keep:
             print(f"\nkept the sandbox folder: {folder}")
@@ -52,29 +62,38 @@ def run_demo(keep: bool = False) -> int:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _demo(folder: Path, sim: CollegeBoardSimulator, imap: PymapServer) -> int:
+def _demo(
+    folder: Path, sim: CollegeBoardSimulator, enc: EncouraSimulator, imap: PymapServer
+) -> int:
     day = datetime.now(UTC).strftime("%Y%m%d")
     lost, early, pair, later = (f"4300_{day}_{t}" for t in ("061500", "081502", "101544", "113020"))
-    published: dict[str, bytes] = {}
+    published: dict[str, bytes] = {}  # path under files/ -> bytes
 
     def post(*stems: str) -> None:
         for stem in stems:
             for ext in ("csv", "txt"):
-                published[f"{stem}.{ext}"] = sample_csv(f"{stem}.{ext}")
-                sim.publish(f"{stem}.{ext}", published[f"{stem}.{ext}"])
+                data = sample_csv(f"{stem}.{ext}")
+                published[f"collegeboard/{stem}.{ext}"] = data
+                sim.publish(f"{stem}.{ext}", data)
 
     # Posted before the daemon starts: one whose email was lost (the listing finds it),
     # one whose email is already waiting in the folder (the first scan finds it).
     post(lost, early)
     sim.publish("passwd", b"not for you\n")
-    config = write_config(folder, sim, imap, poll_interval="1h")
+    # Encoura: an export waiting to be listed (listing marks it Delivered at the vendor).
+    export = f"SANDBOX-UNIVERSITY-{day}-score-reporter.csv"
+    published[f"encoura/score-reporter/{export}"] = sample_csv(export)
+    enc.add_export("score-reporter", export, published[f"encoura/score-reporter/{export}"])
+    config = write_config(folder, sim, imap, poll_interval="1h", encoura=enc)
     print(
-        f"sandbox: College Board simulator at {sim.base_url}, IMAP (pymap) at "
-        f"{imap.host}:{imap.port}, files under {folder / 'files'}\n"
+        f"sandbox: College Board simulator at {sim.base_url}, Encoura simulator at "
+        f"{enc.base_url}, IMAP (pymap) at {imap.host}:{imap.port}, "
+        f"files under {folder / 'files'}\n"
     )
     imap.deliver(mail.notification(f"{early}.csv"))
     daemon = DaemonProcess(config, echo=_show)
-    expected = {f"{lost}.csv", f"{early}.csv", f"{pair}.csv", f"{later}.csv"}
+    expected = {f"collegeboard/{s}.csv" for s in (lost, early, pair, later)}
+    expected.add(f"encoura/score-reporter/{export}")
     try:
         daemon.wait_event("daemon.ready", timeout=30)
         daemon.wait_event("listing.completed", timeout=30)
@@ -93,8 +112,9 @@ def _demo(folder: Path, sim: CollegeBoardSimulator, imap: PymapServer) -> int:
             mail.notification(f"{pair}.csv"),  # a repeated email: no second download
         ):
             imap.deliver(raw)
-        for name in sorted(expected):
-            daemon.wait_event("delivery.downloaded", timeout=60, filename=name)
+        for path in sorted(expected):
+            vendor, name = path.split("/")[0], path.rsplit("/", 1)[1]
+            daemon.wait_event("delivery.downloaded", timeout=60, vendor=vendor, filename=name)
         daemon.wait_for(
             lambda e: e.get("reason") == "duplicate" and e.get("filename") == f"{pair}.csv",
             timeout=30,
@@ -104,18 +124,18 @@ def _demo(folder: Path, sim: CollegeBoardSimulator, imap: PymapServer) -> int:
         daemon.stop()
         return 1
     code = daemon.stop()
-    return _report(folder / "files" / "collegeboard", published, expected, code)
+    return _report(folder / "files", published, expected, code)
 
 
-def _report(target: Path, published: dict[str, bytes], expected: set[str], code: int) -> int:
-    print(f"\nfiles that landed in {target}:")
+def _report(root: Path, published: dict[str, bytes], expected: set[str], code: int) -> int:
+    print(f"\nfiles that landed in {root}:")
     ok = code == 0
-    found = sorted(p.name for p in target.iterdir()) if target.is_dir() else []
+    found = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
     for name in found:
-        data = (target / name).read_bytes()
+        data = (root / name).read_bytes()
         good = name in expected and data == published.get(name)
         ok &= good
-        mode = oct((target / name).stat().st_mode & 0o777)
+        mode = oct((root / name).stat().st_mode & 0o777)
         print(
             f"  {'ok ' if good else 'BAD'} {name}  {len(data)} bytes  {mode}  "
             f"sha256 {hashlib.sha256(data).hexdigest()[:16]}…"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +72,19 @@ def cb_sim() -> Iterator[CollegeBoardSimulator]:
 
 
 @pytest.fixture
+def log_secrets() -> Iterable[str]:
+    """Secrets beyond the IMAP and College Board passwords that no daemon line may hold;
+    read at teardown, so a test module may override it with a lazy iterable."""
+    return ()
+
+
+@pytest.fixture
 def start_daemon(
-    tmp_path: Path, cb_sim: CollegeBoardSimulator, imap_server: Any, imap_folder: str
+    tmp_path: Path,
+    cb_sim: CollegeBoardSimulator,
+    imap_server: Any,
+    imap_folder: str,
+    log_secrets: Iterable[str],
 ) -> Iterator[Callable[..., DaemonProcess]]:
     """Start `scorefetch run` on a sandbox config; stops it and checks its output at teardown."""
     started: list[DaemonProcess] = []
@@ -94,5 +105,6 @@ def start_daemon(
     for daemon in started:
         daemon.stop()
     assert_no_secrets(
-        [line for d in started for line in d.lines], [imap_server.password, cb_sim.password]
+        [line for d in started for line in d.lines],
+        [imap_server.password, cb_sim.password, *log_secrets],
     )

@@ -1164,3 +1164,162 @@ def test_duplicate_key_is_refused(tmp_path: Path) -> None:
     path.write_text("download_dir: /a\ndownload_dir: /b\nstate_dir: /s\n")
     with pytest.raises(ConfigError, match="duplicate key 'download_dir'"):
         config.load(path, environ={})
+
+
+# ---------------------------------------------------------------- imap.auth (XOAUTH2)
+
+ENTRA_SECRET = "entra-client-SECRET-value"
+GOOGLE_REFRESH = "1//google-REFRESH-value"
+
+
+def with_auth(auth: dict[str, Any]) -> dict[str, Any]:
+    return patched(minimal(), {"imap.password": DELETE, "imap.auth": auth})
+
+
+MICROSOFT = {
+    "method": "xoauth2",
+    "provider": "microsoft",
+    "tenant_id": "contoso.onmicrosoft.com",
+    "client_id": "11111111-2222-3333-4444-555555555555",
+}
+
+
+def test_auth_defaults_to_password(tmp_path: Path) -> None:
+    """Without imap.auth the method is password, as before."""
+    loaded = config.load(write_yaml(tmp_path, minimal()), environ={})
+    assert loaded.imap is not None and loaded.imap.auth.method == "password"
+
+
+def test_microsoft_with_secret_file(tmp_path: Path) -> None:
+    """client_secret_file is read (relative to the config) into client_secret; defaults apply."""
+    (tmp_path / "entra_secret").write_text(ENTRA_SECRET + "\n")
+    data = with_auth({**MICROSOFT, "client_secret_file": "entra_secret"})
+    loaded = config.load(write_yaml(tmp_path, data), environ={})
+    assert loaded.imap is not None
+    auth = loaded.imap.auth
+    assert isinstance(auth, config.MicrosoftOAuth)
+    assert auth.client_secret is not None
+    assert auth.client_secret.get_secret_value() == ENTRA_SECRET
+    assert auth.authority == "https://login.microsoftonline.com"
+    assert auth.scope == "https://outlook.office365.com/.default"
+    assert ENTRA_SECRET not in repr(loaded)
+
+
+def test_microsoft_with_certificate_file(tmp_path: Path) -> None:
+    """certificate_file + thumbprint instead of a secret."""
+    (tmp_path / "entra.pem").write_text("-----BEGIN PRIVATE KEY-----\nx\n")
+    data = with_auth({**MICROSOFT, "certificate_file": "entra.pem", "thumbprint": "AB12"})
+    loaded = config.load(write_yaml(tmp_path, data), environ={})
+    assert loaded.imap is not None and isinstance(loaded.imap.auth, config.MicrosoftOAuth)
+    assert loaded.imap.auth.certificate is not None and loaded.imap.auth.thumbprint == "AB12"
+
+
+@pytest.mark.parametrize(
+    ("auth", "expected"),
+    [
+        pytest.param(
+            {"method": "oauth"},
+            "imap.auth.method: 'oauth' is not one of password, xoauth2",
+            id="method",
+        ),
+        pytest.param(
+            {"method": "xoauth2"}, "imap.auth.provider: required key is missing", id="no-provider"
+        ),
+        pytest.param(
+            {"method": "xoauth2", "provider": "yahoo"},
+            "imap.auth.provider: 'yahoo' is not one of microsoft, google, command",
+            id="provider",
+        ),
+        pytest.param(
+            {**MICROSOFT, "client_secret": "x", "tenant_id": DELETE},
+            "imap.auth.tenant_id: required key is missing",
+            id="tenant",
+        ),
+        pytest.param(
+            {**MICROSOFT, "client_secret": "x", "tenant": "t"},
+            "imap.auth.tenant: unknown key",
+            id="typo",
+        ),
+        pytest.param(
+            MICROSOFT, "imap.auth.client_secret: give client_secret or certificate", id="none"
+        ),
+        pytest.param(
+            {**MICROSOFT, "certificate": "pem"},
+            "imap.auth.thumbprint: required with certificate",
+            id="thumbprint",
+        ),
+        pytest.param(
+            {**MICROSOFT, "client_secret": "x", "authority": "http://127.0.0.1:8080"},
+            "imap.auth.authority: 'http://127.0.0.1:8080': msal accepts only an https://",
+            id="msal-https",
+        ),
+        pytest.param(
+            {
+                "method": "xoauth2",
+                "provider": "google",
+                "client_id": "c",
+                "client_secret": "s",
+                "refresh_token": "r",
+                "token_url": "http://oauth.example.com/token",
+            },
+            "imap.auth.token_url: 'http://oauth.example.com/token': http:// is accepted only "
+            "for loopback hosts",
+            id="google-http",
+        ),
+        pytest.param(
+            {"method": "xoauth2", "provider": "google", "client_id": "c", "client_secret": "s"},
+            "imap.auth.refresh_token: required key is missing",
+            id="google-refresh",
+        ),
+        pytest.param(
+            {"method": "xoauth2", "provider": "command", "token_command": []},
+            "imap.auth.token_command: ",
+            id="command-empty",
+        ),
+    ],
+)
+def test_auth_errors_name_the_key(tmp_path: Path, auth: dict[str, Any], expected: str) -> None:
+    """Each mistake in imap.auth is reported at its key path."""
+    auth = {k: v for k, v in auth.items() if v is not DELETE}
+    assert expected in load_error(write_yaml(tmp_path, with_auth(auth)))
+
+
+def test_password_with_xoauth2_is_an_error(tmp_path: Path) -> None:
+    """A leftover imap.password next to xoauth2 is refused, not silently unused."""
+    data = patched(minimal(), {"imap.auth": {**MICROSOFT, "client_secret": "x"}})
+    assert "imap.password: not used with auth method xoauth2" in load_error(
+        write_yaml(tmp_path, data)
+    )
+
+
+def test_password_auth_needs_password(tmp_path: Path) -> None:
+    """Password login without a password names imap.password."""
+    data = patched(minimal(), {"imap.password": DELETE})
+    assert "imap.password: required" in load_error(write_yaml(tmp_path, data))
+
+
+def test_check_config_masks_oauth_secrets_and_exits_78_on_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """check-config prints client_secret and refresh_token as ********; a bad auth block
+    exits 78 naming the key."""
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    (tmp_path / "refresh").write_text(GOOGLE_REFRESH + "\n")
+    google = {
+        "method": "xoauth2",
+        "provider": "google",
+        "client_id": "c.apps.googleusercontent.com",
+        "client_secret": ENTRA_SECRET,
+        "refresh_token_file": "refresh",
+    }
+    path = write_yaml(tmp_path, with_auth(google))
+    assert main(["check-config", "-c", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert ENTRA_SECRET not in out + err and GOOGLE_REFRESH not in out + err
+    printed = yaml.safe_load(out)["imap"]["auth"]
+    assert printed["client_secret"] == MASK and printed["refresh_token"] == MASK
+    assert printed["client_id"] == "c.apps.googleusercontent.com"
+
+    bad = write_yaml(tmp_path, with_auth({**google, "provider": "gmail"}), name="bad.yaml")
+    assert main(["check-config", "-c", str(bad)]) == 78
+    assert "imap.auth.provider: 'gmail' is not one of" in capsys.readouterr().err

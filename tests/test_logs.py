@@ -43,6 +43,32 @@ def test_secret_named_fields_are_masked(stream: io.StringIO, field: str) -> None
     assert lines(stream)[0][field] == "********"
 
 
+@pytest.mark.parametrize(
+    "field",
+    [
+        "client_secret",
+        "refresh_token",
+        "access_token",
+        "token",
+        "certificate",
+        "private_key",
+        "client_assertion",
+    ],
+)
+def test_oauth_secret_fields_are_masked(stream: io.StringIO, field: str) -> None:
+    """The OAuth2 settings and values (imap.auth) are masked like passwords."""
+    logs.get().info("imap.token_obtained", **{field: "ya29.very-secret"})
+    assert "ya29.very-secret" not in stream.getvalue()
+    assert lines(stream)[0][field] == "********"
+
+
+def test_token_event_fields_stay_readable(stream: io.StringIO) -> None:
+    """The fields imap.token_* events do carry are not secrets and are not masked."""
+    logs.get().info("imap.token_obtained", provider="microsoft", expires_in_s=3599)
+    assert lines(stream)[0]["provider"] == "microsoft"
+    assert lines(stream)[0]["expires_in_s"] == 3599
+
+
 def test_url_queries_are_cut_everywhere(stream: io.StringIO) -> None:
     """Presigned URLs keep scheme, host and path; their query never reaches the line."""
     url = "https://bucket.s3.amazonaws.com/4300_1.csv?X-Amz-Signature=abc123&Expires=1700000000"

@@ -21,8 +21,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     SecretStr,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -31,7 +33,8 @@ from pydantic import (
 from scorefetch.errors import ConfigError
 
 DEFAULT_PATH = Path("/etc/scorefetch/config.yaml")
-SECRET_KEYS = frozenset({"password", "api_key", "client_secret", "refresh_token"})
+# Each secret `x` may also be given as `x_file`; all are masked by check-config.
+SECRET_KEYS = frozenset({"password", "api_key", "client_secret", "refresh_token", "certificate"})
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _NAMED_KEY = re.compile(r"^([a-z_]+(?:\.[a-z_]+)*): (.*)$", re.S)
@@ -83,6 +86,15 @@ def _check_base_url(url: str) -> str:
 BaseUrl = Annotated[str, AfterValidator(_check_base_url)]
 
 
+def _check_endpoint(url: str) -> str:
+    """Like a base URL, but the whole address of one endpoint (kept as given)."""
+    _check_base_url(url)
+    return url
+
+
+TokenUrl = Annotated[str, AfterValidator(_check_endpoint)]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
@@ -92,12 +104,96 @@ class LogConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class PasswordAuth(_Model):
+    """LOGIN with `imap.password`."""
+
+    method: Literal["password"] = "password"
+
+
+class MicrosoftOAuth(_Model):
+    """Microsoft 365, app-only: client credentials through msal (secret or certificate)."""
+
+    method: Literal["xoauth2"]
+    provider: Literal["microsoft"]
+    tenant_id: str = Field(min_length=1)
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr | None = None
+    certificate: SecretStr | None = None  # PEM: private key and certificate
+    thumbprint: str | None = None  # SHA-1 of the certificate, as Entra shows it
+    authority: BaseUrl = "https://login.microsoftonline.com"
+    scope: str = "https://outlook.office365.com/.default"
+
+    @field_validator("authority")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if not value.startswith("https://"):
+            raise ValueError(f"{value!r}: msal accepts only an https:// authority")
+        return value
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> MicrosoftOAuth:
+        if (self.client_secret is None) == (self.certificate is None):
+            raise ValueError("client_secret: give client_secret or certificate, one of them")
+        if self.certificate is not None and not self.thumbprint:
+            raise ValueError("thumbprint: required with certificate")
+        if self.thumbprint is not None and self.certificate is None:
+            raise ValueError("thumbprint: only used with certificate")
+        return self
+
+
+class GoogleOAuth(_Model):
+    """Google Workspace: a long-lived refresh token exchanged for access tokens."""
+
+    method: Literal["xoauth2"]
+    provider: Literal["google"]
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr
+    refresh_token: SecretStr
+    token_url: TokenUrl = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL
+
+
+class CommandOAuth(_Model):
+    """Any other source: a program that prints an access token on stdout."""
+
+    method: Literal["xoauth2"]
+    provider: Literal["command"]
+    token_command: tuple[str, ...] = Field(min_length=1)
+    command_timeout: Duration = Field(30.0, gt=0)
+    token_lifetime: Duration = Field(600.0, ge=60)
+
+
+def _tag(key: str, default: str | None = None) -> Any:
+    """A discriminator reading `key`. Tags are spelled `key[value]`, so that _describe drops
+    them from error locations like pydantic's other branch names."""
+
+    def pick(value: Any) -> str | None:
+        # A mapping, a model already validated, or neither (the branch will say so).
+        got = value.get(key, default) if isinstance(value, dict) else getattr(value, key, default)
+        return f"{key}[{got}]" if isinstance(got, str) else None
+
+    pick.__name__ = key  # what "required key is missing" names
+    return Discriminator(pick)
+
+
+OAuth = Annotated[
+    Annotated[MicrosoftOAuth, Tag("provider[microsoft]")]
+    | Annotated[GoogleOAuth, Tag("provider[google]")]
+    | Annotated[CommandOAuth, Tag("provider[command]")],
+    _tag("provider"),
+]
+ImapAuth = Annotated[
+    Annotated[PasswordAuth, Tag("method[password]")] | Annotated[OAuth, Tag("method[xoauth2]")],
+    _tag("method", "password"),
+]
+
+
 class ImapConfig(_Model):
     host: str
     port: int = Field(993, ge=1, le=65535)
     security: Literal["tls", "starttls", "plain"] = "tls"
     username: str
-    password: SecretStr
+    password: SecretStr | None = None
+    auth: ImapAuth = PasswordAuth()
     folder: str = "INBOX"
     lookback_days: int = Field(14, ge=0)
     idle_timeout: Duration = Field(300.0, gt=0, le=29 * 60)
@@ -105,6 +201,14 @@ class ImapConfig(_Model):
     read_timeout: Duration = Field(60.0, gt=0)
     session_lifetime: Duration = Field(25 * 60.0, gt=0, le=25 * 60)
     processed_folder: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _password_for_password_auth(self) -> ImapConfig:
+        if self.auth.method == "password" and self.password is None:
+            raise ValueError("password: required key is missing (password or password_file)")
+        if self.auth.method != "password" and self.password is not None:
+            raise ValueError(f"password: not used with auth method {self.auth.method}; remove it")
+        return self
 
     @model_validator(mode="after")
     def _plain_only_on_loopback(self) -> ImapConfig:
@@ -278,6 +382,14 @@ def _describe(path: Path, err: Any) -> str:
     if kind == "literal_error":
         expected = str(ctx.get("expected", "")).replace("'", "").replace(" or ", ", ")
         message = f"{err['input']!r} is not one of {expected}"
+    elif kind == "union_tag_invalid":  # tags are spelled key[value], see _tag
+        key, _, value = str(ctx["tag"]).partition("[")
+        expected = re.sub(r"'[a-z_]+\[([^]]*)\]'", r"\1", str(ctx["expected_tags"]))
+        loc, message = (*loc, key), f"{value[:-1]!r} is not one of {expected}"
+    elif kind == "union_tag_not_found":
+        loc, message = (*loc, str(ctx["discriminator"]).strip("'()")), "required key is missing"
+    elif kind == "model_type":
+        message = "must be a mapping of keys"
     elif kind == "extra_forbidden":
         message = "unknown key (check the spelling)"
     elif kind == "missing":

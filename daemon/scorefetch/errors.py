@@ -30,3 +30,12 @@ class MailboxError(ScorefetchError):
 
 class MailboxAuthError(MailboxError):
     """The IMAP server refused the credentials."""
+
+
+class TokenError(ScorefetchError):
+    """No OAuth2 access token could be had. `refused`: the provider turned the credentials
+    down (retrying soon will not help); otherwise the failure may be passing."""
+
+    def __init__(self, message: str, *, refused: bool) -> None:
+        super().__init__(message)
+        self.refused = refused

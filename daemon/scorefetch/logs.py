@@ -15,7 +15,10 @@ from typing import Any, TextIO
 
 import structlog
 
-_SECRET_FIELD = re.compile(r"pass(word)?|secret|token|api_?key|authorization|cookie", re.I)
+_SECRET_FIELD = re.compile(
+    r"pass(word)?|secret|token|api_?key|authorization|cookie|private_?key|certificate|assertion",
+    re.I,
+)
 _URL_QUERY = re.compile(r"(https?://[^\s?#\"']+)\?[^\s#\"']*", re.I)
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -72,9 +75,10 @@ def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None
         cache_logger_on_first_use=False,
     )
     # Libraries log through the standard library; urllib3 at DEBUG prints request lines
+    # and msal describes token requests
     # (presigned queries included), so keep them at WARNING whatever our own level is.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
-    for name in ("urllib3", "imapclient", "requests"):
+    for name in ("urllib3", "imapclient", "requests", "msal"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

@@ -11,6 +11,7 @@ once the ledger holds its files.
 from __future__ import annotations
 
 import imaplib
+import math
 import random
 import socket
 import ssl
@@ -26,8 +27,9 @@ from imapclient.imapclient import SocketTimeout
 
 from scorefetch import logs
 from scorefetch.config import ImapConfig
-from scorefetch.errors import MailboxAuthError, MailboxError
+from scorefetch.errors import MailboxAuthError, MailboxError, TokenError
 from scorefetch.ledger import Ledger
+from scorefetch.tokens import token_cache
 
 TICK_S = 1.0  # how often the loop looks at the stop flag and pings the watchdog
 FETCH_BATCH = 50
@@ -83,6 +85,7 @@ class MailboxWatcher:
         self._healthy = False  # this session got through a catch-up
         self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
         self._log = logs.get(host=config.host, folder=config.folder)
+        self._tokens = token_cache(config.auth)  # None for password login
         self.reconnects = 0
 
     def run(self) -> None:
@@ -129,7 +132,11 @@ class MailboxWatcher:
             _tune(client.socket())
             if cfg.security == "starttls":
                 client.starttls(context)
-            client.login(cfg.username, cfg.password.get_secret_value())
+            if self._tokens is None:
+                assert cfg.password is not None  # config.py requires it for password auth
+                client.login(cfg.username, cfg.password.get_secret_value())
+            else:
+                self._oauth2_login(client)
         except LoginError as exc:
             client.shutdown()
             raise MailboxAuthError(f"login refused for {cfg.username}: {_describe(exc)}") from None
@@ -137,6 +144,42 @@ class MailboxWatcher:
             client.shutdown()
             raise
         return client
+
+    def _oauth2_login(self, client: IMAPClient) -> None:
+        """XOAUTH2 with the cached token. A cached token the server refuses (expired early,
+        revoked) is dropped and a fresh one tried at once; only a fresh one refused is an
+        authentication failure."""
+        assert self._tokens is not None
+        for attempt in (1, 2):
+            try:
+                token, fetched = self._tokens.get()
+            except TokenError as exc:
+                raise (MailboxAuthError if exc.refused else MailboxError)(str(exc)) from None
+            if fetched:
+                expires_at = self._tokens.expires_at() or 0.0
+                lifetime = round(expires_at - time.monotonic())
+                self._log.info(
+                    "imap.token_obtained", provider=self._provider, expires_in_s=lifetime
+                )
+            try:
+                client.oauth2_login(self.config.username, token)
+                return
+            except LoginError as exc:
+                self._tokens.invalidate()
+                if fetched or attempt == 2:
+                    raise
+                self._log.warning("imap.token_refused", error=_describe(exc), retry="new token")
+
+    @property
+    def _provider(self) -> str:
+        return str(getattr(self.config.auth, "provider", self.config.auth.method))
+
+    def _renewal_left(self) -> float:
+        """Seconds until the session's token is due for renewal; inf for password login.
+        A session ends (and logs in afresh) by then: servers such as Microsoft 365 close
+        a session whose token has expired."""
+        renew_at = self._tokens.renew_at() if self._tokens is not None else None
+        return math.inf if renew_at is None else renew_at - time.monotonic()
 
     def _session(self) -> None:
         """One connection, until an error, stop, or `session_lifetime` (then it returns)."""
@@ -160,13 +203,17 @@ class MailboxWatcher:
                 last_uid = self._catch_up(client, validity, last_uid)
                 self.ledger.set_watcher("last_round_trip", datetime.now(UTC).isoformat())
                 self._healthy = True
+                if self._renewal_left() <= 0:
+                    self._log.info("imap.token_renewal", provider=self._provider)
+                    return
                 if time.monotonic() >= renew_at:
                     self._log.info("imap.session_renewed", age_s=self.config.session_lifetime)
                     return
+                wake_by = min(renew_at, time.monotonic() + self._renewal_left())
                 if idle:
-                    self._idle(client, renew_at)
+                    self._idle(client, wake_by)
                 else:
-                    self._sleep(min(60.0, self.config.idle_timeout, renew_at - time.monotonic()))
+                    self._sleep(min(60.0, self.config.idle_timeout, wake_by - time.monotonic()))
                     client.noop()
         finally:
             self._close(client)

@@ -35,11 +35,13 @@ def write_config(
     poll_interval: str = "0",
     extra_collegeboard: str = "",
     extra_imap: str = "",
+    imap_auth: str = "",
     encoura: EncouraSimulator | None = None,
     product_keys: Sequence[str] = ("score-reporter",),
     encoura_poll_interval: str = "15m",
 ) -> Path:
-    """A config for the sandbox under `folder`, secrets in 0600 files beside it."""
+    """A config for the sandbox under `folder`, secrets in 0600 files beside it.
+    `imap_auth` (indented YAML lines) replaces the IMAP password with an `auth:` block."""
     secrets = folder / "credentials"
     secrets.mkdir(mode=0o700, exist_ok=True)
     values = [("imap_password", imap.password), ("collegeboard_password", sim.password)]
@@ -61,7 +63,7 @@ imap:
   port: {imap.port}
   security: plain            # loopback only
   username: "{imap.username}"
-  password_file: credentials/imap_password
+{imap_auth.rstrip() or "  password_file: credentials/imap_password"}
   folder: "{imap_folder}"
   lookback_days: {lookback_days}
 {extra_imap}collegeboard:

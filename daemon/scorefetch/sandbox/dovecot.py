@@ -37,18 +37,28 @@ def dovecot_binary() -> str | None:
 
 
 class DovecotServer(_ServerBase):
-    """Dovecot 2.3 with one passwd-file user and Maildir storage that survives stop()/start()."""
+    """Dovecot 2.3 with one passwd-file user and Maildir storage that survives stop()/start().
+
+    With `introspection_url`, the user may also log in with XOAUTH2 or OAUTHBEARER: an oauth2
+    passdb asks that URL (RFC 7662, token POSTed as a form) whether the token is active and
+    whose it is (sandbox/oauth.py answers it).
+    """
 
     name = "dovecot"
 
     def __init__(
-        self, workdir: Path, username: str = "scores@example.edu", password: str = "sandbox-imap"
+        self,
+        workdir: Path,
+        username: str = "scores@example.edu",
+        password: str = "sandbox-imap",
+        introspection_url: str | None = None,
     ) -> None:
         if ":" in username + password:  # the passwd-file separator
             raise ValueError("username and password must not contain ':'")
         self.workdir = workdir.absolute()
         self.username = username
         self.password = password
+        self.introspection_url = introspection_url
         self.log_path = self.workdir / "dovecot.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._base_dir = self.workdir / "run"
@@ -121,6 +131,26 @@ class DovecotServer(_ServerBase):
         users = self.workdir / "users"
         users.write_text(f"{self.username}:{{PLAIN}}{self.password}::::{home_field}::\n")
         users.chmod(0o600)
+        mechanisms, oauth2_passdb = "plain login", ""
+        if self.introspection_url is not None:
+            oauth2 = self.workdir / "dovecot-oauth2.conf.ext"
+            oauth2.write_text(f"""\
+introspection_mode = post
+introspection_url = {self.introspection_url}
+force_introspection = yes
+username_attribute = username
+active_attribute = active
+active_value = true
+timeout_msecs = 5000
+""")
+            mechanisms += " xoauth2 oauthbearer"
+            oauth2_passdb = f"""\
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {oauth2}
+}}
+"""
         conf = self.workdir / "dovecot.conf"
         conf.write_text(f"""\
 instance_name = dovecot-sandbox-{self.port}
@@ -131,7 +161,7 @@ protocols = imap
 listen = {self.host}
 ssl = no
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = {mechanisms}
 auth_username_format = %u
 default_internal_user = {internal}
 default_internal_group = {grp.getgrgid(pwd.getpwnam(internal).pw_gid).gr_name}
@@ -146,9 +176,10 @@ mail_location = maildir:~/Maildir
 mailbox_idle_check_interval = 1 secs
 passdb {{
   driver = passwd-file
+  mechanisms = plain login
   args = scheme=PLAIN username_format=%u {users}
 }}
-userdb {{
+{oauth2_passdb}userdb {{
   driver = passwd-file
   args = username_format=%u {users}
 }}

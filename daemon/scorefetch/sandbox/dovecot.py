@@ -42,13 +42,19 @@ class DovecotServer(_ServerBase):
     name = "dovecot"
 
     def __init__(
-        self, workdir: Path, username: str = "scores@example.edu", password: str = "sandbox-imap"
+        self,
+        workdir: Path,
+        username: str = "scores@example.edu",
+        password: str = "sandbox-imap",
+        capability: str | None = None,
     ) -> None:
+        """`capability` replaces what Dovecot advertises, e.g. to hide IDLE."""
         if ":" in username + password:  # the passwd-file separator
             raise ValueError("username and password must not contain ':'")
         self.workdir = workdir.absolute()
         self.username = username
         self.password = password
+        self.capability = capability
         self.log_path = self.workdir / "dovecot.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._base_dir = self.workdir / "run"
@@ -121,6 +127,8 @@ class DovecotServer(_ServerBase):
         users = self.workdir / "users"
         users.write_text(f"{self.username}:{{PLAIN}}{self.password}::::{home_field}::\n")
         users.chmod(0o600)
+        if self.capability is not None:
+            extra += f"imap_capability = {self.capability}\n"
         conf = self.workdir / "dovecot.conf"
         conf.write_text(f"""\
 instance_name = dovecot-sandbox-{self.port}

@@ -5,6 +5,8 @@ It sits between the daemon and an IMAP server and can pass bytes through, `cut()
 every connection (the daemon reads EOF, or a reset), `blackhole()` them (sockets stay
 open, nothing moves either way: a peer behind a dead route or a stateful firewall that
 forgot the connection), `restore()` them, or `say_bye()` as a server that is going away.
+With `split_gap_s` set it hands the client every chunk in two parts that far apart, so
+that responses arrive cut mid-line, as TCP may deliver them.
 A black hole takes the connections open at the time; with `new=True` also every later
 one, which is then accepted but hears nothing, not even a greeting.
 """
@@ -16,6 +18,7 @@ import select
 import socket
 import struct
 import threading
+import time
 
 from scorefetch.sandbox.ports import Lifecycle
 
@@ -62,6 +65,7 @@ class FaultProxy(Lifecycle):
         self.accepted = 0  # connections taken, for tests that count reconnects
         self.sent = bytearray()  # what clients sent upstream, when `transcript` is on
         self._transcript = transcript
+        self.split_gap_s: float | None = None
         self._hole_new = False
         self._links: list[_Link] = []
         self._lock = threading.Lock()
@@ -155,7 +159,7 @@ class FaultProxy(Lifecycle):
                     break
                 if to_client:
                     with link.lock:
-                        dst.sendall(data)
+                        self._to_client(dst, data)
                 else:
                     dst.sendall(data)
                     if self._transcript:
@@ -166,3 +170,13 @@ class FaultProxy(Lifecycle):
         with self._lock:
             if link in self._links:
                 self._links.remove(link)
+
+    def _to_client(self, sock: socket.socket, data: bytes) -> None:
+        gap = self.split_gap_s
+        if gap is None or len(data) < 2:
+            sock.sendall(data)
+            return
+        half = len(data) // 2
+        sock.sendall(data[:half])
+        time.sleep(gap)
+        sock.sendall(data[half:])

@@ -217,18 +217,20 @@ def test_bye_mid_idle_reconnects_and_loses_nothing(
     tmp_path: Path,
     proxy: FaultProxy,
 ) -> None:
-    """The server says BYE mid-IDLE and hangs up: the daemon reconnects and handles the
-    mail that arrived meanwhile, once."""
+    """The server says BYE mid-IDLE and hangs up, twice: each time the daemon reconnects
+    after the first backoff step (a new outage, not the old one continued) and handles
+    the mail that arrived meanwhile, once."""
     daemon = start_daemon(**via(proxy))
     files = first_file_lands(daemon, cb_sim, imap_server, imap_folder)
-    proxy.say_bye()
-    name = "4300_20261121_090000.csv"
-    files[name] = post(cb_sim, name)
-    deliver(imap_server, imap_folder, name)
-    event = daemon.wait_event("imap.disconnected", timeout=5)
-    assert "BYE" in event["error"]
-    daemon.wait_event("delivery.downloaded", filename=name, timeout=20)
+    for name in ("4300_20261121_090000.csv", "4300_20261121_091500.csv"):
+        proxy.say_bye()
+        files[name] = post(cb_sim, name)
+        deliver(imap_server, imap_folder, name)
+        daemon.wait_event("delivery.downloaded", filename=name, timeout=20)
+        time.sleep(SETTLE_S)
     assert daemon.stop() == 0
+    assert ["BYE" in e["error"] for e in daemon.named("imap.disconnected")] == [True, True]
+    assert [e["delay_s"] for e in daemon.named("imap.reconnecting")] == [1.0, 1.0]
     assert_each_once([daemon], cb_sim, tmp_path, files)
 
 

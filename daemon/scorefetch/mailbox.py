@@ -86,12 +86,14 @@ class MailboxWatcher:
         self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
         self._log = logs.get(host=config.host, folder=config.folder)
         self._heard = 0.0  # time.monotonic() when the server last answered or spoke
+        self._selected = False  # whether this session got as far as selecting the folder
         self.reconnects = 0
 
     def run(self) -> None:
         failures = 0
         while not self._stop.is_set():
             delay = 0.0
+            self._selected = False
             try:
                 self._session()
                 failures = 0
@@ -100,6 +102,8 @@ class MailboxWatcher:
                 delay = AUTH_BACKOFF_S
             except (MailboxError, imaplib.IMAP4.error, OSError) as exc:
                 self._log.warning("imap.disconnected", error=_describe(exc))
+                if self._selected:
+                    failures = 0  # it worked again since the last failure: a new outage
                 delay = backoff_delay(failures, self._rng)
                 failures += 1
             self.ledger.set_watcher("connected", "no")
@@ -157,6 +161,7 @@ class MailboxWatcher:
     def _watch(self, client: IMAPClient) -> None:
         selected = client.select_folder(self.config.folder, readonly=True)
         validity = int(selected[b"UIDVALIDITY"])
+        self._selected = True
         self._log.info("imap.connected", security=self.config.security)
         self.ledger.set_watcher("connected", "yes")
         if not self._ready:

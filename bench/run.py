@@ -3,6 +3,8 @@ PNG of the latency distribution.
 
     python bench/run.py [--quick] [--idle-seconds N] [--only NAME ...]
 
+NAMEs: latency burst streaming idle blackhole cycles ready.
+
 Everything runs on loopback against the sandbox: the real daemon process, pymap and
 (when installed) Dovecot, the College Board simulator, and curl for the streaming
 baseline.
@@ -30,6 +32,7 @@ from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, write_config
 from scorefetch.sandbox.dovecot import DovecotServer, dovecot_binary
 from scorefetch.sandbox.imapserver import ImapServer, PymapServer
+from scorefetch.sandbox.proxy import FaultProxy
 
 RESULTS = Path(__file__).parent / "results"
 Row = tuple[str, str, str, str]  # benchmark, measured, target, verdict
@@ -180,6 +183,92 @@ def idle(server: ImapServer, folder: Path, seconds: float) -> tuple[float, int, 
         return cpu1 - cpu0, rss0, rss1
 
 
+def blackhole(
+    server: ImapServer, folder: Path, read_timeout: float, rounds: int
+) -> list[tuple[float, float]]:
+    """Silence the daemon's connection mid-IDLE (no bytes, no reset; new connections still
+    get through) `rounds` times: seconds to imap.disconnected and to the next
+    imap.connected, per round."""
+    samples = []
+    with CollegeBoardSimulator() as sim, server, FaultProxy(server.host, server.port) as proxy:
+        path = write_config(
+            folder,
+            sim,
+            server,
+            imap_address=(proxy.host, proxy.port),
+            extra_imap=f"  read_timeout: {read_timeout:g}s\n",
+        )
+        daemon = DaemonProcess(path)
+        try:
+            daemon.wait_event("daemon.ready", timeout=60)
+            for _ in range(rounds):
+                time.sleep(1.0)  # back in IDLE
+                start = len(daemon.events)
+                began = time.monotonic()
+                proxy.blackhole()
+                lost = daemon.wait_for(
+                    lambda e: e.get("event") == "imap.disconnected", read_timeout * 3, start
+                )
+                back = daemon.wait_for(
+                    lambda e: e.get("event") == "imap.connected", read_timeout * 3, start
+                )
+                proxy.restore()  # lets the old, abandoned connection close
+                samples.append((lost["_at"] - began, back["_at"] - began))
+        finally:
+            daemon.stop()
+    return samples
+
+
+def idle_cycles(folder: Path, seconds: float) -> tuple[int, int, int, int]:
+    """RSS over many short IDLE cycles (idle_timeout 50 ms) while another client floods
+    the folder with new mail and flag changes: (cycles, mails, RSS after warm-up, RSS at end)."""
+    with (
+        CollegeBoardSimulator() as sim,
+        PymapServer() as server,
+        FaultProxy(server.host, server.port, transcript=True) as proxy,
+    ):
+        path = write_config(
+            folder,
+            sim,
+            server,
+            imap_address=(proxy.host, proxy.port),
+            extra_imap="  idle_timeout: 50ms\n",
+        )
+        daemon = DaemonProcess(path)
+        try:
+            daemon.wait_event("daemon.ready", timeout=60)
+            client = server.client()
+            client.select_folder("INBOX")
+            appended = 0
+
+            def flood_for(duration: float) -> None:
+                nonlocal appended
+                deadline = time.monotonic() + duration
+                while time.monotonic() < deadline:
+                    name = f"4300_20261122_{appended:06d}.csv"
+                    if appended % 5 == 0:
+                        sim.publish(name, name.encode())
+                        raw = mail.notification(name)
+                    else:
+                        raw = mail.marketing()
+                    client.append("INBOX", raw)
+                    uids = client.search(["ALL"])[-50:]
+                    client.add_flags(uids, [b"\\Flagged"])
+                    client.remove_flags(uids, [b"\\Flagged"])
+                    appended += 1
+
+            flood_for(5.0)  # warm-up
+            rss0 = _cpu_and_rss(daemon.proc.pid)[1]
+            cycles0 = proxy.sent.count(b"DONE\r\n")
+            flood_for(seconds)
+            rss1 = _cpu_and_rss(daemon.proc.pid)[1]
+            cycles = proxy.sent.count(b"DONE\r\n") - cycles0
+            client.logout()
+        finally:
+            daemon.stop()
+        return cycles, appended, rss0, rss1
+
+
 def start_to_ready(folder: Path, runs: int) -> list[float]:
     """Seconds from exec to READY=1 on $NOTIFY_SOCKET."""
     samples = []
@@ -312,6 +401,35 @@ def main() -> int:
                     f"{rss0 / 1e6:.1f} → {rss1 / 1e6:.1f} MB",
                     "≤ 1 s CPU per 10 min, RSS flat",
                     "met" if per10 <= 1 and rss1 <= rss0 * 1.05 else "missed",
+                )
+            )
+        if wanted("blackhole"):
+            timeout_s = 4.0 if quick else 10.0
+            servers: list[tuple[str, ImapServer]] = [("pymap", PymapServer())]
+            if have_dovecot:
+                servers.append(("Dovecot", DovecotServer(sub("dovecot-bh"))))
+            for label, server in servers:
+                found = blackhole(server, sub(f"bh-{label}"), timeout_s, 3)
+                lost = [a for a, _ in found]
+                back = [b for _, b in found]
+                rows.append(
+                    (
+                        f"black hole mid-IDLE, read_timeout {timeout_s:g} s, {label}",
+                        f"noticed after {min(lost):.2f}–{max(lost):.2f} s, replaced after "
+                        f"{min(back):.2f}–{max(back):.2f} s (n={len(found)})",
+                        "noticed ≤ read_timeout",
+                        "met" if max(lost) <= timeout_s + 0.25 else "missed",
+                    )
+                )
+        if wanted("cycles"):
+            seconds = 30.0 if quick else 120.0
+            cycles, mails, rss0, rss1 = idle_cycles(sub("cycles"), seconds)
+            rows.append(
+                (
+                    f"RSS over IDLE cycles under a flood, pymap, {seconds:.0f} s",
+                    f"{cycles} cycles, {mails} mails: RSS {rss0 / 1e6:.1f} → {rss1 / 1e6:.1f} MB",
+                    "RSS flat",
+                    "met" if rss1 - rss0 <= 5e6 else "missed",
                 )
             )
         if wanted("ready"):

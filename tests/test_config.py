@@ -151,6 +151,7 @@ def test_minimal_config_loads_with_documented_defaults(tmp_path: Path) -> None:
     assert imap.folder == "INBOX"
     assert imap.lookback_days == 14
     assert imap.idle_timeout == 300.0
+    assert imap.poll_interval == 60.0
     assert imap.connect_timeout == 15.0
     assert imap.read_timeout == 60.0
 
@@ -607,6 +608,8 @@ def test_non_finite_durations_are_refused(tmp_path: Path, value: str) -> None:
     [
         pytest.param({"imap.idle_timeout": "30m"}, "imap.idle_timeout", id="idle-over-29m"),
         pytest.param({"imap.idle_timeout": 0}, "imap.idle_timeout", id="idle-zero"),
+        pytest.param({"imap.poll_interval": 0}, "imap.poll_interval", id="poll-zero"),
+        pytest.param({"imap.poll_interval": "1h"}, "imap.poll_interval", id="poll-over-29m"),
         pytest.param({"imap.connect_timeout": "0s"}, "imap.connect_timeout", id="connect-zero"),
         pytest.param(
             {"collegeboard.download_timeout": 0}, "collegeboard.download_timeout", id="download-0"

@@ -193,6 +193,7 @@ class ImapConfig(_Model):
     folder: str = "INBOX"
     lookback_days: int = Field(14, ge=0)
     idle_timeout: Duration = Field(300.0, gt=0, le=29 * 60)
+    poll_interval: Duration = Field(60.0, gt=0, le=29 * 60)  # NOOP polling without IDLE
     connect_timeout: Duration = Field(15.0, gt=0)
     read_timeout: Duration = Field(60.0, gt=0)
     session_lifetime: Duration = Field(25 * 60.0, gt=0, le=25 * 60)

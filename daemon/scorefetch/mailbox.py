@@ -6,6 +6,10 @@ so mail that arrives while the daemon or the connection is down is handled
 when it is back. Messages are only read (`BODY.PEEK[]`, folder EXAMINEd), unless
 `imap.processed_folder` is set: then each notification acted on is moved there
 once the ledger holds its files.
+
+A peer that goes silent without closing (a black hole: no bytes, no RST) is noticed
+within the read timeout: after half of it without a byte from the server, IDLE is
+ended and DONE's answer, awaited only until the read timeout is up, is the probe.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import imaplib
 import math
 import random
+import select
 import socket
 import ssl
 import threading
@@ -23,7 +28,7 @@ from typing import Any
 
 from imapclient import DELETED, IMAPClient
 from imapclient.exceptions import LoginError
-from imapclient.imapclient import SocketTimeout
+from imapclient.imapclient import SocketTimeout, _parse_untagged_response
 
 from scorefetch import logs
 from scorefetch.config import ImapConfig
@@ -32,6 +37,7 @@ from scorefetch.ledger import Ledger
 from scorefetch.tokens import token_cache
 
 TICK_S = 1.0  # how often the loop looks at the stop flag and pings the watchdog
+PROBE_MIN_S = 0.5  # the shortest wait for DONE's answer, however late the probe began
 FETCH_BATCH = 50
 MAX_FETCH_BYTES = 5 * 1024 * 1024
 BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 300.0
@@ -82,17 +88,18 @@ class MailboxWatcher:
         self._on_ready = on_ready
         self._tick = tick
         self._ready = False
-        self._healthy = False  # this session got through a catch-up
         self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
         self._log = logs.get(host=config.host, folder=config.folder)
         self._tokens = token_cache(config.auth)  # None for password login
+        self._heard = 0.0  # time.monotonic() when the server last answered or spoke
+        self._selected = False  # whether this session got as far as selecting the folder
         self.reconnects = 0
 
     def run(self) -> None:
         failures = 0
         while not self._stop.is_set():
             delay = 0.0
-            self._healthy = False
+            self._selected = False
             try:
                 self._session()
                 failures = 0
@@ -103,8 +110,8 @@ class MailboxWatcher:
                 delay = AUTH_BACKOFF_S
             except (MailboxError, imaplib.IMAP4.error, OSError) as exc:
                 self._log.warning("imap.disconnected", error=_describe(exc))
-                if self._healthy:
-                    failures = 0  # the backoff grows only while connecting keeps failing
+                if self._selected:
+                    failures = 0  # it worked again since the last failure: a new outage
                 delay = backoff_delay(failures, self._rng)
                 failures += 1
             self.ledger.set_watcher("connected", "no")
@@ -184,39 +191,54 @@ class MailboxWatcher:
     def _session(self) -> None:
         """One connection, until an error, stop, or `session_lifetime` (then it returns)."""
         client = self._connect()
-        renew_at = time.monotonic() + self.config.session_lifetime
+        self._heard = time.monotonic()
         try:
-            moving = self.config.processed_folder is not None
-            if moving:
-                self._ensure_processed_folder(client)
-            selected = client.select_folder(self.config.folder, readonly=not moving)
-            validity = int(selected[b"UIDVALIDITY"])
-            self._log.info("imap.connected", security=self.config.security)
-            self.ledger.set_watcher("connected", "yes")
-            if not self._ready:
-                self._ready = True
-                self._on_ready()
-            last_uid = self._starting_uid(client, validity)
-            idle = client.has_capability("IDLE")
-            while not self._stop.is_set():
-                _take_new_mail_signals(client)
-                last_uid = self._catch_up(client, validity, last_uid)
-                self.ledger.set_watcher("last_round_trip", datetime.now(UTC).isoformat())
-                self._healthy = True
-                if self._renewal_left() <= 0:
-                    self._log.info("imap.token_renewal", provider=self._provider)
-                    return
-                if time.monotonic() >= renew_at:
-                    self._log.info("imap.session_renewed", age_s=self.config.session_lifetime)
-                    return
-                wake_by = min(renew_at, time.monotonic() + self._renewal_left())
-                if idle:
-                    self._idle(client, wake_by)
-                else:
-                    self._sleep(min(60.0, self.config.idle_timeout, wake_by - time.monotonic()))
-                    client.noop()
-        finally:
-            self._close(client)
+            self._watch(client)
+        except TimeoutError:
+            client.shutdown()
+            silent = time.monotonic() - self._heard
+            raise MailboxError(
+                f"no answer from the server for {silent:.1f}s "
+                f"(read_timeout {self.config.read_timeout:g}s)"
+            ) from None
+        except BaseException:
+            # No LOGOUT on a broken connection: its answer would be awaited for a read timeout.
+            client.shutdown()
+            raise
+        self._close(client)
+
+    def _watch(self, client: IMAPClient) -> None:
+        renew_at = time.monotonic() + self.config.session_lifetime
+        moving = self.config.processed_folder is not None
+        if moving:
+            self._ensure_processed_folder(client)
+        selected = client.select_folder(self.config.folder, readonly=not moving)
+        validity = int(selected[b"UIDVALIDITY"])
+        self._selected = True
+        self._log.info("imap.connected", security=self.config.security)
+        self.ledger.set_watcher("connected", "yes")
+        if not self._ready:
+            self._ready = True
+            self._on_ready()
+        last_uid = self._starting_uid(client, validity)
+        idle = client.has_capability("IDLE")
+        while not self._stop.is_set():
+            _take_new_mail_signals(client)
+            last_uid = self._catch_up(client, validity, last_uid)
+            self._heard = time.monotonic()
+            self.ledger.set_watcher("last_round_trip", datetime.now(UTC).isoformat())
+            if self._renewal_left() <= 0:
+                self._log.info("imap.token_renewal", provider=self._provider)
+                return
+            if time.monotonic() >= renew_at:
+                self._log.info("imap.session_renewed", age_s=self.config.session_lifetime)
+                return
+            wake_by = min(renew_at, time.monotonic() + self._renewal_left())
+            if idle:
+                self._idle(client, wake_by)
+            else:
+                self._sleep(min(self.config.poll_interval, wake_by - time.monotonic()))
+                client.noop()
 
     def _close(self, client: IMAPClient) -> None:
         try:
@@ -303,26 +325,76 @@ class MailboxWatcher:
 
     def _idle(self, client: IMAPClient, renew_at: float) -> None:
         """IDLE until the server says something, the idle timeout passes, the session is due
-        for renewal, or stop is set. On a dead connection the exception skips DONE; the
-        session then drops the socket."""
+        for renewal, the server has been silent for half the read timeout, or stop is set.
+        On a dead connection the exception skips DONE; the session then drops the socket."""
         client.idle()
-        until = min(time.monotonic() + self.config.idle_timeout, renew_at)
+        self._heard = time.monotonic()
+        until = min(self._heard + self.config.idle_timeout, renew_at)
         # Mail that arrived during the catch-up was announced in the answers to SEARCH or
         # FETCH (or before IDLE's "+"); the server will not say it again while idling.
         if _take_new_mail_signals(client):
             until = 0.0
-        while not self._stop.is_set() and time.monotonic() < until:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            wait = min(TICK_S, until - now, self._heard + self.config.read_timeout / 2 - now)
+            if wait <= 0:
+                break
             self._tick()
-            began = time.monotonic()
-            responses = client.idle_check(timeout=TICK_S)
+            responses = _idle_check(client, wait)
+            if responses:
+                self._heard = time.monotonic()
             if any(_is_bye(r) for r in responses):
                 raise MailboxError("server said BYE")
             if any(_wakes(r) for r in responses):
                 break
-            if not responses and time.monotonic() - began < TICK_S / 2:
-                # imapclient swallows EOF: a readable socket that yields nothing is dead.
-                raise MailboxError("connection closed by the server")
+        self._idle_done(client)
+
+    def _idle_done(self, client: IMAPClient) -> None:
+        """DONE, whose answer is also the liveness probe: it is awaited only until the
+        read timeout has passed since the server last said anything."""
+        sock = client.socket()
+        left = self._heard + self.config.read_timeout - time.monotonic()
+        sock.settimeout(max(PROBE_MIN_S, left))
         client.idle_done()
+        self._heard = time.monotonic()
+        sock.settimeout(self.config.read_timeout)
+
+
+def _idle_check(client: IMAPClient, wait: float) -> list[Any]:
+    """What the server said in IDLE within `wait` seconds: whole lines, read with the read
+    timeout once a first byte is there, while more is at hand. (imapclient's idle_check()
+    reads non-blocking and so breaks on a line that arrives in two TCP segments.)"""
+    imap = client._imap
+    if not _pending(client):
+        poller = select.poll()
+        poller.register(client.socket().fileno(), select.POLLIN)
+        if not poller.poll(wait * 1000):
+            return []
+    responses = []
+    while True:
+        try:
+            line = imap._get_line()
+        except imaplib.IMAP4.abort as exc:
+            if "EOF" in str(exc):
+                raise MailboxError("connection closed by the server") from None
+            raise
+        responses.append(_parse_untagged_response(line))
+        if not _pending(client):
+            return responses
+
+
+def _pending(client: IMAPClient) -> bool:
+    """Whether bytes from the server wait in imaplib's buffer or the socket; never blocks.
+    (False at EOF too: the socket then polls readable and the next read says so.)"""
+    sock = client.socket()
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        return bool(client._imap.file.peek(1))
+    except (ssl.SSLWantReadError, BlockingIOError):
+        return False
+    finally:
+        sock.settimeout(timeout)
 
 
 def _take_new_mail_signals(client: IMAPClient) -> bool:

@@ -36,12 +36,15 @@ def write_config(
     extra_collegeboard: str = "",
     extra_imap: str = "",
     imap_auth: str = "",
+    imap_address: tuple[str, int] | None = None,
     encoura: EncouraSimulator | None = None,
     product_keys: Sequence[str] = ("score-reporter",),
     encoura_poll_interval: str = "15m",
 ) -> Path:
     """A config for the sandbox under `folder`, secrets in 0600 files beside it.
-    `imap_auth` (indented YAML lines) replaces the IMAP password with an `auth:` block."""
+    `imap_auth` (indented YAML lines) replaces the IMAP password with an `auth:` block;
+    `imap_address` sends the daemon elsewhere than `imap` itself (a FaultProxy before it)."""
+    host, port = imap_address or (imap.host, imap.port)
     secrets = folder / "credentials"
     secrets.mkdir(mode=0o700, exist_ok=True)
     values = [("imap_password", imap.password), ("collegeboard_password", sim.password)]
@@ -59,8 +62,8 @@ log:
   format: json
   level: info
 imap:
-  host: {imap.host}
-  port: {imap.port}
+  host: {host}
+  port: {port}
   security: plain            # loopback only
   username: "{imap.username}"
 {imap_auth.rstrip() or "  password_file: credentials/imap_password"}

@@ -52,13 +52,17 @@ class DovecotServer(_ServerBase):
         username: str = "scores@example.edu",
         password: str = "sandbox-imap",
         introspection_url: str | None = None,
+        capability: str | None = None,
     ) -> None:
+        """`introspection_url` adds an oauth2 passdb that checks XOAUTH2 tokens there;
+        `capability` replaces what Dovecot advertises, e.g. to hide IDLE."""
         if ":" in username + password:  # the passwd-file separator
             raise ValueError("username and password must not contain ':'")
         self.workdir = workdir.absolute()
         self.username = username
         self.password = password
         self.introspection_url = introspection_url
+        self.capability = capability
         self.log_path = self.workdir / "dovecot.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._base_dir = self.workdir / "run"
@@ -151,6 +155,8 @@ passdb {{
   args = {oauth2}
 }}
 """
+        if self.capability is not None:
+            extra += f"imap_capability = {self.capability}\n"
         conf = self.workdir / "dovecot.conf"
         conf.write_text(f"""\
 instance_name = dovecot-sandbox-{self.port}

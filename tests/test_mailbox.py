@@ -7,6 +7,7 @@ import json
 import random
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,9 @@ import pytest
 from scorefetch.mailbox import backoff_delay, new_uids
 from scorefetch.sandbox import mail
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
-from scorefetch.sandbox.daemon import DaemonProcess
+from scorefetch.sandbox.daemon import DaemonProcess, write_config
+from scorefetch.sandbox.proxy import FaultProxy
+from tests.conftest import dovecot_or_skip
 
 pytestmark = pytest.mark.e2e
 Start = Callable[..., DaemonProcess]
@@ -72,6 +75,42 @@ def test_processed_folder_takes_notifications_and_leaves_the_rest(
         assert client.search(["SEEN"]) == []  # read with BODY.PEEK only
     assert not daemon.named("imap.move_failed")
     assert (tmp_path / "files" / "collegeboard" / "4300_20261122_080000.csv").exists()
+
+
+NO_MOVE = "IMAP4rev1 LITERAL+ SASL-IR LOGIN-REFERRALS ID ENABLE IDLE NAMESPACE UIDPLUS CHILDREN"
+
+
+def test_processed_folder_without_move_copies_and_expunges_only_that_message(
+    tmp_path: Path, cb_sim: CollegeBoardSimulator
+) -> None:
+    """A server without MOVE: COPY, \\Deleted, then UID EXPUNGE of that one UID, so a
+    message someone else marked \\Deleted in the folder is not expunged with it."""
+    server = dovecot_or_skip(tmp_path / "dovecot-nomove")
+    server.capability = NO_MOVE
+    with server, FaultProxy(server.host, server.port, transcript=True) as proxy:
+        with server.client() as client:
+            client.append("INBOX", mail.marketing(), flags=[b"\\Deleted"])
+        cb_sim.publish("4300_20261122_100000.csv", b"a\r\n")
+        config = write_config(
+            tmp_path,
+            cb_sim,
+            server,
+            imap_address=(proxy.host, proxy.port),
+            extra_imap='  processed_folder: "Done"\n',
+        )
+        daemon = DaemonProcess(config)
+        try:
+            daemon.wait_event("daemon.ready")
+            server.deliver(mail.notification("4300_20261122_100000.csv"))
+            daemon.wait_event("delivery.downloaded", filename="4300_20261122_100000.csv")
+            deadline = time.monotonic() + 10
+            while b"UID EXPUNGE" not in proxy.sent and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            assert daemon.stop() == 0
+        assert kinds(server, "Done") == ["csv"]
+        assert kinds(server, "INBOX") == ["webinar"]  # still there, still \\Deleted
+    assert b" MOVE " not in proxy.sent and b"UID COPY" in proxy.sent
 
 
 @pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)

@@ -347,3 +347,40 @@ def test_server_restart_reconnects_and_catches_up(
         "4300_20261121_181500.csv": second["4300_20261121_181500.csv"],
     }
     assert cb_sim.stats.file_url_names.count("4300_20261121_180000.csv") == 1
+
+
+def test_uidvalidity_change_rescans_without_downloading_twice(
+    start_daemon: Start,
+    cb_sim: CollegeBoardSimulator,
+    imap_server: Any,
+    imap_folder: str,
+    tmp_path: Path,
+) -> None:
+    """The folder is deleted and recreated while the daemon is down (a new UIDVALIDITY, UIDs
+    from 1 again): it says so, rescans lookback_days, and the ledger stops a second
+    download of what it already has while the new file lands."""
+    files = publish_pair(cb_sim, "4300_20261122_070000") | publish_pair(
+        cb_sim, "4300_20261122_073000"
+    )
+    daemon = start_daemon()
+    deliver(imap_server, imap_folder, mail.notification("4300_20261122_070000.csv"))
+    daemon.wait_event("delivery.downloaded", filename="4300_20261122_070000.csv")
+    assert daemon.stop() == 0
+    with imap_server.client() as client:
+        client.delete_folder(imap_folder)
+        client.create_folder(imap_folder)
+    deliver(imap_server, imap_folder, mail.notification("4300_20261122_070000.csv"))
+    deliver(imap_server, imap_folder, mail.notification("4300_20261122_073000.csv"))
+    again = start_daemon()
+    changed = again.wait_event("imap.uidvalidity_changed")
+    again.wait_event("delivery.downloaded", filename="4300_20261122_073000.csv")
+    again.wait_event("delivery.skipped", reason="duplicate", filename="4300_20261122_070000.csv")
+    assert again.stop() == 0
+    assert changed["old"] != changed["new"]
+    assert landed(tmp_path) == {
+        n: files[n] for n in ("4300_20261122_070000.csv", "4300_20261122_073000.csv")
+    }
+    assert sorted(cb_sim.stats.file_url_names) == [
+        "4300_20261122_070000.csv",
+        "4300_20261122_073000.csv",
+    ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 
 # What must never reach a log line: presigned query parameters and their signature.
 PRESIGNED = re.compile(r"X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Expires=\d", re.I)
@@ -14,3 +16,12 @@ def assert_no_secrets(lines: list[str], secrets: list[str]) -> None:
         for secret in secrets:
             assert secret not in line, f"a secret leaked into a log line: {line[:200]}"
         assert not PRESIGNED.search(line), f"a presigned URL query leaked: {line[:200]}"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 20) -> None:
+    """Poll until `condition()` holds; a simulator's server thread may still be finishing
+    its bookkeeping after the client has read the last byte."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +14,7 @@ from scorefetch.ledger import Ledger
 from scorefetch.sandbox import mail
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess
+from tests.support import wait_until
 
 pytestmark = pytest.mark.e2e
 Start = Callable[..., DaemonProcess]
@@ -219,7 +219,7 @@ def test_expired_urls_are_renewed_never_used_late(
     daemon.wait_event("delivery.downloaded", filename="4300_20261121_140000.csv", timeout=20)
     assert daemon.stop() == 0
     assert landed(tmp_path) == {"4300_20261121_140000.csv": files["4300_20261121_140000.csv"]}
-    assert cb_sim.stats.downloads_completed == 1
+    wait_until(lambda: cb_sim.stats.downloads_completed == 1)
 
 
 def test_url_outside_download_hosts_is_never_connected(
@@ -262,13 +262,6 @@ def test_restart_redoes_unfinished_rows_and_removes_partials(
     assert daemon.named("delivery.partial_removed")
     assert daemon.stop() == 0
     assert landed(tmp_path) == {"4300_20261121_160000.csv": files["4300_20261121_160000.csv"]}
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def test_sigkill_mid_download_leaves_nothing_visible_and_redoes_it(

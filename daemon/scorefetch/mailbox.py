@@ -14,6 +14,7 @@ ended and DONE's answer, awaited only until the read timeout is up, is the probe
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import math
 import random
@@ -145,10 +146,10 @@ class MailboxWatcher:
             else:
                 self._oauth2_login(client)
         except LoginError as exc:
-            client.shutdown()
+            _drop(client)
             raise MailboxAuthError(f"login refused for {cfg.username}: {_describe(exc)}") from None
         except BaseException:
-            client.shutdown()
+            _drop(client)
             raise
         return client
 
@@ -195,7 +196,7 @@ class MailboxWatcher:
         try:
             self._watch(client)
         except TimeoutError:
-            client.shutdown()
+            _drop(client)
             silent = time.monotonic() - self._heard
             raise MailboxError(
                 f"no answer from the server for {silent:.1f}s "
@@ -203,7 +204,7 @@ class MailboxWatcher:
             ) from None
         except BaseException:
             # No LOGOUT on a broken connection: its answer would be awaited for a read timeout.
-            client.shutdown()
+            _drop(client)
             raise
         self._close(client)
 
@@ -244,7 +245,7 @@ class MailboxWatcher:
         try:
             client.logout()
         except (imaplib.IMAP4.error, OSError):
-            client.shutdown()
+            _drop(client)
 
     def _starting_uid(self, client: IMAPClient, validity: int) -> int:
         """The last handled UID; on a first start (or a new UIDVALIDITY) handle the
@@ -358,6 +359,13 @@ class MailboxWatcher:
         client.idle_done()
         self._heard = time.monotonic()
         sock.settimeout(self.config.read_timeout)
+
+
+def _drop(client: IMAPClient) -> None:
+    """Close the connection without a word. An error here must not hide the one that
+    brought us here (a failed STARTTLS handshake leaves imaplib a closed socket: EBADF)."""
+    with contextlib.suppress(OSError):
+        client.shutdown()
 
 
 def _idle_check(client: IMAPClient, wait: float) -> list[Any]:

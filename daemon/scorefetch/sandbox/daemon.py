@@ -37,13 +37,15 @@ def write_config(
     extra_imap: str = "",
     imap_auth: str = "",
     imap_address: tuple[str, int] | None = None,
+    imap_security: str = "plain",
     encoura: EncouraSimulator | None = None,
     product_keys: Sequence[str] = ("score-reporter",),
     encoura_poll_interval: str = "15m",
 ) -> Path:
     """A config for the sandbox under `folder`, secrets in 0600 files beside it.
     `imap_auth` (indented YAML lines) replaces the IMAP password with an `auth:` block;
-    `imap_address` sends the daemon elsewhere than `imap` itself (a FaultProxy before it)."""
+    `imap_address` sends the daemon elsewhere than `imap` itself (a FaultProxy before it),
+    with `imap_security` (tls or starttls where the server has a certificate)."""
     host, port = imap_address or (imap.host, imap.port)
     secrets = folder / "credentials"
     secrets.mkdir(mode=0o700, exist_ok=True)
@@ -64,7 +66,7 @@ log:
 imap:
   host: {host}
   port: {port}
-  security: plain            # loopback only
+  security: {imap_security}
   username: "{imap.username}"
 {imap_auth.rstrip() or "  password_file: credentials/imap_password"}
   folder: "{imap_folder}"

@@ -1,7 +1,8 @@
 """A real Dovecot IMAP server, confined to one work folder, for the tests and benchmarks.
 
 Config, sockets (base_dir), state, log and maildirs all live under the work folder;
-/etc/dovecot and the system service are never read or touched. Plain IMAP on loopback.
+/etc/dovecot and the system service are never read or touched. Plain IMAP on loopback;
+with `tls` (sandbox/tls.py), STARTTLS on that port and implicit TLS on `tls_port` too.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from scorefetch.sandbox.imapserver import _ServerBase
 from scorefetch.sandbox.ports import free_port, wait_for_port
+from scorefetch.sandbox.tls import LoopbackTls
 
 _SYSTEM_BINARY = Path("/usr/sbin/dovecot")
 # Services that chroot by default. chroot needs root, so a rootless instance turns it off.
@@ -53,9 +55,11 @@ class DovecotServer(_ServerBase):
         password: str = "sandbox-imap",
         introspection_url: str | None = None,
         capability: str | None = None,
+        tls: LoopbackTls | None = None,
     ) -> None:
         """`introspection_url` adds an oauth2 passdb that checks XOAUTH2 tokens there;
-        `capability` replaces what Dovecot advertises, e.g. to hide IDLE."""
+        `capability` replaces what Dovecot advertises, e.g. to hide IDLE; `tls` serves its
+        certificate (STARTTLS on `port`, implicit TLS on `tls_port`)."""
         if ":" in username + password:  # the passwd-file separator
             raise ValueError("username and password must not contain ':'")
         self.workdir = workdir.absolute()
@@ -63,6 +67,8 @@ class DovecotServer(_ServerBase):
         self.password = password
         self.introspection_url = introspection_url
         self.capability = capability
+        self.tls = tls
+        self.tls_port = 0
         self.log_path = self.workdir / "dovecot.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._base_dir = self.workdir / "run"
@@ -80,6 +86,8 @@ class DovecotServer(_ServerBase):
             raise RuntimeError("dovecot is not installed (apt-get install dovecot-imapd)")
         if not self.port:
             self.port = free_port(self.host)
+        if self.tls is not None and not self.tls_port:
+            self.tls_port = free_port(self.host)
         conf = self._write_config()
         # A pid file left by a killed master blocks startup if another process got that pid.
         (self._base_dir / "master.pid").unlink(missing_ok=True)
@@ -157,6 +165,10 @@ passdb {{
 """
         if self.capability is not None:
             extra += f"imap_capability = {self.capability}\n"
+        ssl, imaps_port = "no", 0
+        if self.tls is not None:
+            ssl = f"yes\nssl_cert = <{self.tls.cert_file}\nssl_key = <{self.tls.key_file}"
+            imaps_port = self.tls_port
         conf = self.workdir / "dovecot.conf"
         conf.write_text(f"""\
 instance_name = dovecot-sandbox-{self.port}
@@ -165,7 +177,7 @@ state_dir = {self.workdir / "state"}
 log_path = {self.log_path}
 protocols = imap
 listen = {self.host}
-ssl = no
+ssl = {ssl}
 disable_plaintext_auth = no
 auth_mechanisms = {mechanisms}
 auth_username_format = %u
@@ -195,7 +207,8 @@ service imap-login {{
     port = {self.port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = {self.host}
+    port = {imaps_port}
   }}
 }}
 {extra}""")

@@ -234,6 +234,39 @@ def test_bye_mid_idle_reconnects_and_loses_nothing(
     assert_each_once([daemon], cb_sim, tmp_path, files)
 
 
+def test_server_dropping_every_session_before_idle_meets_a_growing_backoff(
+    start_daemon: Start,
+    cb_sim: CollegeBoardSimulator,
+    imap_server: Any,
+    imap_folder: str,
+    tmp_path: Path,
+    proxy: FaultProxy,
+) -> None:
+    """Each session selects and catches up, then the connection drops as IDLE is sent: no
+    cycle is healthy, so the backoff grows (no 1-second loop against a sick server); once
+    a session settles in IDLE, the next outage starts again from the first step."""
+    first = "4300_20261121_094500.csv"
+    files = {first: post(cb_sim, first)}
+    deliver(imap_server, imap_folder, first)
+    proxy.cut_when_client_sends = b" IDLE\r\n"
+    daemon = start_daemon(**via(proxy))
+    daemon.wait_for(lambda e: e.get("event") == "imap.reconnecting" and e["attempt"] == 3)
+    proxy.cut_when_client_sends = None
+    name = "4300_20261121_095000.csv"
+    files[name] = post(cb_sim, name)
+    deliver(imap_server, imap_folder, name)
+    daemon.wait_event("delivery.downloaded", filename=name, timeout=20)
+    time.sleep(SETTLE_S)
+    before_bye = len(daemon.events)
+    proxy.say_bye()
+    daemon.wait_for(lambda e: e.get("event") == "imap.reconnecting", start=before_bye)
+    retries = daemon.named("imap.reconnecting")
+    assert [e["attempt"] for e in retries] == [1, 2, 3, 1]
+    assert all(1.0 <= e["delay_s"] <= 2 ** (e["attempt"] - 1) for e in retries)
+    assert daemon.stop() == 0
+    assert_each_once([daemon], cb_sim, tmp_path, files)
+
+
 @pytest.mark.parametrize("imap_server", ["dovecot"], indirect=True)
 def test_sigkill_with_work_in_every_state_redoes_only_the_unfinished(
     start_daemon: Start,

@@ -93,14 +93,14 @@ class MailboxWatcher:
         self._log = logs.get(host=config.host, folder=config.folder)
         self._tokens = token_cache(config.auth)  # None for password login
         self._heard = 0.0  # time.monotonic() when the server last answered or spoke
-        self._selected = False  # whether this session got as far as selecting the folder
+        self._healthy = False  # whether this session caught up and the server then idled
         self.reconnects = 0
 
     def run(self) -> None:
         failures = 0
         while not self._stop.is_set():
             delay = 0.0
-            self._selected = False
+            self._healthy = False
             try:
                 self._session()
                 failures = 0
@@ -111,7 +111,7 @@ class MailboxWatcher:
                 delay = AUTH_BACKOFF_S
             except (MailboxError, imaplib.IMAP4.error, OSError) as exc:
                 self._log.warning("imap.disconnected", error=_describe(exc))
-                if self._selected:
+                if self._healthy:
                     failures = 0  # it worked again since the last failure: a new outage
                 delay = backoff_delay(failures, self._rng)
                 failures += 1
@@ -120,7 +120,7 @@ class MailboxWatcher:
                 break
             self.reconnects += 1
             self.ledger.set_watcher("reconnects", str(self.reconnects))
-            self._log.info("imap.reconnecting", delay_s=round(delay, 2))
+            self._log.info("imap.reconnecting", delay_s=round(delay, 2), attempt=failures)
             self._sleep(delay)
 
     def _sleep(self, seconds: float) -> None:
@@ -215,7 +215,6 @@ class MailboxWatcher:
             self._ensure_processed_folder(client)
         selected = client.select_folder(self.config.folder, readonly=not moving)
         validity = int(selected[b"UIDVALIDITY"])
-        self._selected = True
         self._log.info("imap.connected", security=self.config.security)
         self.ledger.set_watcher("connected", "yes")
         if not self._ready:
@@ -240,6 +239,7 @@ class MailboxWatcher:
             else:
                 self._sleep(min(self.config.poll_interval, wake_by - time.monotonic()))
                 client.noop()
+                self._healthy = True
 
     def _close(self, client: IMAPClient) -> None:
         try:
@@ -330,6 +330,9 @@ class MailboxWatcher:
         On a dead connection the exception skips DONE; the session then drops the socket."""
         client.idle()
         self._heard = time.monotonic()
+        # A healthy cycle: selected, caught up, and the server took IDLE. A server that drops
+        # every session before this point meets a growing backoff, not a 1-second loop.
+        self._healthy = True
         until = min(self._heard + self.config.idle_timeout, renew_at)
         # Mail that arrived during the catch-up was announced in the answers to SEARCH or
         # FETCH (or before IDLE's "+"); the server will not say it again while idling.

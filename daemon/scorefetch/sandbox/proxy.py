@@ -66,6 +66,9 @@ class FaultProxy(Lifecycle):
         self.sent = bytearray()  # what clients sent upstream, when `transcript` is on
         self._transcript = transcript
         self.split_gap_s: float | None = None
+        # Closes a connection, instead of forwarding, when the client sends these bytes
+        # (e.g. b"IDLE\r\n": a server that drops every session before it settles).
+        self.cut_when_client_sends: bytes | None = None
         self._hole_new = False
         self._links: list[_Link] = []
         self._lock = threading.Lock()
@@ -161,6 +164,9 @@ class FaultProxy(Lifecycle):
                     with link.lock:
                         self._to_client(dst, data)
                 else:
+                    trigger = self.cut_when_client_sends
+                    if trigger is not None and trigger in data:
+                        break
                     dst.sendall(data)
                     if self._transcript:
                         self.sent += data

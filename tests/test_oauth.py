@@ -15,6 +15,7 @@ from scorefetch.sandbox import mail
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess
 from scorefetch.sandbox.oauth import OAuthAuthority, Stats
+from scorefetch.sandbox.proxy import FaultProxy
 from tests.conftest import dovecot_or_skip
 
 pytestmark = pytest.mark.e2e
@@ -190,6 +191,38 @@ def test_refused_cached_token_is_replaced_at_once(
     assert len(daemon.named("imap.connected")) == 2
     assert authority.stats.client_credentials == 2
     assert not daemon.named("imap.auth_failed")
+
+
+def test_bye_access_token_expired_gets_a_new_token_and_session_at_once(
+    start_daemon: Start,
+    cb_sim: CollegeBoardSimulator,
+    imap_server: Any,
+    imap_folder: str,
+    authority: OAuthAuthority,
+    tmp_path: Path,
+) -> None:
+    """Microsoft ends a session whose token it considers expired with `BYE Session
+    invalidated - AccessTokenExpired`: the daemon drops its cached token and logs in again
+    with a new one at once (no backoff, no refused login); mail sent meanwhile lands."""
+    with FaultProxy(imap_server.host, imap_server.port) as proxy:
+        daemon = start_daemon(
+            imap_auth=microsoft_auth(tmp_path, authority),
+            env=ca_env(authority),
+            imap_address=(proxy.host, proxy.port),
+        )
+        first = deliver_and_wait(daemon, imap_server, imap_folder, cb_sim, "4300_20261122_103000")
+        time.sleep(0.5)  # back in IDLE
+        proxy.say_bye(b"* BYE Session invalidated - AccessTokenExpired\r\n")
+        renewal = daemon.wait_event("imap.token_renewal", reason="expired", timeout=10)
+        second = deliver_and_wait(daemon, imap_server, imap_folder, cb_sim, "4300_20261122_104500")
+        assert daemon.stop() == 0
+    connected = daemon.named("imap.connected")
+    assert len(connected) == 2 and connected[1]["_at"] - renewal["_at"] < 2.0
+    assert authority.stats.client_credentials == 2
+    assert not daemon.named("imap.token_refused") and not daemon.named("imap.reconnecting")
+    assert not daemon.named("imap.disconnected") and not daemon.named("imap.auth_failed")
+    assert landed(tmp_path, "4300_20261122_103000.csv") == first
+    assert landed(tmp_path, "4300_20261122_104500.csv") == second
 
 
 def test_wrong_client_secret_is_an_auth_failure_retried_slowly(

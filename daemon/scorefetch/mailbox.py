@@ -42,6 +42,7 @@ PROBE_MIN_S = 0.5  # the shortest wait for DONE's answer, however late the probe
 FETCH_BATCH = 50
 MAX_FETCH_BYTES = 5 * 1024 * 1024
 BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 300.0
+EXPIRED_MARK = "AccessTokenExpired"  # in Microsoft's BYE for a session past its token
 AUTH_BACKOFF_S = 300.0  # a refused password is retried slowly: never lock the account
 
 # (uid, raw message or None if too big, reason) -> whether it was a notification acted on
@@ -110,6 +111,16 @@ class MailboxWatcher:
                 self._log.error("imap.auth_failed", error=str(exc), retry_in_s=AUTH_BACKOFF_S)
                 delay = AUTH_BACKOFF_S
             except (MailboxError, imaplib.IMAP4.error, OSError) as exc:
+                if self._tokens is not None and EXPIRED_MARK in str(exc):
+                    # Microsoft's "BYE Session invalidated - AccessTokenExpired": a new token,
+                    # and after a healthy session a new one at once; not an outage.
+                    self._tokens.invalidate()
+                    if self._healthy:
+                        self._log.info(
+                            "imap.token_renewal", provider=self._provider, reason="expired"
+                        )
+                        self.ledger.set_watcher("connected", "no")
+                        continue
                 self._log.warning("imap.disconnected", error=_describe(exc))
                 if self._healthy:
                     failures = 0  # it worked again since the last failure: a new outage
@@ -228,7 +239,7 @@ class MailboxWatcher:
             self._heard = time.monotonic()
             self.ledger.set_watcher("last_round_trip", datetime.now(UTC).isoformat())
             if self._renewal_left() <= 0:
-                self._log.info("imap.token_renewal", provider=self._provider)
+                self._log.info("imap.token_renewal", provider=self._provider, reason="due")
                 return
             if time.monotonic() >= renew_at:
                 self._log.info("imap.session_renewed", age_s=self.config.session_lifetime)
@@ -347,8 +358,9 @@ class MailboxWatcher:
             responses = _idle_check(client, wait)
             if responses:
                 self._heard = time.monotonic()
-            if any(_is_bye(r) for r in responses):
-                raise MailboxError("server said BYE")
+            for response in responses:
+                if _is_bye(response):
+                    raise MailboxError(f"server said BYE: {_words(response[1:])}")
             if any(_wakes(r) for r in responses):
                 break
         self._idle_done(client)
@@ -416,6 +428,10 @@ def _take_new_mail_signals(client: IMAPClient) -> bool:
     for name in ("FETCH", "EXPUNGE", "OK"):
         untagged.pop(name, None)
     return found
+
+
+def _words(parts: Any) -> str:
+    return " ".join(p.decode("ascii", "replace") if isinstance(p, bytes) else str(p) for p in parts)
 
 
 def _is_bye(response: Any) -> bool:

@@ -14,24 +14,20 @@ ended and DONE's answer, awaited only until the read timeout is up, is the probe
 
 from __future__ import annotations
 
-import contextlib
 import imaplib
 import math
 import random
-import select
-import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
 
 from imapclient import DELETED, IMAPClient
 from imapclient.exceptions import LoginError
-from imapclient.imapclient import SocketTimeout, _parse_untagged_response
+from imapclient.imapclient import SocketTimeout
 
-from scorefetch import logs
+from scorefetch import imapwire, logs
 from scorefetch.config import ImapConfig
 from scorefetch.errors import MailboxAuthError, MailboxError, TokenError
 from scorefetch.ledger import Ledger
@@ -59,16 +55,6 @@ def new_uids(found: list[int], last_uid: int) -> list[int]:
     """UIDs above `last_uid`, ascending. `UID SEARCH N:*` always returns the highest UID,
     even when it is below N, so the filter is ours."""
     return sorted(uid for uid in found if uid > last_uid)
-
-
-def _tune(sock: socket.socket) -> None:
-    """TCP keepalive notices a dead peer; NODELAY stops Nagle from holding a command after
-    IDLE's DONE for a delayed ACK (measured: 42 ms per wake-up on loopback)."""
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4)):
-        if hasattr(socket, name):
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 class MailboxWatcher:
@@ -148,7 +134,7 @@ class MailboxWatcher:
             cfg.host, port=cfg.port, ssl=cfg.security == "tls", ssl_context=context, timeout=timeout
         )
         try:
-            _tune(client.socket())
+            imapwire.tune(client.socket())
             if cfg.security == "starttls":
                 client.starttls(context)
             if self._tokens is None:
@@ -157,10 +143,10 @@ class MailboxWatcher:
             else:
                 self._oauth2_login(client)
         except LoginError as exc:
-            _drop(client)
+            imapwire.drop(client)
             raise MailboxAuthError(f"login refused for {cfg.username}: {_describe(exc)}") from None
         except BaseException:
-            _drop(client)
+            imapwire.drop(client)
             raise
         return client
 
@@ -207,7 +193,7 @@ class MailboxWatcher:
         try:
             self._watch(client)
         except TimeoutError:
-            _drop(client)
+            imapwire.drop(client)
             silent = time.monotonic() - self._heard
             raise MailboxError(
                 f"no answer from the server for {silent:.1f}s "
@@ -215,7 +201,7 @@ class MailboxWatcher:
             ) from None
         except BaseException:
             # No LOGOUT on a broken connection: its answer would be awaited for a read timeout.
-            _drop(client)
+            imapwire.drop(client)
             raise
         self._close(client)
 
@@ -234,7 +220,7 @@ class MailboxWatcher:
         last_uid = self._starting_uid(client, validity)
         idle = client.has_capability("IDLE")
         while not self._stop.is_set():
-            _take_new_mail_signals(client)
+            imapwire.take_new_mail_signals(client)
             last_uid = self._catch_up(client, validity, last_uid)
             self._heard = time.monotonic()
             self.ledger.set_watcher("last_round_trip", datetime.now(UTC).isoformat())
@@ -256,7 +242,7 @@ class MailboxWatcher:
         try:
             client.logout()
         except (imaplib.IMAP4.error, OSError):
-            _drop(client)
+            imapwire.drop(client)
 
     def _starting_uid(self, client: IMAPClient, validity: int) -> int:
         """The last handled UID; on a first start (or a new UIDVALIDITY) handle the
@@ -347,7 +333,7 @@ class MailboxWatcher:
         until = min(self._heard + self.config.idle_timeout, renew_at)
         # Mail that arrived during the catch-up was announced in the answers to SEARCH or
         # FETCH (or before IDLE's "+"); the server will not say it again while idling.
-        if _take_new_mail_signals(client):
+        if imapwire.take_new_mail_signals(client):
             until = 0.0
         while not self._stop.is_set():
             now = time.monotonic()
@@ -355,13 +341,13 @@ class MailboxWatcher:
             if wait <= 0:
                 break
             self._tick()
-            responses = _idle_check(client, wait)
+            responses = imapwire.idle_check(client, wait)
             if responses:
                 self._heard = time.monotonic()
             for response in responses:
-                if _is_bye(response):
-                    raise MailboxError(f"server said BYE: {_words(response[1:])}")
-            if any(_wakes(r) for r in responses):
+                if imapwire.is_bye(response):
+                    raise MailboxError(f"server said BYE: {imapwire.words(response[1:])}")
+            if any(imapwire.wakes(r) for r in responses):
                 break
         self._idle_done(client)
 
@@ -374,75 +360,6 @@ class MailboxWatcher:
         client.idle_done()
         self._heard = time.monotonic()
         sock.settimeout(self.config.read_timeout)
-
-
-def _drop(client: IMAPClient) -> None:
-    """Close the connection without a word. An error here must not hide the one that
-    brought us here (a failed STARTTLS handshake leaves imaplib a closed socket: EBADF)."""
-    with contextlib.suppress(OSError):
-        client.shutdown()
-
-
-def _idle_check(client: IMAPClient, wait: float) -> list[Any]:
-    """What the server said in IDLE within `wait` seconds: whole lines, read with the read
-    timeout once a first byte is there, while more is at hand. (imapclient's idle_check()
-    reads non-blocking and so breaks on a line that arrives in two TCP segments.)"""
-    imap = client._imap
-    if not _pending(client):
-        poller = select.poll()
-        poller.register(client.socket().fileno(), select.POLLIN)
-        if not poller.poll(wait * 1000):
-            return []
-    responses = []
-    while True:
-        try:
-            line = imap._get_line()
-        except imaplib.IMAP4.abort as exc:
-            if "EOF" in str(exc):
-                raise MailboxError("connection closed by the server") from None
-            raise
-        responses.append(_parse_untagged_response(line))
-        if not _pending(client):
-            return responses
-
-
-def _pending(client: IMAPClient) -> bool:
-    """Whether bytes from the server wait in imaplib's buffer or the socket; never blocks.
-    (False at EOF too: the socket then polls readable and the next read says so.)"""
-    sock = client.socket()
-    timeout = sock.gettimeout()
-    sock.setblocking(False)
-    try:
-        return bool(client._imap.file.peek(1))
-    except (ssl.SSLWantReadError, BlockingIOError):
-        return False
-    finally:
-        sock.settimeout(timeout)
-
-
-def _take_new_mail_signals(client: IMAPClient) -> bool:
-    """Whether the server said EXISTS/RECENT outside IDLE since the last call; forgets them.
-    (imaplib keeps untagged responses until the next SELECT: this also bounds memory.)"""
-    untagged: dict[str, list[Any]] = client._imap.untagged_responses
-    found = bool(untagged.pop("EXISTS", None)) | bool(untagged.pop("RECENT", None))
-    for name in ("FETCH", "EXPUNGE", "OK"):
-        untagged.pop(name, None)
-    return found
-
-
-def _words(parts: Any) -> str:
-    return " ".join(p.decode("ascii", "replace") if isinstance(p, bytes) else str(p) for p in parts)
-
-
-def _is_bye(response: Any) -> bool:
-    return isinstance(response, tuple) and len(response) > 0 and response[0] == b"BYE"
-
-
-def _wakes(response: Any) -> bool:
-    """EXISTS (new mail) wakes the catch-up; FETCH flag changes and keep-alive OKs do not."""
-    return (
-        isinstance(response, tuple) and len(response) > 1 and response[1] in (b"EXISTS", b"RECENT")
-    )
 
 
 def _describe(exc: BaseException) -> str:

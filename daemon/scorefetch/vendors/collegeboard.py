@@ -15,8 +15,7 @@ import requests
 
 from scorefetch.config import CollegeBoardConfig
 from scorefetch.errors import VendorError
-from scorefetch.logs import strip_query
-from scorefetch.vendors.responses import kind_for, message_of
+from scorefetch.vendors.responses import json_answer
 
 URL_LIFETIME_S = 15.0  # the vendor's word: "The presigned URL is active for only 15 seconds."
 
@@ -78,24 +77,10 @@ class CollegeBoard:
 
     def _call(self, path: str, params: dict[str, str], body: dict[str, str]) -> Any:
         url = f"{self.config.base_url}{path}"
-        try:
-            response = self.session.post(
-                url, params=params, json=body, headers={"Accept": "application/json"}
-            )
-        except requests.RequestException as exc:
-            raise VendorError(
-                strip_query(f"{path}: {type(exc).__name__}: {exc}"), kind="transient"
-            ) from None
-        if response.status_code != 200:
-            raise VendorError(
-                f"{path}: HTTP {response.status_code}: {message_of(response)}",
-                kind=kind_for(response.status_code),
-                status=response.status_code,
-            )
-        try:
-            return response.json()
-        except ValueError:
-            raise VendorError(f"{path}: response is not JSON", kind="transient") from None
+        headers = {"Accept": "application/json"}
+        return json_answer(
+            self.session, "POST", url, path, params=params, json=body, headers=headers
+        )
 
     def file_url(self, name: str) -> str:
         """A fresh presigned URL for `name`; use it at once, it lives 15 seconds."""

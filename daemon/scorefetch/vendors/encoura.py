@@ -18,8 +18,7 @@ import requests
 
 from scorefetch.config import EncouraConfig
 from scorefetch.errors import ConfigError, VendorError
-from scorefetch.logs import strip_query
-from scorefetch.vendors.responses import kind_for, message_of
+from scorefetch.vendors.responses import json_answer
 
 REFRESH_AFTER_S = 15 * 60  # the vendor's tokens live 20 minutes
 
@@ -76,24 +75,8 @@ class Encoura:
         if auth:
             token, organization = self._session_headers()
             headers |= {"Authorization": f"JWT {token}", "Organization": organization}
-        try:
-            response = self.session.request(
-                method, f"{self.config.base_url}{path}", headers=headers, **kwargs
-            )
-        except requests.RequestException as exc:
-            raise VendorError(
-                strip_query(f"{path}: {type(exc).__name__}: {exc}"), kind="transient"
-            ) from None
-        if response.status_code != 200:
-            raise VendorError(
-                f"{path}: HTTP {response.status_code}: {message_of(response)}",
-                kind=kind_for(response.status_code),
-                status=response.status_code,
-            )
-        try:
-            return response.json()
-        except ValueError:
-            raise VendorError(f"{path}: response is not JSON", kind="transient") from None
+        url = f"{self.config.base_url}{path}"
+        return json_answer(self.session, method, url, path, headers=headers, **kwargs)
 
     def login(self) -> str:
         """Log in; choose the organization; returns its uid. ConfigError when it is ambiguous."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import requests
 
+from scorefetch.errors import VendorError
 from scorefetch.logs import strip_query
 
 
@@ -26,3 +29,24 @@ def message_of(response: requests.Response) -> str:
         return response.reason or "no message"
     message = body.get("message") if isinstance(body, dict) else None
     return strip_query(str(message))[:200] if message else (response.reason or "no message")
+
+
+def json_answer(session: requests.Session, method: str, url: str, path: str, **kwargs: Any) -> Any:
+    """The JSON body of a 200 answer; anything else a VendorError of the right kind whose
+    text names `path` and holds no query string (a presigned URL's, say)."""
+    try:
+        response = session.request(method, url, **kwargs)
+    except requests.RequestException as exc:
+        raise VendorError(
+            strip_query(f"{path}: {type(exc).__name__}: {exc}"), kind="transient"
+        ) from None
+    if response.status_code != 200:
+        raise VendorError(
+            f"{path}: HTTP {response.status_code}: {message_of(response)}",
+            kind=kind_for(response.status_code),
+            status=response.status_code,
+        )
+    try:
+        return response.json()
+    except ValueError:
+        raise VendorError(f"{path}: response is not JSON", kind="transient") from None

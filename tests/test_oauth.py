@@ -16,6 +16,7 @@ from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess
 from scorefetch.sandbox.oauth import OAuthAuthority, Stats
 from scorefetch.sandbox.proxy import FaultProxy
+from scorefetch.sandbox.tls import make_client_certificate
 from tests.conftest import dovecot_or_skip
 
 pytestmark = pytest.mark.e2e
@@ -61,6 +62,7 @@ def log_secrets(authority_server: OAuthAuthority) -> Iterable[str]:
             yield authority_server.client_secret
             yield authority_server.refresh_token
             yield "wrong-secret-value"
+            yield authority_server.certificate_pem.splitlines()[1]  # a line of the private key
             yield from authority_server.issued_tokens()
 
     return Lazy()
@@ -84,6 +86,21 @@ def microsoft_auth(tmp_path: Path, authority: OAuthAuthority, secret: str | None
     tenant_id: {authority.tenant}
     client_id: {authority.client_id}
     client_secret_file: {path}
+"""
+
+
+def microsoft_certificate_auth(
+    tmp_path: Path, authority: OAuthAuthority, pem: str, thumbprint: str
+) -> str:
+    return f"""\
+  auth:
+    method: xoauth2
+    provider: microsoft
+    authority: {authority.https_url}
+    tenant_id: {authority.tenant}
+    client_id: {authority.client_id}
+    certificate_file: {secret_file(tmp_path, "entra_certificate.pem", pem)}
+    thumbprint: {thumbprint}
 """
 
 
@@ -136,6 +153,47 @@ def test_microsoft_client_credentials_land_a_file(
     assert authority.stats.client_credentials == 1
     assert authority.stats.active_answers >= 1  # Dovecot really asked about the token
     assert not daemon.named("imap.auth_failed")
+
+
+def test_microsoft_certificate_credential_lands_a_file(
+    start_daemon: Start,
+    cb_sim: CollegeBoardSimulator,
+    imap_server: Any,
+    imap_folder: str,
+    authority: OAuthAuthority,
+    tmp_path: Path,
+) -> None:
+    """msal signs a client assertion with the app's certificate; the authority checks its
+    signature, thumbprint, audience and issuer, issues a token, and a file lands."""
+    auth = microsoft_certificate_auth(
+        tmp_path, authority, authority.certificate_pem, authority.thumbprint
+    )
+    daemon = start_daemon(imap_auth=auth, env=ca_env(authority))
+    data = deliver_and_wait(daemon, imap_server, imap_folder, cb_sim, "4300_20261122_083000")
+    assert daemon.stop() == 0
+    assert landed(tmp_path, "4300_20261122_083000.csv") == data
+    assert authority.stats.assertions_accepted == authority.stats.client_credentials == 1
+    assert not daemon.named("imap.auth_failed")
+
+
+def test_unregistered_certificate_is_an_auth_failure(
+    start_daemon: Start,
+    imap_server: Any,
+    authority: OAuthAuthority,
+    tmp_path: Path,
+) -> None:
+    """A certificate the app registration does not hold is refused by the authority: one
+    loud imap.auth_failed naming Entra's error, no login attempt, no retry storm."""
+    pem, thumbprint, _ = make_client_certificate("another-app")
+    auth = microsoft_certificate_auth(tmp_path, authority, pem, thumbprint)
+    daemon = start_daemon(imap_auth=auth, env=ca_env(authority), wait_ready=False)
+    failed = daemon.wait_event("imap.auth_failed", timeout=30)
+    time.sleep(2)
+    assert daemon.stop() == 0
+    assert "AADSTS700027" in failed["error"]
+    assert len(daemon.named("imap.auth_failed")) == 1
+    assert authority.stats.client_credentials == 1 and authority.stats.assertions_accepted == 0
+    assert pem.splitlines()[1] not in "\n".join(daemon.lines)
 
 
 def test_short_lived_tokens_are_renewed_before_they_expire(

@@ -5,7 +5,9 @@ One token store behind two loopback listeners: https (msal accepts no other
 authority) and http (Dovecot's introspection, and the Google-style endpoint):
 
 - `GET /{tenant}/v2.0/.well-known/openid-configuration` — what msal reads first;
-- `POST /{tenant}/oauth2/v2.0/token` — client credentials (Microsoft identity platform);
+- `POST /{tenant}/oauth2/v2.0/token` — client credentials (Microsoft identity platform),
+  by client secret or by certificate: a JWT client assertion whose signature, `x5t`
+  thumbprint, audience, issuer and expiry are checked as Entra checks them;
 - `POST /token` — the refresh-token grant (Google);
 - `POST /introspect` (form `token=`) or `GET /introspect` with `Authorization: Bearer` —
   RFC 7662: `{"active": true, "username": ...}` while the token lives, else inactive.
@@ -15,6 +17,7 @@ Tokens really expire `token_lifetime` seconds after they were issued.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import secrets
@@ -28,11 +31,12 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from scorefetch.sandbox.ports import Lifecycle
-from scorefetch.sandbox.tls import LoopbackTls, make_loopback_tls
+from scorefetch.sandbox.tls import LoopbackTls, make_client_certificate, make_loopback_tls
 
 OUTLOOK_SCOPE = "https://outlook.office365.com/.default"
 _MICROSOFT_TOKEN = re.compile(r"^/([^/]+)/oauth2/v2\.0/token$")
 _OPENID = re.compile(r"^/([^/]+)/v2\.0/\.well-known/openid-configuration$")
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
 @dataclass
@@ -40,6 +44,7 @@ class Stats:
     """Calls by kind; `issued` counts tokens handed out, `refused` token requests turned down."""
 
     client_credentials: int = 0
+    assertions_accepted: int = 0  # client credentials proven by certificate
     refresh_grants: int = 0
     issued: int = 0
     refused: int = 0
@@ -132,6 +137,9 @@ class OAuthAuthority(Lifecycle):
         self.token_lifetime = token_lifetime
         self.stats = Stats()
         self.tls: LoopbackTls | None = None
+        self.certificate_pem = ""  # the app's private key and certificate (PEM), after start()
+        self.thumbprint = ""  # SHA-1 of that certificate in hex, as Entra shows it
+        self._public_key: Any = None
         self._tokens: dict[str, float] = {}  # access token → expiry (monotonic)
         self._lock = threading.Lock()
         self._servers: list[_Server] = []
@@ -140,6 +148,9 @@ class OAuthAuthority(Lifecycle):
 
     def start(self) -> None:
         self.tls = make_loopback_tls(self.workdir / "tls")
+        self.certificate_pem, self.thumbprint, self._public_key = make_client_certificate(
+            self.client_id
+        )
         plain, secure = _Server(self.host, self), _Server(self.host, self)
         secure.socket = self.tls.server_context().wrap_socket(secure.socket, server_side=True)
         self._servers = [plain, secure]
@@ -199,9 +210,15 @@ class OAuthAuthority(Lifecycle):
             return self._refuse(400, "unsupported_grant_type", "AADSTS70003")
         if tenant != self.tenant:
             return self._refuse(400, "invalid_request", "AADSTS90002: Tenant not found.")
-        if form.get("client_id") != self.client_id or not secrets.compare_digest(
-            form.get("client_secret", ""), self.client_secret
-        ):
+        if form.get("client_id") != self.client_id:
+            return self._refuse(400, "unauthorized_client", "AADSTS700016: Application not found.")
+        if "client_assertion" in form:
+            problem = self._assertion_problem(tenant, form)
+            if problem:
+                return self._refuse(401, "invalid_client", problem)
+            with self._lock:
+                self.stats.assertions_accepted += 1
+        elif not secrets.compare_digest(form.get("client_secret", ""), self.client_secret):
             return self._refuse(
                 401, "invalid_client", "AADSTS7000215: Invalid client secret provided."
             )
@@ -214,6 +231,33 @@ class OAuthAuthority(Lifecycle):
             "ext_expires_in": lifetime,
             "access_token": token,
         }
+
+    def _assertion_problem(self, tenant: str, form: dict[str, str]) -> str:
+        """Why a certificate credential (RFC 7523 client assertion) fails, or ""."""
+        import jwt  # PyJWT comes with msal
+
+        if form.get("client_assertion_type") != JWT_BEARER:
+            return "AADSTS7000219: client_assertion_type is invalid."
+        assertion = form["client_assertion"]
+        try:
+            header = jwt.get_unverified_header(assertion)
+            jwt.decode(
+                assertion,
+                self._public_key,
+                algorithms=["RS256", "PS256"],
+                audience=f"{self.https_url}/{tenant}/oauth2/v2.0/token",
+                issuer=self.client_id,
+                options={"require": ["exp", "aud", "iss", "sub", "jti"]},
+            )
+        except jwt.PyJWTError as exc:
+            return f"AADSTS700027: Client assertion failed signature validation. ({exc})"
+        thumbprint = base64.urlsafe_b64encode(bytes.fromhex(self.thumbprint)).decode()
+        if header.get("x5t", "").rstrip("=") != thumbprint.rstrip("="):
+            return (
+                "AADSTS700027: The certificate with identifier used to sign the client "
+                "assertion is not registered on application."
+            )
+        return ""
 
     def refresh_grant(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
         with self._lock:

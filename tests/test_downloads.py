@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from scorefetch import downloads
 from scorefetch.downloads import Landed, check_url, fetch_to_file, host_allowed, remove_partials
 from scorefetch.errors import RefusedError, VendorError
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
@@ -84,6 +85,19 @@ def test_lands_exact_bytes_with_modes(cb_sim: CollegeBoardSimulator, tmp_path: P
     assert landed.path.stat().st_mode & 0o777 == 0o600
     assert folder.stat().st_mode & 0o777 == 0o700
     assert sorted(p.name for p in folder.iterdir()) == ["big.csv"]
+
+
+def test_write_behind_keeps_every_byte(
+    cb_sim: CollegeBoardSimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages handed to the kernel for early writeback (many rounds here, with a 256 KiB
+    step) come back whole: the landed file has every byte, in order."""
+    monkeypatch.setattr(downloads, "WRITE_BEHIND", 256 * 1024)
+    size = 5 * 1024 * 1024 + 3
+    cb_sim.publish_generated("behind.csv", size, seed=4)
+    landed = fetch(cb_sim, "behind.csv", tmp_path / "files")
+    assert landed.size == size and landed.sha256 == cb_sim.sha256_of("behind.csv")
+    assert hashlib.sha256(landed.path.read_bytes()).hexdigest() == landed.sha256
 
 
 def test_refused_host_makes_no_connection(cb_sim: CollegeBoardSimulator, tmp_path: Path) -> None:

@@ -3,7 +3,7 @@ PNG of the latency distribution.
 
     python bench/run.py [--quick] [--idle-seconds N] [--only NAME ...]
 
-NAMEs: latency burst streaming idle blackhole cycles ready.
+NAMEs: latency burst streaming writebehind idle blackhole cycles ready.
 
 Everything runs on loopback against the sandbox: the real daemon process, pymap and
 (when installed) Dovecot, the College Board simulator, and curl for the streaming
@@ -13,8 +13,10 @@ baseline.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import socket
@@ -182,6 +184,56 @@ def streaming(folder: Path, size: int, rounds: int = 3) -> dict[str, float]:
                 func(config, *args)
         medians = {name: statistics.median(values) for name, values in rates.items()}
         return {**medians, "rss": float(max(peaks))}
+
+
+def write_behind(folder: Path, size: int, rounds: int = 4) -> tuple[float, float]:
+    """The download code with and without write-behind, taking turns in one client process
+    (forked, so the simulator keeps a core of its own): median seconds (on, off) per file,
+    each side's first turn left out as warm-up."""
+    from scorefetch import downloads
+    from scorefetch.config import CollegeBoardConfig
+    from scorefetch.sessions import build_session
+    from scorefetch.vendors.collegeboard import CollegeBoard
+
+    with CollegeBoardSimulator() as sim:
+        sim.publish_generated("big.csv", size, seed=12)
+        config = CollegeBoardConfig(
+            base_url=sim.base_url,
+            username=sim.username,
+            password=sim.password,
+            download_hosts=(sim.download_host,),
+        )
+
+        def client(out: Any) -> None:
+            session = build_session()
+            client = CollegeBoard(config, session)
+            step = downloads.WRITE_BEHIND
+            for turn in range(2 * rounds):
+                downloads.WRITE_BEHIND = step if turn % 2 == 0 else size * 4  # never reached
+                landed = downloads.fetch_to_file(
+                    session,
+                    client.file_url("big.csv"),
+                    folder,
+                    "big.csv",
+                    hosts=config.download_hosts,
+                    deadline_s=600,
+                )
+                out.send((turn % 2 == 0, landed.elapsed_s))
+                landed.path.unlink()
+            out.close()
+
+        receiver, sender = multiprocessing.Pipe(duplex=False)
+        child = multiprocessing.get_context("fork").Process(target=client, args=(sender,))
+        child.start()
+        sender.close()
+        times: dict[bool, list[float]] = {True: [], False: []}
+        with contextlib.suppress(EOFError):
+            while True:
+                on, seconds = receiver.recv()
+                times[on].append(seconds)
+        child.join()
+        assert child.exitcode == 0 and len(times[True]) == rounds, "write-behind bench failed"
+        return statistics.median(times[True][1:]), statistics.median(times[False][1:])
 
 
 def _wait_with_peak_rss(proc: subprocess.Popen[bytes]) -> int:
@@ -429,6 +481,18 @@ def main() -> int:
                     f"peak RSS {got['rss'] / 1e6:.0f} MB",
                     "≥ 0.8× curl, RSS ≤ 80 MB",
                     "met" if ratio >= 0.8 and got["rss"] <= 80e6 else "missed",
+                )
+            )
+        if wanted("writebehind"):
+            size = (256 if quick else 1024) * 1024 * 1024
+            on_s, off_s = write_behind(sub("writebehind"), size)
+            rows.append(
+                (
+                    f"write-behind A/B, {size >> 20} MiB, same process (medians of 3 turns)",
+                    f"on {size / 1e6 / on_s:.0f} MB/s ({on_s:.2f} s), "
+                    f"off {size / 1e6 / off_s:.0f} MB/s ({off_s:.2f} s)",
+                    "faster on",
+                    "met" if on_s < off_s else "missed",
                 )
             )
         if wanted("idle"):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +92,22 @@ def test_strip_query_leaves_plain_text() -> None:
     """Text without URLs, and URLs without a query, are unchanged."""
     assert logs.strip_query("no url here ?x=1") == "no url here ?x=1"
     assert logs.strip_query("see https://h/p") == "see https://h/p"
+
+
+def test_readme_lists_every_event_the_daemon_logs() -> None:
+    """Event names are an interface: each one the daemon can log is in the README's table,
+    and the table names none that the code never logs."""
+    root = Path(__file__).resolve().parents[1]
+    call = re.compile(r'\.(?:debug|info|warning|error|critical)\(\s*"([a-z_]+\.[a-z_]+)"')
+    logged = {
+        name
+        for path in (root / "daemon" / "scorefetch").rglob("*.py")
+        if "sandbox" not in path.parts
+        for name in call.findall(path.read_text())
+    }
+    readme = (root / "README.md").read_text()
+    table = readme[readme.index("## Log events") : readme.index("## Running it under systemd")]
+    documented = set(re.findall(r"`([a-z_]+\.[a-z_]+)`", table))
+    assert len(logged) >= 25  # the pattern still finds the calls
+    assert logged - documented == set(), "logged but not in the README"
+    assert documented - logged == set(), "in the README but never logged"

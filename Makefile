@@ -4,14 +4,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PREFIX ?= /opt/scorefetch
 
-.PHONY: venv demo test bench lint install uninstall clean
+.PHONY: venv demo test test-fast bench lint install uninstall clean
 
 venv: $(BIN)/scorefetch
 
 $(BIN)/scorefetch: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,demo]'
 	@touch $@
 
 demo: venv
@@ -20,9 +20,13 @@ demo: venv
 test: venv
 	$(BIN)/pytest
 
+# No real-daemon (e2e) or fault-injection tests: under a minute, for the edit-test loop.
+test-fast: venv
+	$(BIN)/pytest -m "not e2e and not slow" -q
+
 bench: venv
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 lint: venv
 	$(BIN)/ruff check daemon tests bench

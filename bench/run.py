@@ -30,12 +30,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tests.standins.dovecot import DovecotServer, dovecot_binary
+from tests.standins.proxy import FaultProxy
+
 from scorefetch.sandbox import mail
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, write_config
-from scorefetch.sandbox.dovecot import DovecotServer, dovecot_binary
 from scorefetch.sandbox.imapserver import ImapServer, PymapServer
-from scorefetch.sandbox.proxy import FaultProxy
 
 RESULTS = Path(__file__).parent / "results"
 Row = tuple[str, str, str, str]  # benchmark, measured, target, verdict
@@ -131,9 +132,9 @@ def streaming(folder: Path, size: int, rounds: int = 3) -> dict[str, float]:
     `rss`: scorefetch's largest peak RSS in bytes."""
     with CollegeBoardSimulator() as sim, PymapServer() as imap:
         sim.publish_generated("big.csv", size, seed=11)
+        from scorefetch.collegeboard.client import CollegeBoard
         from scorefetch.config import load
-        from scorefetch.sessions import build_session
-        from scorefetch.vendors.collegeboard import CollegeBoard
+        from scorefetch.core.http import build_session
 
         rates: dict[str, list[float]] = {"curl": [], "same_work": [], "command": [], "stream": []}
         peaks = []
@@ -190,10 +191,10 @@ def write_behind(folder: Path, size: int, rounds: int = 4) -> tuple[float, float
     """The download code with and without write-behind, taking turns in one client process
     (forked, so the simulator keeps a core of its own): median seconds (on, off) per file,
     each side's first turn left out as warm-up."""
-    from scorefetch import downloads
+    from scorefetch.collegeboard.client import CollegeBoard
     from scorefetch.config import CollegeBoardConfig
-    from scorefetch.sessions import build_session
-    from scorefetch.vendors.collegeboard import CollegeBoard
+    from scorefetch.core import downloads
+    from scorefetch.core.http import build_session
 
     with CollegeBoardSimulator() as sim:
         sim.publish_generated("big.csv", size, seed=12)

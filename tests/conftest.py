@@ -26,7 +26,7 @@ _folders = itertools.count(1)
 
 def dovecot_or_skip(workdir: Path) -> Any:
     try:
-        from scorefetch.sandbox.dovecot import DovecotServer, dovecot_binary
+        from tests.standins.dovecot import DovecotServer, dovecot_binary
     except ImportError:  # pragma: no cover - the module ships with the package
         dovecot_binary = None  # type: ignore[assignment]
     if dovecot_binary is None or dovecot_binary() is None:

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from scorefetch import config
 from scorefetch.cli import main
-from scorefetch.errors import ConfigError
+from scorefetch.core.errors import ConfigError
 
 MASK = "********"
 IMAP_SECRET = "s3cr3t-imap-VALUE"

@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from scorefetch import logs
+from scorefetch.collegeboard.client import CollegeBoard
+from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
 from scorefetch.config import CollegeBoardConfig
-from scorefetch.deliveries import CollegeBoardDeliveries, Scheduler, retry_delay
-from scorefetch.ledger import Ledger
-from scorefetch.mailbox import backoff_delay, new_uids
+from scorefetch.core import logs
+from scorefetch.core.deliveries import Scheduler, retry_delay
+from scorefetch.core.http import build_session
+from scorefetch.core.ledger import Ledger
+from scorefetch.mailbox.watcher import backoff_delay, new_uids
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
-from scorefetch.sessions import build_session
-from scorefetch.vendors.collegeboard import CollegeBoard
 from tests.support import assert_no_secrets, wait_until
 
 

@@ -7,12 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from scorefetch import downloads
-from scorefetch.downloads import Landed, check_url, fetch_to_file, host_allowed, remove_partials
-from scorefetch.errors import RefusedError, VendorError
+from scorefetch.collegeboard.client import CollegeBoard
+from scorefetch.core import downloads
+from scorefetch.core.downloads import (
+    Landed,
+    check_url,
+    fetch_to_file,
+    host_allowed,
+    remove_partials,
+)
+from scorefetch.core.errors import RefusedError, VendorError
+from scorefetch.core.http import build_session
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
-from scorefetch.sessions import build_session
-from scorefetch.vendors.collegeboard import CollegeBoard
 
 
 def presigned(sim: CollegeBoardSimulator, name: str) -> str:

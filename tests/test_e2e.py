@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from scorefetch.ledger import Ledger
+from scorefetch.core.ledger import Ledger
 from scorefetch.sandbox import mail
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess

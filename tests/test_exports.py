@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 
 from scorefetch.config import EncouraConfig
-from scorefetch.errors import ConfigError, VendorError
-from scorefetch.exports import EncouraDeliveries, recover
-from scorefetch.ledger import Ledger
+from scorefetch.core.errors import ConfigError, VendorError
+from scorefetch.core.http import build_session
+from scorefetch.core.ledger import Ledger
+from scorefetch.encoura.client import Encoura, choose_organization, strip_token
+from scorefetch.encoura.poller import EncouraDeliveries, recover
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, write_config
 from scorefetch.sandbox.encoura import EncouraSimulator
-from scorefetch.sessions import build_session
-from scorefetch.vendors.encoura import Encoura, choose_organization, strip_token
 from tests.support import assert_no_secrets
 
 ORG = {"uid": "org-1", "name": "Sandbox University"}

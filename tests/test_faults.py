@@ -22,8 +22,8 @@ import pytest
 from scorefetch.sandbox import mail
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, write_config
-from scorefetch.sandbox.proxy import FaultProxy
 from tests.conftest import dovecot_or_skip
+from tests.standins.proxy import FaultProxy
 from tests.support import assert_no_secrets
 
 pytestmark = pytest.mark.e2e

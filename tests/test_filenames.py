@@ -10,8 +10,14 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from scorefetch.errors import RefusedError
-from scorefetch.filenames import MAX_NAME_BYTES, check_name, file_format, name_from_url, twin_key
+from scorefetch.core.errors import RefusedError
+from scorefetch.core.filenames import (
+    MAX_NAME_BYTES,
+    check_name,
+    file_format,
+    name_from_url,
+    twin_key,
+)
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from scorefetch.ledger import Ledger
+from scorefetch.core.ledger import Ledger
 
 
 def test_claim_once_then_duplicate(tmp_path: Path) -> None:

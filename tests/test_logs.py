@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scorefetch import logs
+from scorefetch.core import logs
 
 
 @pytest.fixture

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from scorefetch.mailbox import backoff_delay, new_uids
+from scorefetch.mailbox.watcher import backoff_delay, new_uids
 from scorefetch.sandbox import mail
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, write_config
-from scorefetch.sandbox.proxy import FaultProxy
 from tests.conftest import dovecot_or_skip
+from tests.standins.proxy import FaultProxy
 
 pytestmark = pytest.mark.e2e
 Start = Callable[..., DaemonProcess]

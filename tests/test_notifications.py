@@ -17,9 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scorefetch.errors import RefusedError
-from scorefetch.filenames import check_name
-from scorefetch.notifications import (
+from scorefetch.collegeboard.notifications import (
     MAX_MESSAGE_BYTES,
     Notification,
     Rejection,
@@ -28,9 +26,11 @@ from scorefetch.notifications import (
     read_notification,
     sender_allowed,
 )
+from scorefetch.core.errors import RefusedError
+from scorefetch.core.filenames import check_name
 from scorefetch.sandbox import mail
 
-SAMPLES = Path(__file__).parent.parent.parent / "shared" / "samples"
+SAMPLES = Path(__file__).parent / "samples"  # our own copies: a clone has no ../shared
 SENDERS = ("@collegeboard.org",)
 FROM = "College Board Reporting <reportingportal@collegeboard.org>"
 NAME = "4300_20180410_111604.csv"
@@ -118,7 +118,7 @@ def reason_of(message: bytes, senders: tuple[str, ...] = SENDERS) -> str:
     ids=["csv", "txt"],
 )
 def test_sample_notification_names_its_file(sample: str, name: str) -> None:
-    """Each shared sample notification yields its one file name, sender and Message-ID."""
+    """Each sample notification yields its one file name, sender and Message-ID."""
     result = read_notification((SAMPLES / sample).read_bytes(), SENDERS)
     assert isinstance(result, Notification), result
     assert result.filenames == (name,)
@@ -128,7 +128,7 @@ def test_sample_notification_names_its_file(sample: str, name: str) -> None:
 
 
 def test_sample_marketing_rejected() -> None:
-    """The shared marketing sample (allowed sender, no fileName element) is no_filename."""
+    """The marketing sample (allowed sender, no fileName element) is no_filename."""
     result = read_notification((SAMPLES / "cb-marketing.eml").read_bytes(), SENDERS)
     assert isinstance(result, Rejection)
     assert result.reason == "no_filename"

@@ -14,10 +14,10 @@ import pytest
 from scorefetch.sandbox import mail
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess
-from scorefetch.sandbox.oauth import OAuthAuthority, Stats
-from scorefetch.sandbox.proxy import FaultProxy
-from scorefetch.sandbox.tls import make_client_certificate
 from tests.conftest import dovecot_or_skip
+from tests.standins.oauth import OAuthAuthority, Stats
+from tests.standins.proxy import FaultProxy
+from tests.standins.tls import make_client_certificate
 
 pytestmark = pytest.mark.e2e
 Start = Callable[..., DaemonProcess]

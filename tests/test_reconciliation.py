@@ -10,16 +10,16 @@ from typing import Any
 
 import pytest
 
+from scorefetch.collegeboard.client import CollegeBoard, format_from_date
+from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
+from scorefetch.collegeboard.notifications import Notification, Rejection, read_notification
+from scorefetch.collegeboard.reconciliation import Reconciler, listing_since
 from scorefetch.config import CollegeBoardConfig
-from scorefetch.deliveries import CollegeBoardDeliveries
-from scorefetch.ledger import Ledger
-from scorefetch.notifications import Notification, Rejection, read_notification
-from scorefetch.reconciliation import Reconciler, listing_since
+from scorefetch.core.http import build_session
+from scorefetch.core.ledger import Ledger
 from scorefetch.sandbox import mail
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess
-from scorefetch.sessions import build_session
-from scorefetch.vendors.collegeboard import CollegeBoard, format_from_date
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 

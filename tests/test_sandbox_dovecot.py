@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from scorefetch.sandbox.dovecot import DovecotServer, dovecot_binary
+from tests.standins.dovecot import DovecotServer, dovecot_binary
 
 if dovecot_binary() is None:
     if os.environ.get("SCOREFETCH_REQUIRE_DOVECOT") == "1":

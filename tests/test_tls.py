@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
-from scorefetch.sandbox.proxy import FaultProxy
-from scorefetch.sandbox.tls import LoopbackTls, make_loopback_tls
 from tests.conftest import dovecot_or_skip
+from tests.standins.proxy import FaultProxy
+from tests.standins.tls import LoopbackTls, make_loopback_tls
 from tests.test_faults import FAST, READ_TIMEOUT_S, Start, assert_each_once, deliver, post
 
 pytestmark = pytest.mark.e2e

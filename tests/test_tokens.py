@@ -12,11 +12,11 @@ import pytest
 from pydantic import SecretStr
 
 from scorefetch.config import CommandOAuth, GoogleOAuth
-from scorefetch.errors import TokenError
-from scorefetch.sandbox.oauth import OAuthAuthority
+from scorefetch.core.errors import TokenError
+from scorefetch.core.http import build_session
+from scorefetch.mailbox.tokens import CommandTokens, GoogleTokens, Grant, TokenCache, refresh_margin
 from scorefetch.sandbox.ports import free_port
-from scorefetch.sessions import build_session
-from scorefetch.tokens import CommandTokens, GoogleTokens, Grant, TokenCache, refresh_margin
+from tests.standins.oauth import OAuthAuthority
 
 
 class FakeSource:

@@ -12,19 +12,21 @@ from typing import Any
 
 import yaml
 
-from scorefetch import __version__, logs
+from scorefetch import __version__
 from scorefetch import config as config_module
+from scorefetch.collegeboard.client import CollegeBoard
+from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
+from scorefetch.collegeboard.reconciliation import missing
 from scorefetch.config import Config
-from scorefetch.deliveries import CollegeBoardDeliveries, Deliveries
-from scorefetch.downloads import Progress
-from scorefetch.errors import ConfigError, RefusedError, ScorefetchError
-from scorefetch.exports import EncouraDeliveries, locate, recover
-from scorefetch.filenames import check_name
-from scorefetch.ledger import Ledger
-from scorefetch.reconciliation import missing
-from scorefetch.sessions import build_session
-from scorefetch.vendors.collegeboard import CollegeBoard
-from scorefetch.vendors.encoura import Encoura
+from scorefetch.core import logs
+from scorefetch.core.deliveries import Deliveries
+from scorefetch.core.downloads import Progress
+from scorefetch.core.errors import ConfigError, RefusedError, ScorefetchError
+from scorefetch.core.filenames import check_name
+from scorefetch.core.http import build_session
+from scorefetch.core.ledger import Ledger
+from scorefetch.encoura.client import Encoura
+from scorefetch.encoura.poller import EncouraDeliveries, locate, recover
 
 EX_OK, EX_FAILURE, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 SYNC_DEFAULT_DAYS = 30
@@ -73,7 +75,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code) if isinstance(exc.code, int) else EX_USAGE
     try:
         if args.command == "demo":
-            from scorefetch.demo import run_demo  # the sandbox loads only for the demo
+            try:
+                from scorefetch.demo import run_demo  # the sandbox loads only for the demo
+            except ModuleNotFoundError as exc:
+                print(
+                    f"scorefetch: the demo needs the 'demo' extra ({exc.name} is missing): "
+                    "pip install 'scorefetch[demo]', or run `make demo` in a clone",
+                    file=sys.stderr,
+                )
+                return EX_FAILURE
 
             logs.configure("console" if sys.stdout.isatty() else "json")
             return run_demo(keep=args.keep)

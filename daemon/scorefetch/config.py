@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from scorefetch import configfile
-from scorefetch.errors import ConfigError
+from scorefetch.core.errors import ConfigError
 
 DEFAULT_PATH = Path("/etc/scorefetch/config.yaml")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")

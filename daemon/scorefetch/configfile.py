@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from scorefetch.errors import ConfigError
+from scorefetch.core.errors import ConfigError
 
 # Each secret `x` may also be given as `x_file`; all are masked by check-config.
 SECRET_KEYS = frozenset({"password", "api_key", "client_secret", "refresh_token", "certificate"})

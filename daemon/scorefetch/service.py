@@ -11,19 +11,20 @@ import threading
 import time
 from types import FrameType
 
-from scorefetch import logs
+from scorefetch.collegeboard.client import CollegeBoard
+from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
+from scorefetch.collegeboard.notifications import Notification, read_notification
+from scorefetch.collegeboard.reconciliation import Reconciler
 from scorefetch.config import Config
-from scorefetch.deliveries import CollegeBoardDeliveries, Deliveries
-from scorefetch.downloads import remove_partials
-from scorefetch.errors import VendorError
-from scorefetch.exports import KNOWN_PRODUCT_KEYS, EncouraDeliveries, EncouraPoller
-from scorefetch.ledger import Ledger
-from scorefetch.mailbox import MailboxWatcher
-from scorefetch.notifications import Notification, read_notification
-from scorefetch.reconciliation import Reconciler
-from scorefetch.sessions import build_session
-from scorefetch.vendors.collegeboard import CollegeBoard
-from scorefetch.vendors.encoura import Encoura
+from scorefetch.core import logs
+from scorefetch.core.deliveries import Deliveries
+from scorefetch.core.downloads import remove_partials
+from scorefetch.core.errors import VendorError
+from scorefetch.core.http import build_session
+from scorefetch.core.ledger import Ledger
+from scorefetch.encoura.client import Encoura
+from scorefetch.encoura.poller import KNOWN_PRODUCT_KEYS, EncouraDeliveries, EncouraPoller
+from scorefetch.mailbox.watcher import MailboxWatcher
 
 SHUTDOWN_GRACE_S = 30.0  # in-flight downloads get this long after SIGTERM
 

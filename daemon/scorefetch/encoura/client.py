@@ -17,8 +17,8 @@ from urllib.parse import quote
 import requests
 
 from scorefetch.config import EncouraConfig
-from scorefetch.errors import ConfigError, VendorError
-from scorefetch.vendors.responses import json_answer
+from scorefetch.core.answers import json_answer
+from scorefetch.core.errors import ConfigError, Failure, VendorError
 
 REFRESH_AFTER_S = 15 * 60  # the vendor's tokens live 20 minutes
 
@@ -89,7 +89,7 @@ class Encoura:
         answer = self._request("POST", "/login", auth=False, json=body)
         token = answer.get("sessionToken") if isinstance(answer, dict) else None
         if not isinstance(token, str) or not strip_token(token):
-            raise VendorError("/login: no sessionToken in the answer", kind="auth")
+            raise VendorError("/login: no sessionToken in the answer", kind=Failure.AUTH)
         user = answer.get("user") if isinstance(answer.get("user"), dict) else {}
         organizations = user.get("organizations") or []
         with self._lock:
@@ -141,7 +141,9 @@ class Encoura:
         params = {"status": status} | ({"productKey": product_key} if product_key else {})
         answer = self._call("/datacenter/exports", params=params)
         if not isinstance(answer, list):
-            raise VendorError("/datacenter/exports: the answer is not a list", kind="transient")
+            raise VendorError(
+                "/datacenter/exports: the answer is not a list", kind=Failure.TRANSIENT
+            )
         exports = []
         for item in answer:
             if isinstance(item, dict) and isinstance(item.get("uid"), str):
@@ -162,5 +164,5 @@ class Encoura:
         answer = self._call(f"/datacenter/exports/{quote(uid, safe='')}/download")
         url = answer.get("downloadUrl") if isinstance(answer, dict) else None
         if not isinstance(url, str) or not url:
-            raise VendorError("download: no downloadUrl in the answer", kind="transient")
+            raise VendorError("download: no downloadUrl in the answer", kind=Failure.TRANSIENT)
         return url

@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 import requests
 
 from scorefetch.config import is_loopback
-from scorefetch.errors import RefusedError, VendorError
-from scorefetch.filenames import check_name
-from scorefetch.logs import strip_query
+from scorefetch.core.errors import Failure, RefusedError, VendorError
+from scorefetch.core.filenames import check_name
+from scorefetch.core.logs import strip_query
 
 CHUNK = 1024 * 1024
 WRITE_BEHIND = 64 * 1024 * 1024
@@ -161,13 +161,17 @@ def fetch_to_file(
             try:
                 response = session.get(url, stream=True, allow_redirects=False)
             except requests.RequestException as exc:
-                raise VendorError(f"download failed: {_describe(exc)}", kind="transient") from None
+                raise VendorError(
+                    f"download failed: {_describe(exc)}", kind=Failure.TRANSIENT
+                ) from None
             with response:
                 _raise_for_download_status(response)
                 expected = _content_length(response)
                 size, digest = _stream(response, out, started + deadline_s, expected, progress)
         if expected is not None and size != expected:
-            raise VendorError(f"download truncated: {size} of {expected} bytes", kind="transient")
+            raise VendorError(
+                f"download truncated: {size} of {expected} bytes", kind=Failure.TRANSIENT
+            )
         path = _place(part, folder, name, digest)
     except BaseException:
         part.unlink(missing_ok=True)
@@ -194,9 +198,11 @@ def _stream(
             if progress is not None:
                 progress(size, expected)
             if time.monotonic() > deadline:
-                raise VendorError("download exceeded its overall deadline", kind="transient")
+                raise VendorError("download exceeded its overall deadline", kind=Failure.TRANSIENT)
     except requests.RequestException as exc:
-        raise VendorError(f"download interrupted: {_describe(exc)}", kind="transient") from None
+        raise VendorError(
+            f"download interrupted: {_describe(exc)}", kind=Failure.TRANSIENT
+        ) from None
     out.flush()
     os.fsync(out.fileno())
     return size, digest.hexdigest()
@@ -222,11 +228,13 @@ def _raise_for_download_status(response: requests.Response) -> None:
         return
     if status == 403:  # S3: AccessDenied, "Request has expired"
         raise VendorError(
-            "download URL refused (403): expired or not valid", kind="expired", status=status
+            "download URL refused (403): expired or not valid", kind=Failure.EXPIRED, status=status
         )
     if status >= 500 or status == 429:
-        raise VendorError(f"download server error ({status})", kind="transient", status=status)
-    raise VendorError(f"download failed with HTTP {status}", kind="fatal", status=status)
+        raise VendorError(
+            f"download server error ({status})", kind=Failure.TRANSIENT, status=status
+        )
+    raise VendorError(f"download failed with HTTP {status}", kind=Failure.FATAL, status=status)
 
 
 def _describe(exc: requests.RequestException) -> str:

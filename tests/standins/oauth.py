@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from scorefetch.sandbox.ports import Lifecycle
-from scorefetch.sandbox.tls import LoopbackTls, make_client_certificate, make_loopback_tls
+from tests.standins.tls import LoopbackTls, make_client_certificate, make_loopback_tls
 
 OUTLOOK_SCOPE = "https://outlook.office365.com/.default"
 _MICROSOFT_TOKEN = re.compile(r"^/([^/]+)/oauth2/v2\.0/token$")

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from scorefetch import logs
-from scorefetch.deliveries import CollegeBoardDeliveries
-from scorefetch.errors import RefusedError, ScorefetchError
-from scorefetch.filenames import check_name
-from scorefetch.vendors.collegeboard import ListedFile
+from scorefetch.collegeboard.client import ListedFile
+from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
+from scorefetch.core import logs
+from scorefetch.core.errors import RefusedError, ScorefetchError
+from scorefetch.core.filenames import check_name
 
 CURSOR = "collegeboard.last_listing"  # start time of the last listing that succeeded
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import unicodedata
 from urllib.parse import unquote, urlsplit
 
-from scorefetch.errors import RefusedError
+from scorefetch.core.errors import RefusedError
 
 MAX_NAME_BYTES = 255  # the usual file-system limit (ext4, xfs)
 _DIGITS = (*"123456789", "¹", "²", "³")  # Windows also reserves COM¹ … LPT³

@@ -17,8 +17,8 @@ from typing import cast
 
 from bs4 import BeautifulSoup, Tag
 
-from scorefetch.errors import RefusedError
-from scorefetch.filenames import check_name
+from scorefetch.core.errors import RefusedError
+from scorefetch.core.filenames import check_name
 
 MAX_MESSAGE_BYTES = 5 * 1024 * 1024  # real notifications are a few KB
 _RESULT = re.compile(r"\s*(dkim|dmarc)\s*=\s*(\w+)", re.I)

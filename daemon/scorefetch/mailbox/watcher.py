@@ -27,11 +27,12 @@ from imapclient import DELETED, IMAPClient
 from imapclient.exceptions import LoginError
 from imapclient.imapclient import SocketTimeout
 
-from scorefetch import imapwire, logs
 from scorefetch.config import ImapConfig
-from scorefetch.errors import MailboxAuthError, MailboxError, TokenError
-from scorefetch.ledger import Ledger
-from scorefetch.tokens import token_cache
+from scorefetch.core import logs
+from scorefetch.core.errors import MailboxAuthError, MailboxError, TokenError
+from scorefetch.core.ledger import Ledger
+from scorefetch.mailbox import imapwire
+from scorefetch.mailbox.tokens import token_cache
 
 TICK_S = 1.0  # how often the loop looks at the stop flag and pings the watchdog
 PROBE_MIN_S = 0.5  # the shortest wait for DONE's answer, however late the probe began

@@ -14,13 +14,14 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from scorefetch import logs
-from scorefetch.deliveries import Deliveries
-from scorefetch.downloads import Landed, Progress, fetch_to_file
-from scorefetch.errors import ScorefetchError, VendorError
-from scorefetch.filenames import name_from_url
-from scorefetch.ledger import Ledger
-from scorefetch.vendors.encoura import Encoura, Export
+from scorefetch.core import logs
+from scorefetch.core.deliveries import Deliveries
+from scorefetch.core.downloads import Landed, Progress, fetch_to_file
+from scorefetch.core.errors import Failure, ScorefetchError, VendorError
+from scorefetch.core.events import Events
+from scorefetch.core.filenames import name_from_url
+from scorefetch.core.ledger import Ledger
+from scorefetch.encoura.client import Encoura, Export
 
 KNOWN_PRODUCT_KEYS = frozenset(
     {
@@ -63,6 +64,7 @@ class EncouraDeliveries(Deliveries):
         ledger: Ledger,
         download_dir: Path,
         progress: Callable[[str], Progress | None] | None = None,
+        events: Events | None = None,
     ) -> None:
         self.client = client
         self.config = client.config
@@ -72,10 +74,15 @@ class EncouraDeliveries(Deliveries):
             max_parallel=self.config.max_parallel,
             retry_schedule=self.config.retry_schedule,
             progress=progress,
+            events=events,
         )
 
     def _ids(self, key: str) -> dict[str, object]:
         return {"uid": key}
+
+    def _product_key(self, key: str) -> str | None:
+        row = self.ledger.get(self.vendor, key)
+        return (row.product if row else None) or "unknown"
 
     def remember(self, exports: Iterable[Export], source: str) -> list[str]:
         """Write every listed uid to the ledger (one transaction); returns the new ones."""
@@ -168,7 +175,7 @@ class EncouraPoller:
             except ScorefetchError as exc:
                 failures += 1
                 # A refused API key or password is not cured by hammering the vendor.
-                slow = isinstance(exc, VendorError) and exc.kind in ("auth", "fatal")
+                slow = isinstance(exc, VendorError) and exc.kind in (Failure.AUTH, Failure.FATAL)
                 wait = interval if slow else min(interval, 30.0 * 2 ** min(failures, 6))
                 (self._log.error if slow else self._log.warning)(
                     "listing.failed", error=str(exc), retry_in_s=wait

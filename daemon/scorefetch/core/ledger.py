@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from scorefetch.errors import ScorefetchError
+from scorefetch.core.errors import ScorefetchError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (

@@ -6,19 +6,19 @@ from typing import Any
 
 import requests
 
-from scorefetch.errors import VendorError
-from scorefetch.logs import strip_query
+from scorefetch.core.errors import Failure, VendorError
+from scorefetch.core.logs import strip_query
 
 
-def kind_for(status: int) -> str:
+def kind_for(status: int) -> Failure:
     """The VendorError kind of a non-200 status: how deliveries.py should retry."""
     if status == 404:
-        return "not_found"
+        return Failure.NOT_FOUND
     if status in (401, 403):
-        return "auth"
+        return Failure.AUTH
     if status >= 500 or status in (408, 429):
-        return "transient"
-    return "fatal"
+        return Failure.TRANSIENT
+    return Failure.FATAL
 
 
 def message_of(response: requests.Response) -> str:
@@ -38,7 +38,7 @@ def json_answer(session: requests.Session, method: str, url: str, path: str, **k
         response = session.request(method, url, **kwargs)
     except requests.RequestException as exc:
         raise VendorError(
-            strip_query(f"{path}: {type(exc).__name__}: {exc}"), kind="transient"
+            strip_query(f"{path}: {type(exc).__name__}: {exc}"), kind=Failure.TRANSIENT
         ) from None
     if response.status_code != 200:
         raise VendorError(
@@ -49,4 +49,4 @@ def json_answer(session: requests.Session, method: str, url: str, path: str, **k
     try:
         return response.json()
     except ValueError:
-        raise VendorError(f"{path}: response is not JSON", kind="transient") from None
+        raise VendorError(f"{path}: response is not JSON", kind=Failure.TRANSIENT) from None

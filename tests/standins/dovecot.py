@@ -20,7 +20,7 @@ from pathlib import Path
 
 from scorefetch.sandbox.imapserver import _ServerBase
 from scorefetch.sandbox.ports import free_port, wait_for_port
-from scorefetch.sandbox.tls import LoopbackTls
+from tests.standins.tls import LoopbackTls
 
 _SYSTEM_BINARY = Path("/usr/sbin/dovecot")
 # Services that chroot by default. chroot needs root, so a rootless instance turns it off.

@@ -19,7 +19,7 @@ from typing import Any
 from imapclient import IMAPClient
 from imapclient.imapclient import _parse_untagged_response
 
-from scorefetch.errors import MailboxError
+from scorefetch.core.errors import MailboxError
 
 
 def tune(sock: socket.socket) -> None:

@@ -16,23 +16,23 @@ from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import Any
 
-from scorefetch import logs
-from scorefetch.downloads import Landed, Progress, fetch_to_file
-from scorefetch.errors import RefusedError, ScorefetchError, VendorError
-from scorefetch.filenames import file_format
-from scorefetch.ledger import Ledger
-from scorefetch.vendors.collegeboard import URL_LIFETIME_S, CollegeBoard
+from scorefetch.core import logs
+from scorefetch.core.downloads import Landed, Progress
+from scorefetch.core.errors import Failure, RefusedError, ScorefetchError, VendorError
+from scorefetch.core.events import DeliveryFailed, Downloaded, Events
+from scorefetch.core.ledger import Ledger
 
 URL_TRIES = 3  # fresh URLs asked for in a row after 403/expiry before backing off
 URL_MARGIN_S = 3.0  # a URL older than its lifetime minus this is not used
 TRANSIENT_DELAYS = (1.0, 5.0)  # then the configured retry_schedule
 
 
-def retry_delay(kind: str, retries_done: int, schedule: Sequence[float]) -> float | None:
+def retry_delay(kind: Failure, retries_done: int, schedule: Sequence[float]) -> float | None:
     """Seconds until the next round for a failure of `kind`, or None to give up."""
-    if kind in ("fatal", "refused"):
+    if kind in (Failure.FATAL, Failure.REFUSED):
         return None
-    delays = (*TRANSIENT_DELAYS, *schedule) if kind in ("transient", "expired") else tuple(schedule)
+    quick = kind in (Failure.TRANSIENT, Failure.EXPIRED)
+    delays = (*TRANSIENT_DELAYS, *schedule) if quick else tuple(schedule)
     return delays[retries_done] if retries_done < len(delays) else None
 
 
@@ -87,8 +87,10 @@ class Deliveries:
         max_parallel: int,
         retry_schedule: Sequence[float],
         progress: Callable[[str], Progress | None] | None = None,
+        events: Events | None = None,
     ) -> None:
         self.ledger = ledger
+        self.events = events if events is not None else Events()
         self.folder = download_dir / self.vendor
         self._retry_schedule = tuple(retry_schedule)
         self._progress = progress
@@ -157,7 +159,7 @@ class Deliveries:
             try:
                 landed = self._attempt(name)
             except RefusedError as exc:
-                error, kind = exc, "refused"
+                error, kind = exc, Failure.REFUSED
             except VendorError as exc:
                 error, kind = exc, exc.kind
             else:
@@ -173,8 +175,19 @@ class Deliveries:
                 )
                 with self._lock:
                     self._rounds.pop(name, None)
+                self.events.publish(
+                    Downloaded(
+                        self.vendor,
+                        name,
+                        landed.path,
+                        landed.size,
+                        landed.sha256,
+                        landed.elapsed_s,
+                        product_key=self._product_key(name),
+                    )
+                )
                 return landed
-            if kind != "expired":
+            if kind != Failure.EXPIRED:
                 break
             log.warning("delivery.failed", attempt=attempt, error=str(error), will_retry=True)
         self._after_failure(name, str(error), kind, attempt, schedule=schedule)
@@ -187,8 +200,12 @@ class Deliveries:
         """What names `key` in log lines."""
         return {"filename": key}
 
+    def _product_key(self, key: str) -> str | None:
+        """The sub-folder a vendor files `key` under, if any."""
+        return None
+
     def _after_failure(
-        self, name: str, error: str, kind: str, attempt: int, *, schedule: bool
+        self, name: str, error: str, kind: Failure, attempt: int, *, schedule: bool
     ) -> None:
         with self._lock:
             rounds = self._rounds.get(name, 0)
@@ -208,6 +225,11 @@ class Deliveries:
         # A final failure is loud: nothing will fetch this file unless someone acts.
         level = self._log.warning if will_retry else self._log.error
         level("delivery.failed", **self._ids(name), **fields)
+        row = self.ledger.get(self.vendor, name)
+        filename = (row.filename if row else None) or name
+        self.events.publish(
+            DeliveryFailed(self.vendor, name, filename, attempt, error, kind, will_retry)
+        )
 
     def close(self, timeout: float) -> bool:
         """Stop taking work, let running downloads finish for up to `timeout` seconds."""
@@ -218,66 +240,3 @@ class Deliveries:
         _, not_done = wait_futures(running, timeout=timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
         return not not_done
-
-
-class CollegeBoardDeliveries(Deliveries):
-    """Announced College Board files → files on disk, each at most once."""
-
-    vendor = "collegeboard"
-
-    def __init__(
-        self,
-        client: CollegeBoard,
-        ledger: Ledger,
-        download_dir: Path,
-        progress: Callable[[str], Progress | None] | None = None,
-    ) -> None:
-        self.client = client
-        self.config = client.config
-        super().__init__(
-            ledger,
-            download_dir,
-            max_parallel=self.config.max_parallel,
-            retry_schedule=self.config.retry_schedule,
-            progress=progress,
-        )
-
-    def wants(self, name: str) -> bool:
-        return file_format(name) in self.config.formats
-
-    def announce(self, names: Sequence[str], source: str) -> None:
-        """Queue each wanted, new name; log a `delivery.skipped` line for each other one."""
-        for name in names:
-            if not self.wants(name):
-                self._log.info(
-                    "delivery.skipped",
-                    filename=name,
-                    reason="format",
-                    formats=list(self.config.formats),
-                )
-            elif not self.ledger.claim(self.vendor, name, name, source):
-                state = self.ledger.get(self.vendor, name)
-                self._log.info(
-                    "delivery.skipped",
-                    filename=name,
-                    reason="duplicate",
-                    state=state.state if state else None,
-                )
-            else:
-                self._submit(name)
-
-    def _attempt(self, name: str) -> Landed:
-        asked = time.monotonic()
-        url = self.client.file_url(name)
-        if time.monotonic() - asked > URL_LIFETIME_S - URL_MARGIN_S:
-            raise VendorError("the URL answer came too late to use", kind="expired")
-        progress = self._progress(name) if self._progress else None
-        return fetch_to_file(
-            self.client.session,
-            url,
-            self.folder,
-            name,
-            hosts=self.config.download_hosts,
-            deadline_s=self.config.download_timeout,
-            progress=progress,
-        )

@@ -14,8 +14,8 @@ from typing import Any
 import requests
 
 from scorefetch.config import CollegeBoardConfig
-from scorefetch.errors import VendorError
-from scorefetch.vendors.responses import json_answer
+from scorefetch.core.answers import json_answer
+from scorefetch.core.errors import Failure, VendorError
 
 URL_LIFETIME_S = 15.0  # the vendor's word: "The presigned URL is active for only 15 seconds."
 
@@ -61,7 +61,9 @@ class CollegeBoard:
                 body = self._call("/pascoredwnld/login", {}, self._credentials())
                 token = body.get("token") if isinstance(body, dict) else None
                 if not isinstance(token, str) or not token:
-                    raise VendorError("/pascoredwnld/login: no token in the answer", kind="auth")
+                    raise VendorError(
+                        "/pascoredwnld/login: no token in the answer", kind=Failure.AUTH
+                    )
                 self._token = token
             return {"token": self._token}, self._token
 
@@ -87,7 +89,9 @@ class CollegeBoard:
         body = self._post("/pascoredwnld/file", {"filename": name})
         url = body.get("fileUrl") if isinstance(body, dict) else None
         if not isinstance(url, str) or not url:
-            raise VendorError("/pascoredwnld/file: no fileUrl in the response", kind="transient")
+            raise VendorError(
+                "/pascoredwnld/file: no fileUrl in the response", kind=Failure.TRANSIENT
+            )
         return url
 
     def list_files(self, since: datetime | None) -> list[ListedFile]:

@@ -17,8 +17,8 @@ from typing import Any, Protocol
 import requests
 
 from scorefetch.config import CommandOAuth, GoogleOAuth, ImapAuth, MicrosoftOAuth
-from scorefetch.errors import TokenError
-from scorefetch.sessions import build_session
+from scorefetch.core.errors import TokenError
+from scorefetch.core.http import build_session
 
 MARGIN_S = 300.0  # a token is replaced this long before it expires …
 MARGIN_SHARE = 0.2  # … or, for a short-lived one, when this share of its life is left

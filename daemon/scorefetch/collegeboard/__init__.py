@@ -1,0 +1,1 @@
+"""College Board: the API client, notifications to deliveries, listing reconciliation."""

@@ -1,0 +1,83 @@
+"""College Board announcements → deliveries: which formats are wanted, duplicates, and
+the one attempt that asks for a 15-second presigned URL right before using it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from scorefetch.collegeboard.client import URL_LIFETIME_S, CollegeBoard
+from scorefetch.core.deliveries import URL_MARGIN_S, Deliveries
+from scorefetch.core.downloads import Landed, Progress, fetch_to_file
+from scorefetch.core.errors import Failure, VendorError
+from scorefetch.core.events import Events, Skipped
+from scorefetch.core.filenames import file_format
+from scorefetch.core.ledger import Ledger
+
+
+class CollegeBoardDeliveries(Deliveries):
+    """Announced College Board files → files on disk, each at most once."""
+
+    vendor = "collegeboard"
+
+    def __init__(
+        self,
+        client: CollegeBoard,
+        ledger: Ledger,
+        download_dir: Path,
+        progress: Callable[[str], Progress | None] | None = None,
+        events: Events | None = None,
+    ) -> None:
+        self.client = client
+        self.config = client.config
+        super().__init__(
+            ledger,
+            download_dir,
+            max_parallel=self.config.max_parallel,
+            retry_schedule=self.config.retry_schedule,
+            progress=progress,
+            events=events,
+        )
+
+    def wants(self, name: str) -> bool:
+        return file_format(name) in self.config.formats
+
+    def announce(self, names: Sequence[str], source: str) -> None:
+        """Queue each wanted, new name; log a `delivery.skipped` line for each other one."""
+        for name in names:
+            if not self.wants(name):
+                self._log.info(
+                    "delivery.skipped",
+                    filename=name,
+                    reason="format",
+                    formats=list(self.config.formats),
+                )
+                self.events.publish(Skipped(self.vendor, name, "format"))
+            elif not self.ledger.claim(self.vendor, name, name, source):
+                state = self.ledger.get(self.vendor, name)
+                self._log.info(
+                    "delivery.skipped",
+                    filename=name,
+                    reason="duplicate",
+                    state=state.state if state else None,
+                )
+                self.events.publish(Skipped(self.vendor, name, "duplicate"))
+            else:
+                self._submit(name)
+
+    def _attempt(self, name: str) -> Landed:
+        asked = time.monotonic()
+        url = self.client.file_url(name)
+        if time.monotonic() - asked > URL_LIFETIME_S - URL_MARGIN_S:
+            raise VendorError("the URL answer came too late to use", kind=Failure.EXPIRED)
+        progress = self._progress(name) if self._progress else None
+        return fetch_to_file(
+            self.client.session,
+            url,
+            self.folder,
+            name,
+            hosts=self.config.download_hosts,
+            deadline_s=self.config.download_timeout,
+            progress=progress,
+        )

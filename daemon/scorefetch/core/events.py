@@ -1,0 +1,77 @@
+"""What the delivery engine tells the rest of the daemon: typed outcomes, and the listeners
+(forwarding, hooks, metrics) that act on them. A listener that raises is logged and
+never fails the delivery that published the event."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from scorefetch.core import logs
+from scorefetch.core.errors import Failure
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """A file landed under its final name (`delivery.downloaded`)."""
+
+    vendor: str
+    key: str  # College Board: the file name; Encoura: the export uid
+    path: Path
+    size: int
+    sha256: str
+    elapsed_s: float
+    product_key: str | None = None  # Encoura's product key, the folder the file is in
+    announced_at: float | None = None  # epoch seconds the trigger (mail, listing) was seen
+
+
+@dataclass(frozen=True)
+class DeliveryFailed:
+    """One round of attempts failed (`delivery.failed`)."""
+
+    vendor: str
+    key: str
+    filename: str
+    attempt: int
+    error: str
+    kind: Failure
+    will_retry: bool
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An announced file was not wanted (`delivery.skipped`): reason `format` or `duplicate`."""
+
+    vendor: str
+    filename: str
+    reason: str
+
+
+Event = Downloaded | DeliveryFailed | Skipped
+Listener = Callable[[Event], None]
+
+
+class Events:
+    """Publish/subscribe within the process; listeners run on the publisher's thread and
+    must be quick (anything slow hands the work to its own thread)."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []
+        self._lock = threading.Lock()
+
+    def subscribe(self, listener: Listener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def publish(self, event: Event) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(event)
+            except Exception:  # noqa: BLE001 - a listener never fails a delivery
+                logs.get().exception(
+                    "events.listener_failed", listener=getattr(listener, "__qualname__", "?")
+                )

@@ -1,0 +1,1 @@
+"""Encoura: the File Export API client and its poller."""

@@ -1,0 +1,1 @@
+"""The IMAP side: connection, catch-up and IDLE, OAuth2 tokens."""

@@ -1,1 +1,0 @@
-"""Vendor API clients: one module per vendor."""

@@ -1,0 +1,1 @@
+"""Test-only stand-ins: Dovecot, an OAuth2 authority, a fault proxy, a CA. Never installed."""

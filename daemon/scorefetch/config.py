@@ -10,11 +10,13 @@ import ipaddress
 import math
 import os
 import re
+import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import paramiko
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -31,6 +33,7 @@ from pydantic import (
 
 from scorefetch import configfile
 from scorefetch.core.errors import ConfigError
+from scorefetch.forward import keys
 
 DEFAULT_PATH = Path("/etc/scorefetch/config.yaml")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -303,6 +306,119 @@ class EncouraConfig(_Model):
         return self
 
 
+# --- forwarding and retention ------------------------------------------------------------
+
+Vendor = Literal["collegeboard", "encoura"]
+VENDORS: tuple[Vendor, ...] = ("collegeboard", "encoura")
+_PLACEHOLDERS = {"vendor", "product_key"}
+
+
+def _host_keys(value: object) -> object:
+    """One pinned key, or a list of them."""
+    return (value,) if isinstance(value, str) else value
+
+
+class SftpDestination(_Model):
+    """An SFTP server that gets a copy of each landed file (Slate's, usually)."""
+
+    type: Literal["sftp"]
+    host: str = Field(min_length=1)
+    port: int = Field(22, ge=1, le=65535)
+    username: str = Field(min_length=1)
+    private_key: SecretStr | None = None
+    passphrase: SecretStr | None = None  # of an encrypted private_key
+    password: SecretStr | None = None
+    host_key: Annotated[tuple[str, ...], BeforeValidator(_host_keys)] = ()
+    known_hosts_file: Path | None = None
+    remote_dir: str = Field(min_length=1)
+    vendors: tuple[Vendor, ...] = VENDORS
+    retry_schedule: tuple[Duration, ...] = (30.0, 120.0, 600.0, 3600.0, 21600.0)
+    timeout: Duration = Field(30.0, gt=0)
+
+    @field_validator("host_key")
+    @classmethod
+    def _parse_host_keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for i, line in enumerate(value):
+            try:
+                keys.parse_host_key(line)
+            except ValueError as exc:
+                raise ValueError(f"[{i}]: {exc}") from None
+        return value
+
+    @field_validator("remote_dir")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        try:
+            names = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        except ValueError as exc:
+            raise ValueError(f"{value!r}: {exc} (write {{{{ and }}}} for literal braces)") from None
+        unknown = names - _PLACEHOLDERS
+        if unknown:
+            raise ValueError(
+                f"{value!r}: unknown placeholder {{{sorted(unknown)[0]}}} "
+                "(use {vendor} or {product_key})"
+            )
+        return value
+
+    @field_validator("vendors")
+    @classmethod
+    def _some_vendor(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("list at least one of collegeboard, encoura")
+        return value
+
+    @model_validator(mode="after")
+    def _checks(self) -> SftpDestination:
+        if self.private_key is None and self.password is None:
+            raise ValueError("private_key: required key is missing (private_key or password)")
+        if self.private_key is not None:
+            passphrase = self.passphrase.get_secret_value() if self.passphrase else None
+            try:
+                keys.load_private_key(self.private_key.get_secret_value(), passphrase)
+            except ValueError as exc:
+                raise ValueError(f"private_key: {exc}") from None
+        elif self.passphrase is not None:
+            raise ValueError("passphrase: only used with private_key")
+        if bool(self.host_key) == (self.known_hosts_file is not None):
+            raise ValueError(
+                "host_key: pin the server's key: give host_key or known_hosts_file, one of them"
+            )
+        if self.known_hosts_file is not None:
+            if not self.known_hosts_file.is_absolute():
+                raise ValueError("known_hosts_file: must be an absolute path")
+            try:
+                keys.read_known_hosts(self.known_hosts_file, self.host, self.port)
+            except ValueError as exc:
+                raise ValueError(f"known_hosts_file: {exc}") from None
+        if "{product_key}" in self.remote_dir and "collegeboard" in self.vendors:
+            raise ValueError(
+                "remote_dir: {product_key} is known only for encoura files; "
+                "set vendors: [encoura] or use {vendor}"
+            )
+        return self
+
+    def pinned_keys(self) -> list[paramiko.PKey]:
+        if self.known_hosts_file is not None:
+            return keys.read_known_hosts(self.known_hosts_file, self.host, self.port)
+        return [keys.parse_host_key(line) for line in self.host_key]
+
+
+class RetentionConfig(_Model):
+    keep_days: float | None = Field(None, gt=0)  # None: keep forever
+
+
+def _destination_names(value: dict[str, Any]) -> dict[str, Any]:
+    for name in value:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", str(name)):
+            raise ValueError(f"{name!r}: a destination name is letters, digits, - and _")
+    return value
+
+
+Destinations = Annotated[dict[str, SftpDestination], AfterValidator(_destination_names)]
+
+# --- end of forwarding and retention -------------------------------------------------------
+
+
 class Config(_Model):
     download_dir: Path
     state_dir: Path
@@ -310,6 +426,8 @@ class Config(_Model):
     imap: ImapConfig | None = None
     collegeboard: CollegeBoardConfig | None = None
     encoura: EncouraConfig | None = None
+    forward: Destinations = {}
+    retention: RetentionConfig = RetentionConfig()
 
     @model_validator(mode="after")
     def _sources(self) -> Config:
@@ -344,6 +462,8 @@ def masked(config: Config) -> dict[str, Any]:
             return "********"
         if isinstance(node, BaseModel):
             return {name: walk(getattr(node, name)) for name in type(node).model_fields}
+        if isinstance(node, dict):
+            return {key: walk(value) for key, value in node.items()}
         if isinstance(node, tuple | list):
             return [walk(item) for item in node]
         if isinstance(node, Path):

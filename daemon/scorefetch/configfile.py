@@ -12,7 +12,17 @@ import yaml
 from scorefetch.core.errors import ConfigError
 
 # Each secret `x` may also be given as `x_file`; all are masked by check-config.
-SECRET_KEYS = frozenset({"password", "api_key", "client_secret", "refresh_token", "certificate"})
+SECRET_KEYS = frozenset(
+    {
+        "password",
+        "api_key",
+        "client_secret",
+        "refresh_token",
+        "certificate",
+        "private_key",
+        "passphrase",
+    }
+)
 _NAMED_KEY = re.compile(r"^([a-z_]+(?:\.[a-z_]+)*): (.*)$", re.S)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 

@@ -1,0 +1,273 @@
+"""One file to an SFTP server (Slate's, usually), the way an import mask wants it: under a
+dot-name first, size confirmed, then renamed, never over another file.
+
+The server's key is pinned: only the configured keys are accepted, checked after the key
+exchange and before any credential is offered. Nothing is read from ~/.ssh or the agent.
+Every library error leaves here as a ForwardError whose text is safe to log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import posixpath
+import secrets
+import socket
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO, ParamSpec, TypeVar
+
+import paramiko
+from paramiko.sftp import CMD_EXTENDED
+
+from scorefetch.config import SftpDestination
+from scorefetch.core.errors import Failure, RefusedError
+from scorefetch.core.filenames import check_name
+from scorefetch.forward import ForwardError, Placed, keys
+
+# Larger than paramiko's defaults (2 MiB window, 32 KiB packets): a long fat pipe to Slate
+# and fewer window adjustments on loopback.
+WINDOW = 16 * 1024 * 1024
+PACKET = 256 * 1024
+READ_CHUNK = 1024 * 1024
+PART_SUFFIX = ".part"
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class SftpTarget:
+    """A configured SFTP destination (`forward.<name>` with `type: sftp`)."""
+
+    def __init__(self, name: str, config: SftpDestination) -> None:
+        self.name = name
+        self.config = config
+        self.retry_schedule = tuple(config.retry_schedule)
+        self._pinned = config.pinned_keys()
+        self._key: paramiko.PKey | None = None
+        if config.private_key is not None:
+            passphrase = config.passphrase.get_secret_value() if config.passphrase else None
+            self._key = keys.load_private_key(config.private_key.get_secret_value(), passphrase)
+        self._where = f"{config.host}:{config.port}"
+
+    def wants(self, vendor: str) -> bool:
+        return vendor in self.config.vendors
+
+    def remote_dir(self, vendor: str, product_key: str | None) -> str:
+        for part in (vendor, product_key):
+            if part is not None and (not part or "/" in part or part in (".", "..")):
+                raise ForwardError(f"{part!r} cannot be a remote folder name", kind=Failure.REFUSED)
+        return self.config.remote_dir.format(vendor=vendor, product_key=product_key or "")
+
+    def upload(self, local: Path, filename: str, vendor: str, product_key: str | None) -> Placed:
+        """Put `local` at remote_dir/`filename`; ForwardError says why not."""
+        try:
+            check_name(filename)
+        except RefusedError as exc:
+            raise ForwardError(f"{filename!r}: {exc}", kind=Failure.REFUSED) from None
+        folder = self.remote_dir(vendor, product_key)
+        final = posixpath.join(folder, filename)
+        try:
+            source = local.open("rb")
+        except OSError as exc:
+            raise ForwardError(
+                f"cannot read the local copy {local}: {exc.strerror or exc}",
+                kind=Failure.REFUSED if exc.errno == errno.ENOENT else Failure.LOCAL,
+            ) from None
+        with source, self._session() as sftp:
+            size = os.fstat(source.fileno()).st_size
+            self._call(_makedirs, sftp, folder)
+            there = self._call(_size_of, sftp, final)
+            if there is not None:
+                return self._same(final, there, size)
+            self._call(_remove_stale_parts, sftp, folder, filename)
+            temp = posixpath.join(folder, f".{filename}.{secrets.token_hex(4)}{PART_SUFFIX}")
+            try:
+                self._call(_put, sftp, source, temp, size)
+                try:
+                    # Plain SFTP rename fails when the target exists (OpenSSH: link+unlink),
+                    # so a file that appeared since the check above is never replaced.
+                    self._call(sftp.rename, temp, final)
+                except ForwardError:
+                    there = self._call(_size_of, sftp, final)
+                    if there is None:
+                        raise
+                    return self._same(final, there, size)
+                temp = ""
+            finally:
+                if temp:
+                    with contextlib.suppress(OSError, paramiko.SSHException, EOFError):
+                        sftp.remove(temp)
+        return Placed(final, size)
+
+    def probe(self) -> None:
+        """Log in, then write and remove a probe file in each remote folder (the part of
+        remote_dir before any {product_key}); ForwardError (a ScorefetchError) with a clear
+        message when a step fails. For `scorefetch doctor`."""
+        template = self.config.remote_dir.split("{product_key}")[0]
+        if "{product_key}" in self.config.remote_dir:
+            template = (
+                template.rstrip("/") if template.endswith("/") else posixpath.dirname(template)
+            )
+        folders = sorted({template.format(vendor=v) or "." for v in self.config.vendors})
+        with self._session() as sftp:
+            for folder in folders:
+                self._call(_makedirs, sftp, folder)
+                probe = posixpath.join(folder, f".scorefetch-probe.{secrets.token_hex(4)}")
+                self._call(_write_small, sftp, probe, b"scorefetch probe\n")
+                self._call(sftp.remove, probe)
+
+    def _same(self, final: str, there: int, size: int) -> Placed:
+        if there == size:
+            return Placed(final, size, already=True)  # our earlier attempt got this far
+        raise ForwardError(
+            f"{final} already exists on {self._where} with {there} bytes (ours has {size}); "
+            "not overwritten: move it away there to have this file sent",
+            kind=Failure.REFUSED,
+        )
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[paramiko.SFTPClient]:
+        config = self.config
+        try:
+            sock = socket.create_connection((config.host, config.port), timeout=config.timeout)
+        except OSError as exc:
+            raise self._error(exc, "cannot connect") from None
+        transport = paramiko.Transport(
+            sock, default_window_size=WINDOW, default_max_packet_size=PACKET
+        )
+        try:
+            transport.banner_timeout = transport.handshake_timeout = config.timeout
+            transport.auth_timeout = config.timeout
+            # Offer only the pinned key types, so the server shows a key we can check.
+            transport.get_security_options().key_types = keys.algorithms(self._pinned)
+            try:
+                transport.start_client(timeout=config.timeout)
+                self._check_host_key(transport.get_remote_server_key())
+                if self._key is not None:
+                    transport.auth_publickey(config.username, self._key)
+                if not transport.is_authenticated() and config.password is not None:
+                    transport.auth_password(config.username, config.password.get_secret_value())
+                sftp = paramiko.SFTPClient.from_transport(
+                    transport, window_size=WINDOW, max_packet_size=PACKET
+                )
+            except ForwardError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - paramiko raises many kinds; map them all
+                raise self._error(exc, "cannot log in") from None
+            if sftp is None:
+                raise ForwardError(f"{self._where}: no SFTP subsystem", kind=Failure.TRANSIENT)
+            sftp.get_channel().settimeout(config.timeout)  # type: ignore[union-attr]
+            with sftp:
+                yield sftp
+        finally:
+            transport.close()
+
+    def _check_host_key(self, key: paramiko.PKey) -> None:
+        if any(key == pinned for pinned in self._pinned):
+            return
+        pinned = ", ".join(keys.fingerprint(k) for k in self._pinned)
+        raise ForwardError(
+            f"host key mismatch: {self._where} presented {key.get_name()} "
+            f"{keys.fingerprint(key)}, which is not pinned ({pinned}); did not log in",
+            kind=Failure.AUTH,
+        )
+
+    def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """One step on an open session; a library error leaves as a ForwardError."""
+        try:
+            return fn(*args, **kwargs)
+        except ForwardError:
+            raise
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            doing = getattr(fn, "__name__", "sftp").strip("_").replace("_", " ")
+            raise self._error(exc, doing) from None
+
+    def _error(self, exc: BaseException, doing: str) -> ForwardError:
+        """A library error as a ForwardError: class, host and reason only."""
+        name = type(exc).__name__
+        if isinstance(exc, paramiko.AuthenticationException):
+            return ForwardError(
+                f"{doing}: {self._where} refused {self.config.username} ({name})",
+                kind=Failure.AUTH,
+            )
+        if isinstance(exc, TimeoutError | socket.timeout):
+            reason = f"no answer within {self.config.timeout:g}s"
+        elif isinstance(exc, OSError):
+            reason = exc.strerror or (str(exc.args[0]) if exc.args else "error")
+        elif isinstance(exc, EOFError):
+            reason = "connection closed"
+        else:
+            reason = str(exc) or "error"
+        kind = Failure.TRANSIENT
+        if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EACCES:
+            kind = Failure.AUTH  # a folder we may not write: a person must act
+        return ForwardError(f"{doing}: {name}: {reason} ({self._where})", kind=kind)
+
+
+def _makedirs(sftp: paramiko.SFTPClient, folder: str) -> None:
+    """mkdir -p, one stat when the folder is there (the usual case)."""
+    missing: list[str] = []
+    path = folder
+    while path not in ("", "/", "."):
+        try:
+            if stat.S_ISDIR(sftp.stat(path).st_mode or 0):
+                break
+            raise ForwardError(f"{path} is not a folder", kind=Failure.REFUSED)
+        except FileNotFoundError:
+            missing.append(path)
+            path = posixpath.dirname(path)
+    for path in reversed(missing):
+        try:
+            sftp.mkdir(path, 0o755)
+        except OSError:
+            if not stat.S_ISDIR(sftp.stat(path).st_mode or 0):  # raced by another writer
+                raise
+
+
+def _size_of(sftp: paramiko.SFTPClient, path: str) -> int | None:
+    try:
+        return sftp.stat(path).st_size or 0
+    except FileNotFoundError:
+        return None
+
+
+def _remove_stale_parts(sftp: paramiko.SFTPClient, folder: str, filename: str) -> None:
+    """Temporary files of this name that an interrupted attempt left behind."""
+    prefix = f".{filename}."
+    for name in sftp.listdir(folder or "."):
+        if name.startswith(prefix) and name.endswith(PART_SUFFIX):
+            with contextlib.suppress(FileNotFoundError):
+                sftp.remove(posixpath.join(folder, name))
+
+
+def _put(sftp: paramiko.SFTPClient, source: BinaryIO, temp: str, size: int) -> None:
+    """Stream `source` to `temp` with pipelined writes, flush them to the server's disk
+    where it can (fsync@openssh.com), and confirm the size the server reports."""
+    with sftp.open(temp, "wb") as target:
+        target.set_pipelined(True)
+        while chunk := source.read(READ_CHUNK):
+            target.write(chunk)
+        target.flush()
+        _fsync(sftp, target)
+    got = _size_of(sftp, temp)
+    if got != size:
+        raise ForwardError(
+            f"the server holds {got} bytes of {size} after the upload", kind=Failure.TRANSIENT
+        )
+
+
+def _fsync(sftp: paramiko.SFTPClient, handle: paramiko.SFTPFile) -> None:
+    """OpenSSH's fsync extension, so a renamed file survives the server's power cut; a
+    server without it says "unsupported", which is fine."""
+    try:
+        sftp._request(CMD_EXTENDED, "fsync@openssh.com", handle.handle)  # type: ignore[attr-defined]
+    except OSError as exc:
+        if "nsupported" not in str(exc):
+            raise
+
+
+def _write_small(sftp: paramiko.SFTPClient, path: str, data: bytes) -> None:
+    with sftp.open(path, "wb") as handle:
+        handle.write(data)

@@ -108,3 +108,20 @@ def start_daemon(
         [line for d in started for line in d.lines],
         [imap_server.password, cb_sim.password, *log_secrets],
     )
+
+
+REQUIRE_SSHD = os.environ.get("SCOREFETCH_REQUIRE_SSHD") == "1"
+
+
+@pytest.fixture(scope="session")
+def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real OpenSSH server (internal-sftp) on a free loopback port, for the session;
+    skipped when sshd is not installed, unless SCOREFETCH_REQUIRE_SSHD=1 (CI)."""
+    from scorefetch.sandbox.sshd import SshServer, sshd_binary
+
+    if sshd_binary() is None:
+        if REQUIRE_SSHD:
+            pytest.fail("SCOREFETCH_REQUIRE_SSHD=1 but sshd is not installed")
+        pytest.skip("sshd is not installed (apt-get install openssh-server)")
+    with SshServer(tmp_path_factory.mktemp("sshd")) as server:
+        yield server

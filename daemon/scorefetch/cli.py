@@ -252,6 +252,7 @@ def _status(config: Config, args: argparse.Namespace) -> int:
                 vars(d) for vendor in ("collegeboard", "encoura") for d in ledger.unfinished(vendor)
             ],
             "recent": [vars(d) for d in ledger.recent(20)],
+            "forward": _forward_report(config, ledger),
         }
     finally:
         ledger.close()
@@ -272,6 +273,13 @@ def _status(config: Config, args: argparse.Namespace) -> int:
             f"pending  {row['vendor']:<12} {row['state']:<10} {row['key']}  "
             f"{row['filename'] or ''}  {row['error'] or ''}".rstrip()
         )
+    for name, item in report["forward"].items():
+        last = item["last_error"]
+        print(
+            f"forward  {name:<12} backlog={item['backlog']} "
+            + " ".join(f"{k}={v}" for k, v in item["counts"].items())
+            + (f"  last error ({last['at']}, {last['filename']}): {last['error']}" if last else "")
+        )
     for row in report["recent"]:
         where = row["path"] or row["error"] or ""
         print(
@@ -279,3 +287,10 @@ def _status(config: Config, args: argparse.Namespace) -> int:
             f"{row['filename']}  {where}"
         )
     return EX_OK
+
+
+def _forward_report(config: Config, ledger: Ledger) -> dict[str, Any]:
+    """Each configured destination: backlog, rows by state, last error, last upload."""
+    found = ledger.forward_report()
+    empty = {"counts": {}, "backlog": 0, "last_error": None, "last_uploaded_at": None}
+    return {name: found.get(name, empty) for name in config.forward}

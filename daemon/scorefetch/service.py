@@ -22,8 +22,10 @@ from scorefetch.core.downloads import remove_partials
 from scorefetch.core.errors import VendorError
 from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger
+from scorefetch.core.retention import Retention
 from scorefetch.encoura.client import Encoura
 from scorefetch.encoura.poller import KNOWN_PRODUCT_KEYS, EncouraDeliveries, EncouraPoller
+from scorefetch.forward.forwarder import Forwarder
 from scorefetch.mailbox.watcher import MailboxWatcher
 
 SHUTDOWN_GRACE_S = 30.0  # in-flight downloads get this long after SIGTERM
@@ -81,6 +83,10 @@ class Service:
             encoura = Encoura(config.encoura, build_session())
             self.exports = EncouraDeliveries(encoura, self.ledger, config.download_dir)
         self.sources = [d.vendor for d in self._all()]
+        self.forwarder = Forwarder.from_config(config, self.ledger)
+        self.retention = Retention.from_config(config, self.ledger)
+        for deliveries in self._all():
+            deliveries.events.subscribe(self.forwarder.on_event)
         self._signal: str | None = None
         self._log = logs.get()
 
@@ -154,6 +160,8 @@ class Service:
             self._log.warning("delivery.partial_removed", path=str(part))
         if self.exports is not None:
             self._start_encoura()
+        self.forwarder.start()
+        self.retention.start()
         for deliveries in self._all():
             deliveries.resume()
         try:
@@ -174,7 +182,9 @@ class Service:
         finally:
             self._log.info("daemon.stopping", sources=self.sources, signal=self._signal)
             self.notifier.send("STOPPING=1")
-            if not all([d.close(SHUTDOWN_GRACE_S) for d in self._all()]):
+            self.retention.close()
+            closing = [d.close(SHUTDOWN_GRACE_S) for d in self._all()]
+            if not all([*closing, self.forwarder.close(SHUTDOWN_GRACE_S)]):
                 # Downloads still running: leave now. Their rows stay unfinished in the
                 # ledger and their .part files are removed and redone on the next start.
                 self._log.warning("daemon.shutdown_timeout", grace_s=SHUTDOWN_GRACE_S)

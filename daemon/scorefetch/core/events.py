@@ -49,7 +49,34 @@ class Skipped:
     reason: str
 
 
-Event = Downloaded | DeliveryFailed | Skipped
+@dataclass(frozen=True)
+class Forwarded:
+    """A landed file reached a forward destination under its final name (`forward.uploaded`)."""
+
+    destination: str
+    vendor: str
+    filename: str
+    path: Path
+    remote_path: str
+    size: int
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class ForwardFailed:
+    """One upload to a forward destination failed (`forward.failed`)."""
+
+    destination: str
+    vendor: str
+    filename: str
+    path: Path
+    attempt: int
+    error: str
+    kind: Failure
+    will_retry: bool
+
+
+Event = Downloaded | DeliveryFailed | Skipped | Forwarded | ForwardFailed
 Listener = Callable[[Event], None]
 
 

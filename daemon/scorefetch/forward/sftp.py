@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO, ParamSpec, TypeVar
 
 import paramiko
-from paramiko.sftp import CMD_EXTENDED
+from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
 
 from scorefetch.config import SftpDestination
 from scorefetch.core.errors import Failure, RefusedError
@@ -33,6 +33,8 @@ WINDOW = 16 * 1024 * 1024
 PACKET = 256 * 1024
 READ_CHUNK = 1024 * 1024
 PART_SUFFIX = ".part"
+MIN_WRITE = 32768  # every SFTP server takes writes this large
+MAX_WRITE = 1024 * 1024
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -141,7 +143,10 @@ class SftpTarget:
             transport.banner_timeout = transport.handshake_timeout = config.timeout
             transport.auth_timeout = config.timeout
             # Offer only the pinned key types, so the server shows a key we can check.
-            transport.get_security_options().key_types = keys.algorithms(self._pinned)
+            options = transport.get_security_options()
+            options.key_types = keys.algorithms(self._pinned)
+            # AES-GCM first: one pass over the data instead of a cipher and a MAC.
+            options.ciphers = sorted(options.ciphers, key=lambda c: "-gcm@" not in c)
             try:
                 transport.start_client(timeout=config.timeout)
                 self._check_host_key(transport.get_remote_server_key())
@@ -245,7 +250,9 @@ def _remove_stale_parts(sftp: paramiko.SFTPClient, folder: str, filename: str) -
 def _put(sftp: paramiko.SFTPClient, source: BinaryIO, temp: str, size: int) -> None:
     """Stream `source` to `temp` with pipelined writes, flush them to the server's disk
     where it can (fsync@openssh.com), and confirm the size the server reports."""
+    request_size = _write_length(sftp)
     with sftp.open(temp, "wb") as target:
+        target.MAX_REQUEST_SIZE = request_size
         target.set_pipelined(True)
         while chunk := source.read(READ_CHUNK):
             target.write(chunk)
@@ -256,6 +263,21 @@ def _put(sftp: paramiko.SFTPClient, source: BinaryIO, temp: str, size: int) -> N
         raise ForwardError(
             f"the server holds {got} bytes of {size} after the upload", kind=Failure.TRANSIENT
         )
+
+
+def _write_length(sftp: paramiko.SFTPClient) -> int:
+    """The largest write the server takes (OpenSSH's limits@openssh.com says; fewer, larger
+    requests are cheaper in Python), else the 32 KiB every server takes."""
+    try:
+        kind, reply = sftp._request(CMD_EXTENDED, "limits@openssh.com")  # type: ignore[attr-defined]
+    except OSError:
+        return MIN_WRITE  # "unsupported"
+    if kind != CMD_EXTENDED_REPLY:
+        return MIN_WRITE
+    reply.get_int64()  # max packet length
+    reply.get_int64()  # max read length
+    write = int(reply.get_int64())
+    return max(MIN_WRITE, min(write, MAX_WRITE)) if write else MIN_WRITE
 
 
 def _fsync(sftp: paramiko.SFTPClient, handle: paramiko.SFTPFile) -> None:

@@ -149,3 +149,41 @@ Subsystem sftp internal-sftp
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def forward_config(
+    server: SshServer,
+    folder: Path,
+    *,
+    name: str = "slate",
+    remote_dir: str = "incoming/{vendor}",
+    vendors: tuple[str, ...] = ("collegeboard", "encoura"),
+    retry_schedule: tuple[str, ...] = ("2s", "5s"),
+    port: int | None = None,
+    host_key: str | None = None,
+    timeout: str = "10s",
+) -> str:
+    """A `forward:` block for a sandbox config in `folder` (its client key beside the other
+    secrets in folder/credentials). A relative `remote_dir` lands under `server.root`;
+    `port` sends the daemon elsewhere (a FaultProxy before the server)."""
+    secrets = folder / "credentials"
+    secrets.mkdir(mode=0o700, exist_ok=True)
+    key = secrets / f"{name}_ed25519"
+    key.write_text(server.client_key)
+    key.chmod(0o600)
+    if not remote_dir.startswith("/"):
+        remote_dir = f"{server.root}/{remote_dir}"
+    return f"""\
+forward:
+  {name}:
+    type: sftp
+    host: {server.host}
+    port: {port or server.port}
+    username: "{server.username}"
+    private_key_file: credentials/{name}_ed25519
+    host_key: "{host_key or server.host_key}"
+    remote_dir: "{remote_dir}"
+    vendors: [{", ".join(vendors)}]
+    retry_schedule: [{", ".join(retry_schedule)}]
+    timeout: {timeout}
+"""

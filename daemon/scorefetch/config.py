@@ -318,6 +318,14 @@ def _host_keys(value: object) -> object:
     return (value,) if isinstance(value, str) else value
 
 
+def _check_host_key(line: str) -> str:
+    keys.parse_host_key(line)
+    return line
+
+
+HostKey = Annotated[str, AfterValidator(_check_host_key)]
+
+
 class SftpDestination(_Model):
     """An SFTP server that gets a copy of each landed file (Slate's, usually)."""
 
@@ -328,22 +336,12 @@ class SftpDestination(_Model):
     private_key: SecretStr | None = None
     passphrase: SecretStr | None = None  # of an encrypted private_key
     password: SecretStr | None = None
-    host_key: Annotated[tuple[str, ...], BeforeValidator(_host_keys)] = ()
+    host_key: Annotated[tuple[HostKey, ...], BeforeValidator(_host_keys)] = ()
     known_hosts_file: Path | None = None
     remote_dir: str = Field(min_length=1)
     vendors: tuple[Vendor, ...] = VENDORS
     retry_schedule: tuple[Duration, ...] = (30.0, 120.0, 600.0, 3600.0, 21600.0)
     timeout: Duration = Field(30.0, gt=0)
-
-    @field_validator("host_key")
-    @classmethod
-    def _parse_host_keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for i, line in enumerate(value):
-            try:
-                keys.parse_host_key(line)
-            except ValueError as exc:
-                raise ValueError(f"[{i}]: {exc}") from None
-        return value
 
     @field_validator("remote_dir")
     @classmethod

@@ -103,6 +103,7 @@ class Forward:
     attempts: int
     remote_path: str | None
     error: str | None
+    created_at: str
     updated_at: str
 
 

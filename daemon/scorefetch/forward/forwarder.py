@@ -116,17 +116,17 @@ class Forwarder:
             self._queued.discard(job)
         if self._stopping.is_set():
             return
-        row = self.ledger.forward_get(*job)
-        if row is None or row.state == "uploaded":
-            return
         try:
-            self.forward(row)
+            row = self.ledger.forward_get(*job)
+            if row is not None and row.state != "uploaded":
+                self.forward(row)
         except Exception:  # noqa: BLE001 - one file must never stop the others
+            destination, vendor, key = job
             self._log.exception(
                 "forward.failed",
-                destination=row.destination,
-                vendor=row.vendor,
-                filename=row.filename,
+                destination=destination,
+                vendor=vendor,
+                filename=key,
                 attempt=None,
                 error="internal error",
                 will_retry=False,

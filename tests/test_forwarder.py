@@ -1,0 +1,209 @@
+"""The forwarder and retention in-process, over a real ledger, real files and a real sshd:
+claim before upload, retries, resume and backfill at start, and what retention deletes."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scorefetch.config import SftpDestination
+from scorefetch.core.events import Downloaded, Event, Events, Forwarded, ForwardFailed
+from scorefetch.core.ledger import Ledger
+from scorefetch.core.retention import Retention
+from scorefetch.forward.forwarder import Forwarder
+from scorefetch.forward.sftp import SftpTarget
+from scorefetch.sandbox.ports import free_port
+from tests.standins.proxy import FaultProxy
+from tests.support import wait_until
+
+_folders = itertools.count(1)
+
+
+@pytest.fixture
+def remote(sshd_server: Any) -> Path:
+    folder: Path = sshd_server.root / f"f{os.getpid()}x{next(_folders)}"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
+    opened = Ledger(tmp_path / "state" / "ledger.sqlite3")
+    yield opened
+    opened.close()
+
+
+def destination(server: Any, remote: Path, port: int | None = None, **extra: Any) -> SftpTarget:
+    config = SftpDestination.model_validate(
+        {
+            "type": "sftp",
+            "host": server.host,
+            "port": port or server.port,
+            "username": server.username,
+            "private_key": server.client_key,
+            "host_key": server.host_key,
+            "remote_dir": f"{remote}/{{vendor}}",
+            "retry_schedule": ["1s"],
+            "timeout": "5s",
+            **extra,
+        }
+    )
+    return SftpTarget("slate", config)
+
+
+def land(ledger: Ledger, folder: Path, name: str, data: bytes) -> Downloaded:
+    """A file as the delivery engine leaves it: on disk, in the ledger, then announced."""
+    path = folder / "files" / "collegeboard" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    ledger.claim("collegeboard", name, name, "notification")
+    sha = hashlib.sha256(data).hexdigest()
+    ledger.downloaded("collegeboard", name, path, len(data), sha)
+    return Downloaded("collegeboard", name, path, len(data), sha, 0.1)
+
+
+def collect(forwarder: Forwarder) -> list[Event]:
+    seen: list[Event] = []
+    forwarder.events.subscribe(seen.append)
+    return seen
+
+
+def test_a_landed_file_is_claimed_then_uploaded_once(
+    sshd_server: Any, remote: Path, ledger: Ledger, tmp_path: Path
+) -> None:
+    """Downloaded → a ledger row → the file on the server → Forwarded; the same event
+    again uploads nothing."""
+    forwarder = Forwarder([destination(sshd_server, remote)], ledger)
+    seen = collect(forwarder)
+    event = land(ledger, tmp_path, "a.csv", b"x" * 1000)
+    engine = Events()
+    engine.subscribe(forwarder.on_event)
+    engine.publish(event)
+    engine.publish(event)
+    assert forwarder.wait_idle(30)
+    assert (remote / "collegeboard" / "a.csv").read_bytes() == b"x" * 1000
+    row = ledger.forward_get("slate", "collegeboard", "a.csv")
+    assert row is not None and row.state == "uploaded" and row.attempts == 1
+    assert [type(e) for e in seen] == [Forwarded]
+    assert ledger.forward_report()["slate"]["backlog"] == 0
+    forwarder.close(5)
+
+
+def test_vendors_filter(sshd_server: Any, remote: Path, ledger: Ledger, tmp_path: Path) -> None:
+    """A destination for encoura only takes no College Board file."""
+    forwarder = Forwarder([destination(sshd_server, remote, vendors=["encoura"])], ledger)
+    forwarder.on_event(land(ledger, tmp_path, "a.csv", b"1"))
+    assert forwarder.wait_idle(10)
+    assert ledger.forward_get("slate", "collegeboard", "a.csv") is None
+    forwarder.close(5)
+
+
+def test_a_server_that_comes_back_gets_the_file(
+    sshd_server: Any, remote: Path, ledger: Ledger, tmp_path: Path
+) -> None:
+    """Down: forward.failed with will_retry and the row retrying; up again: it lands."""
+    port = free_port()
+    forwarder = Forwarder([destination(sshd_server, remote, port=port)], ledger)
+    seen = collect(forwarder)
+    forwarder.on_event(land(ledger, tmp_path, "b.csv", b"b" * 10))
+    wait_until(lambda: any(isinstance(e, ForwardFailed) for e in seen), timeout=20)
+    failed = next(e for e in seen if isinstance(e, ForwardFailed))
+    assert failed.will_retry and "cannot connect" in failed.error
+    row = ledger.forward_get("slate", "collegeboard", "b.csv")
+    assert row is not None and row.state == "retrying"
+    assert ledger.forward_report()["slate"]["last_error"]["filename"] == "b.csv"
+    proxy = FaultProxy(sshd_server.host, sshd_server.port)
+    proxy.port = port
+    with proxy:
+        wait_until(lambda: any(isinstance(e, Forwarded) for e in seen), timeout=30)
+    assert (remote / "collegeboard" / "b.csv").read_bytes() == b"b" * 10
+    forwarder.close(5)
+
+
+def test_start_resumes_unfinished_rows_and_claims_what_it_missed(
+    sshd_server: Any, remote: Path, ledger: Ledger, tmp_path: Path
+) -> None:
+    """After a crash: a pending row is uploaded, and a file that landed after the
+    destination was added but was never claimed (killed in between) is claimed and sent;
+    files from before the destination existed are not replayed."""
+    old = land(ledger, tmp_path, "old.csv", b"old")
+    dest = destination(sshd_server, remote)
+    Forwarder([dest], ledger).start()  # the destination's first start: "since" is now
+    time.sleep(0.01)
+    pending = land(ledger, tmp_path, "pending.csv", b"p")
+    ledger.forward_claim("slate", "collegeboard", "pending.csv", pending.path, pending.size)
+    land(ledger, tmp_path, "missed.csv", b"m")
+    forwarder = Forwarder([dest], ledger)
+    assert forwarder.start() == 2
+    assert forwarder.wait_idle(30)
+    assert sorted(p.name for p in (remote / "collegeboard").iterdir()) == [
+        "missed.csv",
+        "pending.csv",
+    ]
+    assert ledger.forward_get("slate", "collegeboard", old.key) is None
+    forwarder.close(5)
+
+
+def test_retention_removes_only_old_forwarded_files_and_keeps_history(
+    sshd_server: Any, remote: Path, ledger: Ledger, tmp_path: Path
+) -> None:
+    """Old and uploaded: deleted, row kept (still a duplicate). Old but not uploaded, or
+    young: kept. Old files no destination took on: deleted."""
+    forwarder = Forwarder([destination(sshd_server, remote)], ledger)
+    forwarder.start()
+    sent, young = land(ledger, tmp_path, "sent.csv", b"s"), land(ledger, tmp_path, "y.csv", b"y")
+    for event in (sent, young):
+        forwarder.on_event(event)
+    assert forwarder.wait_idle(30)
+    forwarder.close(5)
+    stuck = land(ledger, tmp_path, "stuck.csv", b"z")
+    ledger.forward_claim("slate", "collegeboard", "stuck.csv", stuck.path, stuck.size)
+    ledger.forward_failed("slate", "collegeboard", "stuck.csv", "refused", will_retry=False)
+    before = land(ledger, tmp_path, "before.csv", b"b")  # no row: predates the destination
+    with sqlite3.connect(ledger.path) as db:
+        db.execute("DELETE FROM forwards WHERE key = 'before.csv'")
+    month_ago = time.time() - 31 * 86400
+    for event in (sent, stuck, before):
+        os.utime(event.path, (month_ago, month_ago))
+    retention = Retention(ledger, 30, {"slate": ("collegeboard", "encoura")})
+    assert sorted(p.name for p in retention.sweep()) == ["before.csv", "sent.csv"]
+    assert not sent.path.exists() and young.path.exists() and stuck.path.exists()
+    row = ledger.get("collegeboard", "sent.csv")
+    assert row is not None and row.removed_at and row.sha256 == sent.sha256
+    assert not ledger.claim("collegeboard", "sent.csv", "sent.csv", "notification")
+    assert retention.sweep() == []
+
+
+def test_retention_off_by_default(ledger: Ledger, tmp_path: Path) -> None:
+    """Without keep_days nothing is ever deleted."""
+    event = land(ledger, tmp_path, "a.csv", b"a")
+    os.utime(event.path, (0, 0))
+    assert Retention(ledger, None, {}).sweep() == [] and event.path.exists()
+
+
+def test_a_ledger_from_before_retention_gains_the_column(tmp_path: Path) -> None:
+    """An existing ledger without removed_at opens, and its rows read back."""
+    path = tmp_path / "ledger.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE deliveries (vendor TEXT NOT NULL, key TEXT NOT NULL, filename TEXT"
+            " NOT NULL, product TEXT, state TEXT NOT NULL, source TEXT NOT NULL, attempts"
+            " INTEGER NOT NULL DEFAULT 0, path TEXT, bytes INTEGER, sha256 TEXT, error TEXT,"
+            " created_at TEXT NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (vendor, key))"
+        )
+        db.execute(
+            "INSERT INTO deliveries VALUES ('collegeboard', 'a.csv', 'a.csv', NULL,"
+            " 'downloaded', 'notification', 1, '/x/a.csv', 1, 'ab', NULL, 't', 't')"
+        )
+    ledger = Ledger(path)
+    row = ledger.get("collegeboard", "a.csv")
+    assert row is not None and row.removed_at is None
+    ledger.close()

@@ -93,7 +93,7 @@ class Retention:
             try:
                 self.sweep()
             except Exception:  # noqa: BLE001 - a failed sweep is retried next hour
-                self._log.exception("retention.failed")
+                self._log.error("retention.failed", exc_info=True)
             self._stop.wait(self.interval_s)
 
     def close(self) -> None:

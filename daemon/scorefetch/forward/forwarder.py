@@ -184,18 +184,18 @@ class Forwarder:
         if delay is not None and not self._stopping.is_set():
             fields["retry_in_s"] = delay
             self._scheduler.call_later(delay, lambda: self._submit(job))
-        # Given up is loud: the file will not reach the CRM unless someone acts.
-        level = self._log.warning if will_retry else self._log.error
-        level(
-            "forward.failed",
+        fields.update(
             destination=row.destination,
             vendor=row.vendor,
             filename=row.filename,
             attempt=attempt,
             error=error,
             will_retry=will_retry,
-            **fields,
         )
+        if will_retry:
+            self._log.warning("forward.failed", **fields)
+        else:  # given up is loud: the file will not reach the CRM unless someone acts
+            self._log.error("forward.failed", **fields)
         self.events.publish(
             ForwardFailed(
                 row.destination,

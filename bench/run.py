@@ -3,7 +3,7 @@ PNG of the latency distribution.
 
     python bench/run.py [--quick] [--idle-seconds N] [--only NAME ...]
 
-NAMEs: latency burst streaming writebehind idle blackhole cycles ready.
+NAMEs: latency burst streaming writebehind idle blackhole cycles ready forward.
 
 Everything runs on loopback against the sandbox: the real daemon process, pymap and
 (when installed) Dovecot, the College Board simulator, and curl for the streaming
@@ -30,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bench.forward import forward_rows
 from tests.standins.dovecot import DovecotServer, dovecot_binary
 from tests.standins.proxy import FaultProxy
 
@@ -37,6 +38,7 @@ from scorefetch.sandbox import mail
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, write_config
 from scorefetch.sandbox.imapserver import ImapServer, PymapServer
+from scorefetch.sandbox.sshd import sshd_binary
 
 RESULTS = Path(__file__).parent / "results"
 Row = tuple[str, str, str, str]  # benchmark, measured, target, verdict
@@ -537,6 +539,11 @@ def main() -> int:
                     "met" if rss1 - rss0 <= 5e6 else "missed",
                 )
             )
+        if wanted("forward"):
+            if sshd_binary() is None:
+                print("forward: skipped, sshd is not installed (apt-get install openssh-server)")
+            else:
+                rows += forward_rows(sub("forward"), quick)
         if wanted("ready"):
             samples = start_to_ready(sub("ready"), 5)
             med = statistics.median(samples)

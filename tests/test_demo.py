@@ -7,9 +7,13 @@ import sys
 
 import pytest
 
+from scorefetch.sandbox.sshd import sshd_binary
+
 
 @pytest.mark.e2e
 def test_demo_lands_every_expected_file_and_says_so() -> None:
+    """The demo lands every file, forwards them to a local sshd when there is one (and says
+    it skipped that step when not), and shows no password."""
     done = subprocess.run(
         [sys.executable, "-m", "scorefetch", "demo"],
         capture_output=True,
@@ -19,7 +23,13 @@ def test_demo_lands_every_expected_file_and_says_so() -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     out = done.stdout
     assert "demo OK" in out
-    assert out.count("  ok  ") == 5  # four College Board files and one Encoura export
+    landed, _, forwarded = out.partition("files forwarded over SFTP")
+    assert landed.count("  ok  ") == 5  # four College Board files and one Encoura export
+    if sshd_binary() is not None:
+        assert forwarded.count("  ok  ") == 5 and "reached the SFTP server" in out
+        assert "forward.uploaded" in out
+    else:
+        assert "forwarding: skipped" in out
     assert "encoura/score-reporter/" in out
     for event in (
         "daemon.ready",

@@ -9,9 +9,11 @@ expected files arrived with the right bytes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import tempfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, Event, pretty, write_config
 from scorefetch.sandbox.encoura import EncouraSimulator
 from scorefetch.sandbox.imapserver import PymapServer
+from scorefetch.sandbox.sshd import SshServer, forward_config, sshd_binary
 
 SHOWN = (
     "daemon.",
@@ -29,6 +32,7 @@ SHOWN = (
     "listing.",
     "notification.",
     "delivery.",
+    "forward.",
 )
 
 
@@ -53,8 +57,13 @@ def _show(event: Event) -> None:
 def run_demo(keep: bool = False) -> int:
     folder = Path(tempfile.mkdtemp(prefix="scorefetch-demo-"))
     try:
-        with CollegeBoardSimulator() as sim, EncouraSimulator() as enc, PymapServer() as imap:
-            return _demo(folder, sim, enc, imap)
+        with (
+            CollegeBoardSimulator() as sim,
+            EncouraSimulator() as enc,
+            PymapServer() as imap,
+            _sftp_server(folder) as sftp,
+        ):
+            return _demo(folder, sim, enc, imap, sftp)
     finally:
         if keep:
             print(f"\nkept the sandbox folder: {folder}")
@@ -62,8 +71,33 @@ def run_demo(keep: bool = False) -> int:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _sftp_server(folder: Path) -> Iterator[SshServer | None]:
+    """A local OpenSSH server to forward to, when one is installed (else the step is
+    skipped, and the demo says so)."""
+    if sshd_binary() is None:
+        print("forwarding: skipped, sshd is not installed (apt-get install openssh-server)")
+        yield None
+        return
+    server = SshServer(folder / "sshd")
+    try:
+        server.start()
+    except (RuntimeError, OSError) as exc:
+        print(f"forwarding: skipped, the local sshd did not start ({exc})")
+        yield None
+        return
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def _demo(
-    folder: Path, sim: CollegeBoardSimulator, enc: EncouraSimulator, imap: PymapServer
+    folder: Path,
+    sim: CollegeBoardSimulator,
+    enc: EncouraSimulator,
+    imap: PymapServer,
+    sftp: SshServer | None,
 ) -> int:
     day = datetime.now(UTC).strftime("%Y%m%d")
     lost, early, pair, later = (f"4300_{day}_{t}" for t in ("061500", "081502", "101544", "113020"))
@@ -85,6 +119,10 @@ def _demo(
     published[f"encoura/score-reporter/{export}"] = sample_csv(export)
     enc.add_export("score-reporter", export, published[f"encoura/score-reporter/{export}"])
     config = write_config(folder, sim, imap, poll_interval="1h", encoura=enc)
+    if sftp is not None:
+        with config.open("a") as out:
+            out.write(forward_config(sftp, folder, remote_dir="incoming/{vendor}"))
+        print(f"forwarding: to a local sshd at {sftp.host}:{sftp.port}, {sftp.root}/incoming")
     print(
         f"sandbox: College Board simulator at {sim.base_url}, Encoura simulator at "
         f"{enc.base_url}, IMAP (pymap) at {imap.host}:{imap.port}, "
@@ -119,12 +157,28 @@ def _demo(
             lambda e: e.get("reason") == "duplicate" and e.get("filename") == f"{pair}.csv",
             timeout=30,
         )
+        if sftp is not None:
+            for path in sorted(expected):
+                name = path.rsplit("/", 1)[1]
+                daemon.wait_event("forward.uploaded", timeout=60, filename=name)
     except TimeoutError as exc:
         print(f"\ndemo FAILED: {exc}")
         daemon.stop()
         return 1
     code = daemon.stop()
-    return _report(folder / "files", published, expected, code)
+    failed = _report(folder / "files", published, expected, code)
+    if sftp is not None:
+        failed |= _report_forwarded(sftp.root / "incoming", published, expected)
+    print(
+        f"\ndaemon exit code {code}; "
+        + (
+            "demo OK: every expected file landed once with the right bytes"
+            + (" and reached the SFTP server" if sftp is not None else "")
+            if not failed
+            else "demo FAILED"
+        )
+    )
+    return failed
 
 
 def _report(root: Path, published: dict[str, bytes], expected: set[str], code: int) -> int:
@@ -144,8 +198,20 @@ def _report(root: Path, published: dict[str, bytes], expected: set[str], code: i
     ok &= not missing
     for name in sorted(missing):
         print(f"  MISSING {name}")
-    print(
-        f"\ndaemon exit code {code}; "
-        + ("demo OK: every expected file landed once with the right bytes" if ok else "demo FAILED")
-    )
     return 0 if ok else 1
+
+
+def _report_forwarded(root: Path, published: dict[str, bytes], expected: set[str]) -> int:
+    """What reached the SFTP server: each expected file once, by name, with its bytes."""
+    print(f"\nfiles forwarded over SFTP to {root}:")
+    ok = True
+    wanted = {path.rsplit("/", 1)[1]: published[path] for path in expected}
+    found = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+    for path in found:
+        good = wanted.get(path.name) == path.read_bytes()
+        ok &= good
+        print(f"  {'ok ' if good else 'BAD'} {path.relative_to(root)}  {path.stat().st_size} bytes")
+    missing = set(wanted) - {p.name for p in found}
+    for name in sorted(missing):
+        print(f"  MISSING {name}")
+    return 0 if ok and not missing else 1

@@ -4,6 +4,7 @@ claim before upload, retries, resume and backfill at start, and what retention d
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import os
 import sqlite3
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from scorefetch.config import SftpDestination
+from scorefetch.core import logs
 from scorefetch.core.events import Downloaded, Event, Events, Forwarded, ForwardFailed
 from scorefetch.core.ledger import Ledger
 from scorefetch.core.retention import Retention
@@ -25,6 +27,15 @@ from tests.standins.proxy import FaultProxy
 from tests.support import wait_until
 
 _folders = itertools.count(1)
+
+
+@pytest.fixture(autouse=True)
+def log_lines() -> io.StringIO:
+    """The forwarder's log lines, in a stream of this test's own (an earlier in-process
+    `main()` may have left logging pointed at a captured stream that is closed now)."""
+    stream = io.StringIO()
+    logs.configure("json", stream=stream)
+    return stream
 
 
 @pytest.fixture
@@ -77,7 +88,7 @@ def collect(forwarder: Forwarder) -> list[Event]:
 
 
 def test_a_landed_file_is_claimed_then_uploaded_once(
-    sshd_server: Any, remote: Path, ledger: Ledger, tmp_path: Path
+    sshd_server: Any, remote: Path, ledger: Ledger, tmp_path: Path, log_lines: io.StringIO
 ) -> None:
     """Downloaded → a ledger row → the file on the server → Forwarded; the same event
     again uploads nothing."""
@@ -94,6 +105,7 @@ def test_a_landed_file_is_claimed_then_uploaded_once(
     assert row is not None and row.state == "uploaded" and row.attempts == 1
     assert [type(e) for e in seen] == [Forwarded]
     assert ledger.forward_report()["slate"]["backlog"] == 0
+    assert '"event": "forward.uploaded"' in log_lines.getvalue()
     forwarder.close(5)
 
 

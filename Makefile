@@ -22,7 +22,7 @@ test: venv
 
 # No real-daemon (e2e) or fault-injection tests: under a minute, for the edit-test loop.
 test-fast: venv
-	$(BIN)/pytest -m "not e2e and not slow" -q
+	$(BIN)/pytest -m "not e2e" -q
 
 bench: venv
 	$(BIN)/pip install --quiet -e '.[dev,bench]'

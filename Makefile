@@ -11,7 +11,7 @@ venv: $(BIN)/scorefetch
 $(BIN)/scorefetch: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,demo]'
+	$(BIN)/pip install --quiet -e '.[dev,demo,metrics]'
 	@touch $@
 
 demo: venv

@@ -107,9 +107,12 @@ def _expand(
     if not isinstance(node, dict):
         return node
     out: dict[str, Any] = {}
+    disabled = node.get("enabled") is False  # its secrets are not needed: not even read
     for key, value in node.items():
         key = str(key)
         name = key.removesuffix("_file")
+        if disabled and name in SECRET_KEYS:
+            continue
         if key.endswith("_file") and name in SECRET_KEYS:
             if name in node:
                 raise ConfigError(

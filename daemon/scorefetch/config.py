@@ -274,7 +274,7 @@ class CollegeBoardConfig(_Model):
         if self.enabled:
             for key in ("username", "password"):
                 if getattr(self, key) is None:
-                    raise ValueError(f"{key}: required when collegeboard is enabled")
+                    raise ValueError(f"{key}: required key is missing")
         return self
 
 

@@ -107,20 +107,22 @@ def _expand(
     if not isinstance(node, dict):
         return node
     out: dict[str, Any] = {}
-    disabled = node.get("enabled") is False  # its secrets are not needed: not even read
+    disabled = node.get("enabled") is False  # its secrets are not needed: may be missing
     for key, value in node.items():
         key = str(key)
         name = key.removesuffix("_file")
-        if disabled and name in SECRET_KEYS:
-            continue
         if key.endswith("_file") and name in SECRET_KEYS:
             if name in node:
                 raise ConfigError(
                     f"{path}: {key_path((*loc, key))}: give {name} or {key}, not both"
                 )
-            out[name] = _read_secret(
-                _expand(value, (*loc, key), path, env, base), (*loc, key), path, base
-            )
+            try:
+                out[name] = _read_secret(
+                    _expand(value, (*loc, key), path, env, base), (*loc, key), path, base
+                )
+            except ConfigError:
+                if not disabled:
+                    raise
         else:
             out[key] = _expand(value, (*loc, key), path, env, base)
     return out

@@ -120,13 +120,20 @@ class Hooks:
             if len(self._futures) >= MAX_WAITING:
                 self._failed(argv, variables, f"dropped: {MAX_WAITING} hooks already waiting")
                 return
-            future = self._pool.submit(self.run, argv, variables)
+            future = self._pool.submit(self._run_logged, argv, variables)
             self._futures.add(future)
         future.add_done_callback(self._done)
 
     def _done(self, future: Future[bool]) -> None:
         with self._lock:
             self._futures.discard(future)
+
+    def _run_logged(self, argv: tuple[str, ...], variables: Mapping[str, str]) -> bool:
+        try:
+            return self.run(argv, variables)
+        except Exception as exc:  # noqa: BLE001 - a pool thread has nobody else to tell
+            self._failed(argv, variables, f"internal error: {exc!r}")
+            return False
 
     def run(self, argv: tuple[str, ...], variables: Mapping[str, str]) -> bool:
         """Run one hook to its end or its timeout; True when it exited 0."""
@@ -172,7 +179,7 @@ class Hooks:
         self._log.warning(
             "hook.failed",
             hook=argv[0],
-            event=variables.get("EVENT"),
+            hook_event=variables.get("EVENT"),  # `event` is the log line's own name
             filename=variables.get("FILENAME"),
             error=error,
             **({"output": tail} if tail else {}),

@@ -183,12 +183,13 @@ class Service:
         finally:
             self._log.info("daemon.stopping", sources=self.sources, signal=self._signal)
             self.notifier.send("STOPPING=1")
-            self.observers.close()
             if not all([d.close(SHUTDOWN_GRACE_S) for d in self._all()]):
                 # Downloads still running: leave now. Their rows stay unfinished in the
                 # ledger and their .part files are removed and redone on the next start.
                 self._log.warning("daemon.shutdown_timeout", grace_s=SHUTDOWN_GRACE_S)
+                self.observers.close()
                 sys.stdout.flush()
                 os._exit(0)
+            self.observers.close()  # after the downloads: their last events still count
             self.ledger.close()
         return 0

@@ -20,6 +20,8 @@ from scorefetch.sandbox.encoura import EncouraSimulator
 from scorefetch.sandbox.imapserver import PymapServer
 from scorefetch.sandbox.ports import free_port
 
+pytestmark = pytest.mark.e2e  # the sandbox servers and real sockets
+
 
 @pytest.fixture
 def enc_sim() -> Iterator[EncouraSimulator]:

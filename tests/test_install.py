@@ -35,6 +35,7 @@ RUNUSER, SETPRIV = shutil.which("runuser"), shutil.which("setpriv")
 
 pytestmark = [
     pytest.mark.install,
+    pytest.mark.e2e,
     pytest.mark.skipif(os.geteuid() != 0, reason="installs system-wide: needs root"),
     pytest.mark.skipif(
         not (shutil.which("useradd") and SETPRIV and RUNUSER),

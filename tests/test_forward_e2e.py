@@ -204,3 +204,23 @@ def test_retention_removes_forwarded_old_files_and_they_stay_duplicates(
     again.wait_event("delivery.skipped", filename="4300_20261121_130000.csv", reason="duplicate")
     assert not local.exists()
     assert again.named("delivery.downloaded") == []
+
+
+def test_doctor_checks_each_destination_with_a_probe(
+    cb_sim: CollegeBoardSimulator,
+    imap_server: Any,
+    imap_folder: str,
+    sshd_server: Any,
+    remote_dir: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`scorefetch doctor` has a forward.slate line: host key verified, login, probe file
+    written and removed (nothing left on the server)."""
+    path = configure(tmp_path, cb_sim, imap_server, imap_folder, sshd_server, remote_dir)
+    main(["doctor", "-c", str(path), "--json"])
+    checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
+    assert checks["forward.slate"]["ok"] is True
+    assert sshd_server.host_key_fingerprint in json.dumps(checks["forward.slate"])
+    folder = remote(sshd_server, remote_dir)
+    assert [p for p in folder.rglob("*") if p.is_file()] == []

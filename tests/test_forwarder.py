@@ -17,7 +17,7 @@ import pytest
 
 from scorefetch.config import SftpDestination
 from scorefetch.core import logs
-from scorefetch.core.events import Downloaded, Event, Events, Forwarded, ForwardFailed
+from scorefetch.core.events import Downloaded, Event, Events, ForwardFailed, ForwardUploaded
 from scorefetch.core.ledger import Ledger
 from scorefetch.core.retention import Retention
 from scorefetch.forward.forwarder import Forwarder
@@ -90,7 +90,7 @@ def collect(forwarder: Forwarder) -> list[Event]:
 def test_a_landed_file_is_claimed_then_uploaded_once(
     sshd_server: Any, remote: Path, ledger: Ledger, tmp_path: Path, log_lines: io.StringIO
 ) -> None:
-    """Downloaded → a ledger row → the file on the server → Forwarded; the same event
+    """Downloaded → a ledger row → the file on the server → ForwardUploaded; the same event
     again uploads nothing."""
     forwarder = Forwarder([destination(sshd_server, remote)], ledger)
     seen = collect(forwarder)
@@ -103,7 +103,7 @@ def test_a_landed_file_is_claimed_then_uploaded_once(
     assert (remote / "collegeboard" / "a.csv").read_bytes() == b"x" * 1000
     row = ledger.forward_get("slate", "collegeboard", "a.csv")
     assert row is not None and row.state == "uploaded" and row.attempts == 1
-    assert [type(e) for e in seen] == [Forwarded]
+    assert [type(e) for e in seen] == [ForwardUploaded]
     assert ledger.forward_report()["slate"]["backlog"] == 0
     assert '"event": "forward.uploaded"' in log_lines.getvalue()
     forwarder.close(5)
@@ -135,7 +135,7 @@ def test_a_server_that_comes_back_gets_the_file(
     proxy = FaultProxy(sshd_server.host, sshd_server.port)
     proxy.port = port
     with proxy:
-        wait_until(lambda: any(isinstance(e, Forwarded) for e in seen), timeout=30)
+        wait_until(lambda: any(isinstance(e, ForwardUploaded) for e in seen), timeout=30)
     assert (remote / "collegeboard" / "b.csv").read_bytes() == b"b" * 10
     forwarder.close(5)
 

@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     fetch = command("fetch", "download files by name, once, by hand")
     fetch.add_argument("vendor", choices=["collegeboard", "encoura"])
     fetch.add_argument("names", nargs="+", metavar="NAME", help="file names, or export uids")
+    fetch.add_argument(
+        "--force", action="store_true", help="download again even when the file is on disk"
+    )
     sync = command("sync", "one listing-based catch-up pass, then exit")
     sync.add_argument("--vendor", choices=["collegeboard", "encoura"], default="collegeboard")
     sync.add_argument(
@@ -63,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     status = command("status", "recent deliveries, failures and watcher state, from the ledger")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor = command("doctor", "prove this deployment works: config, folders, mailbox, vendors")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
     demo = command("demo", "run everything against the built-in sandbox and show what landed")
     demo.add_argument("--keep", action="store_true", help="keep the sandbox folder afterwards")
     return parser
@@ -88,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             logs.configure("console" if sys.stdout.isatty() else "json")
             return run_demo(keep=args.keep)
         path = args.config or config_module.default_path()
+        if args.command == "doctor":
+            return _doctor(path, args)
         config = config_module.load(path)
         handlers: dict[str, Callable[[Config, argparse.Namespace], int]] = {
             "run": _run,
@@ -155,21 +162,39 @@ def _encoura(config: Config) -> EncouraDeliveries:
     return EncouraDeliveries(client, Ledger(config.ledger_path), config.download_dir, progress=_bar)
 
 
-def _claim_names(deliveries: CollegeBoardDeliveries, names: list[str], source: str) -> list[str]:
+def _claim_names(
+    deliveries: CollegeBoardDeliveries, names: list[str], source: str, force: bool = False
+) -> list[str]:
     """The names to download now; says why each other one is left."""
     claimed = []
     for name in names:
         if not deliveries.wants(name):
             print(f"{name}: skipped, not one of the formats {list(deliveries.config.formats)}")
-        elif deliveries.ledger.claim(deliveries.vendor, name, name, source):
+        elif deliveries.ledger.claim(deliveries.vendor, name, name, source) or _again(
+            deliveries.ledger, deliveries.vendor, name, source, force
+        ):
             claimed.append(name)
         else:
             row = deliveries.ledger.get(deliveries.vendor, name)
             print(
                 f"{name}: already {row.state if row else 'known'}"
                 + (f" at {row.path}" if row and row.path else "")
+                + (" (--force downloads it again)" if row and row.state == "downloaded" else "")
             )
     return claimed
+
+
+def _again(ledger: Ledger, vendor: str, key: str, source: str, force: bool) -> bool:
+    """A downloaded row whose file is gone from disk (the CRM import moved it, say), or
+    any downloaded row with --force, is made pending again; says which."""
+    row = ledger.get(vendor, key)
+    if row is None or row.state != "downloaded":
+        return False
+    gone = not row.path or not Path(row.path).is_file()
+    if not (gone or force) or not ledger.redo(vendor, key, source):
+        return False
+    print(f"{key}: {'no longer at ' + str(row.path) if gone else 'forced'}; downloading again")
+    return True
 
 
 def _deliver_now(deliveries: Deliveries, keys: list[str]) -> int:
@@ -201,11 +226,35 @@ def _fetch(config: Config, args: argparse.Namespace) -> int:
         ready = locate(exports, keys)
         for uid in keys:
             row = exports.ledger.get(exports.vendor, uid)
-            if uid not in ready and row is not None:
-                print(f"{uid}: already downloaded at {row.path}")
+            if uid in ready or row is None:
+                continue
+            if _again(exports.ledger, exports.vendor, uid, "fetch", args.force):
+                ready.append(uid)
+            else:
+                print(f"{uid}: already downloaded at {row.path} (--force downloads it again)")
         return _deliver_now(exports, ready)
     deliveries = _collegeboard(config)
-    return _deliver_now(deliveries, _claim_names(deliveries, keys, "fetch"))
+    return _deliver_now(deliveries, _claim_names(deliveries, keys, "fetch", args.force))
+
+
+def _doctor(path: Path, args: argparse.Namespace) -> int:
+    """Every check, one line each (or JSON); 78 when the config itself is wrong."""
+    from scorefetch import doctor
+
+    logs.configure("json", "error", sys.stderr)  # stdout is the report
+    try:
+        config = config_module.load(path)
+    except ConfigError as exc:
+        checks = [doctor.config_check(path, exc)]
+        code = EX_CONFIG
+    else:
+        from scorefetch.forward.sftp import SftpTarget
+
+        targets = [SftpTarget(name, dest) for name, dest in config.forward.items()]
+        checks = [doctor.config_check(path, None), *doctor.run(config, targets)]
+        code = EX_OK if all(c.ok for c in checks) else EX_FAILURE
+    print(json.dumps(doctor.as_json(checks), indent=2) if args.json else doctor.render(checks))
+    return code
 
 
 def _sync(config: Config, args: argparse.Namespace) -> int:
@@ -235,12 +284,26 @@ def _sync(config: Config, args: argparse.Namespace) -> int:
 
 def _status(config: Config, args: argparse.Namespace) -> int:
     if not config.ledger_path.exists():
-        print(f"no ledger yet at {config.ledger_path}: the daemon has not run", file=sys.stderr)
-        return EX_FAILURE
+        # Monitoring parses --json: the same shape, empty, says "never ran".
+        empty: dict[str, Any] = {
+            "ledger": str(config.ledger_path),
+            "ledger_exists": False,
+            "counts": {},
+            "watcher": {},
+            "mailbox": None,
+            "unfinished": [],
+            "recent": [],
+        }
+        if args.json:
+            print(json.dumps(empty, indent=2))
+        else:
+            print(f"ledger   {config.ledger_path} does not exist yet: the daemon has never run")
+        return EX_OK
     ledger = Ledger(config.ledger_path)
     try:
         report: dict[str, Any] = {
             "ledger": str(config.ledger_path),
+            "ledger_exists": True,
             "counts": ledger.counts(),
             "watcher": {k: {"value": v, "at": at} for k, (v, at) in ledger.watcher().items()},
             "mailbox": (

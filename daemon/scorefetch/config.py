@@ -234,8 +234,8 @@ class CollegeBoardConfig(_Model):
     enabled: bool = True
     base_url: BaseUrl = "https://scoresdownload.collegeboard.org"
     auth: Literal["one-step", "token"] = "one-step"
-    username: str
-    password: SecretStr
+    username: str | None = None  # required when enabled (checked below)
+    password: SecretStr | None = None
     formats: tuple[Literal["csv", "txt", "zip"], ...] = ("csv",)
     senders: tuple[str, ...] = ("@collegeboard.org",)
     require_authentication_results: AuthenticationResults | None = None
@@ -271,6 +271,14 @@ class CollegeBoardConfig(_Model):
             if not at or "." not in domain or " " in sender:
                 raise ValueError(f"{sender!r} is neither an address nor an @domain")
         return tuple(s.lower() for s in value)
+
+    @model_validator(mode="after")
+    def _credentials(self) -> CollegeBoardConfig:
+        if self.enabled:
+            for key in ("username", "password"):
+                if getattr(self, key) is None:
+                    raise ValueError(f"{key}: required key is missing")
+        return self
 
 
 class EncouraConfig(_Model):
@@ -417,6 +425,73 @@ Destinations = Annotated[dict[str, SftpDestination], AfterValidator(_destination
 # --- end of forwarding and retention -------------------------------------------------------
 
 
+# --- hooks and metrics (telling people) ---
+
+
+def _check_argv(argv: tuple[str, ...]) -> tuple[str, ...]:
+    if argv and not argv[0].startswith("/"):
+        raise ValueError(f"{argv[0]!r}: give the program's absolute path (no shell, no PATH)")
+    return argv
+
+
+HookArgv = Annotated[tuple[str, ...], AfterValidator(_check_argv)]
+
+
+class HooksConfig(_Model):
+    """Programs run (argv, no shell) with the facts in SCOREFETCH_* environment variables."""
+
+    on_delivery: HookArgv = ()
+    on_failure: HookArgv = ()  # only for failures that will not be retried
+    timeout: Duration = Field(30.0, gt=0, le=3600)
+    max_parallel: int = Field(4, ge=1, le=16)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`HOST:PORT`, `[V6]:PORT` or a bare `PORT` (loopback) → (host, port)."""
+    text = value.strip()
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:9464)")
+    return host, int(port)
+
+
+def _check_listen(value: str) -> str:
+    parse_listen(value)
+    return value
+
+
+class MetricsConfig(_Model):
+    """Prometheus metrics (the `metrics` extra): an HTTP endpoint and/or a textfile for
+    node_exporter's textfile collector."""
+
+    listen: Annotated[str, AfterValidator(_check_listen)] | None = None
+    textfile: Path | None = None
+    interval: Duration = Field(15.0, gt=0, le=3600)  # how often the textfile is rewritten
+
+    @field_validator("textfile")
+    @classmethod
+    def _prom(cls, value: Path | None) -> Path | None:
+        if value is not None and (not value.is_absolute() or value.suffix != ".prom"):
+            raise ValueError(f"{str(value)!r}: an absolute path ending in .prom (node_exporter)")
+        return value
+
+    @model_validator(mode="after")
+    def _somewhere(self) -> MetricsConfig:
+        if self.listen is None and self.textfile is None:
+            raise ValueError("listen: give listen, textfile, or both")
+        return self
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        return parse_listen(self.listen) if self.listen is not None else None
+
+
+# --- end of hooks and metrics ---
+
+
 class Config(_Model):
     download_dir: Path
     state_dir: Path
@@ -426,6 +501,8 @@ class Config(_Model):
     encoura: EncouraConfig | None = None
     forward: Destinations = {}
     retention: RetentionConfig = RetentionConfig()
+    hooks: HooksConfig = HooksConfig()
+    metrics: MetricsConfig | None = None
 
     @model_validator(mode="after")
     def _sources(self) -> Config:

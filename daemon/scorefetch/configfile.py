@@ -117,6 +117,7 @@ def _expand(
     if not isinstance(node, dict):
         return node
     out: dict[str, Any] = {}
+    disabled = node.get("enabled") is False  # its secrets are not needed: may be missing
     for key, value in node.items():
         key = str(key)
         name = key.removesuffix("_file")
@@ -125,9 +126,13 @@ def _expand(
                 raise ConfigError(
                     f"{path}: {key_path((*loc, key))}: give {name} or {key}, not both"
                 )
-            out[name] = _read_secret(
-                _expand(value, (*loc, key), path, env, base), (*loc, key), path, base
-            )
+            try:
+                out[name] = _read_secret(
+                    _expand(value, (*loc, key), path, env, base), (*loc, key), path, base
+                )
+            except ConfigError:
+                if not disabled:
+                    raise
         else:
             out[key] = _expand(value, (*loc, key), path, env, base)
     return out

@@ -20,6 +20,7 @@ from scorefetch.core import logs
 from scorefetch.core.deliveries import Deliveries
 from scorefetch.core.downloads import remove_partials
 from scorefetch.core.errors import VendorError
+from scorefetch.core.events import Events
 from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger
 from scorefetch.core.retention import Retention
@@ -27,6 +28,7 @@ from scorefetch.encoura.client import Encoura
 from scorefetch.encoura.poller import KNOWN_PRODUCT_KEYS, EncouraDeliveries, EncouraPoller
 from scorefetch.forward.forwarder import Forwarder
 from scorefetch.mailbox.watcher import MailboxWatcher
+from scorefetch.observers import attach
 
 SHUTDOWN_GRACE_S = 30.0  # in-flight downloads get this long after SIGTERM
 
@@ -69,11 +71,14 @@ class Service:
         self.stop = threading.Event()
         self.notifier = Notifier()
         self.ledger = Ledger(config.ledger_path)
+        self.events = Events()
         self.deliveries: CollegeBoardDeliveries | None = None
         cb = config.collegeboard
         if cb is not None and cb.enabled:
             client = CollegeBoard(cb, build_session())
-            self.deliveries = CollegeBoardDeliveries(client, self.ledger, config.download_dir)
+            self.deliveries = CollegeBoardDeliveries(
+                client, self.ledger, config.download_dir, events=self.events
+            )
         self.reconciler: Reconciler | None = None
         if self.deliveries is not None and self.deliveries.config.poll_interval > 0:
             lookback = config.imap.lookback_days if config.imap else 14
@@ -81,12 +86,13 @@ class Service:
         self.exports: EncouraDeliveries | None = None
         if config.encoura is not None and config.encoura.enabled:
             encoura = Encoura(config.encoura, build_session())
-            self.exports = EncouraDeliveries(encoura, self.ledger, config.download_dir)
+            self.exports = EncouraDeliveries(
+                encoura, self.ledger, config.download_dir, events=self.events
+            )
         self.sources = [d.vendor for d in self._all()]
-        self.forwarder = Forwarder.from_config(config, self.ledger)
+        self.observers = attach(config, self.events, self.ledger, self.sources)
+        self.forwarder = Forwarder.from_config(config, self.ledger, self.events)
         self.retention = Retention.from_config(config, self.ledger)
-        for deliveries in self._all():
-            deliveries.events.subscribe(self.forwarder.on_event)
         self._signal: str | None = None
         self._log = logs.get()
 
@@ -156,12 +162,13 @@ class Service:
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
+        self.observers.start()
+        self.forwarder.start()
+        self.retention.start()
         for part in remove_partials(self.config.download_dir):
             self._log.warning("delivery.partial_removed", path=str(part))
         if self.exports is not None:
             self._start_encoura()
-        self.forwarder.start()
-        self.retention.start()
         for deliveries in self._all():
             deliveries.resume()
         try:
@@ -188,7 +195,9 @@ class Service:
                 # Downloads still running: leave now. Their rows stay unfinished in the
                 # ledger and their .part files are removed and redone on the next start.
                 self._log.warning("daemon.shutdown_timeout", grace_s=SHUTDOWN_GRACE_S)
+                self.observers.close()
                 sys.stdout.flush()
                 os._exit(0)
+            self.observers.close()  # after the downloads: their last events still count
             self.ledger.close()
         return 0

@@ -47,9 +47,10 @@ class CollegeBoard:
         self._token_lock = threading.Lock()
 
     def _credentials(self) -> dict[str, str]:
+        password = self.config.password
         return {
-            "username": self.config.username,
-            "password": self.config.password.get_secret_value(),
+            "username": self.config.username or "",
+            "password": password.get_secret_value() if password is not None else "",
         }
 
     def _auth_body(self, stale: str | None) -> tuple[dict[str, str], str | None]:

@@ -50,7 +50,7 @@ class Skipped:
 
 
 @dataclass(frozen=True)
-class Forwarded:
+class ForwardUploaded:
     """A landed file reached a forward destination under its final name (`forward.uploaded`)."""
 
     destination: str
@@ -58,7 +58,8 @@ class Forwarded:
     filename: str
     path: Path
     remote_path: str
-    size: int
+    bytes: int
+    sha256: str
     elapsed_s: float
 
 
@@ -72,11 +73,35 @@ class ForwardFailed:
     path: Path
     attempt: int
     error: str
-    kind: Failure
     will_retry: bool
 
 
-Event = Downloaded | DeliveryFailed | Skipped | Forwarded | ForwardFailed
+@dataclass(frozen=True)
+class AuthFailing:
+    """A vendor refused the credentials, the first time in a run of such failures
+    (`auth.failing`): people hear of it once, not once per file."""
+
+    vendor: str
+    error: str
+    filename: str
+
+
+@dataclass(frozen=True)
+class AuthRecovered:
+    """The credentials work again: a file landed after an `auth.failing` (`auth.recovered`)."""
+
+    vendor: str
+
+
+Event = (
+    Downloaded
+    | DeliveryFailed
+    | Skipped
+    | ForwardUploaded
+    | ForwardFailed
+    | AuthFailing
+    | AuthRecovered
+)
 Listener = Callable[[Event], None]
 
 

@@ -48,12 +48,6 @@ def file_format(name: str) -> str:
     return ext.lower() if dot and stem else ""
 
 
-def twin_key(name: str) -> str:
-    """The name without its extension: `4300_20261121_101544.csv` and `.txt` are twins."""
-    stem, dot, _ = name.rpartition(".")
-    return stem if dot and stem else name
-
-
 def name_from_url(url: str) -> str:
     """The last path segment of a download URL, URL-decoded, checked as a plain name."""
     try:

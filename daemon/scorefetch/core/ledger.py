@@ -85,6 +85,7 @@ class Delivery:
     sha256: str | None
     error: str | None
     updated_at: str
+    created_at: str = ""  # when the file was first announced (mail, listing, fetch)
     removed_at: str | None = None  # retention deleted the local copy; the row stays
 
 
@@ -260,6 +261,31 @@ class Ledger:
             (name, value, _now()),
         )
 
+    def redo(self, vendor: str, key: str, source: str) -> bool:
+        """Make a downloaded row pending again (its file is gone, or `fetch --force`)."""
+        cursor = self._execute(
+            "UPDATE deliveries SET state = 'pending', attempts = 0, error = NULL, source = ?,"
+            " updated_at = ? WHERE vendor = ? AND key = ? AND state = 'downloaded'",
+            (source, _now(), vendor, key),
+        )
+        return cursor.rowcount == 1
+
+    def last_downloaded(self) -> dict[str, str]:
+        """Per vendor, when its latest file landed (ISO 8601, UTC)."""
+        rows = self._execute(
+            "SELECT vendor, max(updated_at) FROM deliveries WHERE state = 'downloaded'"
+            " GROUP BY vendor"
+        ).fetchall()
+        return {vendor: at for vendor, at in rows}
+
+    def pending_counts(self) -> dict[str, int]:
+        """Per vendor, rows announced but not landed (pending or retrying)."""
+        rows = self._execute(
+            "SELECT vendor, count(*) FROM deliveries WHERE state IN ('pending', 'retrying')"
+            " GROUP BY vendor"
+        ).fetchall()
+        return {vendor: n for vendor, n in rows}
+
     def watcher(self) -> dict[str, tuple[str, str]]:
         rows = self._execute("SELECT name, value, updated_at FROM watcher").fetchall()
         return {name: (value, at) for name, value, at in rows}
@@ -412,4 +438,5 @@ def _delivery(row: sqlite3.Row) -> Delivery:
         error=row["error"],
         updated_at=row["updated_at"],
         removed_at=row["removed_at"],
+        created_at=row["created_at"],
     )

@@ -16,7 +16,7 @@ from scorefetch.config import Config
 from scorefetch.core import logs
 from scorefetch.core.deliveries import Scheduler, retry_delay
 from scorefetch.core.errors import Failure
-from scorefetch.core.events import Downloaded, Event, Events, Forwarded, ForwardFailed
+from scorefetch.core.events import Downloaded, Event, Events, ForwardFailed, ForwardUploaded
 from scorefetch.core.ledger import Forward, Ledger
 from scorefetch.forward import Destination, ForwardError
 from scorefetch.forward.sftp import SftpTarget
@@ -48,9 +48,14 @@ class Forwarder:
         self._log = logs.get()
 
     @classmethod
-    def from_config(cls, config: Config, ledger: Ledger) -> Forwarder:
-        """The destinations under `forward:` (none: a forwarder that does nothing)."""
-        return cls([SftpTarget(name, dest) for name, dest in config.forward.items()], ledger)
+    def from_config(cls, config: Config, ledger: Ledger, events: Events | None = None) -> Forwarder:
+        """The destinations under `forward:` (none: a forwarder that does nothing), listening
+        to `events` and publishing its outcomes there too (hooks, metrics)."""
+        targets = [SftpTarget(name, dest) for name, dest in config.forward.items()]
+        forwarder = cls(targets, ledger, events)
+        if events is not None and targets:
+            events.subscribe(forwarder.on_event)
+        return forwarder
 
     def on_event(self, event: Event) -> None:
         """A listener: claim a row per destination that wants a landed file, then upload."""
@@ -159,14 +164,16 @@ class Forwarder:
             attempt=attempt,
             **fields,
         )
+        landed = self.ledger.get(row.vendor, row.key)
         self.events.publish(
-            Forwarded(
+            ForwardUploaded(
                 row.destination,
                 row.vendor,
                 row.filename,
                 Path(row.path),
                 placed.remote_path,
                 placed.size,
+                (landed.sha256 if landed else None) or "",
                 elapsed,
             )
         )
@@ -204,7 +211,6 @@ class Forwarder:
                 Path(row.path),
                 attempt,
                 error,
-                kind,
                 will_retry,
             )
         )

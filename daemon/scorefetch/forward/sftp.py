@@ -103,10 +103,10 @@ class SftpTarget:
                         sftp.remove(temp)
         return Placed(final, size)
 
-    def probe(self) -> None:
+    def probe(self) -> str:
         """Log in, then write and remove a probe file in each remote folder (the part of
-        remote_dir before any {product_key}); ForwardError (a ScorefetchError) with a clear
-        message when a step fails. For `scorefetch doctor`."""
+        remote_dir before any {product_key}); says what it did, or raises ForwardError (a
+        ScorefetchError) with a clear message. For `scorefetch doctor`."""
         template = self.config.remote_dir.split("{product_key}")[0]
         if "{product_key}" in self.config.remote_dir:
             template = (
@@ -119,6 +119,11 @@ class SftpTarget:
                 probe = posixpath.join(folder, f".scorefetch-probe.{secrets.token_hex(4)}")
                 self._call(_write_small, sftp, probe, b"scorefetch probe\n")
                 self._call(sftp.remove, probe)
+        pinned = ", ".join(keys.fingerprint(k) for k in self._pinned)
+        return (
+            f"{self._where}: host key verified ({pinned}), logged in as "
+            f"{self.config.username}, wrote and removed a probe file in {', '.join(folders)}"
+        )
 
     def _same(self, final: str, there: int, size: int) -> Placed:
         if there == size:

@@ -141,6 +141,12 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Silence the per-request stderr log."""
 
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The `Date` header, off by the simulator's `clock_offset_s` (a vendor clock ahead
+        is how tests show `scorefetch doctor` a local clock behind)."""
+        when = time.time() if timestamp is None else timestamp
+        return super().date_time_string(when + self.sim.clock_offset_s)
+
     def send(
         self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None
     ) -> None:
@@ -241,6 +247,7 @@ class Simulator(Lifecycle):
         self.download_host = host
         self.url_host_override: str | None = None  # a host name the URLs name instead
         self.throttle_bps: float | None = None  # bytes/s the bucket sends; None: full speed
+        self.clock_offset_s = 0.0  # added to the time in every `Date` header
         self._secret = secrets.token_bytes(32)
         self._lock = threading.Lock()
         self._urls: dict[str, _Presigned] = {}

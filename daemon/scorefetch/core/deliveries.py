@@ -34,7 +34,7 @@ URL_MARGIN_S = 3.0  # a URL older than its lifetime minus this is not used
 TRANSIENT_DELAYS = (1.0, 5.0)  # then the configured retry_schedule
 
 
-LOCAL_DELAYS = (5.0,)  # a full disk is often freed within minutes; then the schedule
+LOCAL_FIRST_S = 5.0  # a full disk is often freed within minutes: look again soon
 
 
 def retry_delay(kind: Failure, retries_done: int, schedule: Sequence[float]) -> float | None:
@@ -45,7 +45,7 @@ def retry_delay(kind: Failure, retries_done: int, schedule: Sequence[float]) -> 
     if kind in (Failure.FATAL, Failure.REFUSED):
         return None
     if kind == Failure.LOCAL:
-        delays = (*LOCAL_DELAYS, *schedule)
+        delays = (min(LOCAL_FIRST_S, *schedule[:1]), *schedule)
         return delays[min(retries_done, len(delays) - 1)]
     quick = kind in (Failure.TRANSIENT, Failure.EXPIRED)
     delays = (*TRANSIENT_DELAYS, *schedule) if quick else tuple(schedule)

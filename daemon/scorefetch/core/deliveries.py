@@ -186,9 +186,9 @@ class Deliveries(Generic[ClientT]):
         except Exception as exc:  # noqa: BLE001 - one failed file must never stop the others
             # A bug (or a ledger that cannot write): recorded and retried like any failure,
             # never left `pending` until a restart. The text is the type only: safe to show.
-            self._log.error("delivery.internal_error", **self._ids(name), exc_info=exc)
             error = f"internal error ({type(exc).__name__})"
-            self._after_failure(name, error, Failure.INTERNAL, self._attempts(name), schedule=True)
+            attempt = self._attempts(name)
+            self._after_failure(name, error, Failure.INTERNAL, attempt, schedule=True, exc=exc)
 
     def _attempts(self, name: str) -> int:
         try:
@@ -253,7 +253,14 @@ class Deliveries(Generic[ClientT]):
         return None
 
     def _after_failure(
-        self, name: str, error: str, kind: Failure, attempt: int, *, schedule: bool
+        self,
+        name: str,
+        error: str,
+        kind: Failure,
+        attempt: int,
+        *,
+        schedule: bool,
+        exc: Exception | None = None,
     ) -> None:
         with self._lock:
             rounds = self._rounds.get(name, 0)
@@ -268,6 +275,7 @@ class Deliveries(Generic[ClientT]):
         }
         if kind == Failure.INTERNAL:
             fields["reason"] = "internal_error"
+            fields["exc_info"] = exc  # the traceback, in this one line
         if delay is not None and schedule and not self._stopping.is_set():
             # Scheduled before the ledger write: a ledger that fails now must not strand it.
             fields["retry_in_s"] = delay

@@ -11,7 +11,7 @@ STATEDIR  ?= /var/lib/scorefetch
 UNITDIR   ?= /etc/systemd/system
 SYSTEMCTL ?= systemctl
 
-.PHONY: venv demo test test-fast bench lint install uninstall clean
+.PHONY: venv demo test test-fast chaos bench lint install uninstall clean
 
 venv: $(BIN)/scorefetch
 
@@ -30,6 +30,14 @@ test: venv
 # No real-daemon (e2e) or fault-injection tests: under a minute, for the edit-test loop.
 test-fast: venv
 	$(BIN)/pytest -m "not e2e" -q
+
+# Kill the real daemon at random under faults for CHAOS_MINUTES, then check every file
+# landed exactly once (tests/test_chaos.py; `make test` runs it for 75 s). Disk faults
+# need root (a tmpfs download_dir).
+CHAOS_MINUTES ?= 10
+chaos: venv
+	CHAOS_SECONDS=$$(( $(CHAOS_MINUTES) * 60 )) $(BIN)/pytest tests/test_chaos.py -m chaos -s \
+		--timeout=$$(( $(CHAOS_MINUTES) * 60 + 600 ))
 
 bench: venv
 	$(BIN)/pip install --quiet -e '.[dev,bench]'

@@ -10,6 +10,7 @@ files does not crowd the page cache. Durability still rests on that fsync.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -24,6 +25,7 @@ import requests
 from scorefetch.config import is_loopback
 from scorefetch.core.errors import Failure, RefusedError, VendorError
 from scorefetch.core.filenames import check_name
+from scorefetch.core.localfs import local_faults, part_name, place_no_replace
 from scorefetch.core.logs import strip_query
 
 CHUNK = 1024 * 1024
@@ -87,7 +89,7 @@ def open_part(folder: Path, name: str) -> tuple[int, Path]:
     """A new hidden `.NAME.part` (0600) in `folder`, or `.NAME.N.part` while another download
     of the same name (another Encoura export, a `fetch` beside the daemon) is writing one."""
     for n in range(100):
-        part = folder / (f".{name}.part" if n == 0 else f".{name}.{n}.part")
+        part = folder / part_name(name, n)
         try:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
             return os.open(part, flags, 0o600), part
@@ -123,7 +125,7 @@ def _place(part: Path, folder: Path, name: str, sha256: str) -> Path:
     for n in range(1000):
         target = folder / (name if n == 0 else f"{stem}-{n}{dot}{ext}")
         try:
-            os.link(part, target)  # atomic, and unlike rename never replaces a file
+            place_no_replace(part, target)  # never replaces a file
         except FileExistsError:
             if target.is_file() and _sha256_of(target) == sha256:
                 break  # the very same bytes are already here
@@ -131,7 +133,7 @@ def _place(part: Path, folder: Path, name: str, sha256: str) -> Path:
         break
     else:
         raise RefusedError(f"too many different files named like {name!r} in {folder}")
-    part.unlink()
+    part.unlink(missing_ok=True)  # linked (or, where links are refused, renamed)
     fsync_dir(folder)
     return target
 
@@ -148,12 +150,25 @@ def fetch_to_file(
 ) -> Landed:
     """Stream `url` into `folder/name`, complete or not at all.
 
-    Raises RefusedError before any connection for a bad name or URL, and
-    VendorError whose `kind` says how to retry.
+    Raises RefusedError before any connection for a bad name or URL, VendorError whose
+    `kind` says how to retry, and LocalError when the disk or the folder says no.
     """
     check_name(name)
     check_url(url, hosts)
     started = time.monotonic()
+    with local_faults(f"cannot save {name}"):
+        return _fetch(session, url, folder, name, started, deadline_s, progress)
+
+
+def _fetch(
+    session: requests.Session,
+    url: str,
+    folder: Path,
+    name: str,
+    started: float,
+    deadline_s: float,
+    progress: Progress | None,
+) -> Landed:
     ensure_folder(folder)
     fd, part = open_part(folder, name)
     try:
@@ -174,7 +189,8 @@ def fetch_to_file(
             )
         path = _place(part, folder, name, digest)
     except BaseException:
-        part.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only folder: the next start removes it
+            part.unlink(missing_ok=True)
         raise
     return Landed(path, size, digest, time.monotonic() - started)
 

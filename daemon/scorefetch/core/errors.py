@@ -18,6 +18,7 @@ class Failure(StrEnum):
     LOCAL = "local"  # our side: disk full, quota, a folder that refuses: on the schedule
     REFUSED = "refused"  # hostile or impossible input: never retried
     FATAL = "fatal"  # the vendor said no for good: never retried
+    INTERNAL = "internal"  # a bug met in one delivery: recorded, retried on the schedule
 
 
 class ScorefetchError(Exception):
@@ -41,6 +42,17 @@ class VendorError(ScorefetchError):
         super().__init__(message)
         self.kind = kind
         self.status = status
+
+
+class LocalError(ScorefetchError):
+    """Our side of a download failed: the disk is full, a quota, a read-only or refusing
+    folder, too many open files. Retried until it works (see core/deliveries.py)."""
+
+    kind = Failure.LOCAL
+
+    def __init__(self, message: str, *, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 class MailboxError(ScorefetchError):

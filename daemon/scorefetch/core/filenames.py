@@ -54,4 +54,8 @@ def name_from_url(url: str) -> str:
         segment = urlsplit(url).path.rsplit("/", 1)[-1]
     except ValueError as exc:
         raise RefusedError(f"not a URL: {exc}") from exc
-    return check_name(unquote(segment, errors="strict"))
+    try:
+        name = unquote(segment, errors="strict")
+    except UnicodeDecodeError:  # %FF…: bytes that are not UTF-8 make no name we can keep
+        raise RefusedError("the file name in the URL is not UTF-8") from None
+    return check_name(name)

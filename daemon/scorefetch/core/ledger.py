@@ -1,4 +1,5 @@
-"""The SQLite ledger: what was announced, what landed, where the mailbox watcher stands.
+"""The SQLite ledger: what was announced, what landed, where the mailbox watcher and each
+source's listing stand.
 
 One row per (vendor, key) — the key is the file name for College Board. A row
 is written before any request is made for it, so a crash leaves a `pending`
@@ -68,6 +69,14 @@ CREATE TABLE IF NOT EXISTS watcher (
     value       TEXT NOT NULL,
     updated_at  TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS positions (
+    name        TEXT PRIMARY KEY,
+    value       TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+-- Before there was a positions table, College Board's listing cursor lived in `watcher`.
+INSERT OR IGNORE INTO positions SELECT * FROM watcher WHERE name = 'collegeboard.last_listing';
+DELETE FROM watcher WHERE name = 'collegeboard.last_listing';
 """
 
 
@@ -285,6 +294,23 @@ class Ledger:
             " GROUP BY vendor"
         ).fetchall()
         return {vendor: n for vendor, n in rows}
+
+    def position(self, name: str) -> str | None:
+        """Where a source stands (`collegeboard.last_listing`, an Encoura key's last pass …)."""
+        row = self._execute("SELECT value FROM positions WHERE name = ?", (name,)).fetchone()
+        return str(row[0]) if row else None
+
+    def set_position(self, name: str, value: str) -> None:
+        self._execute(
+            "INSERT INTO positions (name, value, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value,"
+            "   updated_at = excluded.updated_at",
+            (name, value, _now()),
+        )
+
+    def positions(self) -> dict[str, tuple[str, str]]:
+        rows = self._execute("SELECT name, value, updated_at FROM positions").fetchall()
+        return {name: (value, at) for name, value, at in rows}
 
     def watcher(self) -> dict[str, tuple[str, str]]:
         rows = self._execute("SELECT name, value, updated_at FROM watcher").fetchall()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from scorefetch.core.errors import ScorefetchError
+from scorefetch.core.logs import scrub_text
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -169,7 +170,7 @@ class Ledger:
         self._execute(
             "UPDATE deliveries SET state = ?, error = ?, updated_at = ?"
             " WHERE vendor = ? AND key = ?",
-            ("retrying" if will_retry else "failed", error, _now(), vendor, key),
+            ("retrying" if will_retry else "failed", scrub_text(error), _now(), vendor, key),
         )
 
     def unfinished(self, vendor: str) -> list[Delivery]:
@@ -212,7 +213,7 @@ class Ledger:
             "INSERT INTO watcher (name, value, updated_at) VALUES (?, ?, ?)"
             " ON CONFLICT (name) DO UPDATE SET value = excluded.value,"
             "   updated_at = excluded.updated_at",
-            (name, value, _now()),
+            (name, scrub_text(value), _now()),
         )
 
     def watcher(self) -> dict[str, tuple[str, str]]:
@@ -232,6 +233,6 @@ def _delivery(row: sqlite3.Row) -> Delivery:
         path=row["path"],
         bytes=row["bytes"],
         sha256=row["sha256"],
-        error=row["error"],
+        error=scrub_text(row["error"]) if row["error"] else None,  # rows of older versions
         updated_at=row["updated_at"],
     )

@@ -80,4 +80,6 @@ class CollegeBoardDeliveries(Deliveries):
             hosts=self.config.download_hosts,
             deadline_s=self.config.download_timeout,
             progress=progress,
+            max_size=self.config.max_file_size,
+            root=self.folder,
         )

@@ -21,7 +21,8 @@ from scorefetch.core.errors import Failure, RefusedError, ScorefetchError, Vendo
 from scorefetch.core.events import Events
 from scorefetch.core.filenames import name_from_url
 from scorefetch.core.ledger import Ledger
-from scorefetch.encoura.client import KNOWN_PRODUCT_KEYS, UNLISTED, Encoura, Export
+from scorefetch.encoura.client import KNOWN_PRODUCT_KEYS as KNOWN_PRODUCT_KEYS  # service.py's
+from scorefetch.encoura.client import UNLISTED, Encoura, Export
 
 
 def created_since(export: Export, since: datetime) -> bool:

@@ -145,7 +145,6 @@ class _TimeoutSession(requests.Session):
         super().__init__()
         self._timeout = timeout
         self.call_deadline = timeout[0] + timeout[1]
-        self.max_redirects = 0
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", self._timeout)

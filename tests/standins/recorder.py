@@ -4,6 +4,7 @@ password in it) and answers plain HTTP `200 {}` to whatever arrives."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from types import TracebackType
@@ -63,8 +64,6 @@ class Recorder:
             pass
         with self._lock:
             self.received.append(data)
-        try:
+        with contextlib.suppress(OSError):
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
-        except OSError:
-            pass
         conn.close()

@@ -122,14 +122,12 @@ def _configure_stdlib() -> None:
     ERROR (our own events report what failed), the rest at WARNING, and every record that
     reaches stderr is scrubbed."""
     root = logging.getLogger()
-    handler = next((h for h in root.handlers if getattr(h, "_scorefetch", False)), None)
-    if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-        handler._scorefetch = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-    if not any(isinstance(f, ScrubFilter) for f in handler.filters):
-        handler.addFilter(ScrubFilter())
+    for old in [h for h in root.handlers if getattr(h, "_scorefetch", False)]:
+        root.removeHandler(old)  # configured again (tests): stderr may be another file now
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    handler._scorefetch = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
     for other in root.handlers:
         if not any(isinstance(f, ScrubFilter) for f in other.filters):
             other.addFilter(ScrubFilter())

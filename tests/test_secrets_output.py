@@ -165,3 +165,26 @@ def test_daemon_dead_port_prints_no_secret(
     assert "ECONNREFUSED" in str(event.get("error"))
     assert daemon.stop() == 0
     assert not any("Retrying" in line for line in daemon.lines)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'imap:\n  password: "hunter2-SECRET\n  x: [\n',
+        "imap:\n  password: hunter2-SECRET: x\n",
+        "imap:\n  password: [hunter2-SECRET\n",
+        "imap:\n\tpassword: hunter2-SECRET\n",
+    ],
+)
+def test_yaml_syntax_errors_do_not_quote_the_line(tmp_path: Path, text: str) -> None:
+    """PyYAML's message quotes the offending line, perhaps a password: the error names
+    the line and column and the problem, not the text."""
+    from scorefetch import config as config_module
+    from scorefetch.core.errors import ConfigError
+
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        config_module.load(path, {})
+    assert "not valid YAML" in str(caught.value) and "line " in str(caught.value)
+    assert "SECRET" not in str(caught.value)

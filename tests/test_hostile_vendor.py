@@ -406,3 +406,26 @@ def test_refused_error_is_what_a_bad_url_raises() -> None:
 
     with pytest.raises(RefusedError):
         check_url("https://127.0.0.1\\.s3.amazonaws.com/x", ["*.s3.amazonaws.com"])
+
+
+def test_vendor_message_reaches_the_error_printable_and_short(
+    cb_sim: CollegeBoardSimulator,
+) -> None:
+    """A 404's JSON message with escape sequences and newlines is cut to one printable
+    line: nothing a vendor writes can drive the terminal that shows `status`."""
+    cb_sim.hostile.answers.clear()
+    message = "\x1b[2J\x1b]0;owned\x07line1\nline2 " + "x" * 500
+    from scorefetch.sandbox import collegeboard as module
+
+    original = module.CollegeBoardSimulator._file_url
+    module.CollegeBoardSimulator._file_url = (  # type: ignore[method-assign]
+        lambda self, name: (404, {"message": message})
+    )
+    try:
+        with pytest.raises(VendorError) as caught:
+            cb_client(cb_sim).file_url("a.csv")
+    finally:
+        module.CollegeBoardSimulator._file_url = original  # type: ignore[method-assign]
+    text = str(caught.value)
+    assert caught.value.kind == Failure.NOT_FOUND
+    assert text.isprintable() and "\x1b" not in text and len(text) < 300

@@ -48,9 +48,14 @@ def parse_json(raw: bytes) -> Any:
 def message_of(body: Any, reason: str | None) -> str:
     """The vendor's JSON `message`, shortened and scrubbed; never the whole body."""
     message = body.get("message") if isinstance(body, dict) else None
-    if isinstance(message, str) and message.strip():
-        return scrub_text(" ".join(message.split()))[:200]
-    return scrub_text(" ".join((reason or "").split()))[:100] or "no message"
+    if isinstance(message, str) and _printable(message):
+        return scrub_text(_printable(message))[:200]
+    return scrub_text(_printable(reason or ""))[:100] or "no message"
+
+
+def _printable(text: str) -> str:
+    """`text` on one line without control characters (no escape sequence reaches a terminal)."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
 
 
 def _read(response: requests.Response, path: str) -> bytes:

@@ -11,7 +11,7 @@ import logging
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -74,6 +74,17 @@ def scrub(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableM
     return event
 
 
+class _CurrentStdout:
+    """Whatever `sys.stdout` is when a line is written, not when logging was configured
+    (a test's captured stdout is closed after it; the next test's is another file)."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
 def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None = None) -> None:
     """Set up structlog for the process. `fmt` None: console on a TTY, JSON otherwise."""
     out = stream or sys.stdout
@@ -94,7 +105,7 @@ def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or cast(TextIO, _CurrentStdout())),
         cache_logger_on_first_use=False,
     )
     _configure_stdlib()

@@ -163,7 +163,9 @@ def test_minimal_config_loads_with_documented_defaults(tmp_path: Path) -> None:
     assert cb.password.get_secret_value() == "cb-pw"
     assert cb.formats == ("csv",)
     assert cb.senders == ("@collegeboard.org",)
-    assert cb.download_hosts == ("s3.amazonaws.com", "*.s3.amazonaws.com")
+    assert cb.download_hosts[:2] == ("s3.amazonaws.com", "*.s3.amazonaws.com")
+    assert "*.s3.*.amazonaws.com" in cb.download_hosts  # regional endpoints too
+    assert cb.max_file_size == 2 * 1024**3
     assert cb.poll_interval == 3600.0
     assert cb.max_parallel == 4
     assert cb.retry_schedule == (30.0, 120.0, 600.0, 3600.0)

@@ -157,24 +157,14 @@ def test_periodic_loop_survives_a_bug_and_goes_on(
     assert "exception" not in failed[1] and failed[1]["repeats"] == 2
 
 
-class HostileListing(CollegeBoardSimulator):
-    """College Board answering its listing with `{"files": 1}` while `hostile` is set."""
-
-    hostile = True
-
-    def _listing(self, from_date: str | None) -> tuple[int, object]:
-        if self.hostile:
-            return 200, {"files": 1}
-        return super()._listing(from_date)
-
-
 def test_reconciler_survives_a_hostile_listing(
     tmp_path: Path, log_lines: io.StringIO, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`{"files": 1}` no longer kills reconciliation: the pass fails, a later one lands."""
     stop = threading.Event()
     monkeypatch.setattr(loops, "INTERNAL_BACKOFF_S", (0.1,))
-    with HostileListing() as sim:
+    with CollegeBoardSimulator() as sim:
+        sim.hostile.answers["list"] = b'{"files": 1}'  # the hostile mode: any bytes, 200
         sim.publish("posted.csv", b"p\r\n")
         ledger = Ledger(tmp_path / "ledger.sqlite3")
         deliveries = CollegeBoardDeliveries(
@@ -189,7 +179,7 @@ def test_reconciler_survives_a_hostile_listing(
                     events(log_lines, "loop.failed") or events(log_lines, "listing.failed")
                 )
             )
-            sim.hostile = False
+            sim.hostile.answers.clear()
             wait_until(lambda: (tmp_path / "files" / "collegeboard" / "posted.csv").exists())
             assert loop.thread.alive
             assert ledger.position(CURSOR) is not None

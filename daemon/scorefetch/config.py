@@ -33,6 +33,7 @@ from pydantic import (
 
 from scorefetch import configfile
 from scorefetch.core.errors import ConfigError
+from scorefetch.core.urls import UrlError, connect_target
 from scorefetch.forward import keys
 
 DEFAULT_PATH = Path("/etc/scorefetch/config.yaml")
@@ -72,10 +73,12 @@ def is_loopback(host: str) -> bool:
 
 
 def _check_base_url(url: str) -> str:
+    try:  # read as the connection will read it: no userinfo, no parser tricks
+        target = connect_target(url)
+    except UrlError as exc:
+        raise ValueError(str(exc)) from None  # not the URL: it may carry user:password
     parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ValueError(f"{url!r} is not an http(s) URL")
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(target.host):
         raise ValueError(f"{url!r}: http:// is accepted only for loopback hosts; use https://")
     if parts.query or parts.fragment:
         raise ValueError(f"{url!r}: a base URL carries no query or fragment")
@@ -83,6 +86,38 @@ def _check_base_url(url: str) -> str:
 
 
 BaseUrl = Annotated[str, AfterValidator(_check_base_url)]
+
+# Where presigned S3 URLs point: global, regional, dual-stack, and the older dash forms,
+# virtual-hosted (`bucket.` first) and path-style. Not `*.amazonaws.com`: EC2 hosts
+# (`ec2-….compute-1.amazonaws.com`) belong to whoever rents them.
+S3_HOSTS = (
+    "s3.amazonaws.com",
+    "*.s3.amazonaws.com",
+    "s3.*.amazonaws.com",
+    "*.s3.*.amazonaws.com",
+    "s3.dualstack.*.amazonaws.com",
+    "*.s3.dualstack.*.amazonaws.com",
+    "s3-*.amazonaws.com",
+    "*.s3-*.amazonaws.com",
+)
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.I)
+
+
+def parse_size(value: object) -> int:
+    """`500M`, `2GiB`, `1.5G` or plain bytes → bytes (K, M, G, T are powers of 1024)."""
+    if isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
+        raise ValueError(f"{value!r} is not a size")
+    if isinstance(value, int | float):
+        return int(value)
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a size (use e.g. 500M, 2G or bytes)")
+    unit = (match.group(2) or "b")[0].lower()
+    return int(float(match.group(1)) * 1024 ** "bkmgt".index(unit))
+
+
+MaxFileSize = Annotated[int, BeforeValidator(parse_size), Field(gt=0)]
+DEFAULT_MAX_FILE_SIZE = 2 * 1024**3  # a year of SAT scores is a few hundred MB
 
 
 def _check_endpoint(url: str) -> str:
@@ -239,7 +274,8 @@ class CollegeBoardConfig(_Model):
     formats: tuple[Literal["csv", "txt", "zip"], ...] = ("csv",)
     senders: tuple[str, ...] = ("@collegeboard.org",)
     require_authentication_results: AuthenticationResults | None = None
-    download_hosts: tuple[str, ...] = ("s3.amazonaws.com", "*.s3.amazonaws.com")
+    download_hosts: tuple[str, ...] = S3_HOSTS
+    max_file_size: MaxFileSize = DEFAULT_MAX_FILE_SIZE
     poll_interval: Duration = 3600.0
     listing_overlap: Duration = 3600.0
     timezone: str = "America/New_York"
@@ -290,7 +326,8 @@ class EncouraConfig(_Model):
     organization: str | None = None
     product_keys: tuple[str, ...] = ("score-reporter",)
     poll_interval: Duration = Field(900.0, gt=0)
-    download_hosts: tuple[str, ...] = ("s3.amazonaws.com", "*.s3.amazonaws.com")
+    download_hosts: tuple[str, ...] = S3_HOSTS
+    max_file_size: MaxFileSize = DEFAULT_MAX_FILE_SIZE
     max_parallel: int = Field(2, ge=1, le=16)
     retry_schedule: tuple[Duration, ...] = (30.0, 120.0, 600.0, 3600.0)
     download_timeout: Duration = Field(3600.0, gt=0)

@@ -15,9 +15,9 @@ from scorefetch import sources
 from scorefetch.config import Config
 from scorefetch.core import logs
 from scorefetch.core.downloads import remove_partials
+from scorefetch.core.errors import describe
 from scorefetch.core.events import Events
 from scorefetch.core.ledger import Ledger
-from scorefetch.core.localfs import describe
 from scorefetch.core.retention import Retention
 from scorefetch.core.sources import Source
 from scorefetch.forward.forwarder import Forwarder

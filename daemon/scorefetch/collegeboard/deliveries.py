@@ -64,4 +64,6 @@ class CollegeBoardDeliveries(Deliveries[CollegeBoard]):
             hosts=self.config.download_hosts,
             deadline_s=self.config.download_timeout,
             progress=progress,
+            max_size=self.config.max_file_size,
+            root=self.folder,
         )

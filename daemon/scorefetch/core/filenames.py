@@ -52,10 +52,7 @@ def name_from_url(url: str) -> str:
     """The last path segment of a download URL, URL-decoded, checked as a plain name."""
     try:
         segment = urlsplit(url).path.rsplit("/", 1)[-1]
-    except ValueError as exc:
-        raise RefusedError(f"not a URL: {exc}") from exc
-    try:
-        name = unquote(segment, errors="strict")
-    except UnicodeDecodeError:  # %FF…: bytes that are not UTF-8 make no name we can keep
-        raise RefusedError("the file name in the URL is not UTF-8") from None
+        name = unquote(segment, errors="strict")  # `%ff` is no UTF-8: refused, not guessed
+    except ValueError:  # UnicodeDecodeError too
+        raise RefusedError("the download URL's last path segment is not a file name") from None
     return check_name(name)

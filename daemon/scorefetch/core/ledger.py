@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from scorefetch.core.errors import ScorefetchError
+from scorefetch.core.logs import scrub_text
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -224,7 +225,7 @@ class Ledger:
         self._execute(
             "UPDATE deliveries SET state = ?, error = ?, updated_at = ?"
             " WHERE vendor = ? AND key = ?",
-            ("retrying" if will_retry else "failed", error, _now(), vendor, key),
+            ("retrying" if will_retry else "failed", scrub_text(error), _now(), vendor, key),
         )
 
     def unfinished(self, vendor: str) -> list[Delivery]:
@@ -267,7 +268,7 @@ class Ledger:
             "INSERT INTO watcher (name, value, updated_at) VALUES (?, ?, ?)"
             " ON CONFLICT (name) DO UPDATE SET value = excluded.value,"
             "   updated_at = excluded.updated_at",
-            (name, value, _now()),
+            (name, scrub_text(value), _now()),
         )
 
     def redo(self, vendor: str, key: str, source: str) -> bool:
@@ -461,7 +462,7 @@ def _delivery(row: sqlite3.Row) -> Delivery:
         path=row["path"],
         bytes=row["bytes"],
         sha256=row["sha256"],
-        error=row["error"],
+        error=scrub_text(row["error"]) if row["error"] else None,  # rows of older versions
         updated_at=row["updated_at"],
         removed_at=row["removed_at"],
         created_at=row["created_at"],

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import requests
 
-from scorefetch.core.errors import LocalError
+from scorefetch.core.errors import LocalError, describe
 
 NAME_MAX = 255  # bytes in one path component (ext4, xfs, tmpfs, btrfs; SMB allows more)
 # os.link says "this folder does not do hard links" with one of these.
@@ -27,15 +27,6 @@ NO_LINKS = frozenset(
 )
 _RENAME_NOREPLACE = 1  # linux/fs.h
 _rename_lock = threading.Lock()  # this process never races itself in the rename fallback
-
-
-def describe(exc: OSError | UnicodeError) -> str:
-    """`ENOSPC: No space left on device: '/path'` — no text from outside, only our paths."""
-    if isinstance(exc, UnicodeError):
-        return f"a file name the file system cannot encode ({type(exc).__name__})"
-    code = errno.errorcode.get(exc.errno or 0, "OSError")
-    text = f"{code}: {exc.strerror or os.strerror(exc.errno or 0)}"
-    return f"{text}: {exc.filename!r}" if exc.filename else text
 
 
 @contextlib.contextmanager

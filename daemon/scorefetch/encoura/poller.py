@@ -17,25 +17,12 @@ from scorefetch.config import EncouraConfig
 from scorefetch.core import logs
 from scorefetch.core.deliveries import Deliveries
 from scorefetch.core.downloads import Landed, fetch_to_file
-from scorefetch.core.errors import Failure, ScorefetchError, VendorError
+from scorefetch.core.errors import Failure, RefusedError, ScorefetchError, VendorError
 from scorefetch.core.filenames import name_from_url
 from scorefetch.core.ledger import Ledger
 from scorefetch.core.loops import Periodic
-from scorefetch.encoura.client import Encoura, Export
-
-KNOWN_PRODUCT_KEYS = frozenset(
-    {
-        "aos",
-        "prospect",
-        "affinity",
-        "ematch",
-        "score-reporter",
-        "declared",
-        "inquiry",
-        "enrollment-marketing",
-    }
-)  # the vendor's list as of 2022; newer keys are allowed, with a warning
-
+from scorefetch.encoura.client import KNOWN_PRODUCT_KEYS as KNOWN_PRODUCT_KEYS  # service.py's
+from scorefetch.encoura.client import UNLISTED, Encoura, Export
 
 LISTING_PASS = "encoura.pass"  # noqa: S105 - not a password; positions: encoura.pass.<key>.started / .completed (ISO, UTC)
 RECOVERY_MARGIN = timedelta(days=1)  # exports may be created well before they are listable
@@ -144,18 +131,22 @@ class EncouraDeliveries(Deliveries[Encoura]):
 
     def _attempt(self, uid: str) -> Landed:
         row = self.ledger.get(self.vendor, uid)
-        product_key = (row.product if row else None) or "unknown"
+        product_key = (row.product if row else None) or UNLISTED
+        if product_key not in {*self.config.product_keys, *KNOWN_PRODUCT_KEYS, UNLISTED}:
+            raise RefusedError(f"product key {product_key!r} is not a configured one")
         url = self.client.download_url(uid)  # one-time: used at once, never twice
         name = name_from_url(url)
         progress = self._progress(name) if self._progress else None
         return fetch_to_file(
             self.client.session,
             url,
-            self.folder / product_key,  # a plain name: checked when the config was loaded
+            self.folder / product_key,  # a configured key: checked when the config was loaded
             name,
             hosts=self.config.download_hosts,
             deadline_s=self.config.download_timeout,
             progress=progress,
+            max_size=self.config.max_file_size,
+            root=self.folder,
         )
 
 

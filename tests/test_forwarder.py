@@ -101,10 +101,10 @@ def test_a_landed_file_is_claimed_then_uploaded_once(
     engine.publish(event)
     assert forwarder.wait_idle(30)
     assert (remote / "collegeboard" / "a.csv").read_bytes() == b"x" * 1000
-    row = ledger.forward_get("slate", "collegeboard", "a.csv")
+    row = ledger.forwards.get("slate", "collegeboard", "a.csv")
     assert row is not None and row.state == "uploaded" and row.attempts == 1
     assert [type(e) for e in seen] == [ForwardUploaded]
-    assert ledger.forward_report()["slate"]["backlog"] == 0
+    assert ledger.forwards.report()["slate"]["backlog"] == 0
     assert '"event": "forward.uploaded"' in log_lines.getvalue()
     forwarder.close(5)
 
@@ -114,7 +114,7 @@ def test_vendors_filter(sshd_server: Any, remote: Path, ledger: Ledger, tmp_path
     forwarder = Forwarder([destination(sshd_server, remote, vendors=["encoura"])], ledger)
     forwarder.on_event(land(ledger, tmp_path, "a.csv", b"1"))
     assert forwarder.wait_idle(10)
-    assert ledger.forward_get("slate", "collegeboard", "a.csv") is None
+    assert ledger.forwards.get("slate", "collegeboard", "a.csv") is None
     forwarder.close(5)
 
 
@@ -129,9 +129,9 @@ def test_a_server_that_comes_back_gets_the_file(
     wait_until(lambda: any(isinstance(e, ForwardFailed) for e in seen), timeout=20)
     failed = next(e for e in seen if isinstance(e, ForwardFailed))
     assert failed.will_retry and "cannot connect" in failed.error
-    row = ledger.forward_get("slate", "collegeboard", "b.csv")
+    row = ledger.forwards.get("slate", "collegeboard", "b.csv")
     assert row is not None and row.state == "retrying"
-    assert ledger.forward_report()["slate"]["last_error"]["filename"] == "b.csv"
+    assert ledger.forwards.report()["slate"]["last_error"]["filename"] == "b.csv"
     proxy = FaultProxy(sshd_server.host, sshd_server.port)
     proxy.port = port
     with proxy:
@@ -151,7 +151,7 @@ def test_start_resumes_unfinished_rows_and_claims_what_it_missed(
     Forwarder([dest], ledger).start()  # the destination's first start: "since" is now
     time.sleep(0.01)
     pending = land(ledger, tmp_path, "pending.csv", b"p")
-    ledger.forward_claim("slate", "collegeboard", "pending.csv", pending.path, pending.size)
+    ledger.forwards.claim("slate", "collegeboard", "pending.csv", pending.path, pending.size)
     land(ledger, tmp_path, "missed.csv", b"m")
     forwarder = Forwarder([dest], ledger)
     assert forwarder.start() == 2
@@ -160,7 +160,7 @@ def test_start_resumes_unfinished_rows_and_claims_what_it_missed(
         "missed.csv",
         "pending.csv",
     ]
-    assert ledger.forward_get("slate", "collegeboard", old.key) is None
+    assert ledger.forwards.get("slate", "collegeboard", old.key) is None
     forwarder.close(5)
 
 
@@ -177,8 +177,8 @@ def test_retention_removes_only_old_forwarded_files_and_keeps_history(
     assert forwarder.wait_idle(30)
     forwarder.close(5)
     stuck = land(ledger, tmp_path, "stuck.csv", b"z")
-    ledger.forward_claim("slate", "collegeboard", "stuck.csv", stuck.path, stuck.size)
-    ledger.forward_failed("slate", "collegeboard", "stuck.csv", "refused", will_retry=False)
+    ledger.forwards.claim("slate", "collegeboard", "stuck.csv", stuck.path, stuck.size)
+    ledger.forwards.failed("slate", "collegeboard", "stuck.csv", "refused", will_retry=False)
     before = land(ledger, tmp_path, "before.csv", b"b")  # no row: predates the destination
     with sqlite3.connect(ledger.path) as db:
         db.execute("DELETE FROM forwards WHERE key = 'before.csv'")

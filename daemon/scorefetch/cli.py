@@ -286,6 +286,6 @@ def _status(config: Config, args: argparse.Namespace) -> int:
 
 def _forward_report(config: Config, ledger: Ledger) -> dict[str, Any]:
     """Each configured destination: backlog, rows by state, last error, last upload."""
-    found = ledger.forward_report()
+    found = ledger.forwards.report()
     empty = {"counts": {}, "backlog": 0, "last_error": None, "last_uploaded_at": None}
     return {name: found.get(name, empty) for name in config.forward}

@@ -66,5 +66,5 @@ def attach(config: Config, events: Events, ledger: Ledger, vendors: list[str]) -
 
 def _backlog(config: Config, ledger: Ledger) -> dict[str, int]:
     """Landed files not yet uploaded, per configured forward destination."""
-    report = ledger.forward_report()
+    report = ledger.forwards.report()
     return {name: int(report.get(name, {}).get("backlog", 0)) for name in config.forward}

@@ -61,7 +61,7 @@ class Retention:
                 continue
             if age_days < self.keep_days:
                 continue
-            states = self.ledger.forward_states(row.vendor, row.key)
+            states = self.ledger.forwards.states(row.vendor, row.key)
             # A configured destination with a row that is not uploaded keeps the file (still
             # trying, or given up: a person decides). No row: the file landed before the
             # destination was added (the forwarder claims everything since), so it waits

@@ -17,7 +17,8 @@ from scorefetch.core import logs
 from scorefetch.core.deliveries import Scheduler, retry_delay
 from scorefetch.core.errors import Failure
 from scorefetch.core.events import Downloaded, Event, Events, ForwardFailed, ForwardUploaded
-from scorefetch.core.ledger import Forward, Ledger
+from scorefetch.core.forwards import Forward
+from scorefetch.core.ledger import Ledger
 from scorefetch.forward import Destination, ForwardError
 from scorefetch.forward.sftp import SftpTarget
 
@@ -62,7 +63,7 @@ class Forwarder:
         if not isinstance(event, Downloaded):
             return
         for destination in self.destinations.values():
-            if destination.wants(event.vendor) and self.ledger.forward_claim(
+            if destination.wants(event.vendor) and self.ledger.forwards.claim(
                 destination.name,
                 event.vendor,
                 event.key,
@@ -78,8 +79,8 @@ class Forwarder:
         queued = 0
         for destination in self.destinations.values():
             vendors = tuple(v for v in ("collegeboard", "encoura") if destination.wants(v))
-            self.ledger.forward_backfill(destination.name, vendors)
-            for row in self.ledger.forwards_unfinished(destination.name):
+            self.ledger.forwards.backfill(destination.name, vendors)
+            for row in self.ledger.forwards.unfinished(destination.name):
                 self._log.info(
                     "forward.resumed",
                     destination=row.destination,
@@ -122,7 +123,7 @@ class Forwarder:
         if self._stopping.is_set():
             return
         try:
-            row = self.ledger.forward_get(*job)
+            row = self.ledger.forwards.get(*job)
             if row is not None and row.state != "uploaded":
                 self.forward(row)
         except Exception:  # noqa: BLE001 - one file must never stop the others
@@ -141,7 +142,7 @@ class Forwarder:
         """One attempt for one row; on failure, schedules the next round."""
         destination = self.destinations[row.destination]
         job = (row.destination, row.vendor, row.key)
-        attempt = self.ledger.forward_attempt(*job)
+        attempt = self.ledger.forwards.attempt(*job)
         started = time.monotonic()
         try:
             placed = destination.upload(Path(row.path), row.filename, row.vendor, row.product)
@@ -149,7 +150,7 @@ class Forwarder:
             self._failed(row, attempt, str(exc), exc.kind)
             return False
         elapsed = time.monotonic() - started
-        self.ledger.forward_uploaded(*job, placed.remote_path)
+        self.ledger.forwards.uploaded(*job, placed.remote_path)
         with self._lock:
             self._rounds.pop(job, None)
         fields: dict[str, Any] = {"already_there": True} if placed.already else {}
@@ -186,7 +187,7 @@ class Forwarder:
             self._rounds[job] = rounds + 1
         delay = retry_delay(kind, rounds, self.destinations[row.destination].retry_schedule)
         will_retry = delay is not None
-        self.ledger.forward_failed(*job, error, will_retry=will_retry)
+        self.ledger.forwards.failed(*job, error, will_retry=will_retry)
         fields: dict[str, Any] = {"kind": kind}
         if delay is not None and not self._stopping.is_set():
             fields["retry_in_s"] = delay

@@ -13,7 +13,11 @@ from types import FrameType
 
 from scorefetch.collegeboard.client import CollegeBoard
 from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
-from scorefetch.collegeboard.notifications import Notification, read_notification
+from scorefetch.collegeboard.notifications import (
+    Notification,
+    may_be_notification,
+    read_notification,
+)
 from scorefetch.collegeboard.reconciliation import Reconciler
 from scorefetch.config import Config
 from scorefetch.core import logs
@@ -115,6 +119,14 @@ class Service:
             log.exception("notification.rejected", message_id=None, reason="internal_error")
             return False
 
+    def may_be_notification(self, headers: bytes) -> bool:
+        """Whether a message with these header lines is worth fetching the HTML of."""
+        if self.deliveries is None:
+            return False
+        cb = self.deliveries.config
+        trust = cb.require_authentication_results
+        return may_be_notification(headers, cb.senders, trust.authserv_id if trust else None)
+
     def _all(self) -> list[Deliveries]:
         return [d for d in (self.deliveries, self.exports) if d is not None]
 
@@ -165,6 +177,7 @@ class Service:
                     self.stop,
                     self._ready,
                     self.notifier.tick,
+                    screen=self.may_be_notification,
                 )
                 watcher.run()
             else:

@@ -25,7 +25,7 @@ def _header_and_body(raw: bytes) -> tuple[bytes, bytes]:
     return (head + b"\r\n", body) if sep else (raw, b"")
 
 
-def _fields(raw: bytes, names: set[str]) -> bytes:
+def header_fields(raw: bytes, names: set[str]) -> bytes:
     head, _ = _header_and_body(raw)
     kept: list[bytes] = []
     keep = False
@@ -132,7 +132,7 @@ class FakeConnection:
         raw = self.messages[uid]
         fields = _HEADER_FIELDS.fullmatch(item)
         if fields:
-            data = _fields(raw, set(fields.group(1).split()))
+            data = header_fields(raw, set(fields.group(1).split()))
             if fields.group(2):
                 data = data[: int(fields.group(2))]
             key = item.replace(".PEEK", "").split("<")[0] + ("<0>" if fields.group(2) else "")

@@ -2,16 +2,23 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-PREFIX ?= /opt/scorefetch
+# make install: the system interpreter, never the first python3 on root's PATH (a pyenv or
+# conda one under /root that the service user cannot even execute).
+SYSTEM_PYTHON ?= /usr/bin/python3
+PREFIX    ?= /opt/scorefetch
+CONFDIR   ?= /etc/scorefetch
+STATEDIR  ?= /var/lib/scorefetch
+UNITDIR   ?= /etc/systemd/system
+SYSTEMCTL ?= systemctl
 
-.PHONY: venv demo test test-fast bench lint install uninstall clean
+.PHONY: venv demo test test-fast chaos bench lint install uninstall clean
 
 venv: $(BIN)/scorefetch
 
 $(BIN)/scorefetch: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,demo]'
+	$(BIN)/pip install --quiet -e '.[dev,demo,metrics]'
 	@touch $@
 
 demo: venv
@@ -22,7 +29,15 @@ test: venv
 
 # No real-daemon (e2e) or fault-injection tests: under a minute, for the edit-test loop.
 test-fast: venv
-	$(BIN)/pytest -m "not e2e and not slow" -q
+	$(BIN)/pytest -m "not e2e" -q
+
+# Kill the real daemon at random under faults for CHAOS_MINUTES, then check every file
+# landed exactly once (tests/test_chaos.py; `make test` runs it for 75 s). Disk faults
+# need root (a tmpfs download_dir).
+CHAOS_MINUTES ?= 10
+chaos: venv
+	CHAOS_SECONDS=$$(( $(CHAOS_MINUTES) * 60 )) $(BIN)/pytest tests/test_chaos.py -m chaos -s \
+		--timeout=$$(( $(CHAOS_MINUTES) * 60 + 600 ))
 
 bench: venv
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
@@ -33,23 +48,37 @@ lint: venv
 	$(BIN)/ruff format --check daemon tests bench
 	$(BIN)/mypy
 
+# The service user must be able to run the program and read its config and secrets:
+# /etc/scorefetch is root:scorefetch 0750, files in it 0640 root:scorefetch.
 install:
 	@test "$$(id -u)" = 0 || { echo "make install must run as root" >&2; exit 1; }
-	$(PYTHON) -m venv $(PREFIX)
-	$(PREFIX)/bin/pip install --quiet .
-	id -u scorefetch >/dev/null 2>&1 || useradd --system --home-dir /var/lib/scorefetch --shell /usr/sbin/nologin scorefetch
-	install -d -m 0750 /etc/scorefetch
-	test -e /etc/scorefetch/config.yaml || install -m 0640 -g scorefetch config/scorefetch.example.yaml /etc/scorefetch/config.yaml
-	install -m 0644 systemd/scorefetch.service systemd/scorefetch@.service /etc/systemd/system/
-	systemctl daemon-reload || true
+	@test -x $(SYSTEM_PYTHON) && $(SYSTEM_PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
+	  { echo "make install needs $(SYSTEM_PYTHON) with venv: apt-get install python3-venv" >&2; exit 1; }
+	$(SYSTEM_PYTHON) -m venv --clear $(PREFIX)
+	$(PREFIX)/bin/pip install --quiet '.[metrics]'
+	install -m 0644 README.md $(PREFIX)/README.md
+	install -d -m 0755 $(PREFIX)/contrib
+	install -m 0755 contrib/mail-office contrib/post-webhook $(PREFIX)/contrib/
+	id -u scorefetch >/dev/null 2>&1 || useradd --system --user-group --no-create-home \
+	  --home-dir $(STATEDIR) --shell /usr/sbin/nologin scorefetch
+	install -d -m 0750 -o root -g scorefetch $(CONFDIR)
+	test -e $(CONFDIR)/config.yaml || \
+	  install -m 0640 -o root -g scorefetch config/scorefetch.example.yaml $(CONFDIR)/config.yaml
+	install -d -m 0700 -o scorefetch -g scorefetch $(STATEDIR)
+	install -d -m 0755 $(UNITDIR)
+	for unit in scorefetch.service scorefetch@.service; do \
+	  sed -e 's|/opt/scorefetch|$(PREFIX)|g' -e 's|/etc/scorefetch|$(CONFDIR)|g' systemd/$$unit \
+	    > $(UNITDIR)/$$unit.tmp && chmod 0644 $(UNITDIR)/$$unit.tmp && \
+	  mv $(UNITDIR)/$$unit.tmp $(UNITDIR)/$$unit; done
+	-$(SYSTEMCTL) daemon-reload
 
 uninstall:
 	@test "$$(id -u)" = 0 || { echo "make uninstall must run as root" >&2; exit 1; }
-	-systemctl disable --now scorefetch.service
-	rm -f /etc/systemd/system/scorefetch.service /etc/systemd/system/scorefetch@.service
-	-systemctl daemon-reload
+	-$(SYSTEMCTL) disable --now scorefetch.service
+	rm -f $(UNITDIR)/scorefetch.service $(UNITDIR)/scorefetch@.service
+	-$(SYSTEMCTL) daemon-reload
 	rm -rf $(PREFIX)
-	@echo "kept /etc/scorefetch and /var/lib/scorefetch (configuration, ledger and files)"
+	@echo "kept $(CONFDIR), $(STATEDIR) and user scorefetch (configuration, ledger and files)"
 
 clean:
 	rm -rf $(VENV) build *.egg-info daemon/*.egg-info .mypy_cache .ruff_cache .pytest_cache

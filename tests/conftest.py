@@ -22,6 +22,15 @@ from tests.support import assert_no_secrets
 
 REQUIRE_DOVECOT = os.environ.get("SCOREFETCH_REQUIRE_DOVECOT") == "1"
 _folders = itertools.count(1)
+# A test that uses any of these talks to real servers or runs the real daemon: `e2e`,
+# left out of `make test-fast`.
+_E2E_FIXTURES = frozenset({"pymap_server", "dovecot_server", "imap_server", "start_daemon"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _E2E_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
 
 
 def dovecot_or_skip(workdir: Path) -> Any:

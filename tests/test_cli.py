@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from scorefetch.cli import main
+from scorefetch.core import logs
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import write_config
 from scorefetch.sandbox.imapserver import PymapServer
@@ -83,6 +85,61 @@ def test_sync_downloads_listed_files_the_ledger_lacks(
     assert "4 files listed" in capsys.readouterr().out
 
 
-def test_status_without_ledger(config_path: Path) -> None:
-    """`status` before the daemon ever ran says so and exits 1."""
-    assert main(["status", "-c", str(config_path)]) == 1
+def test_status_without_ledger(config_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before the daemon ever ran, `status` says so in words and `status --json` still prints
+    JSON of the usual shape (monitoring parses it); neither creates the ledger."""
+    assert main(["status", "-c", str(config_path)]) == 0
+    assert "has never run" in capsys.readouterr().out
+    assert main(["status", "-c", str(config_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ledger_exists"] is False
+    assert report["counts"] == {} and report["unfinished"] == [] and report["recent"] == []
+    assert not (config_path.parent / "state").exists()
+
+
+def test_status_shows_credential_alarm(
+    config_path: Path, cb_sim: CollegeBoardSimulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After College Board refused the password, `status` says so (the alarm's ledger line)."""
+    from scorefetch.config import load
+    from scorefetch.core.alarms import AuthAlarm
+    from scorefetch.core.errors import Failure
+    from scorefetch.core.events import DeliveryFailed, Events
+    from scorefetch.core.ledger import Ledger
+
+    logs.configure("json", "info", io.StringIO())  # the alarm logs; not into a closed capture
+    ledger = Ledger(load(config_path).ledger_path)
+    events = Events()
+    events.subscribe(AuthAlarm(events, ledger))
+    events.publish(DeliveryFailed("collegeboard", "a", "a", 1, "HTTP 401", Failure.AUTH, True))
+    ledger.close()
+    assert main(["status", "-c", str(config_path)]) == 0
+    assert "auth.collegeboard=failing: HTTP 401" in capsys.readouterr().out
+
+
+def test_fetch_again_when_gone_from_disk_or_forced(
+    config_path: Path,
+    cb_sim: CollegeBoardSimulator,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A file the ledger has but that is gone from disk is downloaded again, saying so;
+    one still there is left alone unless --force."""
+    name = "4300_20261121_111111.csv"
+    cb_sim.publish(name, b"x,y\r\n")
+    argv = ["fetch", "-c", str(config_path), "collegeboard", name]
+    assert main(argv) == 0
+    target = tmp_path / "files" / "collegeboard" / name
+    target.unlink()  # the CRM import moved it away
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert f"no longer at {target}; downloading again" in capsys.readouterr().out
+    assert target.read_bytes() == b"x,y\r\n"
+    assert main(argv) == 0
+    assert "--force downloads it again" in capsys.readouterr().out
+    assert cb_sim.stats.file_url_calls == 2
+    assert main([*argv, "--force"]) == 0
+    assert "forced; downloading again" in capsys.readouterr().out
+    assert cb_sim.stats.file_url_calls == 3
+    assert target.read_bytes() == b"x,y\r\n"  # the same bytes: still one file
+    assert sorted(p.name for p in target.parent.iterdir()) == [name]

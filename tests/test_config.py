@@ -163,7 +163,9 @@ def test_minimal_config_loads_with_documented_defaults(tmp_path: Path) -> None:
     assert cb.password.get_secret_value() == "cb-pw"
     assert cb.formats == ("csv",)
     assert cb.senders == ("@collegeboard.org",)
-    assert cb.download_hosts == ("s3.amazonaws.com", "*.s3.amazonaws.com")
+    assert cb.download_hosts[:2] == ("s3.amazonaws.com", "*.s3.amazonaws.com")
+    assert "*.s3.*.amazonaws.com" in cb.download_hosts  # regional endpoints too
+    assert cb.max_file_size == 2 * 1024**3
     assert cb.poll_interval == 3600.0
     assert cb.max_parallel == 4
     assert cb.retry_schedule == (30.0, 120.0, 600.0, 3600.0)
@@ -255,6 +257,35 @@ def test_collegeboard_disabled_needs_no_imap(tmp_path: Path) -> None:
     loaded = config.load(write_yaml(tmp_path, data), environ={})
     assert loaded.imap is None
     assert loaded.collegeboard is not None and loaded.collegeboard.enabled is False
+
+
+def test_disabled_vendor_needs_no_credentials(tmp_path: Path) -> None:
+    """`collegeboard: {enabled: false}` loads without username or password, and a disabled
+    section's secret files are not even read (the credential need not exist)."""
+    data = {"download_dir": "/srv/f", "state_dir": "/srv/s", "collegeboard": {"enabled": False}}
+    loaded = config.load(write_yaml(tmp_path, data), environ={})
+    assert loaded.collegeboard is not None and loaded.collegeboard.password is None
+    data["encoura"] = {"enabled": False, "api_key_file": "missing", "password_file": "missing"}
+    data["collegeboard"] = {"enabled": False, "password_file": "missing"}
+    assert config.load(write_yaml(tmp_path, data), environ={}).encoura is not None
+
+
+def test_enabled_collegeboard_still_needs_credentials(tmp_path: Path) -> None:
+    """An enabled College Board section without a password names the key."""
+    data = patched(minimal(), {"collegeboard.password": DELETE})
+    message = load_error(write_yaml(tmp_path, data))
+    assert "collegeboard.password: required key is missing" in message
+
+
+def test_hooks_need_absolute_programs(tmp_path: Path) -> None:
+    """A hook's program is an absolute path (no shell, no PATH lookup); timeout is a duration."""
+    data = patched(minimal(), {"hooks.on_failure": ["mail-office", "it@example.edu"]})
+    assert "hooks.on_failure: 'mail-office': give the program's absolute path" in load_error(
+        write_yaml(tmp_path, data)
+    )
+    data = patched(minimal(), {"hooks.on_delivery": ["/usr/local/bin/x"], "hooks.timeout": "1m"})
+    loaded = config.load(write_yaml(tmp_path, data), environ={})
+    assert loaded.hooks.on_delivery == ("/usr/local/bin/x",) and loaded.hooks.timeout == 60
 
 
 def test_directories_only_config_loads(tmp_path: Path) -> None:

@@ -19,7 +19,11 @@ def test_demo_lands_every_expected_file_and_says_so() -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     out = done.stdout
     assert "demo OK" in out
-    assert out.count("  ok  ") == 5  # four College Board files and one Encoura export
+    landed = out[out.index("files that landed") :]
+    assert landed.count("  ok  ") == 5  # four College Board files and one Encoura export
+    doctor = out[out.index("scorefetch doctor") : out.index("files that landed")]
+    for check in ("folders", "ledger", "imap", "collegeboard", "encoura", "clock"):
+        assert f"ok    {check}" in doctor  # doctor passes against the sandbox before the start
     assert "encoura/score-reporter/" in out
     for event in (
         "daemon.ready",

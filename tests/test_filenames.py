@@ -16,7 +16,6 @@ from scorefetch.core.filenames import (
     check_name,
     file_format,
     name_from_url,
-    twin_key,
 )
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -181,34 +180,6 @@ def test_refusal_says_why(name: str, message: str) -> None:
 def test_file_format(name: str, fmt: str) -> None:
     """The lower-cased last extension without its dot, or '' when there is none."""
     assert file_format(name) == fmt
-
-
-@pytest.mark.parametrize(
-    ("name", "key"),
-    [
-        ("4300_20261121_101544.csv", "4300_20261121_101544"),
-        ("4300_20261121_101544.txt", "4300_20261121_101544"),
-        ("essays.zip", "essays"),
-        ("a.tar.gz", "a.tar"),
-        ("noext", "noext"),
-        (".csv", ".csv"),
-        ("a.", "a"),
-        ("", ""),
-        ("A.CSV", "A"),
-    ],
-    ids=["csv", "txt", "zip", "double", "none", "dotfile", "trailing", "empty", "case-kept"],
-)
-def test_twin_key(name: str, key: str) -> None:
-    """The name without its last extension (case kept), or the whole name when none."""
-    assert twin_key(name) == key
-
-
-def test_csv_and_txt_postings_are_twins() -> None:
-    """The vendor's csv and txt postings of one file share a twin key; other files do not."""
-    csv, txt = "4300_20261121_101544.csv", "4300_20261121_101544.txt"
-    assert twin_key(csv) == twin_key(txt)
-    assert {file_format(csv), file_format(txt)} == {"csv", "txt"}
-    assert twin_key("4300_20261121_101545.csv") != twin_key(txt)
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ from scorefetch.core.filenames import check_name
 from scorefetch.sandbox import mail
 from tests.standins.fakeimap import header_fields
 
-SAMPLES = Path(__file__).parent / "samples"  # our own copies: a clone has no ../shared
+SAMPLES = Path(__file__).parent / "samples"  # the project's own copies
 SENDERS = ("@collegeboard.org",)
 FROM = "College Board Reporting <reportingportal@collegeboard.org>"
 NAME = "4300_20180410_111604.csv"

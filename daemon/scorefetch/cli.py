@@ -14,21 +14,18 @@ import yaml
 
 from scorefetch import __version__
 from scorefetch import config as config_module
-from scorefetch.collegeboard.client import CollegeBoard
-from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
-from scorefetch.collegeboard.reconciliation import missing
 from scorefetch.config import Config
 from scorefetch.core import logs
 from scorefetch.core.deliveries import Deliveries
 from scorefetch.core.downloads import Progress
 from scorefetch.core.errors import ConfigError, RefusedError, ScorefetchError
 from scorefetch.core.filenames import check_name
-from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger
-from scorefetch.encoura.client import Encoura
-from scorefetch.encoura.poller import EncouraDeliveries, locate, recover
+from scorefetch.core.sources import Source
+from scorefetch.sources import SOURCES
 
 EX_OK, EX_FAILURE, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
+EX_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C in an interactive command
 SYNC_DEFAULT_DAYS = 30
 
 
@@ -52,10 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     command("run", "run the daemon in the foreground (what systemd runs)")
     command("check-config", "validate the config; print it with secrets masked")
     fetch = command("fetch", "download files by name, once, by hand")
-    fetch.add_argument("vendor", choices=["collegeboard", "encoura"])
+    fetch.add_argument("vendor", choices=list(SOURCES))
     fetch.add_argument("names", nargs="+", metavar="NAME", help="file names, or export uids")
+    fetch.add_argument(
+        "--force", action="store_true", help="download again even when the file is on disk"
+    )
     sync = command("sync", "one listing-based catch-up pass, then exit")
-    sync.add_argument("--vendor", choices=["collegeboard", "encoura"], default="collegeboard")
+    sync.add_argument("--vendor", choices=list(SOURCES), default="collegeboard")
     sync.add_argument(
         "--since",
         metavar="DATE",
@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     status = command("status", "recent deliveries, failures and watcher state, from the ledger")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor = command("doctor", "prove this deployment works: config, folders, mailbox, vendors")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
     demo = command("demo", "run everything against the built-in sandbox and show what landed")
     demo.add_argument("--keep", action="store_true", help="keep the sandbox folder afterwards")
     return parser
@@ -88,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             logs.configure("console" if sys.stdout.isatty() else "json")
             return run_demo(keep=args.keep)
         path = args.config or config_module.default_path()
+        if args.command == "doctor":
+            return _doctor(path, args)
         config = config_module.load(path)
         handlers: dict[str, Callable[[Config, argparse.Namespace], int]] = {
             "run": _run,
@@ -105,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     except ScorefetchError as exc:
         print(f"scorefetch: {exc}", file=sys.stderr)
         return EX_FAILURE
-    except KeyboardInterrupt:
-        return EX_OK
+    except KeyboardInterrupt:  # `run` handles SIGINT itself and exits 0 (a clean stop)
+        return EX_OK if args.command == "run" else EX_INTERRUPTED
 
 
 def _run(config: Config, _args: argparse.Namespace) -> int:
@@ -143,40 +147,15 @@ def _bar(name: str) -> Progress | None:
     return show
 
 
-def _collegeboard(config: Config) -> CollegeBoardDeliveries:
-    if config.collegeboard is None or not config.collegeboard.enabled:
-        raise ConfigError("collegeboard: not configured or not enabled")
-    client = CollegeBoard(config.collegeboard, build_session())
-    return CollegeBoardDeliveries(
-        client, Ledger(config.ledger_path), config.download_dir, progress=_bar
-    )
+def _source(config: Config, vendor: str) -> Source:
+    """The source `vendor` with a progress bar, or a ConfigError when it is not enabled."""
+    source = SOURCES[vendor](config, Ledger(config.ledger_path), _bar, None)
+    if source is None:
+        raise ConfigError(f"{vendor}: not configured or not enabled")
+    return source
 
 
-def _encoura(config: Config) -> EncouraDeliveries:
-    if config.encoura is None or not config.encoura.enabled:
-        raise ConfigError("encoura: not configured or not enabled")
-    client = Encoura(config.encoura, build_session())
-    return EncouraDeliveries(client, Ledger(config.ledger_path), config.download_dir, progress=_bar)
-
-
-def _claim_names(deliveries: CollegeBoardDeliveries, names: list[str], source: str) -> list[str]:
-    """The names to download now; says why each other one is left."""
-    claimed = []
-    for name in names:
-        if not deliveries.wants(name):
-            print(f"{name}: skipped, not one of the formats {list(deliveries.config.formats)}")
-        elif deliveries.ledger.claim(deliveries.vendor, name, name, source):
-            claimed.append(name)
-        else:
-            row = deliveries.ledger.get(deliveries.vendor, name)
-            print(
-                f"{name}: already {row.state if row else 'known'}"
-                + (f" at {row.path}" if row and row.path else "")
-            )
-    return claimed
-
-
-def _deliver_now(deliveries: Deliveries, keys: list[str]) -> int:
+def _deliver_now(deliveries: Deliveries[Any], keys: list[str]) -> int:
     """Download each key in the foreground; 1 if any failed (the daemon retries those)."""
     failed = 0
     try:
@@ -200,16 +179,25 @@ def _fetch(config: Config, args: argparse.Namespace) -> int:
         except RefusedError as exc:
             print(f"scorefetch: {key!r}: {exc}", file=sys.stderr)
             return EX_USAGE
-    if args.vendor == "encoura":
-        exports = _encoura(config)
-        ready = locate(exports, keys)
-        for uid in keys:
-            row = exports.ledger.get(exports.vendor, uid)
-            if uid not in ready and row is not None:
-                print(f"{uid}: already downloaded at {row.path}")
-        return _deliver_now(exports, ready)
-    deliveries = _collegeboard(config)
-    return _deliver_now(deliveries, _claim_names(deliveries, keys, "fetch"))
+    source = _source(config, args.vendor)
+    return _deliver_now(source.deliveries, source.fetch(keys, print, force=args.force))
+
+
+def _doctor(path: Path, args: argparse.Namespace) -> int:
+    """Every check, one line each (or JSON); 78 when the config itself is wrong."""
+    from scorefetch import doctor
+
+    logs.configure("json", "error", sys.stderr)  # stdout is the report
+    try:
+        config = config_module.load(path)
+    except ConfigError as exc:
+        checks = [doctor.config_check(path, exc)]
+        code = EX_CONFIG
+    else:
+        checks = [doctor.config_check(path, None), *doctor.run(config)]
+        code = EX_OK if all(c.ok for c in checks) else EX_FAILURE
+    print(json.dumps(doctor.as_json(checks), indent=2) if args.json else doctor.render(checks))
+    return code
 
 
 def _sync(config: Config, args: argparse.Namespace) -> int:
@@ -222,29 +210,32 @@ def _sync(config: Config, args: argparse.Namespace) -> int:
     except ValueError:
         print(f"scorefetch: --since {args.since!r} is not a date (YYYY-MM-DD)", file=sys.stderr)
         return EX_USAGE
-    if args.vendor == "encoura":
-        exports = _encoura(config)
-        uids = recover(exports, since)
-        print(f"encoura: {len(uids)} exports since {since.date().isoformat()} to download")
-        return _deliver_now(exports, uids)
-    deliveries = _collegeboard(config)
-    listed = deliveries.client.list_files(since)
-    names = missing(deliveries, listed)
-    print(
-        f"collegeboard: {len(listed)} files listed since {since.date().isoformat()}, "
-        f"{len(names)} to download"
-    )
-    return _deliver_now(deliveries, _claim_names(deliveries, names, "listing"))
+    source = _source(config, args.vendor)
+    return _deliver_now(source.deliveries, source.sync(since, print))
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
     if not config.ledger_path.exists():
-        print(f"no ledger yet at {config.ledger_path}: the daemon has not run", file=sys.stderr)
-        return EX_FAILURE
+        # Monitoring parses --json: the same shape, empty, says "never ran".
+        empty: dict[str, Any] = {
+            "ledger": str(config.ledger_path),
+            "ledger_exists": False,
+            "counts": {},
+            "watcher": {},
+            "mailbox": None,
+            "unfinished": [],
+            "recent": [],
+        }
+        if args.json:
+            print(json.dumps(empty, indent=2))
+        else:
+            print(f"ledger   {config.ledger_path} does not exist yet: the daemon has never run")
+        return EX_OK
     ledger = Ledger(config.ledger_path)
     try:
         report: dict[str, Any] = {
             "ledger": str(config.ledger_path),
+            "ledger_exists": True,
             "counts": ledger.counts(),
             "watcher": {k: {"value": v, "at": at} for k, (v, at) in ledger.watcher().items()},
             "mailbox": (
@@ -252,9 +243,8 @@ def _status(config: Config, args: argparse.Namespace) -> int:
                 if config.imap and (pos := ledger.mailbox_position(config.imap.folder))
                 else None
             ),
-            "unfinished": [
-                vars(d) for vendor in ("collegeboard", "encoura") for d in ledger.unfinished(vendor)
-            ],
+            "positions": {k: {"value": v, "at": at} for k, (v, at) in ledger.positions().items()},
+            "unfinished": [vars(d) for vendor in SOURCES for d in ledger.unfinished(vendor)],
             "recent": [vars(d) for d in ledger.recent(20)],
         }
     finally:
@@ -266,6 +256,8 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     print("counts   " + (", ".join(f"{k}={v}" for k, v in report["counts"].items()) or "empty"))
     for key, item in report["watcher"].items():
         print(f"watcher  {key}={item['value']} (at {item['at']})")
+    for key, item in report["positions"].items():
+        print(f"position {key}={item['value']} (at {item['at']})")
     if report["mailbox"]:
         print(
             f"mailbox  uidvalidity={report['mailbox']['uidvalidity']} "

@@ -31,6 +31,7 @@ from pydantic import (
 
 from scorefetch import configfile
 from scorefetch.core.errors import ConfigError
+from scorefetch.core.urls import UrlError, connect_target
 
 DEFAULT_PATH = Path("/etc/scorefetch/config.yaml")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -69,10 +70,12 @@ def is_loopback(host: str) -> bool:
 
 
 def _check_base_url(url: str) -> str:
+    try:  # read as the connection will read it: no userinfo, no parser tricks
+        target = connect_target(url)
+    except UrlError as exc:
+        raise ValueError(str(exc)) from None  # not the URL: it may carry user:password
     parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ValueError(f"{url!r} is not an http(s) URL")
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(target.host):
         raise ValueError(f"{url!r}: http:// is accepted only for loopback hosts; use https://")
     if parts.query or parts.fragment:
         raise ValueError(f"{url!r}: a base URL carries no query or fragment")
@@ -80,6 +83,38 @@ def _check_base_url(url: str) -> str:
 
 
 BaseUrl = Annotated[str, AfterValidator(_check_base_url)]
+
+# Where presigned S3 URLs point: global, regional, dual-stack, and the older dash forms,
+# virtual-hosted (`bucket.` first) and path-style. Not `*.amazonaws.com`: EC2 hosts
+# (`ec2-….compute-1.amazonaws.com`) belong to whoever rents them.
+S3_HOSTS = (
+    "s3.amazonaws.com",
+    "*.s3.amazonaws.com",
+    "s3.*.amazonaws.com",
+    "*.s3.*.amazonaws.com",
+    "s3.dualstack.*.amazonaws.com",
+    "*.s3.dualstack.*.amazonaws.com",
+    "s3-*.amazonaws.com",
+    "*.s3-*.amazonaws.com",
+)
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.I)
+
+
+def parse_size(value: object) -> int:
+    """`500M`, `2GiB`, `1.5G` or plain bytes → bytes (K, M, G, T are powers of 1024)."""
+    if isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
+        raise ValueError(f"{value!r} is not a size")
+    if isinstance(value, int | float):
+        return int(value)
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a size (use e.g. 500M, 2G or bytes)")
+    unit = (match.group(2) or "b")[0].lower()
+    return int(float(match.group(1)) * 1024 ** "bkmgt".index(unit))
+
+
+MaxFileSize = Annotated[int, BeforeValidator(parse_size), Field(gt=0)]
+DEFAULT_MAX_FILE_SIZE = 2 * 1024**3  # a year of SAT scores is a few hundred MB
 
 
 def _check_endpoint(url: str) -> str:
@@ -231,12 +266,13 @@ class CollegeBoardConfig(_Model):
     enabled: bool = True
     base_url: BaseUrl = "https://scoresdownload.collegeboard.org"
     auth: Literal["one-step", "token"] = "one-step"
-    username: str
-    password: SecretStr
+    username: str | None = None  # required when enabled (checked below)
+    password: SecretStr | None = None
     formats: tuple[Literal["csv", "txt", "zip"], ...] = ("csv",)
     senders: tuple[str, ...] = ("@collegeboard.org",)
     require_authentication_results: AuthenticationResults | None = None
-    download_hosts: tuple[str, ...] = ("s3.amazonaws.com", "*.s3.amazonaws.com")
+    download_hosts: tuple[str, ...] = S3_HOSTS
+    max_file_size: MaxFileSize = DEFAULT_MAX_FILE_SIZE
     poll_interval: Duration = 3600.0
     listing_overlap: Duration = 3600.0
     timezone: str = "America/New_York"
@@ -269,6 +305,14 @@ class CollegeBoardConfig(_Model):
                 raise ValueError(f"{sender!r} is neither an address nor an @domain")
         return tuple(s.lower() for s in value)
 
+    @model_validator(mode="after")
+    def _credentials(self) -> CollegeBoardConfig:
+        if self.enabled:
+            for key in ("username", "password"):
+                if getattr(self, key) is None:
+                    raise ValueError(f"{key}: required key is missing")
+        return self
+
 
 class EncouraConfig(_Model):
     enabled: bool = False
@@ -279,7 +323,8 @@ class EncouraConfig(_Model):
     organization: str | None = None
     product_keys: tuple[str, ...] = ("score-reporter",)
     poll_interval: Duration = Field(900.0, gt=0)
-    download_hosts: tuple[str, ...] = ("s3.amazonaws.com", "*.s3.amazonaws.com")
+    download_hosts: tuple[str, ...] = S3_HOSTS
+    max_file_size: MaxFileSize = DEFAULT_MAX_FILE_SIZE
     max_parallel: int = Field(2, ge=1, le=16)
     retry_schedule: tuple[Duration, ...] = (30.0, 120.0, 600.0, 3600.0)
     download_timeout: Duration = Field(3600.0, gt=0)
@@ -303,6 +348,73 @@ class EncouraConfig(_Model):
         return self
 
 
+# --- hooks and metrics (telling people) ---
+
+
+def _check_argv(argv: tuple[str, ...]) -> tuple[str, ...]:
+    if argv and not argv[0].startswith("/"):
+        raise ValueError(f"{argv[0]!r}: give the program's absolute path (no shell, no PATH)")
+    return argv
+
+
+HookArgv = Annotated[tuple[str, ...], AfterValidator(_check_argv)]
+
+
+class HooksConfig(_Model):
+    """Programs run (argv, no shell) with the facts in SCOREFETCH_* environment variables."""
+
+    on_delivery: HookArgv = ()
+    on_failure: HookArgv = ()  # only for failures that will not be retried
+    timeout: Duration = Field(30.0, gt=0, le=3600)
+    max_parallel: int = Field(4, ge=1, le=16)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`HOST:PORT`, `[V6]:PORT` or a bare `PORT` (loopback) → (host, port)."""
+    text = value.strip()
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:9464)")
+    return host, int(port)
+
+
+def _check_listen(value: str) -> str:
+    parse_listen(value)
+    return value
+
+
+class MetricsConfig(_Model):
+    """Prometheus metrics (the `metrics` extra): an HTTP endpoint and/or a textfile for
+    node_exporter's textfile collector."""
+
+    listen: Annotated[str, AfterValidator(_check_listen)] | None = None
+    textfile: Path | None = None
+    interval: Duration = Field(15.0, gt=0, le=3600)  # how often the textfile is rewritten
+
+    @field_validator("textfile")
+    @classmethod
+    def _prom(cls, value: Path | None) -> Path | None:
+        if value is not None and (not value.is_absolute() or value.suffix != ".prom"):
+            raise ValueError(f"{str(value)!r}: an absolute path ending in .prom (node_exporter)")
+        return value
+
+    @model_validator(mode="after")
+    def _somewhere(self) -> MetricsConfig:
+        if self.listen is None and self.textfile is None:
+            raise ValueError("listen: give listen, textfile, or both")
+        return self
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        return parse_listen(self.listen) if self.listen is not None else None
+
+
+# --- end of hooks and metrics ---
+
+
 class Config(_Model):
     download_dir: Path
     state_dir: Path
@@ -310,6 +422,8 @@ class Config(_Model):
     imap: ImapConfig | None = None
     collegeboard: CollegeBoardConfig | None = None
     encoura: EncouraConfig | None = None
+    hooks: HooksConfig = HooksConfig()
+    metrics: MetricsConfig | None = None
 
     @model_validator(mode="after")
     def _sources(self) -> Config:

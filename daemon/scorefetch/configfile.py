@@ -29,12 +29,24 @@ def read(path: Path, env: dict[str, str]) -> dict[str, Any]:
     try:
         raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys")
     secrets_dir = Path(env["CREDENTIALS_DIRECTORY"]) if env.get("CREDENTIALS_DIRECTORY") else None
     expanded: dict[str, Any] = _expand(raw, (), path, env, secrets_dir or path.parent)
     return expanded
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, without PyYAML's snippet of the line: that line may be a password."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return type(exc).__name__
+    parts = [
+        f"line {mark.line + 1}, column {mark.column + 1}: {text}" if mark else text
+        for mark, text in ((exc.context_mark, exc.context), (exc.problem_mark, exc.problem))
+        if text
+    ]
+    return "; ".join(parts) or "syntax error"
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -107,6 +119,7 @@ def _expand(
     if not isinstance(node, dict):
         return node
     out: dict[str, Any] = {}
+    disabled = node.get("enabled") is False  # its secrets are not needed: may be missing
     for key, value in node.items():
         key = str(key)
         name = key.removesuffix("_file")
@@ -115,9 +128,13 @@ def _expand(
                 raise ConfigError(
                     f"{path}: {key_path((*loc, key))}: give {name} or {key}, not both"
                 )
-            out[name] = _read_secret(
-                _expand(value, (*loc, key), path, env, base), (*loc, key), path, base
-            )
+            try:
+                out[name] = _read_secret(
+                    _expand(value, (*loc, key), path, env, base), (*loc, key), path, base
+                )
+            except ConfigError:
+                if not disabled:
+                    raise
         else:
             out[key] = _expand(value, (*loc, key), path, env, base)
     return out

@@ -15,6 +15,8 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from scorefetch import doctor
+from scorefetch.config import load as load_config
 from scorefetch.sandbox import mail
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, Event, pretty, write_config
@@ -91,6 +93,12 @@ def _demo(
         f"files under {folder / 'files'}\n"
     )
     imap.deliver(mail.notification(f"{early}.csv"))
+    print("scorefetch doctor (before the first start):")
+    checks = doctor.run(load_config(config))
+    print("\n".join(f"  {line}" for line in doctor.render(checks).splitlines()) + "\n")
+    if not all(check.ok for check in checks):
+        print("demo FAILED: doctor found a problem")
+        return 1
     daemon = DaemonProcess(config, echo=_show)
     expected = {f"collegeboard/{s}.csv" for s in (lost, early, pair, later)}
     expected.add(f"encoura/score-reporter/{export}")

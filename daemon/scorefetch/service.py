@@ -1,5 +1,5 @@
-"""The daemon: wires the ledger, the vendors and the mailbox watcher; speaks sd_notify;
-stops cleanly on SIGTERM."""
+"""The daemon: the ledger and every enabled source (scorefetch/sources.py); speaks
+sd_notify; stops cleanly on SIGTERM."""
 
 from __future__ import annotations
 
@@ -11,26 +11,18 @@ import threading
 import time
 from types import FrameType
 
-from scorefetch.collegeboard.client import CollegeBoard
-from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
-from scorefetch.collegeboard.notifications import (
-    Notification,
-    may_be_notification,
-    read_notification,
-)
-from scorefetch.collegeboard.reconciliation import Reconciler
+from scorefetch import sources
 from scorefetch.config import Config
 from scorefetch.core import logs
-from scorefetch.core.deliveries import Deliveries
 from scorefetch.core.downloads import remove_partials
-from scorefetch.core.errors import VendorError
-from scorefetch.core.http import build_session
+from scorefetch.core.errors import describe
+from scorefetch.core.events import Events
 from scorefetch.core.ledger import Ledger
-from scorefetch.encoura.client import Encoura
-from scorefetch.encoura.poller import KNOWN_PRODUCT_KEYS, EncouraDeliveries, EncouraPoller
-from scorefetch.mailbox.watcher import MailboxWatcher
+from scorefetch.core.sources import Source
+from scorefetch.observers import attach
 
 SHUTDOWN_GRACE_S = 30.0  # in-flight downloads get this long after SIGTERM
+TICK_S = 0.2  # how often the main loop looks at the sources and the stop flag
 
 
 class Notifier:
@@ -66,84 +58,24 @@ class Notifier:
 
 
 class Service:
+    """Runs every enabled source until SIGTERM/SIGINT; the main thread only watches that
+    their loops are alive and feeds the systemd watchdog while they are."""
+
     def __init__(self, config: Config) -> None:
         self.config = config
         self.stop = threading.Event()
+        self.running = threading.Event()  # set once every source is watching (READY=1)
         self.notifier = Notifier()
         self.ledger = Ledger(config.ledger_path)
-        self.deliveries: CollegeBoardDeliveries | None = None
-        cb = config.collegeboard
-        if cb is not None and cb.enabled:
-            client = CollegeBoard(cb, build_session())
-            self.deliveries = CollegeBoardDeliveries(client, self.ledger, config.download_dir)
-        self.reconciler: Reconciler | None = None
-        if self.deliveries is not None and self.deliveries.config.poll_interval > 0:
-            lookback = config.imap.lookback_days if config.imap else 14
-            self.reconciler = Reconciler(self.deliveries, self.stop, lookback)
-        self.exports: EncouraDeliveries | None = None
-        if config.encoura is not None and config.encoura.enabled:
-            encoura = Encoura(config.encoura, build_session())
-            self.exports = EncouraDeliveries(encoura, self.ledger, config.download_dir)
-        self.sources = [d.vendor for d in self._all()]
+        self.events = Events()
+        self.sources: list[Source] = sources.enabled(config, self.ledger, events=self.events)
+        self.observers = attach(config, self.events, self.ledger, self.names)
         self._signal: str | None = None
         self._log = logs.get()
 
-    def handle_message(self, uid: int, raw: bytes | None, reason: str) -> bool:
-        """One email: announce its files (True once the ledger holds them), or say in one
-        line why not (False). Never raises."""
-        log = self._log.bind(uid=uid)
-        if raw is None or self.deliveries is None:
-            log.warning("notification.rejected", message_id=None, reason=reason or "disabled")
-            return False
-        try:
-            cb = self.deliveries.config
-            trust = cb.require_authentication_results
-            found = read_notification(raw, cb.senders, trust.authserv_id if trust else None)
-            if not isinstance(found, Notification):
-                log.info(
-                    "notification.rejected",
-                    message_id=found.message_id,
-                    reason=found.reason,
-                    detail=found.detail,
-                )
-                return False
-            log.info(
-                "notification.received",
-                vendor="collegeboard",
-                message_id=found.message_id,
-                filenames=list(found.filenames),
-            )
-            self.deliveries.announce(found.filenames, source="notification")
-            return True
-        except Exception:
-            log.exception("notification.rejected", message_id=None, reason="internal_error")
-            return False
-
-    def may_be_notification(self, headers: bytes) -> bool:
-        """Whether a message with these header lines is worth fetching the HTML of."""
-        if self.deliveries is None:
-            return False
-        cb = self.deliveries.config
-        trust = cb.require_authentication_results
-        return may_be_notification(headers, cb.senders, trust.authserv_id if trust else None)
-
-    def _all(self) -> list[Deliveries]:
-        return [d for d in (self.deliveries, self.exports) if d is not None]
-
-    def _start_encoura(self) -> None:
-        """Log in now so that an ambiguous organization stops the start (exit 78); a vendor
-        outage does not: the poller logs in again on its first pass."""
-        assert self.exports is not None
-        for key in self.exports.config.product_keys:
-            if key not in KNOWN_PRODUCT_KEYS:
-                self._log.warning(
-                    "encoura.unknown_product_key", product_key=key, known=sorted(KNOWN_PRODUCT_KEYS)
-                )
-        try:
-            organization = self.exports.client.login()
-            self._log.info("encoura.logged_in", organization=organization)
-        except VendorError as exc:
-            self._log.error("encoura.login_failed", error=str(exc))
+    @property
+    def names(self) -> list[str]:
+        return [source.vendor for source in self.sources]
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         # Only set flags here: the handler runs between any two bytecodes of the main
@@ -151,47 +83,49 @@ class Service:
         self._signal = signal.Signals(signum).name
         self.stop.set()
 
-    def _ready(self) -> None:
-        self._log.info("daemon.ready", sources=self.sources, pid=os.getpid())
-        self.notifier.send("READY=1\nSTATUS=watching " + ", ".join(self.sources))
-        if self.reconciler is not None:
-            self.reconciler.start()
-        if self.exports is not None:
-            EncouraPoller(self.exports, self.stop).start()
+    def _remove_partials(self) -> None:
+        try:
+            for part in remove_partials(self.config.download_dir):
+                self._log.warning("delivery.partial_removed", path=str(part))
+        except OSError as exc:  # an unreadable folder: the downloads will say so, and retry
+            self._log.warning("delivery.partial_cleanup_failed", error=describe(exc))
 
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
-        for part in remove_partials(self.config.download_dir):
-            self._log.warning("delivery.partial_removed", path=str(part))
-        if self.exports is not None:
-            self._start_encoura()
-        for deliveries in self._all():
-            deliveries.resume()
+        self.observers.start()
+        self._remove_partials()
         try:
-            if self.config.imap is not None and self.deliveries is not None:
-                watcher = MailboxWatcher(
-                    self.config.imap,
-                    self.ledger,
-                    self.handle_message,
-                    self.stop,
-                    self._ready,
-                    self.notifier.tick,
-                    screen=self.may_be_notification,
-                )
-                watcher.run()
-            else:
-                self._ready()
-                while not self.stop.wait(1.0):
-                    self.notifier.tick()
+            watching = [source.start(self.stop, self.running) for source in self.sources]
+            for source in self.sources:
+                source.resume()
+            self._main_loop(watching)
         finally:
-            self._log.info("daemon.stopping", sources=self.sources, signal=self._signal)
+            self._log.info("daemon.stopping", sources=self.names, signal=self._signal)
             self.notifier.send("STOPPING=1")
-            if not all([d.close(SHUTDOWN_GRACE_S) for d in self._all()]):
+            if not all([source.stop(SHUTDOWN_GRACE_S) for source in self.sources]):
                 # Downloads still running: leave now. Their rows stay unfinished in the
                 # ledger and their .part files are removed and redone on the next start.
                 self._log.warning("daemon.shutdown_timeout", grace_s=SHUTDOWN_GRACE_S)
+                self.observers.close()
                 sys.stdout.flush()
                 os._exit(0)
+            self.observers.close()  # after the downloads: their last events still count
             self.ledger.close()
         return 0
+
+    def _main_loop(self, watching: list[threading.Event]) -> None:
+        """READY=1 once every source watches; WATCHDOG=1 only while every loop is alive."""
+        dead: list[str] = []
+        while not self.stop.wait(TICK_S):
+            if not self.running.is_set() and all(event.is_set() for event in watching):
+                self._log.info("daemon.ready", sources=self.names, pid=os.getpid())
+                self.notifier.send("READY=1\nSTATUS=watching " + ", ".join(self.names))
+                self.running.set()
+            now_dead = [loop.name for s in self.sources for loop in s.loops() if not loop.alive]
+            if now_dead and now_dead != dead:
+                # systemd (WatchdogSec) restarts the service; without it, this line says why.
+                self._log.error("daemon.unhealthy", dead_loops=now_dead)
+            dead = now_dead
+            if not dead:
+                self.notifier.tick()

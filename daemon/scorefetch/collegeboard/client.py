@@ -34,6 +34,51 @@ def format_from_date(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+# Pure parsers: one per answer, each returning typed values or raising VendorError.
+def parse_token(answer: Any) -> str:
+    """The token of a /pascoredwnld/login answer."""
+    token = answer.get("token") if isinstance(answer, dict) else None
+    if not isinstance(token, str) or not token.strip():
+        raise VendorError("/pascoredwnld/login: no token in the answer", kind=Failure.AUTH)
+    return token.strip()
+
+
+def parse_file_url(answer: Any) -> str:
+    """The presigned URL of a /pascoredwnld/file answer (checked by downloads.check_url)."""
+    url = answer.get("fileUrl") if isinstance(answer, dict) else None
+    if not isinstance(url, str) or not url:
+        raise VendorError("/pascoredwnld/file: no fileUrl in the response", kind=Failure.TRANSIENT)
+    return url
+
+
+def parse_listing(answer: Any) -> list[ListedFile]:
+    """The files of a /pascoredwnld/files/list answer; `files` null or missing means none.
+    Entries without a string `fileName` are left out; names are checked by the caller."""
+    if not isinstance(answer, dict):
+        raise VendorError(
+            "/pascoredwnld/files/list: the answer is not an object", kind=Failure.TRANSIENT
+        )
+    entries = answer.get("files")
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        raise VendorError("/pascoredwnld/files/list: `files` is not a list", kind=Failure.TRANSIENT)
+    listed = []
+    for entry in entries:
+        if isinstance(entry, dict) and isinstance(entry.get("fileName"), str):
+            size, delivered = entry.get("fileSize"), entry.get("deliveryDate")
+            listed.append(
+                ListedFile(
+                    entry["fileName"].strip(),
+                    size
+                    if isinstance(size, int) and not isinstance(size, bool) and size >= 0
+                    else None,
+                    delivered if isinstance(delivered, str) and delivered else None,
+                )
+            )
+    return listed
+
+
 class CollegeBoard:
     """`auth: one-step` sends the credentials with every call (the vendor's advice for email
     triggers); `auth: token` logs in once, reuses the token and logs in again after a 401."""
@@ -47,9 +92,10 @@ class CollegeBoard:
         self._token_lock = threading.Lock()
 
     def _credentials(self) -> dict[str, str]:
+        password = self.config.password
         return {
-            "username": self.config.username,
-            "password": self.config.password.get_secret_value(),
+            "username": self.config.username or "",
+            "password": password.get_secret_value() if password is not None else "",
         }
 
     def _auth_body(self, stale: str | None) -> tuple[dict[str, str], str | None]:
@@ -58,13 +104,9 @@ class CollegeBoard:
             return self._credentials(), None
         with self._token_lock:
             if self._token is None or self._token == stale:
-                body = self._call("/pascoredwnld/login", {}, self._credentials())
-                token = body.get("token") if isinstance(body, dict) else None
-                if not isinstance(token, str) or not token:
-                    raise VendorError(
-                        "/pascoredwnld/login: no token in the answer", kind=Failure.AUTH
-                    )
-                self._token = token
+                self._token = parse_token(
+                    self._call("/pascoredwnld/login", {}, self._credentials())
+                )
             return {"token": self._token}, self._token
 
     def _post(self, path: str, params: dict[str, str]) -> Any:
@@ -86,28 +128,9 @@ class CollegeBoard:
 
     def file_url(self, name: str) -> str:
         """A fresh presigned URL for `name`; use it at once, it lives 15 seconds."""
-        body = self._post("/pascoredwnld/file", {"filename": name})
-        url = body.get("fileUrl") if isinstance(body, dict) else None
-        if not isinstance(url, str) or not url:
-            raise VendorError(
-                "/pascoredwnld/file: no fileUrl in the response", kind=Failure.TRANSIENT
-            )
-        return url
+        return parse_file_url(self._post("/pascoredwnld/file", {"filename": name}))
 
     def list_files(self, since: datetime | None) -> list[ListedFile]:
         """Files posted since `since` (everything when None); `files: null` means none."""
         params = {"fromDate": format_from_date(since)} if since else {}
-        body = self._post("/pascoredwnld/files/list", params)
-        entries = body.get("files") if isinstance(body, dict) else None
-        listed = []
-        for entry in entries or []:
-            if isinstance(entry, dict) and isinstance(entry.get("fileName"), str):
-                size = entry.get("fileSize")
-                listed.append(
-                    ListedFile(
-                        entry["fileName"].strip(),
-                        size if isinstance(size, int) else None,
-                        str(entry.get("deliveryDate") or "") or None,
-                    )
-                )
-        return listed
+        return parse_listing(self._post("/pascoredwnld/files/list", params))

@@ -4,41 +4,25 @@ the one attempt that asks for a 15-second presigned URL right before using it.""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 from scorefetch.collegeboard.client import URL_LIFETIME_S, CollegeBoard
+from scorefetch.config import CollegeBoardConfig
 from scorefetch.core.deliveries import URL_MARGIN_S, Deliveries
-from scorefetch.core.downloads import Landed, Progress, fetch_to_file
+from scorefetch.core.downloads import Landed, fetch_to_file
 from scorefetch.core.errors import Failure, VendorError
-from scorefetch.core.events import Events, Skipped
+from scorefetch.core.events import Skipped
 from scorefetch.core.filenames import file_format
-from scorefetch.core.ledger import Ledger
 
 
-class CollegeBoardDeliveries(Deliveries):
+class CollegeBoardDeliveries(Deliveries[CollegeBoard]):
     """Announced College Board files → files on disk, each at most once."""
 
     vendor = "collegeboard"
 
-    def __init__(
-        self,
-        client: CollegeBoard,
-        ledger: Ledger,
-        download_dir: Path,
-        progress: Callable[[str], Progress | None] | None = None,
-        events: Events | None = None,
-    ) -> None:
-        self.client = client
-        self.config = client.config
-        super().__init__(
-            ledger,
-            download_dir,
-            max_parallel=self.config.max_parallel,
-            retry_schedule=self.config.retry_schedule,
-            progress=progress,
-            events=events,
-        )
+    @property
+    def config(self) -> CollegeBoardConfig:
+        return self.client.config
 
     def wants(self, name: str) -> bool:
         return file_format(name) in self.config.formats
@@ -64,7 +48,7 @@ class CollegeBoardDeliveries(Deliveries):
                 )
                 self.events.publish(Skipped(self.vendor, name, "duplicate"))
             else:
-                self._submit(name)
+                self.queue(name)
 
     def _attempt(self, name: str) -> Landed:
         asked = time.monotonic()
@@ -80,4 +64,6 @@ class CollegeBoardDeliveries(Deliveries):
             hosts=self.config.download_hosts,
             deadline_s=self.config.download_timeout,
             progress=progress,
+            max_size=self.config.max_file_size,
+            root=self.folder,
         )

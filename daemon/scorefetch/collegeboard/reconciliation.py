@@ -17,6 +17,7 @@ from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
 from scorefetch.core import logs
 from scorefetch.core.errors import RefusedError, ScorefetchError
 from scorefetch.core.filenames import check_name
+from scorefetch.core.loops import Periodic
 
 CURSOR = "collegeboard.last_listing"  # start time of the last listing that succeeded
 
@@ -49,18 +50,16 @@ def missing(deliveries: CollegeBoardDeliveries, listed: list[ListedFile]) -> lis
 
 
 class Reconciler:
-    """Runs listing passes on its own thread until `stop` is set."""
+    """Listing passes: `run_once`, or `start` them on a supervised periodic thread."""
 
     def __init__(
         self,
         deliveries: CollegeBoardDeliveries,
-        stop: threading.Event,
         lookback_days: int,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.deliveries = deliveries
         self.config = deliveries.config
-        self._stop = stop
         self._lookback = timedelta(days=lookback_days)
         self._clock = clock
         self._log = logs.get(vendor=deliveries.vendor)
@@ -68,8 +67,8 @@ class Reconciler:
     def run_once(self) -> list[str]:
         """One listing pass; announces what is missing and returns those names."""
         ledger = self.deliveries.ledger
-        cursor = ledger.watcher().get(CURSOR)
-        last_good = datetime.fromisoformat(cursor[0]) if cursor else None
+        cursor = ledger.position(CURSOR)
+        last_good = datetime.fromisoformat(cursor) if cursor else None
         started = self._clock()
         since = listing_since(
             last_good,
@@ -81,27 +80,25 @@ class Reconciler:
         listed = self.deliveries.client.list_files(since)
         new = missing(self.deliveries, listed)
         self.deliveries.announce(new, source="listing")
-        ledger.set_watcher(CURSOR, started.isoformat())
+        ledger.set_position(CURSOR, started.isoformat())
         self._log.info(
             "listing.completed", since=since.isoformat(), files=len(listed), new=len(new)
         )
         return new
 
-    def run(self) -> None:
-        """A pass now, then one every poll_interval; a failed pass is retried sooner."""
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-                failures = 0
-                wait = self.config.poll_interval
-            except ScorefetchError as exc:
-                failures += 1
-                wait = min(self.config.poll_interval, 60.0 * 2 ** min(failures, 6))
-                self._log.warning("listing.failed", error=str(exc), retry_in_s=wait)
-            self._stop.wait(wait)
+    def start(self, stop: threading.Event, after: threading.Event | None = None) -> Periodic:
+        """A pass now (or once `after` is set), then one every poll_interval, on a
+        supervised thread; a failed pass is retried sooner."""
+        return Periodic(
+            "reconciliation",
+            self.run_once,
+            stop,
+            interval=self.config.poll_interval,
+            failed=self._failed,
+            after=after,
+        ).start()
 
-    def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run, name="reconciliation", daemon=True)
-        thread.start()
-        return thread
+    def _failed(self, exc: ScorefetchError, failures: int) -> float:
+        wait = float(min(self.config.poll_interval, 60.0 * 2.0 ** min(failures, 6)))
+        self._log.warning("listing.failed", error=str(exc), retry_in_s=wait)
+        return wait

@@ -1,17 +1,33 @@
-"""What a vendor's HTTP answer means for a retry, and its message without secrets."""
+"""What a vendor's HTTP answer means for a retry, and its message without secrets.
+
+An answer is read within the session's call deadline and up to `MAX_ANSWER_BYTES`
+(decoded): a vendor API that trickles, or sends a gigabyte of JSON, costs a bounded
+time and bounded memory. Error text is built from what we choose to say (the path,
+the status, the exception's class and host), never from a library's message.
+"""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import requests
 
-from scorefetch.core.errors import Failure, VendorError
-from scorefetch.core.logs import strip_query
+from scorefetch.core.errors import Failure, VendorError, describe
+from scorefetch.core.http import deadline, redirect_target
+from scorefetch.core.logs import scrub_text
+
+MAX_ANSWER_BYTES = 16 * 1024 * 1024  # a year of listings is well under 1 MiB
+READ_CHUNK = 64 * 1024
 
 
 def kind_for(status: int) -> Failure:
     """The VendorError kind of a non-200 status: how deliveries.py should retry."""
+    if 300 <= status < 400:
+        # A redirect is never followed (it would take credentials elsewhere) and is not a
+        # verdict on the file either: a misrouted load balancer or a moved endpoint is
+        # fixed at the vendor's side, so the call is retried on the usual schedule.
+        return Failure.TRANSIENT
     if status == 404:
         return Failure.NOT_FOUND
     if status in (401, 403):
@@ -21,32 +37,69 @@ def kind_for(status: int) -> Failure:
     return Failure.FATAL
 
 
-def message_of(response: requests.Response) -> str:
-    """The vendor's JSON `message`, shortened; never the whole body."""
+def parse_json(raw: bytes) -> Any:
+    """The JSON value of `raw`; ValueError for anything else (bad UTF-8, nesting too deep)."""
     try:
-        body = response.json()
-    except ValueError:
-        return response.reason or "no message"
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def message_of(body: Any, reason: str | None) -> str:
+    """The vendor's JSON `message`, shortened and scrubbed; never the whole body."""
     message = body.get("message") if isinstance(body, dict) else None
-    return strip_query(str(message))[:200] if message else (response.reason or "no message")
+    if isinstance(message, str) and _printable(message):
+        return scrub_text(_printable(message))[:200]
+    return scrub_text(_printable(reason or ""))[:100] or "no message"
+
+
+def _printable(text: str) -> str:
+    """`text` on one line without control characters (no escape sequence reaches a terminal)."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
+
+
+def _read(response: requests.Response, path: str) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(chunk_size=READ_CHUNK):
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise VendorError(
+                f"{path}: answer larger than {MAX_ANSWER_BYTES} bytes", kind=Failure.TRANSIENT
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def json_answer(session: requests.Session, method: str, url: str, path: str, **kwargs: Any) -> Any:
     """The JSON body of a 200 answer; anything else a VendorError of the right kind whose
     text names `path` and holds no query string (a presigned URL's, say)."""
+    limit = getattr(session, "call_deadline", 70.0)
+    with deadline(limit) as clock:
+        try:
+            with session.request(method, url, stream=True, **kwargs) as response:
+                status, reason = response.status_code, response.reason
+                if 300 <= status < 400:
+                    raise VendorError(
+                        f"{path}: HTTP {status} redirect to {redirect_target(response)}"
+                        " refused (never followed)",
+                        kind=kind_for(status),
+                        status=status,
+                    )
+                raw = _read(response, path)
+        except requests.RequestException as exc:
+            cause = f"no answer within {limit:g} s" if clock.expired else describe(exc)
+            raise VendorError(f"{path}: {cause}", kind=Failure.TRANSIENT) from None
     try:
-        response = session.request(method, url, **kwargs)
-    except requests.RequestException as exc:
-        raise VendorError(
-            strip_query(f"{path}: {type(exc).__name__}: {exc}"), kind=Failure.TRANSIENT
-        ) from None
-    if response.status_code != 200:
-        raise VendorError(
-            f"{path}: HTTP {response.status_code}: {message_of(response)}",
-            kind=kind_for(response.status_code),
-            status=response.status_code,
-        )
-    try:
-        return response.json()
+        body = parse_json(raw)
     except ValueError:
-        raise VendorError(f"{path}: response is not JSON", kind=Failure.TRANSIENT) from None
+        body = None
+        if status == 200:
+            raise VendorError(f"{path}: response is not JSON", kind=Failure.TRANSIENT) from None
+    if status != 200:
+        raise VendorError(
+            f"{path}: HTTP {status}: {message_of(body, reason)}",
+            kind=kind_for(status),
+            status=status,
+        )
+    return body

@@ -14,23 +14,39 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from scorefetch.core import logs
 from scorefetch.core.downloads import Landed, Progress
-from scorefetch.core.errors import Failure, RefusedError, ScorefetchError, VendorError
+from scorefetch.core.errors import (
+    Failure,
+    LocalError,
+    RefusedError,
+    ScorefetchError,
+    VendorError,
+)
 from scorefetch.core.events import DeliveryFailed, Downloaded, Events
 from scorefetch.core.ledger import Ledger
+from scorefetch.core.loops import internal_error
 
 URL_TRIES = 3  # fresh URLs asked for in a row after 403/expiry before backing off
 URL_MARGIN_S = 3.0  # a URL older than its lifetime minus this is not used
 TRANSIENT_DELAYS = (1.0, 5.0)  # then the configured retry_schedule
 
 
+LOCAL_FIRST_S = 5.0  # a full disk is often freed within minutes: look again soon
+
+
 def retry_delay(kind: Failure, retries_done: int, schedule: Sequence[float]) -> float | None:
-    """Seconds until the next round for a failure of `kind`, or None to give up."""
+    """Seconds until the next round for a failure of `kind`, or None to give up.
+
+    A local failure (disk full, quota, a refusing folder) is never given up: the file is
+    ours to land once someone frees the disk, so after the schedule its last step repeats."""
     if kind in (Failure.FATAL, Failure.REFUSED):
         return None
+    if kind == Failure.LOCAL:
+        delays = (min(LOCAL_FIRST_S, *schedule[:1]), *schedule)
+        return delays[min(retries_done, len(delays) - 1)]
     quick = kind in (Failure.TRANSIENT, Failure.EXPIRED)
     delays = (*TRANSIENT_DELAYS, *schedule) if quick else tuple(schedule)
     return delays[retries_done] if retries_done < len(delays) else None
@@ -70,10 +86,30 @@ class Scheduler:
                 if self._stopped:
                     return
                 _, _, fn = heapq.heappop(self._heap)
-            fn()
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - one bad callable never stops the rest
+                internal_error("scheduler", exc)
 
 
-class Deliveries:
+class DeliverySettings(Protocol):
+    """What the engine reads from a vendor's config section."""
+
+    @property
+    def max_parallel(self) -> int: ...
+    @property
+    def retry_schedule(self) -> Sequence[float]: ...
+
+
+class VendorClient(Protocol):
+    @property
+    def config(self) -> DeliverySettings: ...
+
+
+ClientT = TypeVar("ClientT", bound=VendorClient)
+
+
+class Deliveries(Generic[ClientT]):
     """Announced keys → files on disk, each at most once: the pool, the retry rounds and
     their log lines. A vendor says how one attempt goes (`_attempt`)."""
 
@@ -81,20 +117,20 @@ class Deliveries:
 
     def __init__(
         self,
+        client: ClientT,
         ledger: Ledger,
         download_dir: Path,
-        *,
-        max_parallel: int,
-        retry_schedule: Sequence[float],
         progress: Callable[[str], Progress | None] | None = None,
         events: Events | None = None,
     ) -> None:
+        self.client = client
         self.ledger = ledger
         self.events = events if events is not None else Events()
         self.folder = download_dir / self.vendor
-        self._retry_schedule = tuple(retry_schedule)
+        self._retry_schedule = tuple(client.config.retry_schedule)
         self._progress = progress
-        self._pool = ThreadPoolExecutor(max_parallel, thread_name_prefix=f"{self.vendor}-download")
+        workers = client.config.max_parallel
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"{self.vendor}-download")
         self._scheduler = Scheduler()
         self._futures: set[Future[None]] = set()
         self._rounds: dict[str, int] = {}
@@ -108,8 +144,15 @@ class Deliveries:
         rows = self.ledger.unfinished(self.vendor)
         for row in rows:
             self._log.info("delivery.resumed", **self._ids(row.key), state=row.state)
-            self._submit(row.key)
+            self.queue(row.key)
         return len(rows)
+
+    def queue(self, name: str) -> None:
+        """Queue a key the ledger has just claimed (new, re-announced after a final failure,
+        or resumed): it starts with a fresh retry budget."""
+        with self._lock:
+            self._rounds.pop(name, None)
+        self._submit(name)
 
     def _submit(self, name: str) -> None:
         if self._stopping.is_set():
@@ -140,14 +183,19 @@ class Deliveries:
             return
         try:
             self.deliver(name)
-        except Exception:  # noqa: BLE001 - one failed file must never stop the others
-            self._log.exception(
-                "delivery.failed",
-                **self._ids(name),
-                attempt=None,
-                error="internal error",
-                will_retry=False,
-            )
+        except Exception as exc:  # noqa: BLE001 - one failed file must never stop the others
+            # A bug (or a ledger that cannot write): recorded and retried like any failure,
+            # never left `pending` until a restart. The text is the type only: safe to show.
+            error = f"internal error ({type(exc).__name__})"
+            attempt = self._attempts(name)
+            self._after_failure(name, error, Failure.INTERNAL, attempt, schedule=True, exc=exc)
+
+    def _attempts(self, name: str) -> int:
+        try:
+            row = self.ledger.get(self.vendor, name)
+        except ScorefetchError:
+            return 0
+        return row.attempts if row else 0
 
     def deliver(self, name: str, *, schedule: bool = True) -> Landed | None:
         """One round of attempts for `name`; on failure, schedules the next round
@@ -160,7 +208,7 @@ class Deliveries:
                 landed = self._attempt(name)
             except RefusedError as exc:
                 error, kind = exc, Failure.REFUSED
-            except VendorError as exc:
+            except (VendorError, LocalError) as exc:
                 error, kind = exc, exc.kind
             else:
                 self.ledger.downloaded(self.vendor, name, landed.path, landed.size, landed.sha256)
@@ -205,27 +253,42 @@ class Deliveries:
         return None
 
     def _after_failure(
-        self, name: str, error: str, kind: Failure, attempt: int, *, schedule: bool
+        self,
+        name: str,
+        error: str,
+        kind: Failure,
+        attempt: int,
+        *,
+        schedule: bool,
+        exc: Exception | None = None,
     ) -> None:
         with self._lock:
             rounds = self._rounds.get(name, 0)
             self._rounds[name] = rounds + 1
         delay = retry_delay(kind, rounds, self._retry_schedule)
         will_retry = delay is not None
-        self.ledger.failed(self.vendor, name, error, will_retry=will_retry)
         fields: dict[str, Any] = {
             "attempt": attempt,
             "error": error,
             "will_retry": will_retry,
             "kind": kind,
         }
+        if kind == Failure.INTERNAL:
+            fields["reason"] = "internal_error"
+            fields["exc_info"] = exc  # the traceback, in this one line
         if delay is not None and schedule and not self._stopping.is_set():
+            # Scheduled before the ledger write: a ledger that fails now must not strand it.
             fields["retry_in_s"] = delay
             self._scheduler.call_later(delay, lambda: self._submit(name))
         # A final failure is loud: nothing will fetch this file unless someone acts.
         level = self._log.warning if will_retry else self._log.error
         level("delivery.failed", **self._ids(name), **fields)
-        row = self.ledger.get(self.vendor, name)
+        try:
+            self.ledger.failed(self.vendor, name, error, will_retry=will_retry)
+            row = self.ledger.get(self.vendor, name)
+        except ScorefetchError as exc:
+            self._log.error("ledger.write_failed", **self._ids(name), error=str(exc))
+            row = None
         filename = (row.filename if row else None) or name
         self.events.publish(
             DeliveryFailed(self.vendor, name, filename, attempt, error, kind, will_retry)

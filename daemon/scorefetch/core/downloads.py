@@ -10,23 +10,28 @@ files does not crowd the page cache. Durability still rests on that fsync.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import urlsplit
 
 import requests
+import urllib3
 
 from scorefetch.config import is_loopback
-from scorefetch.core.errors import Failure, RefusedError, VendorError
+from scorefetch.core.errors import Failure, RefusedError, VendorError, describe
 from scorefetch.core.filenames import check_name
-from scorefetch.core.logs import strip_query
+from scorefetch.core.http import Deadline, deadline, redirect_target
+from scorefetch.core.localfs import local_faults, part_name, place_no_replace
+from scorefetch.core.urls import UrlError, connect_target, host_allowed
 
 CHUNK = 1024 * 1024
+_DIGITS = re.compile(r"[0-9]{1,19}")
 WRITE_BEHIND = 64 * 1024 * 1024
 Progress = Callable[[int, int | None], None]
 
@@ -39,31 +44,31 @@ class Landed:
     elapsed_s: float
 
 
-def host_allowed(host: str, patterns: Iterable[str]) -> bool:
-    """`host` equals a pattern, or matches `*.suffix` with one or more labels before it."""
-    host = host.lower().rstrip(".")
-    for pattern in patterns:
-        pattern = pattern.lower().rstrip(".")
-        if pattern.startswith("*."):
-            if host.endswith(pattern[1:]) and len(host) > len(pattern) - 1:
-                return True
-        elif host == pattern:
-            return True
-    return False
-
-
 def check_url(url: str, hosts: Iterable[str]) -> None:
-    """RefusedError unless `url` is https (http only on loopback) to an allowed host."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.scheme not in {"https", "http"} or not host:
-        raise RefusedError(f"download URL {strip_query(url)!r} is not an http(s) URL")
-    if parts.scheme == "http" and not is_loopback(host):
-        raise RefusedError(f"download URL {strip_query(url)!r} is plain http to a remote host")
-    if parts.username or parts.password:
-        raise RefusedError("download URL carries credentials")
-    if not host_allowed(host, hosts):
-        raise RefusedError(f"download host {host!r} is not in download_hosts")
+    """RefusedError unless `url` is https (http only on loopback) to an allowed host, read
+    the way the connection will read it (core/urls.py); a remote https URL on the default
+    port only (a presigned S3 URL never names one)."""
+    try:
+        target = connect_target(url)
+    except UrlError as exc:
+        raise RefusedError(f"download URL refused: {exc}") from None
+    loopback = is_loopback(target.host)
+    if target.scheme == "http" and not loopback:
+        raise RefusedError(f"download URL to {target.host} is plain http to a remote host")
+    if not loopback and target.port not in (None, 443):
+        raise RefusedError(f"download URL to {target.host} names port {target.port}")
+    if not host_allowed(target.host, hosts):
+        raise RefusedError(f"download host {target.host!r} is not in download_hosts")
+
+
+def check_inside(root: Path, folder: Path, name: str) -> Path:
+    """`folder/name`, once it is sure to resolve inside `root` (symlinks and `..` followed):
+    nothing a vendor said can place a file elsewhere."""
+    base = root.resolve()
+    target = (folder / name).resolve()
+    if target.parent != folder.resolve() or not target.is_relative_to(base) or target == base:
+        raise RefusedError(f"{name!r} would land outside {root}")
+    return target
 
 
 def ensure_folder(folder: Path) -> None:
@@ -87,7 +92,7 @@ def open_part(folder: Path, name: str) -> tuple[int, Path]:
     """A new hidden `.NAME.part` (0600) in `folder`, or `.NAME.N.part` while another download
     of the same name (another Encoura export, a `fetch` beside the daemon) is writing one."""
     for n in range(100):
-        part = folder / (f".{name}.part" if n == 0 else f".{name}.{n}.part")
+        part = folder / part_name(name, n)
         try:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
             return os.open(part, flags, 0o600), part
@@ -123,7 +128,7 @@ def _place(part: Path, folder: Path, name: str, sha256: str) -> Path:
     for n in range(1000):
         target = folder / (name if n == 0 else f"{stem}-{n}{dot}{ext}")
         try:
-            os.link(part, target)  # atomic, and unlike rename never replaces a file
+            place_no_replace(part, target)  # never replaces a file
         except FileExistsError:
             if target.is_file() and _sha256_of(target) == sha256:
                 break  # the very same bytes are already here
@@ -131,7 +136,7 @@ def _place(part: Path, folder: Path, name: str, sha256: str) -> Path:
         break
     else:
         raise RefusedError(f"too many different files named like {name!r} in {folder}")
-    part.unlink()
+    part.unlink(missing_ok=True)  # linked (or, where links are refused, renamed)
     fsync_dir(folder)
     return target
 
@@ -145,64 +150,127 @@ def fetch_to_file(
     hosts: Iterable[str],
     deadline_s: float,
     progress: Progress | None = None,
+    max_size: int | None = None,
+    root: Path | None = None,
 ) -> Landed:
-    """Stream `url` into `folder/name`, complete or not at all.
+    """Stream `url` into `folder/name`, complete or not at all: the bytes exactly as the
+    server stores them (identity encoding), at most `max_size`, within `deadline_s`
+    however they arrive, and only inside `root` (default: `folder`).
 
-    Raises RefusedError before any connection for a bad name or URL, and
-    VendorError whose `kind` says how to retry.
+    Raises RefusedError before any connection for a bad name or URL, VendorError whose
+    `kind` says how to retry, and LocalError when the disk or the folder says no.
     """
     check_name(name)
     check_url(url, hosts)
+    check_inside(root or folder, folder, name)
     started = time.monotonic()
+    with local_faults(f"cannot save {name}"):
+        return _fetch(session, url, folder, name, started, deadline_s, progress, max_size)
+
+
+def _fetch(
+    session: requests.Session,
+    url: str,
+    folder: Path,
+    name: str,
+    started: float,
+    deadline_s: float,
+    progress: Progress | None,
+    max_size: int | None,
+) -> Landed:
     ensure_folder(folder)
     fd, part = open_part(folder, name)
     try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                response = session.get(url, stream=True, allow_redirects=False)
-            except requests.RequestException as exc:
-                raise VendorError(
-                    f"download failed: {_describe(exc)}", kind=Failure.TRANSIENT
-                ) from None
+        with os.fdopen(fd, "wb") as out, deadline(deadline_s) as clock:
+            response = _get(session, url, clock)
             with response:
                 _raise_for_download_status(response)
                 expected = _content_length(response)
-                size, digest = _stream(response, out, started + deadline_s, expected, progress)
+                _check_size(expected, max_size)
+                chunks = _raw_chunks(response, clock)
+                size, digest = _stream(chunks, out, clock, expected, max_size, progress)
         if expected is not None and size != expected:
             raise VendorError(
                 f"download truncated: {size} of {expected} bytes", kind=Failure.TRANSIENT
             )
         path = _place(part, folder, name, digest)
     except BaseException:
-        part.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only folder: the next start removes it
+            part.unlink(missing_ok=True)
         raise
     return Landed(path, size, digest, time.monotonic() - started)
 
 
+def _get(session: requests.Session, url: str, clock: Deadline) -> requests.Response:
+    """The answer's head; the body is read from `response.raw`, as stored (not decoded)."""
+    connect, read = getattr(session, "_timeout", (10.0, 60.0))
+    left = max(clock.remaining(), 0.1)
+    try:
+        return session.get(
+            url,
+            stream=True,
+            allow_redirects=False,
+            headers={"Accept-Encoding": "identity"},
+            timeout=(min(connect, left), min(read, left)),
+        )
+    except requests.RequestException as exc:
+        raise _failed("download failed", exc, clock) from None
+
+
+def _failed(what: str, exc: BaseException, clock: Deadline) -> VendorError:
+    if clock.expired:
+        return VendorError("download exceeded its overall deadline", kind=Failure.TRANSIENT)
+    return VendorError(f"{what}: {describe(exc)}", kind=Failure.TRANSIENT)
+
+
+def _raw_chunks(response: requests.Response, clock: Deadline) -> Iterator[bytes]:
+    """The body's bytes as they come off the wire: a `Content-Encoding: gzip` file lands as
+    the gzip the vendor stored (what curl saves without --compressed), and its size is the
+    Content-Length. Library errors become VendorError here, disk errors stay the caller's."""
+    reader = response.raw.stream(CHUNK, decode_content=False)
+    while True:
+        try:
+            chunk = next(reader, None)
+        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
+            raise _failed("download interrupted", exc, clock) from None
+        if clock.expired:  # the watchdog shut the socket: what came last may be short
+            raise VendorError("download exceeded its overall deadline", kind=Failure.TRANSIENT)
+        if chunk is None:
+            return
+        yield chunk
+
+
+def _check_size(size: int | None, max_size: int | None) -> None:
+    # Too large for this configuration is not a passing fault: never retried (REFUSED);
+    # a person raises max_file_size and runs `scorefetch fetch`.
+    if size is not None and max_size is not None and size > max_size:
+        raise VendorError(
+            f"download refused: larger than max_file_size ({max_size} bytes)",
+            kind=Failure.REFUSED,
+        )
+
+
 def _stream(
-    response: requests.Response,
+    chunks: Iterable[bytes],
     out: BinaryIO,
-    deadline: float,
+    clock: Deadline,
     expected: int | None,
+    max_size: int | None,
     progress: Progress | None,
 ) -> tuple[int, str]:
     digest = hashlib.sha256()
     size = written_back = 0
-    try:
-        for chunk in response.iter_content(chunk_size=CHUNK):
-            out.write(chunk)
-            digest.update(chunk)
-            size += len(chunk)
-            if size - written_back >= 2 * WRITE_BEHIND:
-                written_back = _write_behind(out, written_back)
-            if progress is not None:
-                progress(size, expected)
-            if time.monotonic() > deadline:
-                raise VendorError("download exceeded its overall deadline", kind=Failure.TRANSIENT)
-    except requests.RequestException as exc:
-        raise VendorError(
-            f"download interrupted: {_describe(exc)}", kind=Failure.TRANSIENT
-        ) from None
+    for chunk in chunks:
+        size += len(chunk)
+        _check_size(size, max_size)
+        out.write(chunk)
+        digest.update(chunk)
+        if size - written_back >= 2 * WRITE_BEHIND:
+            written_back = _write_behind(out, written_back)
+        if progress is not None:
+            progress(size, expected)
+        if clock.remaining() <= 0:
+            raise VendorError("download exceeded its overall deadline", kind=Failure.TRANSIENT)
     out.flush()
     os.fsync(out.fileno())
     return size, digest.hexdigest()
@@ -218,14 +286,21 @@ def _write_behind(out: BinaryIO, start: int) -> int:
 
 
 def _content_length(response: requests.Response) -> int | None:
-    value = response.headers.get("Content-Length")
-    return int(value) if value and value.isdigit() else None
+    value = (response.headers.get("Content-Length") or "").strip()
+    return int(value) if _DIGITS.fullmatch(value) else None
 
 
 def _raise_for_download_status(response: requests.Response) -> None:
     status = response.status_code
     if status == 200:
         return
+    if 300 <= status < 400:  # never followed; retried like a server error (answers.py)
+        raise VendorError(
+            f"download answered HTTP {status} redirect to {redirect_target(response)}"
+            " (never followed)",
+            kind=Failure.TRANSIENT,
+            status=status,
+        )
     if status == 403:  # S3: AccessDenied, "Request has expired"
         raise VendorError(
             "download URL refused (403): expired or not valid", kind=Failure.EXPIRED, status=status
@@ -235,8 +310,3 @@ def _raise_for_download_status(response: requests.Response) -> None:
             f"download server error ({status})", kind=Failure.TRANSIENT, status=status
         )
     raise VendorError(f"download failed with HTTP {status}", kind=Failure.FATAL, status=status)
-
-
-def _describe(exc: requests.RequestException) -> str:
-    """The exception's class and text with any URL query removed."""
-    return strip_query(f"{type(exc).__name__}: {exc}")

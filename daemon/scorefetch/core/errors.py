@@ -5,7 +5,13 @@ cli.py maps exceptions to exit codes; core/deliveries.py maps a `Failure` to a r
 
 from __future__ import annotations
 
+import errno
+import os
+import re
 from enum import StrEnum
+from urllib.parse import urlsplit
+
+_PLAIN_HOST = re.compile(r"[a-z0-9.:-]{1,253}")  # what a host in an error message may be
 
 
 class Failure(StrEnum):
@@ -18,6 +24,7 @@ class Failure(StrEnum):
     LOCAL = "local"  # our side: disk full, quota, a folder that refuses: on the schedule
     REFUSED = "refused"  # hostile or impossible input: never retried
     FATAL = "fatal"  # the vendor said no for good: never retried
+    INTERNAL = "internal"  # a bug met in one delivery: recorded, retried on the schedule
 
 
 class ScorefetchError(Exception):
@@ -43,6 +50,17 @@ class VendorError(ScorefetchError):
         self.status = status
 
 
+class LocalError(ScorefetchError):
+    """Our side of a download failed: the disk is full, a quota, a read-only or refusing
+    folder, too many open files. Retried until it works (see core/deliveries.py)."""
+
+    kind = Failure.LOCAL
+
+    def __init__(self, message: str, *, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
 class MailboxError(ScorefetchError):
     """The IMAP connection failed or dropped."""
 
@@ -58,3 +76,62 @@ class TokenError(ScorefetchError):
     def __init__(self, message: str, *, refused: bool) -> None:
         super().__init__(message)
         self.refused = refused
+
+
+def describe(exc: BaseException) -> str:
+    """What we say about a library's exception: its class, the innermost cause's class, a
+    symbolic errno and the host it concerned. Never the library's message: requests and
+    urllib3 quote the request's path, presigned query (signature, token) included."""
+    if isinstance(exc, ScorefetchError):
+        return str(exc)  # our own words, built from facts like these
+    if isinstance(exc, OSError | UnicodeError) and type(exc).__module__ == "builtins":
+        return _describe_local(exc)  # the file system's own words, about our own paths
+    inner, errno_name = _innermost(exc)
+    text = type(exc).__name__
+    if inner is not None and inner is not type(exc):
+        text += f" ({inner.__name__}{f', {errno_name}' if errno_name else ''})"
+    elif errno_name:
+        text += f" ({errno_name})"
+    host = _host_of(exc)
+    return f"{text} from {host}" if host else text
+
+
+def _describe_local(exc: OSError | UnicodeError) -> str:
+    """`ENOSPC: No space left on device: '/path'`."""
+    if isinstance(exc, UnicodeError):
+        return f"a file name the file system cannot encode ({type(exc).__name__})"
+    code = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+    text = f"{code}: {exc.strerror or os.strerror(exc.errno or 0)}"
+    return f"{text}: {exc.filename!r}" if exc.filename else text
+
+
+def _innermost(exc: BaseException) -> tuple[type[BaseException] | None, str | None]:
+    """The class of the deepest cause (via __cause__, __context__, `reason`, args) and the
+    first errno's symbolic name found on the way."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    deepest: type[BaseException] | None = None
+    errno_name: str | None = None
+    while current is not None and id(current) not in seen and len(seen) < 8:
+        seen.add(id(current))
+        deepest = type(current)
+        code = getattr(current, "errno", None)
+        if errno_name is None and isinstance(code, int):
+            errno_name = errno.errorcode.get(code, str(code))
+        nested = [getattr(current, "reason", None), current.__cause__, current.__context__]
+        nested += [arg for arg in current.args if isinstance(arg, BaseException)]
+        current = next((n for n in nested if isinstance(n, BaseException)), None)
+    return deepest, errno_name
+
+
+def _host_of(exc: BaseException) -> str | None:
+    """The host of the request an exception concerns (requests sets `.request`), if plain."""
+    request = getattr(exc, "request", None)
+    url = getattr(request, "url", None)
+    if not isinstance(url, str):
+        return None
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return None
+    return host if host and _PLAIN_HOST.fullmatch(host) else None

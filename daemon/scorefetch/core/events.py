@@ -49,7 +49,59 @@ class Skipped:
     reason: str
 
 
-Event = Downloaded | DeliveryFailed | Skipped
+@dataclass(frozen=True)
+class ForwardUploaded:
+    """A landed file reached a forward destination under its final name (`forward.uploaded`)."""
+
+    destination: str
+    vendor: str
+    filename: str
+    path: Path
+    remote_path: str
+    bytes: int
+    sha256: str
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class ForwardFailed:
+    """One upload to a forward destination failed (`forward.failed`)."""
+
+    destination: str
+    vendor: str
+    filename: str
+    path: Path
+    attempt: int
+    error: str
+    will_retry: bool
+
+
+@dataclass(frozen=True)
+class AuthFailing:
+    """A vendor refused the credentials, the first time in a run of such failures
+    (`auth.failing`): people hear of it once, not once per file."""
+
+    vendor: str
+    error: str
+    filename: str
+
+
+@dataclass(frozen=True)
+class AuthRecovered:
+    """The credentials work again: a file landed after an `auth.failing` (`auth.recovered`)."""
+
+    vendor: str
+
+
+Event = (
+    Downloaded
+    | DeliveryFailed
+    | Skipped
+    | ForwardUploaded
+    | ForwardFailed
+    | AuthFailing
+    | AuthRecovered
+)
 Listener = Callable[[Event], None]
 
 

@@ -48,16 +48,11 @@ def file_format(name: str) -> str:
     return ext.lower() if dot and stem else ""
 
 
-def twin_key(name: str) -> str:
-    """The name without its extension: `4300_20261121_101544.csv` and `.txt` are twins."""
-    stem, dot, _ = name.rpartition(".")
-    return stem if dot and stem else name
-
-
 def name_from_url(url: str) -> str:
     """The last path segment of a download URL, URL-decoded, checked as a plain name."""
     try:
         segment = urlsplit(url).path.rsplit("/", 1)[-1]
-    except ValueError as exc:
-        raise RefusedError(f"not a URL: {exc}") from exc
-    return check_name(unquote(segment, errors="strict"))
+        name = unquote(segment, errors="strict")  # `%ff` is no UTF-8: refused, not guessed
+    except ValueError:  # UnicodeDecodeError too
+        raise RefusedError("the download URL's last path segment is not a file name") from None
+    return check_name(name)

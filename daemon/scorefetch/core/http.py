@@ -1,29 +1,159 @@
-"""The one factory for HTTP sessions: timeouts on every call, TLS verified, a User-Agent."""
+"""The one factory for HTTP sessions: timeouts on every call, TLS verified, a User-Agent,
+redirects never followed, and deadlines that hold however slowly a server sends.
+
+Redirects: requests follows them by default and re-sends the body (College Board's
+username and password) and our own headers (Encoura's `x-api-key`) to wherever the
+`Location` points. No vendor call needs one, so none is ever followed; callers turn a
+3xx into an error (answers.py, downloads.py).
+
+Deadlines: a socket read timeout bounds each wait for a byte, not a whole answer: a
+server trickling a byte a second holds a worker for ever. `deadline(seconds)` arms a
+watchdog that shuts the connection's socket when the time is up, whatever it is doing
+then (connecting through a proxy, reading headers, reading the body); the read that was
+waiting fails at once and the caller sees `Deadline.expired`.
+"""
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util.retry import Retry
 
 from scorefetch import __version__
+from scorefetch.core.urls import UrlError, connect_target
 
 USER_AGENT = f"scorefetch/{__version__} (+admissions file collector)"
+_current = threading.local()  # the Deadline of the request this thread is making
+
+
+class Deadline:
+    """A wall-clock limit for one exchange; shuts the sockets it watches when it passes."""
+
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(seconds, 0.0), self._fire)
+        self._timer.daemon = True
+
+    def remaining(self) -> float:
+        return max(self.at - time.monotonic(), 0.0)
+
+    def watch(self, sock: Any) -> None:
+        with self._lock:
+            if sock is not None and sock not in self._sockets:
+                self._sockets.append(sock)
+            expired = self.expired
+        if expired:
+            _shut(sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shut(sock)
+
+
+def _shut(sock: Any) -> None:
+    """Wake whatever read waits on `sock`: shutdown, unlike close, interrupts a blocked recv."""
+    with suppress(OSError, AttributeError, ValueError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+@contextmanager
+def deadline(seconds: float) -> Iterator[Deadline]:
+    """Every connection this thread uses inside the block is shut after `seconds`."""
+    limit = Deadline(seconds)
+    outer = getattr(_current, "deadline", None)
+    _current.deadline = limit
+    limit._timer.start()
+    try:
+        yield limit
+    finally:
+        limit._timer.cancel()
+        _current.deadline = outer
+
+
+class _Watched:
+    """Hands the connection's socket to the thread's Deadline: a new one as soon as it is
+    connected (before any TLS handshake), a reused keep-alive one before the answer."""
+
+    sock: Any
+
+    def _new_conn(self) -> Any:
+        sock = super()._new_conn()  # type: ignore[misc]
+        limit: Deadline | None = getattr(_current, "deadline", None)
+        if limit is not None:
+            limit.watch(sock)
+        return sock
+
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        limit: Deadline | None = getattr(_current, "deadline", None)
+        if limit is not None:
+            limit.watch(self.sock)
+        return super().getresponse(*args, **kwargs)  # type: ignore[misc]
+
+
+class _HTTPConnection(_Watched, HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Watched, HTTPSConnection):
+    pass
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+class _Adapter(HTTPAdapter):
+    """requests' adapter with connections a Deadline can watch, direct or through a proxy."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        manager.pool_classes_by_scheme = _POOLS
+        return manager
 
 
 class _TimeoutSession(requests.Session):
-    """A Session whose requests default to (connect, read) timeouts; never None."""
+    """A Session whose requests default to (connect, read) timeouts; never None; never
+    following a redirect; a call that is not streamed is bounded by `call_deadline`."""
 
     def __init__(self, timeout: tuple[float, float]) -> None:
         super().__init__()
         self._timeout = timeout
+        self.call_deadline = timeout[0] + timeout[1]
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", self._timeout)
         kwargs["verify"] = True  # never turned off, whatever a caller passes
-        return super().request(method, url, *args, **kwargs)
+        kwargs["allow_redirects"] = False  # never followed, whatever a caller passes
+        if kwargs.get("stream") or getattr(_current, "deadline", None) is not None:
+            return super().request(method, url, *args, **kwargs)
+        with deadline(self.call_deadline):
+            return super().request(method, url, *args, **kwargs)
 
 
 def build_session(connect_timeout: float = 10.0, read_timeout: float = 60.0) -> requests.Session:
@@ -31,8 +161,17 @@ def build_session(connect_timeout: float = 10.0, read_timeout: float = 60.0) -> 
     everything else is retried by deliveries.py, which knows what an expired URL means."""
     session = _TimeoutSession((connect_timeout, read_timeout))
     retry = Retry(total=2, connect=2, read=0, status=0, other=0, redirect=0, backoff_factor=0.2)
-    adapter = HTTPAdapter(max_retries=retry, pool_connections=4, pool_maxsize=32)
+    adapter = _Adapter(max_retries=retry, pool_connections=4, pool_maxsize=32)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     session.headers["User-Agent"] = USER_AGENT
     return session
+
+
+def redirect_target(response: requests.Response) -> str:
+    """The host a 3xx answer points at (never its path or query), for an error message."""
+    location = response.headers.get("Location", "")
+    try:
+        return connect_target(requests.compat.urljoin(response.url, location)).host
+    except (UrlError, ValueError):
+        return "an unreadable location"

@@ -1,4 +1,5 @@
-"""The SQLite ledger: what was announced, what landed, where the mailbox watcher stands.
+"""The SQLite ledger: what was announced, what landed, where the mailbox watcher and each
+source's listing stand.
 
 One row per (vendor, key) — the key is the file name for College Board. A row
 is written before any request is made for it, so a crash leaves a `pending`
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from scorefetch.core.errors import ScorefetchError
+from scorefetch.core.logs import scrub_text
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -46,6 +48,14 @@ CREATE TABLE IF NOT EXISTS watcher (
     value       TEXT NOT NULL,
     updated_at  TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS positions (
+    name        TEXT PRIMARY KEY,
+    value       TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+-- Before there was a positions table, College Board's listing cursor lived in `watcher`.
+INSERT OR IGNORE INTO positions SELECT * FROM watcher WHERE name = 'collegeboard.last_listing';
+DELETE FROM watcher WHERE name = 'collegeboard.last_listing';
 """
 
 
@@ -63,6 +73,7 @@ class Delivery:
     sha256: str | None
     error: str | None
     updated_at: str
+    created_at: str = ""  # when the file was first announced (mail, listing, fetch)
 
 
 def _now() -> str:
@@ -169,7 +180,7 @@ class Ledger:
         self._execute(
             "UPDATE deliveries SET state = ?, error = ?, updated_at = ?"
             " WHERE vendor = ? AND key = ?",
-            ("retrying" if will_retry else "failed", error, _now(), vendor, key),
+            ("retrying" if will_retry else "failed", scrub_text(error), _now(), vendor, key),
         )
 
     def unfinished(self, vendor: str) -> list[Delivery]:
@@ -212,8 +223,50 @@ class Ledger:
             "INSERT INTO watcher (name, value, updated_at) VALUES (?, ?, ?)"
             " ON CONFLICT (name) DO UPDATE SET value = excluded.value,"
             "   updated_at = excluded.updated_at",
+            (name, scrub_text(value), _now()),
+        )
+
+    def redo(self, vendor: str, key: str, source: str) -> bool:
+        """Make a downloaded row pending again (its file is gone, or `fetch --force`)."""
+        cursor = self._execute(
+            "UPDATE deliveries SET state = 'pending', attempts = 0, error = NULL, source = ?,"
+            " updated_at = ? WHERE vendor = ? AND key = ? AND state = 'downloaded'",
+            (source, _now(), vendor, key),
+        )
+        return cursor.rowcount == 1
+
+    def last_downloaded(self) -> dict[str, str]:
+        """Per vendor, when its latest file landed (ISO 8601, UTC)."""
+        rows = self._execute(
+            "SELECT vendor, max(updated_at) FROM deliveries WHERE state = 'downloaded'"
+            " GROUP BY vendor"
+        ).fetchall()
+        return {vendor: at for vendor, at in rows}
+
+    def pending_counts(self) -> dict[str, int]:
+        """Per vendor, rows announced but not landed (pending or retrying)."""
+        rows = self._execute(
+            "SELECT vendor, count(*) FROM deliveries WHERE state IN ('pending', 'retrying')"
+            " GROUP BY vendor"
+        ).fetchall()
+        return {vendor: n for vendor, n in rows}
+
+    def position(self, name: str) -> str | None:
+        """Where a source stands (`collegeboard.last_listing`, an Encoura key's last pass …)."""
+        row = self._execute("SELECT value FROM positions WHERE name = ?", (name,)).fetchone()
+        return str(row[0]) if row else None
+
+    def set_position(self, name: str, value: str) -> None:
+        self._execute(
+            "INSERT INTO positions (name, value, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value,"
+            "   updated_at = excluded.updated_at",
             (name, value, _now()),
         )
+
+    def positions(self) -> dict[str, tuple[str, str]]:
+        rows = self._execute("SELECT name, value, updated_at FROM positions").fetchall()
+        return {name: (value, at) for name, value, at in rows}
 
     def watcher(self) -> dict[str, tuple[str, str]]:
         rows = self._execute("SELECT name, value, updated_at FROM watcher").fetchall()
@@ -232,6 +285,7 @@ def _delivery(row: sqlite3.Row) -> Delivery:
         path=row["path"],
         bytes=row["bytes"],
         sha256=row["sha256"],
-        error=row["error"],
+        error=scrub_text(row["error"]) if row["error"] else None,  # rows of older versions
         updated_at=row["updated_at"],
+        created_at=row["created_at"],
     )

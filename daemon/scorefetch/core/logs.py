@@ -11,7 +11,7 @@ import logging
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -20,6 +20,20 @@ _SECRET_FIELD = re.compile(
     re.I,
 )
 _URL_QUERY = re.compile(r"(https?://[^\s?#\"']+)\?[^\s#\"']*", re.I)
+# The second line of defence, for text that reached a sink anyway. requests and urllib3
+# quote a request's *path-only* form (`/file.csv?X-Amz-Signature=...`), so any `?` that
+# starts `name=value` pairs loses what follows, URL or not; and a secret-named parameter,
+# JSON member or header keeps its name but not its value, wherever it appears.
+_ANY_QUERY = re.compile(r"\?[\w.~%+-]*=[^\s#\"'<>)\]]*")
+_MASKED_WORDS = (
+    r"x-amz-[a-z-]+|signature|awsaccesskeyid|security-token|expires|tok|token|[a-z]*_?token"
+    r"|sessiontoken|password|passwd|pwd|secret|client_secret|api[_-]?key|x-api-key"
+)
+_SECRET_PARAM = re.compile(rf"\b({_MASKED_WORDS})=[^&\s#\"'<>)\]]+", re.I)
+_SECRET_MEMBER = re.compile(rf"(['\"](?:{_MASKED_WORDS})['\"]\s*:\s*)(['\"])(?:(?!\2).)*\2", re.I)
+_SECRET_HEADER = re.compile(
+    r"\b(authorization|x-api-key|cookie)(['\"]?\s*[:=]\s*['\"]?)[^'\",}\r\n]+", re.I
+)
 _LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -33,22 +47,42 @@ def strip_query(text: str) -> str:
     return _URL_QUERY.sub(r"\1?…", text)
 
 
+def scrub_text(text: str) -> str:
+    """`text` with URL and path-only queries cut, and the values of secret-named query
+    parameters, JSON members and headers masked. For every sink: logs, stderr, ledger."""
+    text = _ANY_QUERY.sub("?…", strip_query(text))
+    text = _SECRET_PARAM.sub(r"\1=…", text)
+    text = _SECRET_MEMBER.sub(r"\1\2…\2", text)
+    return _SECRET_HEADER.sub(r"\1\2…", text)
+
+
 def _scrub_value(value: Any) -> Any:
     if isinstance(value, str):
-        return strip_query(value)
+        return scrub_text(value)
     if isinstance(value, list | tuple):
         return [_scrub_value(v) for v in value]
     return value
 
 
 def scrub(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor: mask secret-named fields, strip URL queries everywhere."""
+    """structlog processor: mask secret-named fields, scrub every string (scrub_text)."""
     for key, value in event.items():
         if key != "event" and _SECRET_FIELD.search(key) and value not in (None, ""):
             event[key] = "********"
         else:
             event[key] = _scrub_value(value)
     return event
+
+
+class _CurrentStdout:
+    """Whatever `sys.stdout` is when a line is written, not when logging was configured
+    (a test's captured stdout is closed after it; the next test's is another file)."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
 
 
 def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None = None) -> None:
@@ -71,14 +105,47 @@ def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or cast(TextIO, _CurrentStdout())),
         cache_logger_on_first_use=False,
     )
-    # Libraries log through the standard library; urllib3 at DEBUG prints request lines
-    # and msal describes token requests
-    # (presigned queries included), so keep them at WARNING whatever our own level is.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
-    for name in ("urllib3", "imapclient", "requests", "msal"):
+    _configure_stdlib()
+
+
+class ScrubFilter(logging.Filter):
+    """Rewrites every standard-library record to its scrubbed text (see scrub_text)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            message = str(record.msg)
+        record.msg, record.args = scrub_text(message), None
+        if record.exc_info:
+            record.exc_text = scrub_text(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+def _configure_stdlib() -> None:
+    """Libraries log through the standard library, to stderr. urllib3 quotes request paths
+    with their presigned query (its DEBUG request lines and its WARNING "Retrying ... /f.csv?
+    X-Amz-Signature=..."), msal describes token requests: urllib3 and requests speak only at
+    ERROR (our own events report what failed), the rest at WARNING, and every record that
+    reaches stderr is scrubbed."""
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_scorefetch", False)]:
+        root.removeHandler(old)  # configured again (tests): stderr may be another file now
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    handler._scorefetch = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    for other in root.handlers:
+        if not any(isinstance(f, ScrubFilter) for f in other.filters):
+            other.addFilter(ScrubFilter())
+    root.setLevel(logging.WARNING)
+    for name, level in (("urllib3", logging.ERROR), ("requests", logging.ERROR)):
+        logging.getLogger(name).setLevel(level)
+    for name in ("imapclient", "msal"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

@@ -8,8 +8,10 @@ fetched by downloads.py with none of these headers.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -56,6 +58,89 @@ def choose_organization(configured: str | None, organizations: list[dict[str, An
     raise ConfigError(f"encoura.organization: the account has several; choose one of: {listing}")
 
 
+KNOWN_PRODUCT_KEYS = frozenset(
+    {
+        "aos",
+        "prospect",
+        "affinity",
+        "ematch",
+        "score-reporter",
+        "declared",
+        "inquiry",
+        "enrollment-marketing",
+    }
+)  # the vendor's list as of 2022; newer keys are allowed, with a warning
+UNLISTED = "unknown"  # the folder of an export of a product key we do not know
+_UID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,127}")  # real ones are UUIDs
+
+
+# Pure parsers: one per answer, each returning typed values or raising VendorError.
+def parse_login(answer: Any) -> tuple[str, list[dict[str, str]]]:
+    """(session token, the account's organizations as {uid, name}) from a /login answer."""
+    token = answer.get("sessionToken") if isinstance(answer, dict) else None
+    if not isinstance(token, str) or not strip_token(token):
+        raise VendorError("/login: no sessionToken in the answer", kind=Failure.AUTH)
+    user = answer.get("user")
+    listed = user.get("organizations") if isinstance(user, dict) else None
+    organizations = [
+        {"uid": org["uid"], "name": org["name"] if isinstance(org.get("name"), str) else ""}
+        for org in (listed if isinstance(listed, list) else [])
+        if isinstance(org, dict) and isinstance(org.get("uid"), str) and org["uid"]
+    ]
+    return strip_token(token), organizations
+
+
+def parse_refresh(answer: Any) -> str:
+    """The new session token of a /refresh-token answer."""
+    token = answer.get("sessionToken") if isinstance(answer, dict) else None
+    if not isinstance(token, str) or not strip_token(token):
+        raise VendorError("/refresh-token: no sessionToken in the answer", kind=Failure.AUTH)
+    return strip_token(token)
+
+
+def parse_exports(answer: Any, product_key: str | None, configured: Iterable[str]) -> list[Export]:
+    """The exports of a listing. Their folder is the product key we asked for, or, for a
+    listing of every product, the vendor's key only when it is one of ours (configured or
+    known), else `unknown`: a listing never spells a path. Entries without a plain uid
+    are left out."""
+    if not isinstance(answer, list):
+        raise VendorError("/datacenter/exports: the answer is not a list", kind=Failure.TRANSIENT)
+    keys = KNOWN_PRODUCT_KEYS | frozenset(configured)
+    exports = []
+    for item in answer:
+        if not isinstance(item, dict) or not isinstance(item.get("uid"), str):
+            continue
+        if not _UID.fullmatch(item["uid"]):
+            continue
+        vendor_key = item.get("productKey")
+        created = item.get("created")
+        created = created.get("createdAt") if isinstance(created, dict) else None
+        exports.append(
+            Export(
+                uid=item["uid"],
+                product_key=product_key or (vendor_key if vendor_key in keys else UNLISTED),
+                status=_text(item.get("status")),
+                created=_text(created) or _text(item.get("date")),
+            )
+        )
+    return exports
+
+
+def parse_download_url(answer: Any) -> str:
+    """The one-time URL of a /download answer (checked later, by downloads.check_url)."""
+    url = answer.get("downloadUrl") if isinstance(answer, dict) else None
+    if not isinstance(url, str) or not url:
+        raise VendorError("download: no downloadUrl in the answer", kind=Failure.TRANSIENT)
+    return url
+
+
+def _text(value: Any) -> str:
+    """A scalar as text ('' for anything else): dates come as epoch ms or ISO strings."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return ""
+    return str(value)
+
+
 class Encoura:
     name = "encoura"
 
@@ -87,13 +172,9 @@ class Encoura:
             "acceptedTerms": True,
         }
         answer = self._request("POST", "/login", auth=False, json=body)
-        token = answer.get("sessionToken") if isinstance(answer, dict) else None
-        if not isinstance(token, str) or not strip_token(token):
-            raise VendorError("/login: no sessionToken in the answer", kind=Failure.AUTH)
-        user = answer.get("user") if isinstance(answer.get("user"), dict) else {}
-        organizations = user.get("organizations") or []
+        token, organizations = parse_login(answer)
         with self._lock:
-            self._token, self._token_at = strip_token(token), time.monotonic()
+            self._token, self._token_at = token, time.monotonic()
             self.organization = choose_organization(self.config.organization, organizations)
             return self.organization
 
@@ -114,16 +195,16 @@ class Encoura:
 
     def _refresh(self, token: str) -> None:
         headers = {"x-api-key": self._api_key, "Authorization": f"JWT {token}"}
+        url = f"{self.config.base_url}/refresh-token"
         try:
-            response = self.session.get(f"{self.config.base_url}/refresh-token", headers=headers)
-            fresh = response.json().get("sessionToken") if response.status_code == 200 else None
-        except (requests.RequestException, ValueError, AttributeError):
-            fresh = None
-        if isinstance(fresh, str) and strip_token(fresh):
-            with self._lock:
-                self._token, self._token_at = strip_token(fresh), time.monotonic()
-        else:
-            self.login()
+            fresh = parse_refresh(
+                json_answer(self.session, "GET", url, "/refresh-token", headers=headers)
+            )
+        except VendorError:
+            self.login()  # any failure to refresh: a fresh login instead
+            return
+        with self._lock:
+            self._token, self._token_at = fresh, time.monotonic()
 
     def _call(self, path: str, **kwargs: Any) -> Any:
         """An authenticated GET; after a 401 one fresh login and one retry."""
@@ -140,29 +221,8 @@ class Encoura:
         them Delivered at the vendor: record the answer before anything else."""
         params = {"status": status} | ({"productKey": product_key} if product_key else {})
         answer = self._call("/datacenter/exports", params=params)
-        if not isinstance(answer, list):
-            raise VendorError(
-                "/datacenter/exports: the answer is not a list", kind=Failure.TRANSIENT
-            )
-        exports = []
-        for item in answer:
-            if isinstance(item, dict) and isinstance(item.get("uid"), str):
-                created = item.get("created")
-                created = created if isinstance(created, dict) else {}
-                exports.append(
-                    Export(
-                        uid=item["uid"],
-                        product_key=str(item.get("productKey") or product_key or "unknown"),
-                        status=str(item.get("status") or ""),
-                        created=str(created.get("createdAt") or item.get("date") or ""),
-                    )
-                )
-        return exports
+        return parse_exports(answer, product_key, self.config.product_keys)
 
     def download_url(self, uid: str) -> str:
         """A fresh one-time URL for export `uid` (about a minute to live)."""
-        answer = self._call(f"/datacenter/exports/{quote(uid, safe='')}/download")
-        url = answer.get("downloadUrl") if isinstance(answer, dict) else None
-        if not isinstance(url, str) or not url:
-            raise VendorError("download: no downloadUrl in the answer", kind=Failure.TRANSIENT)
-        return url
+        return parse_download_url(self._call(f"/datacenter/exports/{quote(uid, safe='')}/download"))

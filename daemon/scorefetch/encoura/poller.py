@@ -10,31 +10,22 @@ recover exports delivered elsewhere but never landed here.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
-from pathlib import Path
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 
+from scorefetch.config import EncouraConfig
 from scorefetch.core import logs
 from scorefetch.core.deliveries import Deliveries
-from scorefetch.core.downloads import Landed, Progress, fetch_to_file
-from scorefetch.core.errors import Failure, ScorefetchError, VendorError
-from scorefetch.core.events import Events
+from scorefetch.core.downloads import Landed, fetch_to_file
+from scorefetch.core.errors import Failure, RefusedError, ScorefetchError, VendorError
 from scorefetch.core.filenames import name_from_url
 from scorefetch.core.ledger import Ledger
-from scorefetch.encoura.client import Encoura, Export
+from scorefetch.core.loops import Periodic
+from scorefetch.encoura.client import KNOWN_PRODUCT_KEYS as KNOWN_PRODUCT_KEYS  # service.py's
+from scorefetch.encoura.client import UNLISTED, Encoura, Export
 
-KNOWN_PRODUCT_KEYS = frozenset(
-    {
-        "aos",
-        "prospect",
-        "affinity",
-        "ematch",
-        "score-reporter",
-        "declared",
-        "inquiry",
-        "enrollment-marketing",
-    }
-)  # the vendor's list as of 2022; newer keys are allowed, with a warning
+LISTING_PASS = "encoura.pass"  # noqa: S105 - not a password; positions: encoura.pass.<key>.started / .completed (ISO, UTC)
+RECOVERY_MARGIN = timedelta(days=1)  # exports may be created well before they are listable
 
 
 def created_since(export: Export, since: datetime) -> bool:
@@ -53,29 +44,25 @@ def created_since(export: Export, since: datetime) -> bool:
     return created >= since
 
 
-class EncouraDeliveries(Deliveries):
+class ListingFailed(VendorError):
+    """Some product keys could not be listed in a pass (the others were); `kind` is the
+    first failure's."""
+
+    def __init__(self, failures: list[tuple[str, ScorefetchError]]) -> None:
+        first = failures[0][1]
+        kind = first.kind if isinstance(first, VendorError) else Failure.TRANSIENT
+        super().__init__("; ".join(f"{key}: {exc}" for key, exc in failures), kind=kind)
+        self.failures = failures
+
+
+class EncouraDeliveries(Deliveries[Encoura]):
     """Listed export uids → files in <download_dir>/encoura/<productKey>/<name>."""
 
     vendor = "encoura"
 
-    def __init__(
-        self,
-        client: Encoura,
-        ledger: Ledger,
-        download_dir: Path,
-        progress: Callable[[str], Progress | None] | None = None,
-        events: Events | None = None,
-    ) -> None:
-        self.client = client
-        self.config = client.config
-        super().__init__(
-            ledger,
-            download_dir,
-            max_parallel=self.config.max_parallel,
-            retry_schedule=self.config.retry_schedule,
-            progress=progress,
-            events=events,
-        )
+    @property
+    def config(self) -> EncouraConfig:
+        return self.client.config
 
     def _ids(self, key: str) -> dict[str, object]:
         return {"uid": key}
@@ -88,34 +75,78 @@ class EncouraDeliveries(Deliveries):
         """Write every listed uid to the ledger (one transaction); returns the new ones."""
         return self.ledger.claim_all(self.vendor, [(e.uid, e.product_key) for e in exports], source)
 
-    def poll(self) -> list[str]:
-        """List NotDelivered exports per product key, remember them, queue the new ones."""
+    def poll(self, stop: threading.Event | None = None) -> list[str]:
+        """One pass: every product key is listed whatever the others answer, and each key's
+        new exports are queued as soon as the ledger holds them. ListingFailed names the
+        keys that failed (after all were tried)."""
         new: list[str] = []
+        failures: list[tuple[str, ScorefetchError]] = []
         for product_key in self.config.product_keys:
-            listed = self.client.list_exports(product_key, "NotDelivered")
-            fresh = self.remember(listed, "listing")  # before anything else can fail
-            self._log.info(
-                "listing.completed", product_key=product_key, files=len(listed), new=len(fresh)
-            )
-            new += fresh
-        for uid in new:
-            self._submit(uid)
+            if stop is not None and stop.is_set():
+                break
+            try:
+                new += self.poll_key(product_key)
+            except ScorefetchError as exc:
+                failures.append((product_key, exc))
+                if isinstance(exc, VendorError) and exc.kind == Failure.AUTH:
+                    break  # the account was refused: every other key would be too
+        if failures:
+            raise ListingFailed(failures)
         return new
+
+    def poll_key(self, product_key: str) -> list[str]:
+        """Recover what a cut-off pass consumed, list NotDelivered, remember, queue."""
+        fresh = self._recover(product_key)
+        started = datetime.now(UTC).isoformat()
+        self.ledger.set_position(f"{LISTING_PASS}.{product_key}.started", started)
+        listed = self.client.list_exports(product_key, "NotDelivered")
+        listed_new = self.remember(listed, "listing")  # before anything else can fail
+        self.ledger.set_position(f"{LISTING_PASS}.{product_key}.completed", started)
+        self._log.info(
+            "listing.completed", product_key=product_key, files=len(listed), new=len(listed_new)
+        )
+        for uid in (*fresh, *listed_new):
+            self.queue(uid)
+        return [*fresh, *listed_new]
+
+    def _recover(self, product_key: str) -> list[str]:
+        """After a pass that was cut off (SIGKILL, power) between the vendor's answer and
+        the ledger's commit, the exports it listed are Delivered at the vendor and unknown
+        here: list Delivered ones created since the last completed pass (minus a margin)."""
+        started = self.ledger.position(f"{LISTING_PASS}.{product_key}.started")
+        completed = self.ledger.position(f"{LISTING_PASS}.{product_key}.completed")
+        if started is None or (completed is not None and completed >= started):
+            return []
+        since = datetime.fromisoformat(completed or started) - RECOVERY_MARGIN
+        delivered = self.client.list_exports(product_key, "Delivered")
+        fresh = self.remember([e for e in delivered if created_since(e, since)], "recovery")
+        self._log.info(
+            "listing.recovered",
+            product_key=product_key,
+            since=since.isoformat(),
+            files=len(delivered),
+            new=len(fresh),
+        )
+        return fresh
 
     def _attempt(self, uid: str) -> Landed:
         row = self.ledger.get(self.vendor, uid)
-        product_key = (row.product if row else None) or "unknown"
+        product_key = (row.product if row else None) or UNLISTED
+        if product_key not in {*self.config.product_keys, *KNOWN_PRODUCT_KEYS, UNLISTED}:
+            raise RefusedError(f"product key {product_key!r} is not a configured one")
         url = self.client.download_url(uid)  # one-time: used at once, never twice
         name = name_from_url(url)
         progress = self._progress(name) if self._progress else None
         return fetch_to_file(
             self.client.session,
             url,
-            self.folder / product_key,  # a plain name: checked when the config was loaded
+            self.folder / product_key,  # a configured key: checked when the config was loaded
             name,
             hosts=self.config.download_hosts,
             deadline_s=self.config.download_timeout,
             progress=progress,
+            max_size=self.config.max_file_size,
+            root=self.folder,
         )
 
 
@@ -156,33 +187,32 @@ def _state(ledger: Ledger, uid: str) -> str | None:
     return row.state if row else None
 
 
-class EncouraPoller:
-    """Polls on its own thread every poll_interval until `stop` is set."""
+def start_poller(
+    deliveries: EncouraDeliveries, stop: threading.Event, after: threading.Event | None = None
+) -> Periodic:
+    """Poll every poll_interval on a supervised thread until `stop` is set."""
+    interval = deliveries.config.poll_interval
+    log = logs.get(vendor=deliveries.vendor)
 
-    def __init__(self, deliveries: EncouraDeliveries, stop: threading.Event) -> None:
-        self.deliveries = deliveries
-        self._stop = stop
-        self._log = logs.get(vendor="encoura")
+    def failed(exc: ScorefetchError, failures: int) -> float:
+        errors = exc.failures if isinstance(exc, ListingFailed) else [(None, exc)]
+        # A refused API key or password is not cured by hammering the vendor.
+        slow = all(
+            isinstance(e, VendorError) and e.kind in (Failure.AUTH, Failure.FATAL)
+            for _, e in errors
+        )
+        wait = interval if slow else min(interval, 30.0 * 2 ** min(failures, 6))
+        for product_key, error in errors:
+            (log.error if slow else log.warning)(
+                "listing.failed", product_key=product_key, error=str(error), retry_in_s=wait
+            )
+        return wait
 
-    def run(self) -> None:
-        failures = 0
-        interval = self.deliveries.config.poll_interval
-        while not self._stop.is_set():
-            try:
-                self.deliveries.poll()
-                failures = 0
-                wait = interval
-            except ScorefetchError as exc:
-                failures += 1
-                # A refused API key or password is not cured by hammering the vendor.
-                slow = isinstance(exc, VendorError) and exc.kind in (Failure.AUTH, Failure.FATAL)
-                wait = interval if slow else min(interval, 30.0 * 2 ** min(failures, 6))
-                (self._log.error if slow else self._log.warning)(
-                    "listing.failed", error=str(exc), retry_in_s=wait
-                )
-            self._stop.wait(wait)
-
-    def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run, name="encoura-poller", daemon=True)
-        thread.start()
-        return thread
+    return Periodic(
+        "encoura-poller",
+        lambda: deliveries.poll(stop),
+        stop,
+        interval=interval,
+        failed=failed,
+        after=after,
+    ).start()

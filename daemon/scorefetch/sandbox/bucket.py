@@ -13,7 +13,7 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +21,7 @@ from typing import Any, ClassVar, cast
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 from xml.sax.saxutils import escape
 
+from scorefetch.sandbox.hostile import Hostile, gzipped, write_slowly
 from scorefetch.sandbox.ports import Lifecycle
 
 CHUNK = 64 * 1024
@@ -141,6 +142,12 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Silence the per-request stderr log."""
 
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The `Date` header, off by the simulator's `clock_offset_s` (a vendor clock ahead
+        is how tests show `scorefetch doctor` a local clock behind)."""
+        when = time.time() if timestamp is None else timestamp
+        return super().date_time_string(when + self.sim.clock_offset_s)
+
     def send(
         self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None
     ) -> None:
@@ -160,6 +167,20 @@ class Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, raw: bytes) -> None:
         raise NotImplementedError
+
+    def hostile_answer(self, endpoint: str) -> bool:
+        """Answer with the redirect or the raw body hostile mode holds for `endpoint`, if any."""
+        hostile: Hostile = self.sim.hostile
+        if endpoint in hostile.redirect:
+            status, location = hostile.redirect[endpoint]
+            hostile.requests.append((endpoint, f"redirect {status}"))
+            self.send(status, b"", "text/plain", {"Location": location})
+            return True
+        if endpoint in hostile.answers:
+            hostile.requests.append((endpoint, "answer"))
+            self.send(200, hostile.answers[endpoint], "application/json")
+            return True
+        return False
 
     def do_GET(self) -> None:
         self.started = time.monotonic()
@@ -181,6 +202,24 @@ class JsonHandler(Handler):
 
     def json(self, status: int, obj: object, extra: dict[str, str] | None = None) -> None:
         self.send(status, json.dumps(obj).encode(), "application/json", extra)
+
+    def send(
+        self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None
+    ) -> None:
+        """As Handler.send, gzip-encoded or trickled when hostile mode says so."""
+        hostile: Hostile = self.sim.hostile
+        if not hostile.api_gzip and not hostile.api_trickle_bps:
+            return super().send(status, body, ctype, extra)
+        if hostile.api_gzip:
+            body, extra = gzipped(body), (extra or {}) | {"Content-Encoding": "gzip"}
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (extra or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        write_slowly(self.wfile, body, hostile.api_trickle_bps)
+        return None
 
 
 class _S3Handler(Handler):
@@ -206,21 +245,37 @@ class _S3Handler(Handler):
             sim._count("api_headers_on_download")
             msg = "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, "
             return self._error(400, "InvalidArgument", msg + "Signature query string parameter")
+        if self.hostile_answer("download"):
+            return None
         path = unquote(urlsplit(self.path).path)
         found = sim._check_download(path, self.query(), self.started)
         if isinstance(found, tuple):
             return self._error(*found)
-        self.send_response(200)
-        self.send_header("Content-Type", sim.content_type)
-        self.send_header("Content-Length", str(found.size))
-        self.end_headers()
+        hostile: Hostile = sim.hostile
+        chunks: Iterable[bytes | memoryview] = found.chunks()
+        head = {"Content-Type": sim.content_type, "Content-Length": str(found.size)}
+        if hostile.gzip:  # S3 serves an object stored with Content-Encoding: gzip as stored
+            stored = gzipped(b"".join(found.chunks()))
+            chunks, head["Content-Length"] = [stored], str(len(stored))
+            head["Content-Encoding"] = "gzip"
+        if hostile.content_length is not None:
+            head["Content-Length"] = hostile.content_length
+        if hostile.no_content_length:
+            del head["Content-Length"]
+            self.close_connection = True
+        self._send_head(head, hostile.trickle_headers_bps)
         pause = CHUNK / sim.throttle_bps if sim.throttle_bps else 0.0
-        for piece in found.chunks():
-            self.wfile.write(piece)
+        for piece in chunks:
+            write_slowly(self.wfile, bytes(piece), hostile.trickle_bps)
             if pause:
                 time.sleep(pause)  # a slow link: lets tests crash the daemon mid-download
         sim._count("downloads_completed")
         return None
+
+    def _send_head(self, head: dict[str, str], bps: float | None) -> None:
+        lines = [f"{self.protocol_version} 200 OK", f"Server: {self.server_version}"]
+        lines += [f"{key}: {value}" for key, value in head.items()]
+        write_slowly(self.wfile, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), bps)
 
 
 class Simulator(Lifecycle):
@@ -241,6 +296,8 @@ class Simulator(Lifecycle):
         self.download_host = host
         self.url_host_override: str | None = None  # a host name the URLs name instead
         self.throttle_bps: float | None = None  # bytes/s the bucket sends; None: full speed
+        self.clock_offset_s = 0.0  # added to the time in every `Date` header
+        self.hostile = Hostile()  # misbehaviour tests switch on (sandbox/hostile.py)
         self._secret = secrets.token_bytes(32)
         self._lock = threading.Lock()
         self._urls: dict[str, _Presigned] = {}
@@ -328,7 +385,7 @@ class Simulator(Lifecycle):
         stamp = datetime.fromtimestamp(now_wall, UTC)
         cred = f"ASIASANDBOX0EXAMPLE/{stamp:%Y%m%d}/us-east-1/s3/aws4_request"
         host = self.url_host_override or self.download_host
-        return (
+        return self.hostile.url(
             f"http://{host}:{self.download_port}/{self.bucket}/{quote(key)}"
             f"?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential={quote(cred, safe='')}"
             f"&X-Amz-Date={stamp:%Y%m%dT%H%M%SZ}&X-Amz-Expires={max(round(lifetime), 0)}"

@@ -81,6 +81,8 @@ class _ApiHandler(JsonHandler):
         if route is None:
             return self.json(404, {"message": f"Not found: {url.path}"})
         endpoint, methods = route
+        if self.hostile_answer(endpoint):
+            return None
         if self.command not in methods:
             return self.json(405, {"message": "Method not allowed"}, {"Allow": ", ".join(methods)})
         try:

@@ -67,6 +67,8 @@ class _ApiHandler(JsonHandler):
             endpoint, method, uid = "download_url", "GET", unquote(match[1])
         if not endpoint:
             return self.json(404, {"message": f"Not found: {url.path}"})
+        if self.hostile_answer(endpoint):
+            return None
         if self.command != method:
             return self.json(405, {"message": "Method not allowed"}, {"Allow": method})
         body: Any = {}
@@ -270,7 +272,7 @@ class EncouraSimulator(Simulator):
                 and key in (None, e.record["productKey"])
                 and status in (None, e.record["status"])
             ]
-            body = copy.deepcopy(rows)
+            body = [record | self.hostile.listing_patch for record in copy.deepcopy(rows)]
             for record in rows:
                 record["status"] = "Delivered"  # listing is what marks an export delivered
         return 200, body

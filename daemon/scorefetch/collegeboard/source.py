@@ -1,0 +1,165 @@
+"""College Board as a source: notification emails (the mailbox watcher) and the listing
+(reconciliation) trigger deliveries; `fetch` by file name, `sync` by listing."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from scorefetch.collegeboard.client import CollegeBoard
+from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
+from scorefetch.collegeboard.notifications import (
+    Notification,
+    may_be_notification,
+    read_notification,
+)
+from scorefetch.collegeboard.reconciliation import CURSOR, Reconciler, missing
+from scorefetch.config import Config, ImapConfig
+from scorefetch.core import logs
+from scorefetch.core.downloads import Progress
+from scorefetch.core.events import Events
+from scorefetch.core.http import build_session
+from scorefetch.core.ledger import Ledger
+from scorefetch.core.loops import Periodic, Supervised
+from scorefetch.core.sources import Say, again, stop_all
+from scorefetch.mailbox.watcher import MailboxWatcher
+
+
+class CollegeBoardSource:
+    vendor = "collegeboard"
+
+    def __init__(
+        self,
+        config: Config,
+        ledger: Ledger,
+        progress: Callable[[str], Progress | None] | None = None,
+        events: Events | None = None,
+    ) -> None:
+        assert config.collegeboard is not None
+        client = CollegeBoard(config.collegeboard, build_session())
+        self.deliveries = CollegeBoardDeliveries(
+            client, ledger, config.download_dir, progress=progress, events=events
+        )
+        self._imap: ImapConfig | None = config.imap
+        self._lookback = config.imap.lookback_days if config.imap else 14
+        self._loops: list[Supervised] = []
+        self._log = logs.get()
+
+    @classmethod
+    def build(
+        cls,
+        config: Config,
+        ledger: Ledger,
+        progress: Callable[[str], Progress | None] | None = None,
+        events: Events | None = None,
+    ) -> CollegeBoardSource | None:
+        cb = config.collegeboard
+        return cls(config, ledger, progress, events) if cb is not None and cb.enabled else None
+
+    def resume(self) -> int:
+        return self.deliveries.resume()
+
+    def start(self, stop: threading.Event, running: threading.Event) -> threading.Event:
+        watching = threading.Event()
+        if self._imap is not None:
+            imap = self._imap
+            holder: list[MailboxWatcher] = []
+            loop = Supervised("mailbox", lambda: holder[0].run(), stop)
+            holder.append(
+                MailboxWatcher(
+                    imap,
+                    self.deliveries.ledger,
+                    self.handle_message,
+                    stop,
+                    watching.set,
+                    loop.tick,
+                    screen=self.may_be_notification,
+                )
+            )
+            self._loops.append(loop.start())
+        else:
+            watching.set()
+        if self.deliveries.config.poll_interval > 0:
+            reconciler: Periodic = Reconciler(self.deliveries, self._lookback).start(stop, running)
+            self._loops.append(reconciler.thread)
+        return watching
+
+    def loops(self) -> list[Supervised]:
+        return list(self._loops)
+
+    def stop(self, timeout: float) -> bool:
+        return stop_all(self._loops, self.deliveries, timeout)
+
+    def status(self) -> dict[str, Any]:
+        return {"last_listing": self.deliveries.ledger.position(CURSOR)}
+
+    def may_be_notification(self, headers: bytes) -> bool:
+        """Whether a message with these header lines is worth fetching the HTML of."""
+        cb = self.deliveries.config
+        trust = cb.require_authentication_results
+        return may_be_notification(headers, cb.senders, trust.authserv_id if trust else None)
+
+    def handle_message(self, uid: int, raw: bytes | None, reason: str) -> bool:
+        """One email: announce its files (True once the ledger holds them), or say in one
+        line why not (False). Never raises."""
+        log = self._log.bind(uid=uid)
+        if raw is None:
+            log.warning("notification.rejected", message_id=None, reason=reason or "disabled")
+            return False
+        try:
+            cb = self.deliveries.config
+            trust = cb.require_authentication_results
+            found = read_notification(raw, cb.senders, trust.authserv_id if trust else None)
+            if not isinstance(found, Notification):
+                log.info(
+                    "notification.rejected",
+                    message_id=found.message_id,
+                    reason=found.reason,
+                    detail=found.detail,
+                )
+                return False
+            log.info(
+                "notification.received",
+                vendor=self.vendor,
+                message_id=found.message_id,
+                filenames=list(found.filenames),
+            )
+            self.deliveries.announce(found.filenames, source="notification")
+            return True
+        except Exception:
+            log.exception("notification.rejected", message_id=None, reason="internal_error")
+            return False
+
+    def fetch(self, keys: list[str], say: Say, *, force: bool = False) -> list[str]:
+        return self._claim(keys, "fetch", say, force=force)
+
+    def sync(self, since: datetime, say: Say) -> list[str]:
+        listed = self.deliveries.client.list_files(since)
+        names = missing(self.deliveries, listed)
+        say(
+            f"collegeboard: {len(listed)} files listed since {since.date().isoformat()}, "
+            f"{len(names)} to download"
+        )
+        return self._claim(names, "listing", say)
+
+    def _claim(self, names: list[str], source: str, say: Say, force: bool = False) -> list[str]:
+        """The names to download now; says why each other one is left."""
+        deliveries, claimed = self.deliveries, []
+        for name in names:
+            if not deliveries.wants(name):
+                say(f"{name}: skipped, not one of the formats {list(deliveries.config.formats)}")
+            elif deliveries.ledger.claim(deliveries.vendor, name, name, source) or (
+                source == "fetch"
+                and again(deliveries.ledger, self.vendor, name, source, force, say)
+            ):
+                claimed.append(name)
+            else:
+                row = deliveries.ledger.get(deliveries.vendor, name)
+                say(
+                    f"{name}: already {row.state if row else 'known'}"
+                    + (f" at {row.path}" if row and row.path else "")
+                    + (" (--force downloads it again)" if row and row.state == "downloaded" else "")
+                )
+        return claimed

@@ -1,0 +1,73 @@
+"""What the service, `status` and the CLI know of a vendor: a `Source`. A new vendor is a
+new folder with one Source class, plus one line in scorefetch/sources.py."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from scorefetch.core.deliveries import Deliveries
+from scorefetch.core.ledger import Ledger
+from scorefetch.core.loops import Supervised
+
+Say = Callable[[str], None]  # a line for the person at the terminal (fetch, sync)
+
+
+class Source(Protocol):
+    vendor: str
+
+    @property
+    def deliveries(self) -> Deliveries[Any]: ...
+
+    def resume(self) -> int:
+        """Queue what a previous run left unfinished; how many."""
+        ...
+
+    def start(self, stop: threading.Event, running: threading.Event) -> threading.Event:
+        """Check what must stop the start (ConfigError), start watching; return an event set
+        once watching. Periodic work waits for `running` (set after READY=1)."""
+        ...
+
+    def loops(self) -> list[Supervised]:
+        """The threads that must stay alive for the service to be healthy."""
+        ...
+
+    def stop(self, timeout: float) -> bool:
+        """Join the loops, let running downloads finish for up to `timeout` seconds."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """What `scorefetch status` shows of this source beyond its ledger rows."""
+        ...
+
+    def fetch(self, keys: list[str], say: Say, *, force: bool = False) -> list[str]:
+        """Claim `keys` for a one-off download; the keys to download now. A landed key is
+        downloaded again when its file is gone from disk, or with `force`."""
+        ...
+
+    def sync(self, since: datetime, say: Say) -> list[str]:
+        """One listing-based catch-up since `since`; the keys to download now."""
+        ...
+
+
+def again(ledger: Ledger, vendor: str, key: str, source: str, force: bool, say: Say) -> bool:
+    """Make a downloaded row pending again when its file is gone from disk (the CRM import
+    moved it, say) or with `force`; says which. False when the row stays as it is."""
+    row = ledger.get(vendor, key)
+    if row is None or row.state != "downloaded":
+        return False
+    gone = not row.path or not Path(row.path).is_file()
+    if not (gone or force) or not ledger.redo(vendor, key, source):
+        return False
+    say(f"{key}: {'no longer at ' + str(row.path) if gone else 'forced'}; downloading again")
+    return True
+
+
+def stop_all(loops: list[Supervised], deliveries: Deliveries[Any], timeout: float) -> bool:
+    """The usual `Source.stop`: loops first (a pass in progress ends and is remembered),
+    then the downloads."""
+    joined = all([loop.join(min(timeout, 10.0)) for loop in loops])
+    return deliveries.close(timeout) and joined

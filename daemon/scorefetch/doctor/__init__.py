@@ -1,0 +1,118 @@
+"""`scorefetch doctor`: prove a deployment works before the first real file.
+
+Each check is a function returning a `Check` (its name, ok or not, what it found, what
+to do). Doctor changes nothing but probe files (and folders it made for them) that it
+removes again; the vendor calls are the harmless ones (College Board's listing, Encoura's
+login and a listing of exports already Delivered). No secret is ever shown: every secret
+of the config is masked in every line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, SecretStr
+
+from scorefetch.config import Config
+from scorefetch.core.errors import ConfigError
+from scorefetch.doctor.checks import (
+    Check,
+    Clock,
+    Destination,
+    check_clock,
+    check_collegeboard,
+    check_encoura,
+    check_folders,
+    check_forward,
+    check_hooks,
+    check_imap,
+    check_ledger,
+)
+
+__all__ = ["Check", "Clock", "Destination", "as_json", "config_check", "render", "run"]
+
+
+def run(
+    config: Config,
+    destinations: Sequence[Destination] = (),
+    clock: Clock | None = None,
+) -> list[Check]:
+    """Every check that applies to `config`, in order (the config itself was valid)."""
+    clock = clock or Clock()
+    steps: list[tuple[str, Callable[[], Check]]] = [
+        ("folders", lambda: check_folders(config)),
+        ("ledger", lambda: check_ledger(config.ledger_path)),
+    ]
+    imap, cb, enc = config.imap, config.collegeboard, config.encoura
+    if imap is not None:
+        steps.append(("imap", lambda: check_imap(imap)))
+    if cb is not None and cb.enabled:
+        steps.append(("collegeboard", lambda: check_collegeboard(cb, clock)))
+    if enc is not None and enc.enabled:
+        steps.append(("encoura", lambda: check_encoura(enc, clock)))
+    for destination in destinations:
+        steps.append((f"forward.{destination.name}", partial(check_forward, destination)))
+    if config.hooks.on_delivery or config.hooks.on_failure:
+        steps.append(("hooks", lambda: check_hooks(config.hooks)))
+    checks = [_guarded(name, step) for name, step in steps]
+    if clock.samples:
+        checks.append(check_clock(clock))
+    secrets = list(_secrets(config))
+    return [_masked(check, secrets) for check in checks]
+
+
+def _guarded(name: str, step: Callable[[], Check]) -> Check:
+    try:
+        return step()
+    except Exception as exc:  # noqa: BLE001 - one broken check must not hide the others
+        return Check(name, False, f"internal error: {exc!r}", "report this as a bug")
+
+
+def render(checks: Iterable[Check]) -> str:
+    """One line per check: `ok`/`FAIL`, its name, what was found, and → what to do."""
+    lines = []
+    for check in checks:
+        advice = f" → {check.advice}" if check.advice and not check.ok else ""
+        lines.append(f"{'ok' if check.ok else 'FAIL':<4}  {check.name:<14} {check.detail}{advice}")
+    return "\n".join(lines)
+
+
+def as_json(checks: Sequence[Check]) -> dict[str, Any]:
+    return {"ok": all(c.ok for c in checks), "checks": [asdict(c) for c in checks]}
+
+
+def config_check(path: Path, error: ConfigError | None) -> Check:
+    if error is None:
+        return Check("config", True, f"{path} is valid")
+    detail = str(error).replace("\n", "; ")
+    return Check("config", False, detail, "fix the key it names, then run doctor again")
+
+
+# --- secrets stay off the screen ---
+
+
+def _secrets(config: Config) -> Iterable[str]:
+    def walk(node: Any) -> Iterable[str]:
+        if isinstance(node, SecretStr):
+            yield node.get_secret_value()
+        elif isinstance(node, BaseModel):
+            for name in type(node).model_fields:
+                yield from walk(getattr(node, name))
+        elif isinstance(node, tuple | list):
+            for item in node:
+                yield from walk(item)
+
+    return (s for s in walk(config) if s)
+
+
+def _masked(check: Check, secrets: list[str]) -> Check:
+    def mask(text: str) -> str:
+        for secret in secrets:
+            text = text.replace(secret, "********")
+        return text
+
+    return Check(check.name, check.ok, mask(check.detail), mask(check.advice))

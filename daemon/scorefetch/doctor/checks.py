@@ -1,0 +1,350 @@
+"""The checks of `scorefetch doctor`: each a function returning a `Check` (ok or not,
+what it found, what to do)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import ssl
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import requests
+from imapclient import IMAPClient
+from imapclient.exceptions import LoginError
+from imapclient.imapclient import SocketTimeout
+
+from scorefetch.collegeboard.client import CollegeBoard
+from scorefetch.config import CollegeBoardConfig, Config, EncouraConfig, HooksConfig, ImapConfig
+from scorefetch.core.errors import ConfigError, Failure, ScorefetchError, TokenError, VendorError
+from scorefetch.core.http import build_session
+from scorefetch.encoura.client import Encoura
+from scorefetch.encoura.poller import KNOWN_PRODUCT_KEYS
+from scorefetch.mailbox.tokens import token_cache
+
+MAX_SKEW_S = 5.0  # a third of a presigned URL's 15-second life
+PROBE_PREFIX = ".scorefetch-doctor-"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    advice: str = ""  # what to do, when not ok
+
+
+class Destination(Protocol):
+    """A forward destination as doctor sees it: `probe()` connects, verifies the host key,
+    logs in, writes and removes a probe file in `remote_dir`, and says what it did;
+    ScorefetchError when any of that fails."""
+
+    name: str
+
+    def probe(self) -> str: ...
+
+
+class Clock:
+    """Collects the vendors' `Date` headers from the calls the checks make anyway."""
+
+    def __init__(self, now: Callable[[], float] = time.time) -> None:
+        self.now = now
+        self.samples: list[tuple[str, float, float]] = []  # (vendor, skew_s, round trip s)
+
+    def watch(self, session: requests.Session, vendor: str) -> requests.Session:
+        def hook(response: requests.Response, *_args: Any, **_kwargs: Any) -> None:
+            header = response.headers.get("Date")
+            if not header:
+                return
+            try:  # whole seconds, cut: the middle of that second is the best guess
+                theirs = parsedate_to_datetime(header).timestamp() + 0.5
+            except (TypeError, ValueError):
+                return
+            rtt = response.elapsed.total_seconds()
+            ours = self.now() - rtt / 2
+            self.samples.append((vendor, theirs - ours, rtt))
+
+        session.hooks["response"].append(hook)
+        return session
+
+
+# --- the checks ---
+
+
+def check_folders(config: Config) -> Check:
+    """Each folder a file lands in, and the state folder, can be written, and a file
+    written there can be hard-linked beside itself (how a download is put in place)."""
+    folders = [config.state_dir]
+    cb, enc = config.collegeboard, config.encoura
+    if cb is not None and cb.enabled:
+        folders.append(config.download_dir / "collegeboard")
+    if enc is not None and enc.enabled:
+        folders += [config.download_dir / "encoura" / key for key in enc.product_keys]
+    for folder in folders:
+        problem = probe_folder(folder)
+        if problem is not None:
+            return Check(
+                "folders",
+                False,
+                problem,
+                f"make {folder} writable by user {_user()} on a local filesystem "
+                "(under systemd, outside /var/lib/scorefetch: ReadWritePaths= in a drop-in)",
+            )
+    as_root = " (as root: run doctor as the service user to check its rights)"
+    note = as_root if os.geteuid() == 0 else ""
+    return Check(
+        "folders",
+        True,
+        f"{config.download_dir} and {config.state_dir} writable, hard links work{note}",
+    )
+
+
+def probe_folder(folder: Path) -> str | None:
+    """None when `folder` (made for the probe if missing, then removed) takes a file and a
+    hard link to it; else what went wrong."""
+    made: list[Path] = []
+    try:
+        missing = [p for p in (folder, *folder.parents) if not p.exists()]
+        for path in reversed(missing):
+            path.mkdir(mode=0o700)
+            made.append(path)
+        if not folder.is_dir():
+            return f"{folder} is not a folder"
+        fd, name = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=folder)
+        probe = Path(name)
+        try:
+            os.write(fd, b"probe\n")
+            os.fsync(fd)
+            os.close(fd)
+            link = probe.with_name(probe.name + ".link")
+            try:
+                os.link(probe, link)
+            except OSError as exc:
+                return f"{folder}: hard links do not work here ({exc.strerror or exc})"
+            link.unlink()
+        finally:
+            probe.unlink(missing_ok=True)
+    except OSError as exc:
+        return f"{folder}: cannot write as user {_user()} ({exc.strerror or exc})"
+    finally:
+        for path in reversed(made):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+    return None
+
+
+def check_ledger(path: Path) -> Check:
+    if not path.exists():
+        return Check("ledger", True, f"none yet; the first start creates {path}")
+    import sqlite3  # only here: the rest of doctor has no use for it
+
+    if not os.access(path, os.R_OK | os.W_OK):
+        return Check(
+            "ledger",
+            False,
+            f"{path} is not readable and writable by user {_user()}",
+            f"chown {_user()} {path} (it must belong to the service user)",
+        )
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+            rows = db.execute("SELECT count(*) FROM deliveries").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        return Check("ledger", False, f"{path}: {exc}", "restore it from a backup, or move it away")
+    if verdict != "ok":
+        return Check("ledger", False, f"{path}: {verdict}", "restore it from a backup")
+    return Check("ledger", True, f"{path} opens, intact, {rows} deliveries recorded")
+
+
+def check_imap(cfg: ImapConfig) -> Check:
+    where = f"{cfg.host}:{cfg.port}"
+    context = ssl.create_default_context()
+    timeout = SocketTimeout(connect=cfg.connect_timeout, read=cfg.read_timeout)
+    try:
+        client = IMAPClient(
+            cfg.host, port=cfg.port, ssl=cfg.security == "tls", ssl_context=context, timeout=timeout
+        )
+    except ssl.SSLCertVerificationError as exc:
+        return _tls_failure(where, exc)
+    except (OSError, ssl.SSLError) as exc:
+        return Check(
+            "imap",
+            False,
+            f"cannot connect to {where} ({cfg.security}): {exc}",
+            "check imap.host, imap.port, imap.security and the firewall",
+        )
+    try:
+        if cfg.security == "starttls":
+            try:
+                client.starttls(context)
+            except ssl.SSLCertVerificationError as exc:
+                return _tls_failure(where, exc)
+        tls = "TLS verified" if cfg.security != "plain" else "plain (loopback only)"
+        tokens = token_cache(cfg.auth)
+        try:
+            if tokens is None:
+                assert cfg.password is not None
+                client.login(cfg.username, cfg.password.get_secret_value())
+            else:
+                client.oauth2_login(cfg.username, tokens.get()[0])
+        except (LoginError, TokenError) as exc:
+            return Check(
+                "imap",
+                False,
+                f"{where}: {tls}; login refused for {cfg.username}: {exc}",
+                "check imap.username and the password (or the OAuth2 app's credentials "
+                "and its access to this mailbox)",
+            )
+        if not client.folder_exists(cfg.folder):
+            names = ", ".join(str(f[2]) for f in client.list_folders()[:12])
+            return Check(
+                "imap",
+                False,
+                f"{where}: logged in; no folder {cfg.folder!r} (there are: {names})",
+                "set imap.folder to where College Board's notifications arrive",
+            )
+        client.select_folder(cfg.folder, readonly=True)
+        idle = (
+            "IDLE offered"
+            if client.has_capability("IDLE")
+            else f"no IDLE: new mail is looked for every {cfg.poll_interval:g}s"
+        )
+        return Check(
+            "imap", True, f"{where}: {tls}, logged in as {cfg.username}, {cfg.folder!r}, {idle}"
+        )
+    finally:
+        with contextlib.suppress(Exception):  # leaving; the answer does not matter
+            client.logout()
+
+
+def _tls_failure(where: str, exc: ssl.SSLCertVerificationError) -> Check:
+    return Check(
+        "imap",
+        False,
+        f"{where}: the TLS certificate does not verify ({exc.verify_message})",
+        "imap.host must be the name on the server's certificate, which must chain to a CA "
+        "this machine trusts (/etc/ssl/certs)",
+    )
+
+
+def check_collegeboard(cfg: CollegeBoardConfig, clock: Clock) -> Check:
+    client = CollegeBoard(cfg, clock.watch(build_session(5.0, 30.0), "College Board"))
+    try:
+        listed = client.list_files(datetime.now(UTC) - timedelta(days=7))
+    except VendorError as exc:
+        if exc.kind is Failure.AUTH:
+            return Check(
+                "collegeboard",
+                False,
+                f"{cfg.base_url} refused {cfg.username}: {exc}",
+                "the web-service password expires periodically: set a new one in College "
+                "Board's professional account, put it in collegeboard_password, restart",
+            )
+        return Check(
+            "collegeboard",
+            False,
+            f"{cfg.base_url}: {exc}",
+            "check collegeboard.base_url and that this host may reach it (HTTPS out)",
+        )
+    return Check(
+        "collegeboard",
+        True,
+        f"{cfg.base_url} accepts {cfg.username} ({len(listed)} files posted in 7 days)",
+    )
+
+
+def check_encoura(cfg: EncouraConfig, clock: Clock) -> Check:
+    client = Encoura(cfg, clock.watch(build_session(5.0, 30.0), "Encoura"))
+    try:
+        organization = client.login()
+    except ConfigError as exc:
+        return Check("encoura", False, str(exc), "set encoura.organization to one of those")
+    except VendorError as exc:
+        advice = (
+            "check encoura.api_key, encoura.username and encoura.password"
+            if exc.kind is Failure.AUTH
+            else "check encoura.base_url and that this host may reach it (HTTPS out)"
+        )
+        return Check("encoura", False, f"{cfg.base_url}: login failed: {exc}", advice)
+    counts = []
+    for key in cfg.product_keys:
+        try:
+            # Delivered ones only: listing NotDelivered would mark them delivered.
+            counts.append(f"{key}: {len(client.list_exports(key, 'Delivered'))} delivered")
+        except VendorError as exc:
+            return Check(
+                "encoura", False, f"product key {key!r}: {exc}", "check encoura.product_keys"
+            )
+    unknown = [key for key in cfg.product_keys if key not in KNOWN_PRODUCT_KEYS]
+    note = f"; not among the keys known in 2022: {', '.join(unknown)}" if unknown else ""
+    return Check(
+        "encoura",
+        True,
+        f"{cfg.base_url}: logged in, organization {organization}; {'; '.join(counts)}{note}",
+    )
+
+
+def check_forward(destination: Destination) -> Check:
+    name = f"forward.{destination.name}"
+    try:
+        return Check(name, True, destination.probe())
+    except ScorefetchError as exc:
+        return Check(
+            name,
+            False,
+            str(exc),
+            f"check forward.{destination.name}: host, host_key, username, key, remote_dir",
+        )
+
+
+def check_hooks(cfg: HooksConfig) -> Check:
+    for which in ("on_delivery", "on_failure"):
+        argv: tuple[str, ...] = getattr(cfg, which)
+        if argv and not os.access(argv[0], os.X_OK):
+            return Check(
+                "hooks",
+                False,
+                f"hooks.{which}: {argv[0]} is not an executable file for user {_user()}",
+                f"install it there, or fix hooks.{which}",
+            )
+    return Check("hooks", True, "every hook program is there and executable")
+
+
+def check_clock(clock: Clock) -> Check:
+    """Our clock against each vendor's `Date` (its quickest answer); any off by more than
+    MAX_SKEW_S fails."""
+    skews: dict[str, float] = {}
+    for vendor, skew, _ in sorted(clock.samples, key=lambda s: s[2], reverse=True):
+        skews[vendor] = skew  # the quickest answer is written last
+    parts = [
+        f"{abs(skew):.1f}s {'behind' if skew > 0 else 'ahead of'} {vendor}"
+        for vendor, skew in skews.items()
+    ]
+    detail = ", ".join(parts)
+    if any(abs(skew) > MAX_SKEW_S for skew in skews.values()):
+        return Check(
+            "clock",
+            False,
+            detail,
+            "synchronise the clock (systemd-timesyncd or chrony): a skewed clock breaks "
+            "15-second URLs, TLS and tokens",
+        )
+    return Check("clock", True, detail)
+
+
+def _user() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        return str(os.geteuid())

@@ -1,0 +1,109 @@
+"""Encoura as a source: the poller lists each product key and lands the new exports;
+`fetch` by export uid, `sync` also lists Delivered exports."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from scorefetch.config import Config
+from scorefetch.core import logs
+from scorefetch.core.downloads import Progress
+from scorefetch.core.errors import VendorError
+from scorefetch.core.events import Events
+from scorefetch.core.http import build_session
+from scorefetch.core.ledger import Ledger
+from scorefetch.core.loops import Supervised
+from scorefetch.core.sources import Say, again, stop_all
+from scorefetch.encoura.client import Encoura
+from scorefetch.encoura.poller import (
+    KNOWN_PRODUCT_KEYS,
+    LISTING_PASS,
+    EncouraDeliveries,
+    locate,
+    recover,
+    start_poller,
+)
+
+
+class EncouraSource:
+    vendor = "encoura"
+
+    def __init__(
+        self,
+        config: Config,
+        ledger: Ledger,
+        progress: Callable[[str], Progress | None] | None = None,
+        events: Events | None = None,
+    ) -> None:
+        assert config.encoura is not None
+        client = Encoura(config.encoura, build_session())
+        self.deliveries = EncouraDeliveries(
+            client, ledger, config.download_dir, progress=progress, events=events
+        )
+        self._loops: list[Supervised] = []
+        self._log = logs.get(vendor=self.vendor)
+
+    @classmethod
+    def build(
+        cls,
+        config: Config,
+        ledger: Ledger,
+        progress: Callable[[str], Progress | None] | None = None,
+        events: Events | None = None,
+    ) -> EncouraSource | None:
+        enc = config.encoura
+        return cls(config, ledger, progress, events) if enc is not None and enc.enabled else None
+
+    def resume(self) -> int:
+        return self.deliveries.resume()
+
+    def start(self, stop: threading.Event, running: threading.Event) -> threading.Event:
+        """Log in now so that an ambiguous organization stops the start (exit 78); a vendor
+        outage does not: the poller logs in again on its first pass."""
+        for key in self.deliveries.config.product_keys:
+            if key not in KNOWN_PRODUCT_KEYS:
+                self._log.warning(
+                    "encoura.unknown_product_key", product_key=key, known=sorted(KNOWN_PRODUCT_KEYS)
+                )
+        try:
+            organization = self.deliveries.client.login()
+            self._log.info("encoura.logged_in", organization=organization)
+        except VendorError as exc:
+            self._log.error("encoura.login_failed", error=str(exc))
+        self._loops.append(start_poller(self.deliveries, stop, running).thread)
+        watching = threading.Event()
+        watching.set()
+        return watching
+
+    def loops(self) -> list[Supervised]:
+        return list(self._loops)
+
+    def stop(self, timeout: float) -> bool:
+        return stop_all(self._loops, self.deliveries, timeout)
+
+    def status(self) -> dict[str, Any]:
+        ledger = self.deliveries.ledger
+        return {
+            key: ledger.position(f"{LISTING_PASS}.{key}.completed")
+            for key in self.deliveries.config.product_keys
+        }
+
+    def fetch(self, keys: list[str], say: Say, *, force: bool = False) -> list[str]:
+        ready = locate(self.deliveries, keys)
+        for uid in keys:
+            row = self.deliveries.ledger.get(self.vendor, uid)
+            if uid in ready or row is None:
+                continue
+            if again(self.deliveries.ledger, self.vendor, uid, "fetch", force, say):
+                ready.append(uid)
+            else:
+                say(f"{uid}: already downloaded at {row.path} (--force downloads it again)")
+        return ready
+
+    def sync(self, since: datetime, say: Say) -> list[str]:
+        uids = recover(self.deliveries, since)
+        say(f"encoura: {len(uids)} exports since {since.date().isoformat()} to download")
+        return uids

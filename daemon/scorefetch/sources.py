@@ -1,0 +1,33 @@
+"""The registry of sources: a new vendor is a new folder plus one line here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from scorefetch.collegeboard.source import CollegeBoardSource
+from scorefetch.config import Config
+from scorefetch.core.downloads import Progress
+from scorefetch.core.events import Events
+from scorefetch.core.ledger import Ledger
+from scorefetch.core.sources import Source
+from scorefetch.encoura.source import EncouraSource
+
+Build = Callable[
+    [Config, Ledger, Callable[[str], Progress | None] | None, Events | None], Source | None
+]
+
+SOURCES: dict[str, Build] = {
+    "collegeboard": CollegeBoardSource.build,
+    "encoura": EncouraSource.build,
+}
+
+
+def enabled(
+    config: Config,
+    ledger: Ledger,
+    progress: Callable[[str], Progress | None] | None = None,
+    events: Events | None = None,
+) -> list[Source]:
+    """A Source for each vendor the config enables, in registry order."""
+    built = (build(config, ledger, progress, events) for build in SOURCES.values())
+    return [source for source in built if source is not None]

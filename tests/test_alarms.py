@@ -1,0 +1,80 @@
+"""The credential alarm: one `auth.failing` per run of refusals, `auth.recovered` after the
+next file, the state kept in the ledger across restarts."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scorefetch.core import logs
+from scorefetch.core.alarms import AuthAlarm
+from scorefetch.core.errors import Failure
+from scorefetch.core.events import (
+    AuthFailing,
+    AuthRecovered,
+    DeliveryFailed,
+    Downloaded,
+    Event,
+    Events,
+)
+from scorefetch.core.ledger import Ledger
+
+
+@pytest.fixture(autouse=True)
+def quiet_logs() -> Iterator[None]:
+    """The alarm logs; into a buffer of this test's own."""
+    logs.configure("json", "info", io.StringIO())
+    yield
+    logs.configure("json", "info")
+
+
+def refused(name: str, vendor: str = "collegeboard") -> DeliveryFailed:
+    return DeliveryFailed(vendor, name, name, 1, "401 Unauthorized", Failure.AUTH, True)
+
+
+def test_one_alarm_per_run_of_refusals_and_across_a_restart(tmp_path: Path) -> None:
+    """Three refused files are one AuthFailing; a restarted daemon still failing stays quiet;
+    a landed file ends the run (AuthRecovered) and a later refusal alarms again."""
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    heard: list[Event] = []
+    events = Events()
+    events.subscribe(AuthAlarm(events, ledger))
+    events.subscribe(heard.append)
+    for name in ("a.csv", "b.csv", "c.csv"):
+        events.publish(refused(name))
+    events.publish(refused("u1", vendor="encoura"))
+    alarms = [e for e in heard if isinstance(e, AuthFailing)]
+    assert [(a.vendor, a.filename) for a in alarms] == [
+        ("collegeboard", "a.csv"),
+        ("encoura", "u1"),
+    ]
+    assert ledger.watcher()["auth.collegeboard"][0] == "failing: 401 Unauthorized"
+
+    restarted = Events()
+    restarted.subscribe(AuthAlarm(restarted, ledger))
+    heard.clear()
+    restarted.subscribe(heard.append)
+    restarted.publish(refused("d.csv"))
+    assert not [e for e in heard if isinstance(e, AuthFailing)]
+    restarted.publish(Downloaded("collegeboard", "d.csv", tmp_path / "d.csv", 1, "x", 0.1))
+    assert AuthRecovered("collegeboard") in heard
+    assert ledger.watcher()["auth.collegeboard"][0] == "ok"
+    restarted.publish(refused("e.csv"))
+    assert [e.filename for e in heard if isinstance(e, AuthFailing)] == ["e.csv"]
+    ledger.close()
+
+
+def test_other_failures_raise_no_alarm(tmp_path: Path) -> None:
+    """A file not there yet, a network error or a landed file with no alarm say nothing."""
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    heard: list[Event] = []
+    events = Events()
+    events.subscribe(AuthAlarm(events, ledger))
+    events.subscribe(heard.append)
+    events.publish(DeliveryFailed("collegeboard", "a", "a", 1, "404", Failure.NOT_FOUND, False))
+    events.publish(Downloaded("collegeboard", "a", tmp_path / "a", 1, "x", 0.1))
+    assert not [e for e in heard if isinstance(e, AuthFailing | AuthRecovered)]
+    ledger.close()

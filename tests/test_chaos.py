@@ -1,0 +1,311 @@
+"""Chaos: the real daemon is killed (SIGKILL or SIGTERM) at random moments while College
+Board notifications with csv/txt twins, large throttled files and Encoura exports on
+several product keys keep arriving; the vendors answer 503 now and then, the IMAP server
+restarts (losing its mail: the listing must catch up) and the disk fills up and frees.
+
+At the end every wanted file is on disk exactly once with the right bytes: no unwanted
+twin, no `NAME-1` copy, nothing partial, no secret in any output, and every Encoura export
+landed without a manual `sync`. Prints the figures.
+
+`make test` runs it for CHAOS_SECONDS (default 75); `make chaos` for CHAOS_MINUTES (10).
+The disk faults need root (a small tmpfs as download_dir); without root they are skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from scorefetch.sandbox import mail
+from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
+from scorefetch.sandbox.daemon import DaemonProcess, write_config
+from scorefetch.sandbox.encoura import EncouraSimulator
+from scorefetch.sandbox.imapserver import PymapServer
+from tests.standins.proxy import FaultProxy
+from tests.support import assert_no_secrets
+
+pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
+
+SECONDS = float(os.environ.get("CHAOS_SECONDS", "75"))
+SETTLE_LIMIT_S = 240.0
+KEYS = ("score-reporter", "prospect", "inquiry")
+LARGE = 3 * 1024 * 1024
+FAST_IMAP = "  read_timeout: 4s\n  connect_timeout: 2s\n"
+ROOT = os.geteuid() == 0
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str) -> Iterator[bool]:
+    """A tmpfs at `where` when root (True), else a plain folder (False); always unmounted."""
+    where.mkdir(parents=True, exist_ok=True)
+    if not ROOT:
+        yield False
+        return
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)], check=True
+    )
+    try:
+        yield True
+    finally:
+        if subprocess.run(["umount", str(where)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class World:
+    """The simulators, the mail server behind a proxy, the disk, and what must land."""
+
+    def __init__(self, tmp_path: Path, files: Path, disk: bool, seed: int) -> None:
+        self.tmp, self.files, self.disk = tmp_path, files, disk
+        self.rng = random.Random(seed)
+        self.cb, self.enc = CollegeBoardSimulator(), EncouraSimulator()
+        self.imap = PymapServer()
+        self.cb.start(), self.enc.start(), self.imap.start()
+        self.proxy = FaultProxy(self.imap.host, self.imap.port)
+        self.proxy.start()
+        self.want: dict[str, str] = {}  # path under download_dir → sha256
+        self.figures: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._n = 0
+
+    def close(self) -> None:
+        self.proxy.stop()
+        for part in (self.imap, self.enc, self.cb):
+            part.stop()
+
+    def config(self) -> Path:
+        return write_config(
+            self.tmp,
+            self.cb,
+            self.imap,
+            retry_schedule=("1s", "2s", "4s"),
+            poll_interval="10s",
+            encoura=self.enc,
+            product_keys=KEYS,
+            encoura_poll_interval="2s",
+            imap_address=(self.proxy.host, self.proxy.port),
+            extra_imap=FAST_IMAP,
+        )
+
+    # arrivals
+    def arrive(self) -> None:
+        """One arrival: a csv/txt pair with its two emails, a large file, or an export."""
+        with self._lock:
+            self._n += 1
+            n = self._n
+        roll = self.rng.random()
+        if roll < 0.15:
+            key = self.rng.choice(KEYS)
+            name = f"{key}-{n:05d}.csv"
+            if self.rng.random() < 0.3:
+                uid = self.enc.add_generated_export(key, name, LARGE // 2, seed=n)
+                digest = self.enc.sha256_of(uid)
+            else:
+                data = f"id,key\r\n{n},{key}\r\n".encode() * 20
+                self.enc.add_export(key, name, data)
+                digest = sha(data)
+            self._expect(f"encoura/{key}/{name}", digest, "exports")
+            return
+        stem = f"4300_20261121_{n:06d}"
+        if roll < 0.25:
+            self.cb.publish_generated(f"{stem}.csv", LARGE, seed=n)
+            digest = self.cb.sha256_of(f"{stem}.csv")
+        else:
+            data = f"Last,First,Total\r\nDoe,{stem},1400\r\n".encode() * 30
+            self.cb.publish(f"{stem}.csv", data)
+            digest = sha(data)
+        self.cb.publish(f"{stem}.txt", b"fixed width twin\r\n")
+        self._expect(f"collegeboard/{stem}.csv", digest, "cb_files")
+        for ext in self.rng.sample(["csv", "txt"], 2):
+            try:
+                self.imap.deliver(mail.notification(f"{stem}.{ext}"))
+                self.figures["mails"] += 1
+            except Exception:  # noqa: BLE001 - any IMAP or socket error while it restarts
+                self.figures["mails_lost"] += 1  # the server is restarting: the listing finds it
+
+    def _expect(self, path: str, digest: str, figure: str) -> None:
+        with self._lock:
+            self.want[path] = digest
+            self.figures[figure] += 1
+
+    # faults
+    def fault(self) -> None:
+        """One fault, chosen at random."""
+        kind = self.rng.choice(["503", "503", "imap", "disk", "throttle"])
+        if kind == "503":
+            sim, endpoint = self.rng.choice(
+                [
+                    *[(self.cb, e) for e in ("file", "download", "list")],
+                    *[(self.enc, e) for e in ("list", "download_url", "download")],
+                ]
+            )
+            sim.inject(endpoint, 503, count=self.rng.randint(1, 2))
+        elif kind == "imap":
+            self.restart_imap()
+        elif kind == "disk" and self.disk:
+            self.fill_disk()
+        elif kind == "throttle":
+            self.cb.throttle_bps = self.enc.throttle_bps = 4 * 1024 * 1024
+        else:
+            return
+        self.figures[f"fault_{kind}"] += 1
+
+    def restart_imap(self) -> None:
+        self.imap.stop()
+        time.sleep(self.rng.uniform(0.2, 2.0))
+        self.imap.start()  # a new, empty server on a new port: mail since the last look is lost
+        self.proxy.target = (self.imap.host, self.imap.port)
+        self.proxy.cut()
+
+    def fill_disk(self) -> None:
+        ballast = self.files / f"ballast-{time.monotonic_ns()}"
+        with contextlib.suppress(OSError), ballast.open("wb") as out:
+            while True:
+                out.write(b"\0" * 1024 * 1024)
+
+    def heal(self) -> None:
+        """Free the disk, stop throttling and failing."""
+        for ballast in self.files.glob("ballast-*"):
+            ballast.unlink()
+        self.cb.throttle_bps = self.enc.throttle_bps = None
+        self.cb.clear_faults(), self.enc.clear_faults()
+
+    # the verdict
+    def on_disk(self) -> dict[str, str]:
+        """Every file under the vendor folders (hidden ones included), with its sha256."""
+        found = {}
+        for vendor in ("collegeboard", "encoura"):
+            for path in (self.files / vendor).rglob("*"):
+                if path.is_file():
+                    found[str(path.relative_to(self.files))] = path
+        return {name: hashlib.sha256(p.read_bytes()).hexdigest() for name, p in found.items()}
+
+    def settled(self) -> bool:
+        with self._lock:
+            want = set(self.want)
+        have = {
+            str(p.relative_to(self.files))
+            for v in ("collegeboard", "encoura")
+            for p in (self.files / v).rglob("*")
+            if p.is_file()
+        }
+        return want <= have
+
+
+def _start(world: World, config: Path, daemons: list[DaemonProcess]) -> DaemonProcess:
+    daemon = DaemonProcess(config)
+    daemons.append(daemon)
+    world.figures["starts"] += 1
+    return daemon
+
+
+def _keep_doing(
+    stop: threading.Event, every: tuple[float, float], act: Callable[[], None], rng: random.Random
+) -> threading.Thread:
+    def loop() -> None:
+        while not stop.wait(rng.uniform(*every)):
+            act()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return thread
+
+
+def _kill_loop(world: World, config: Path, seconds: float) -> list[DaemonProcess]:
+    """Start, wait a random moment, SIGKILL or SIGTERM, start again — until `seconds` pass."""
+    daemons: list[DaemonProcess] = []
+    deadline = time.monotonic() + seconds
+    daemon = _start(world, config, daemons)
+    while time.monotonic() < deadline:
+        time.sleep(world.rng.uniform(1.0, 6.0))
+        if world.rng.random() < 0.5:
+            daemon.kill()
+            world.figures["sigkill"] += 1
+        else:
+            code = daemon.stop(timeout=45)
+            assert code == 0, f"SIGTERM exit {code}: {daemon.lines[-5:]}"
+            world.figures["sigterm"] += 1
+        daemon = _start(world, config, daemons)
+    daemon.stop(timeout=45)
+    return daemons
+
+
+def _settle(world: World, config: Path, daemons: list[DaemonProcess]) -> float:
+    """Faults off, one last daemon: seconds until every wanted file is on disk."""
+    world.heal()
+    began = time.monotonic()
+    final = _start(world, config, daemons)
+    while not world.settled():
+        if time.monotonic() - began > SETTLE_LIMIT_S:
+            missing = sorted(set(world.want) - set(world.on_disk()))
+            raise AssertionError(f"not settled after {SETTLE_LIMIT_S}s; missing {missing[:10]}")
+        time.sleep(0.2)
+    settle_s = time.monotonic() - began
+    time.sleep(3)  # a few more polls and listings: still nothing twice
+    assert final.stop(timeout=45) == 0
+    return settle_s
+
+
+def test_chaos_every_file_lands_exactly_once(tmp_path: Path) -> None:
+    """Kills, restarts, 503s, IMAP restarts and a full disk: every wanted file exactly once."""
+    seed = int(os.environ.get("CHAOS_SEED", str(int(time.time()))))
+    with tmpfs(tmp_path / "files", "256m") as disk:
+        world = World(tmp_path, tmp_path / "files", disk, seed)
+        stop = threading.Event()
+        try:
+            config = world.config()
+            _keep_doing(stop, (0.3, 1.2), world.arrive, random.Random(seed + 1))
+            _keep_doing(stop, (2.0, 6.0), world.fault, random.Random(seed + 2))
+            _keep_doing(stop, (3.0, 8.0), world.heal, random.Random(seed + 3))
+            began = time.monotonic()
+            daemons = _kill_loop(world, config, SECONDS)
+            stop.set()
+            time.sleep(1.5)  # the arrival and fault threads finish their last step
+            settle_s = _settle(world, config, daemons)
+            for daemon in daemons:
+                world.figures["local_failures"] += len(
+                    daemon.named("delivery.failed", kind="local")
+                )
+                recovered = daemon.named("listing.recovered")
+                world.figures["recovered"] += sum(int(e.get("new", 0)) for e in recovered)
+            _report(world, seed, time.monotonic() - began, settle_s, disk)
+            assert world.on_disk() == world.want
+            secrets = [world.imap.password, world.cb.password, world.enc.password]
+            assert_no_secrets(
+                [line for d in daemons for line in d.lines], [*secrets, world.enc.api_key]
+            )
+            assert world.enc.stats.reused_url_rejections == 0
+        finally:
+            stop.set()
+            world.close()
+
+
+def _report(world: World, seed: int, total_s: float, settle_s: float, disk: bool) -> None:
+    f = world.figures
+    faults = {k[6:]: v for k, v in sorted(f.items()) if k.startswith("fault_")}
+    print(
+        f"\nchaos: {total_s:.0f} s, seed {seed}\n"
+        f"  kills      {f['sigkill'] + f['sigterm']} ({f['sigkill']} SIGKILL, "
+        f"{f['sigterm']} SIGTERM)\n"
+        f"  restarts   {f['starts'] - 1}\n"
+        f"  faults     {sum(faults.values())} {faults}"
+        + ("" if disk else " (disk faults skipped: not root)")
+        + f"\n  files      {f['cb_files']} College Board (+ {f['cb_files']} txt twins skipped), "
+        f"{f['exports']} Encoura exports; {f['mails']} emails, {f['mails_lost']} lost\n"
+        f"  seen       {f['local_failures']} local failures retried, {f['recovered']} exports "
+        "recovered from cut-off passes\n"
+        f"  settled in {settle_s:.1f} s after the last fault"
+    )

@@ -1,0 +1,110 @@
+"""The example hooks in contrib/: run as the daemon runs them (argv, SCOREFETCH_* only)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scorefetch.sandbox.ports import free_port
+
+CONTRIB = Path(__file__).resolve().parents[1] / "contrib"
+FAILED = {
+    "SCOREFETCH_EVENT": "delivery.failed",
+    "SCOREFETCH_VENDOR": "collegeboard",
+    "SCOREFETCH_FILENAME": "4300_20261121_101544.csv",
+    "SCOREFETCH_ERROR": "HTTP 404: not found",
+}
+
+
+def run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {"PATH": "/usr/bin:/bin"}
+    return subprocess.run(argv, env=base | env, capture_output=True, text=True, timeout=20)
+
+
+@pytest.fixture
+def sendmail(tmp_path: Path) -> tuple[Path, Path]:
+    """A stand-in sendmail that keeps its arguments and the message it was given."""
+    out = tmp_path / "sent"
+    fake = tmp_path / "sendmail"
+    fake.write_text(f'#!/bin/sh\necho "$@" > {out}.args\ncat > {out}\n')
+    fake.chmod(0o755)
+    return fake, out
+
+
+def test_mail_office_sends_one_plain_message_per_failure(sendmail: tuple[Path, Path]) -> None:
+    """A final failure is one message to every recipient (`sendmail -t -oi`) with the facts
+    and what to do; a delivery sends nothing."""
+    fake, out = sendmail
+    argv = [str(CONTRIB / "mail-office"), "it@example.edu", "office@example.edu"]
+    done = run(argv, FAILED | {"SENDMAIL": str(fake)})
+    assert done.returncode == 0, done.stderr
+    message = out.read_text()
+    assert "To: it@example.edu, office@example.edu\n" in message
+    assert "Subject: scorefetch: 4300_20261121_101544.csv was not downloaded\n" in message
+    assert "HTTP 404: not found" in message
+    assert "scorefetch fetch collegeboard 4300_20261121_101544.csv" in message
+    assert Path(f"{out}.args").read_text().split() == ["-t", "-oi"]
+    out.unlink()
+    auth = {"SCOREFETCH_EVENT": "auth.failing", "SCOREFETCH_VENDOR": "collegeboard"}
+    assert run(argv, auth | {"SENDMAIL": str(fake)}).returncode == 0
+    assert "refuses our credentials" in out.read_text()
+    out.unlink()
+    landed = {"SCOREFETCH_EVENT": "delivery.downloaded", "SENDMAIL": str(fake)}
+    assert run(argv, landed).returncode == 0
+    assert not out.exists()
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A local incoming-webhook endpoint that keeps what was posted."""
+    posted: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers["Content-Length"])
+            posted.append(json.loads(self.rfile.read(length)))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet."""
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook/secret-part", posted
+    server.shutdown()
+    server.server_close()
+
+
+def test_post_webhook_posts_text_read_from_a_url_file(
+    tmp_path: Path, webhook: tuple[str, list[dict[str, Any]]]
+) -> None:
+    """The URL comes from a file (it is a secret), the body is {"text": ...}; a URL that is
+    not https (off loopback) is refused and a failed post is exit 1 without the URL."""
+    url, posted = webhook
+    url_file = tmp_path / "webhook_url"
+    url_file.write_text(url + "\n")
+    hook = str(CONTRIB / "post-webhook")
+    landed = {
+        "SCOREFETCH_EVENT": "delivery.downloaded",
+        "SCOREFETCH_VENDOR": "encoura",
+        "SCOREFETCH_FILENAME": "x.csv",
+        "SCOREFETCH_BYTES": "12345",
+    }
+    assert run([hook, str(url_file)], landed).returncode == 0
+    assert run([hook, str(url_file)], FAILED).returncode == 0
+    assert posted[0] == {"text": "✅ encoura: x.csv landed (12,345 bytes)"}
+    assert "HTTP 404: not found" in posted[1]["text"]
+    url_file.write_text("http://hooks.example.com/x\n")
+    assert run([hook, str(url_file)], landed).returncode == 2
+    url_file.write_text(f"http://127.0.0.1:{free_port()}/hook/secret-part\n")  # nobody there
+    done = run([hook, str(url_file)], landed)
+    assert done.returncode == 1 and "secret-part" not in done.stderr

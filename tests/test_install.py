@@ -1,0 +1,274 @@
+"""The README's install path, end to end, as root on this machine: `make install` into a
+temporary root, the config and secrets put where the README says, the README's
+`check-config` as the service user, then the installed unit's own ExecStart= line run
+as its User= with $CREDENTIALS_DIRECTORY laid out as LoadCredential= would, until a
+file lands. Everything is removed again (and the user, if this test made it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scorefetch.sandbox import mail
+from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
+from scorefetch.sandbox.daemon import write_config
+from scorefetch.sandbox.imapserver import PymapServer
+from tests.support import assert_no_secrets
+
+REPO = Path(__file__).resolve().parents[1]
+USER = "scorefetch"
+RUNUSER, SETPRIV = shutil.which("runuser"), shutil.which("setpriv")
+
+pytestmark = [
+    pytest.mark.install,
+    pytest.mark.e2e,
+    pytest.mark.skipif(os.geteuid() != 0, reason="installs system-wide: needs root"),
+    pytest.mark.skipif(
+        not (shutil.which("useradd") and SETPRIV and RUNUSER),
+        reason="needs useradd, setpriv and runuser (util-linux, passwd)",
+    ),
+    pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="no system python3"),
+]
+
+
+def user_exists() -> bool:
+    try:
+        pwd.getpwnam(USER)
+    except KeyError:
+        return False
+    return True
+
+
+def owner(path: Path) -> tuple[str, str, int]:
+    import grp
+
+    st = path.stat()
+    return pwd.getpwuid(st.st_uid).pw_name, grp.getgrgid(st.st_gid).gr_name, st.st_mode & 0o7777
+
+
+@pytest.fixture
+def installed(tmp_path: Path) -> Iterator[dict[str, Path]]:
+    """`make install` into a temporary root, with a broken `python3` first on PATH (the
+    pyenv interpreter under /root that the service user cannot run)."""
+    had_user = user_exists()
+    root = Path(tempfile.mkdtemp(prefix="scorefetch-install-", dir="/var/tmp"))
+    root.chmod(0o755)
+    paths = {
+        "PREFIX": root / "opt" / "scorefetch",
+        "CONFDIR": root / "etc" / "scorefetch",
+        "STATEDIR": root / "var" / "lib" / "scorefetch",
+        "UNITDIR": root / "etc" / "systemd" / "system",
+    }
+    decoy = tmp_path / "decoy-bin"
+    decoy.mkdir()
+    (decoy / "python3").write_text("#!/bin/sh\necho 'the wrong python3' >&2\nexit 99\n")
+    (decoy / "python3").chmod(0o755)
+    make_vars = [f"{k}={v}" for k, v in paths.items()] + ["SYSTEMCTL=true"]
+    env = {**os.environ, "PATH": f"{decoy}:{os.environ['PATH']}"}
+    try:
+        done = subprocess.run(
+            ["make", "--no-print-directory", "install", *make_vars],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        yield paths
+    finally:
+        subprocess.run(
+            ["make", "--no-print-directory", "uninstall", *make_vars],
+            cwd=REPO,
+            capture_output=True,
+            timeout=120,
+        )
+        assert not paths["PREFIX"].exists()
+        shutil.rmtree(root, ignore_errors=True)
+        if not had_user:
+            subprocess.run(["userdel", USER], capture_output=True, timeout=30)
+            subprocess.run(["groupdel", USER], capture_output=True, timeout=30)
+
+
+def unit_settings(path: Path) -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        match = re.match(r"^([A-Za-z]+)=(.*)$", line)
+        if match:
+            settings.setdefault(match.group(1), []).append(match.group(2))
+    return settings
+
+
+class Started:
+    """The unit's ExecStart= as a child; its JSON log lines kept."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            umask=0o077,  # the unit's UMask=
+            cwd="/",
+        )
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            with self._cond:
+                self.lines.append(raw.decode("utf-8", "replace").rstrip())
+                self._cond.notify_all()
+
+    def wait_event(self, name: str, timeout: float = 30, **fields: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cond:
+            while True:
+                for line in self.lines[seen:]:
+                    seen += 1
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        continue
+                    if event.get("event") == name and all(
+                        event.get(k) == v for k, v in fields.items()
+                    ):
+                        return dict(event)
+                left = deadline - time.monotonic()
+                assert left > 0 and self.proc.poll() is None, "\n".join(self.lines[-20:])
+                self._cond.wait(min(left, 0.2))
+
+
+def as_service(settings: dict[str, list[str]], line: str) -> list[str]:
+    """A unit command line run as its User=/Group= with no new privileges."""
+    (user,), (group,) = settings["User"], settings["Group"]
+    return [
+        str(SETPRIV),
+        f"--reuid={user}",
+        f"--regid={group}",
+        "--init-groups",
+        "--no-new-privs",
+        "--",
+        *shlex.split(line),
+    ]
+
+
+def test_readme_install_path_lands_a_file(
+    installed: dict[str, Path],
+    tmp_path: Path,
+    cb_sim: CollegeBoardSimulator,
+    pymap_server: PymapServer,
+) -> None:
+    """Installed with the system python3, modes right for the service user; the README's
+    check-config as that user works; the unit's ExecStart= as User= with LoadCredential=
+    secrets lands a file owned by the user; a broken config is exit 78 (no restart)."""
+    prefix, confdir, statedir = installed["PREFIX"], installed["CONFDIR"], installed["STATEDIR"]
+    assert (prefix / "bin" / "python").resolve().parent == Path("/usr/bin")
+    assert owner(confdir) == ("root", USER, 0o750)
+    assert owner(confdir / "config.yaml") == ("root", USER, 0o640)
+    assert owner(statedir) == (USER, USER, 0o700)
+    assert (prefix / "contrib" / "mail-office").stat().st_mode & 0o111
+    import_metrics = [str(prefix / "bin" / "python"), "-c", "import prometheus_client"]
+    assert subprocess.run(import_metrics, capture_output=True, timeout=60).returncode == 0
+
+    # The IT person edits the config and puts the secrets in /etc/scorefetch (README).
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    text = write_config(scratch, cb_sim, pymap_server).read_text()
+    text = text.replace("credentials/", "").replace(str(scratch), str(statedir))
+    config = confdir / "config.yaml"
+    config.write_text(text)  # an edit keeps the file's owner and mode
+    for name, secret in (
+        ("imap_password", pymap_server.password),
+        ("collegeboard_password", cb_sim.password),
+    ):
+        subprocess.run(
+            ["install", "-m", "0640", "-g", USER, "/dev/stdin", str(confdir / name)],
+            input=secret + "\n",
+            text=True,
+            check=True,
+            timeout=30,
+        )
+    program = str(prefix / "bin" / "scorefetch")
+    clean_env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+    for command in ("check-config", "doctor"):
+        checked = subprocess.run(
+            [str(RUNUSER), "-u", USER, "--", program, command, "-c", str(config)],
+            capture_output=True,
+            text=True,
+            env=clean_env,
+            timeout=120,
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert_no_secrets(
+            [checked.stdout, checked.stderr], [pymap_server.password, cb_sim.password]
+        )
+
+    # The unit as systemd would run it.
+    settings = unit_settings(installed["UNITDIR"] / "scorefetch.service")
+    assert "ExecStartPre" not in settings
+    # Like /run/credentials/scorefetch.service: inside the (world-traversable) test root.
+    credentials = prefix.parents[1] / "run" / "credentials" / "scorefetch.service"
+    credentials.mkdir(parents=True)
+    user = pwd.getpwnam(USER)
+    for spec in settings["LoadCredential"]:
+        name, source = spec.split(":", 1)
+        shutil.copyfile(source, credentials / name)
+        (credentials / name).chmod(0o400)
+        os.chown(credentials / name, user.pw_uid, user.pw_gid)
+    credentials.chmod(0o500)
+    os.chown(credentials, user.pw_uid, user.pw_gid)
+    env = clean_env | {"CREDENTIALS_DIRECTORY": str(credentials)}
+    (exec_start,) = settings["ExecStart"]
+    daemon = Started(as_service(settings, exec_start), env)
+    try:
+        daemon.wait_event("daemon.ready")
+        cb_sim.publish("4300_20261121_120000.csv", b"id,score\r\n1,1400\r\n")
+        pymap_server.deliver(mail.notification("4300_20261121_120000.csv"))
+        landed = daemon.wait_event("delivery.downloaded", filename="4300_20261121_120000.csv")
+    finally:
+        daemon.proc.send_signal(signal.SIGTERM)
+        code = daemon.proc.wait(timeout=60)
+    assert code == 0
+    target = Path(landed["path"])
+    assert target.read_bytes() == b"id,score\r\n1,1400\r\n"
+    assert owner(target) == (USER, USER, 0o600)
+    assert_no_secrets(daemon.lines, [pymap_server.password, cb_sim.password])
+
+    config.write_text(text.replace("formats: [csv]", "formats: [xls]"))
+    broken = subprocess.run(
+        as_service(settings, exec_start), env=env, capture_output=True, text=True, timeout=60
+    )
+    assert broken.returncode == 78, broken.stderr
+    assert "collegeboard.formats[0]" in broken.stderr
+
+
+def test_installed_units_verify(installed: dict[str, Path]) -> None:
+    """Both installed units pass `systemd-analyze verify` with the installed program."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    unitdir = installed["UNITDIR"]
+    for unit in ("scorefetch.service", "scorefetch@inst.service"):
+        done = subprocess.run(
+            [analyze, "verify", str(unitdir / unit)], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0 and not done.stderr.strip(), done.stderr

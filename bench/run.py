@@ -552,7 +552,7 @@ def main() -> int:
             )
         if wanted("shared_inbox") and have_dovecot:
             others = 500 if quick else 1500
-            rows.extend(shared_inbox_rows(shared_inbox(sub("shared"), others, others // 10)))
+            rows.extend(shared_inbox_rows(shared_inbox(sub("inbox"), others, others // 10)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     table = ["| benchmark | measured | target | verdict |", "|---|---|---|---|"]

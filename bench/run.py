@@ -3,7 +3,7 @@ PNG of the latency distribution.
 
     python bench/run.py [--quick] [--idle-seconds N] [--only NAME ...]
 
-NAMEs: latency burst streaming writebehind idle blackhole cycles ready forward.
+NAMEs: latency burst streaming writebehind idle blackhole cycles ready forward shared_inbox.
 
 Everything runs on loopback against the sandbox: the real daemon process, pymap and
 (when installed) Dovecot, the College Board simulator, and curl for the streaming
@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.forward import forward_rows
+from bench.shared_inbox import rows as shared_inbox_rows
+from bench.shared_inbox import shared_inbox
 from tests.standins.dovecot import DovecotServer, dovecot_binary
 from tests.standins.proxy import FaultProxy
 
@@ -555,6 +557,9 @@ def main() -> int:
                     "met" if med <= 1.5 else "missed",
                 )
             )
+        if wanted("shared_inbox") and have_dovecot:
+            others = 500 if quick else 1500
+            rows.extend(shared_inbox_rows(shared_inbox(sub("inbox"), others, others // 10)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     table = ["| benchmark | measured | target | verdict |", "|---|---|---|---|"]

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bench.shared_inbox import other_mail
+from imapclient import IMAPClient
 
 from scorefetch.mailbox.watcher import backoff_delay, new_uids
 from scorefetch.sandbox import mail
@@ -175,3 +177,88 @@ def test_new_uids_filters_the_star_answer() -> None:
     """`UID SEARCH 8:*` on a folder whose top is 5 answers [5]: nothing is new."""
     assert new_uids([5], 7) == []
     assert new_uids([9, 8, 12], 7) == [8, 9, 12]
+
+
+def test_other_mail_in_a_shared_inbox_costs_only_its_headers(
+    start_daemon: Start, cb_sim: CollegeBoardSimulator, imap_server: Any, imap_folder: str
+) -> None:
+    """Transcripts with PDFs next to a notification: the daemon reads headers, and the
+    notification's HTML; bytes through the proxy stay far below one transcript."""
+    transcripts = [other_mail(16 * n) for n in range(3)]  # ~1.4 MB each
+    with FaultProxy(imap_server.host, imap_server.port) as proxy:
+        for item in transcripts:
+            imap_server.deliver(item, imap_folder)
+        cb_sim.publish("4300_20261122_110000.csv", b"a\r\n")
+        imap_server.deliver(mail.notification("4300_20261122_110000.csv"), imap_folder)
+        daemon = start_daemon(imap_address=(proxy.host, proxy.port))
+        daemon.wait_event("delivery.downloaded", filename="4300_20261122_110000.csv")
+        imap_server.deliver(other_mail(32), imap_folder)  # steady state, under IDLE
+        deadline = time.monotonic() + 20
+        while len(daemon.named("notification.rejected", reason="sender")) < 4:
+            assert time.monotonic() < deadline, "not every transcript was handled"
+            time.sleep(0.05)
+        assert proxy.bytes_to_clients < 100_000, proxy.bytes_to_clients
+        assert daemon.stop() == 0
+
+
+NEITHER = "IMAP4rev1 LITERAL+ SASL-IR LOGIN-REFERRALS ID ENABLE IDLE NAMESPACE CHILDREN"
+
+
+def test_processed_folder_without_move_or_uidplus_expunges_nothing(
+    tmp_path: Path, cb_sim: CollegeBoardSimulator
+) -> None:
+    """Neither MOVE nor UIDPLUS: the notification is copied and marked \\Deleted, and no
+    EXPUNGE is sent, so other mail marked \\Deleted stays."""
+    server = dovecot_or_skip(tmp_path / "dovecot-neither")
+    server.capability = NEITHER
+    with server, FaultProxy(server.host, server.port, transcript=True) as proxy:
+        with server.client() as client:
+            client.append("INBOX", mail.marketing(), flags=[b"\\Deleted"])
+        cb_sim.publish("4300_20261122_120000.csv", b"a\r\n")
+        config = write_config(
+            tmp_path,
+            cb_sim,
+            server,
+            imap_address=(proxy.host, proxy.port),
+            extra_imap='  processed_folder: "Done"\n',
+        )
+        daemon = DaemonProcess(config)
+        try:
+            daemon.wait_event("daemon.ready")
+            server.deliver(mail.notification("4300_20261122_120000.csv"))
+            daemon.wait_event("delivery.downloaded", filename="4300_20261122_120000.csv")
+            daemon.wait_event("imap.move_without_expunge", processed_folder="Done")
+        finally:
+            assert daemon.stop() == 0
+        assert kinds(server, "Done") == ["csv"]
+        assert kinds(server, "INBOX") == ["csv", "webinar"]  # both marked \\Deleted, both kept
+    assert b"EXPUNGE" not in proxy.sent and b"UID COPY" in proxy.sent
+
+
+def test_a_non_ascii_password_logs_in_with_authenticate_plain(
+    tmp_path: Path, cb_sim: CollegeBoardSimulator
+) -> None:
+    """LOGIN cannot carry it; AUTHENTICATE PLAIN (UTF-8) can, and check-config says so."""
+    server = dovecot_or_skip(tmp_path / "dovecot-utf8")
+    server.password = "pässwörd-ü€"
+    with server:
+        cb_sim.publish("4300_20261122_130000.csv", b"a\r\n")
+        config = write_config(tmp_path, cb_sim, server)
+        daemon = DaemonProcess(config)
+        try:
+            daemon.wait_event("daemon.ready")
+            with IMAPClient(server.host, port=server.port, ssl=False) as client:
+                client.plain_login(server.username, server.password)  # LOGIN would fail
+                client.append("INBOX", mail.notification("4300_20261122_130000.csv"))
+            daemon.wait_event("delivery.downloaded", filename="4300_20261122_130000.csv")
+        finally:
+            assert daemon.stop() == 0
+        assert not daemon.named("imap.auth_failed")
+        assert all(server.password not in line for line in daemon.lines)
+    done = subprocess.run(
+        [sys.executable, "-m", "scorefetch", "check-config", "-c", str(config)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0 and "AUTHENTICATE PLAIN" in done.stderr
+    assert server.password not in done.stdout + done.stderr

@@ -18,17 +18,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scorefetch.collegeboard.notifications import (
+    MAX_HTML_CHARS,
     MAX_MESSAGE_BYTES,
+    MAX_NAMES,
     Notification,
     Rejection,
     file_names_in_html,
     html_parts,
+    may_be_notification,
     read_notification,
     sender_allowed,
 )
 from scorefetch.core.errors import RefusedError
 from scorefetch.core.filenames import check_name
 from scorefetch.sandbox import mail
+from tests.standins.fakeimap import header_fields
 
 SAMPLES = Path(__file__).parent / "samples"  # the project's own copies
 SENDERS = ("@collegeboard.org",)
@@ -970,3 +974,41 @@ def test_plain_names_round_trip(text: str, cte: str, charset: str, by_hand: bool
     else:
         data = built(html, cte=cte, charset=charset)
     assert names_of(data) == (name,)
+
+
+# ------------------------------------------------------- the header screen and the bounds
+
+
+@pytest.mark.parametrize(
+    ("headers", "sender"), [v[1:] for v in FROM_HEADERS], ids=[v[0] for v in FROM_HEADERS]
+)
+def test_header_screen_agrees_with_the_full_read(headers: list[bytes], sender: str | None) -> None:
+    """may_be_notification on the fetched header fields passes exactly the allowed senders,
+    so no notification is left unfetched and no other mail's body is fetched."""
+    message = raw(page().encode(), headers=headers)
+    fields = header_fields(message, {"FROM", "MESSAGE-ID", "AUTHENTICATION-RESULTS"})
+    assert may_be_notification(fields, SENDERS) == (sender is not None)
+
+
+def test_header_screen_checks_authentication_results_when_asked() -> None:
+    """With an authserv_id only a message vouched for by that server is a candidate."""
+    vouched = [
+        b"From: a@collegeboard.org",
+        b"Authentication-Results: mx.example.edu; dkim=pass header.d=collegeboard.org",
+    ]
+    assert may_be_notification(b"\r\n".join(vouched) + b"\r\n\r\n", SENDERS, "mx.example.edu")
+    assert not may_be_notification(vouched[0] + b"\r\n\r\n", SENDERS, "mx.example.edu")
+
+
+def test_too_much_html_is_refused_before_parsing() -> None:
+    """A notification-shaped mail with 300 K characters of HTML is too_large, not parsed
+    (a 5 MB one took 9 s and 456 MB of memory)."""
+    data = built(page() + "<p>" + "x" * 300_000 + "</p>")
+    assert reason_of(data) == "too_large"
+    assert names_of(built(page() + "<p>" + "x" * (MAX_HTML_CHARS // 2) + "</p>")) == (NAME,)
+
+
+def test_too_many_names_in_one_mail_are_refused() -> None:
+    """At most MAX_NAMES file names are taken from one email; more is too_large."""
+    spans = "".join(f'<span id="fileName">4300_{n:06d}.csv</span>' for n in range(MAX_NAMES + 1))
+    assert reason_of(built(page(spans))) == "too_large"

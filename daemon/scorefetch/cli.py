@@ -120,7 +120,11 @@ def _run(config: Config, _args: argparse.Namespace) -> int:
 
 
 def _check_config(config: Config, _args: argparse.Namespace) -> int:
+    from scorefetch.mailbox.connection import login_notes
+
     print(yaml.safe_dump(config_module.masked(config), sort_keys=False), end="")
+    for note in login_notes(config.imap) if config.imap is not None else []:
+        print(f"note: {note}", file=sys.stderr)
     return EX_OK
 
 

@@ -64,6 +64,7 @@ class FaultProxy(Lifecycle):
         self.port = 0
         self.accepted = 0  # connections taken, for tests that count reconnects
         self.sent = bytearray()  # what clients sent upstream, when `transcript` is on
+        self.bytes_to_clients = 0  # everything the server sent through, for byte budgets
         self._transcript = transcript
         self.split_gap_s: float | None = None
         # Closes a connection, instead of forwarding, when the client sends these bytes
@@ -163,6 +164,8 @@ class FaultProxy(Lifecycle):
                 if to_client:
                     with link.lock:
                         self._to_client(dst, data)
+                    with self._lock:
+                        self.bytes_to_clients += len(data)
                 else:
                     trigger = self.cut_when_client_sends
                     if trigger is not None and trigger in data:

@@ -21,6 +21,8 @@ from scorefetch.core.errors import RefusedError
 from scorefetch.core.filenames import check_name
 
 MAX_MESSAGE_BYTES = 5 * 1024 * 1024  # real notifications are a few KB
+MAX_HTML_CHARS = 256 * 1024  # decoded HTML fed to the parser, all parts (~1 s of parsing)
+MAX_NAMES = 16  # file names one email may announce (College Board's name one)
 _RESULT = re.compile(r"\s*(dkim|dmarc)\s*=\s*(\w+)", re.I)
 
 
@@ -115,13 +117,15 @@ def _repair_soft_breaks(part: EmailMessage) -> None:
         part.set_payload(re.sub(r"=[ \t]+(?=\r?\n)", "=", payload))
 
 
+def _is_file_name_id(value: object) -> bool:
+    return isinstance(value, str) and value.strip().lower() == "filename"
+
+
 def file_names_in_html(html: str) -> list[str]:
     """Trimmed texts of the elements whose id is `fileName` (either quote style, any tag case)."""
     soup = BeautifulSoup(html, "html.parser")
     names = []
-    for element in soup.find_all(
-        id=lambda v: isinstance(v, str) and v.strip().lower() == "filename"
-    ):
+    for element in soup.find_all(id=_is_file_name_id):
         if isinstance(element, Tag):
             text = element.get_text().strip()
             if text and text not in names:
@@ -148,6 +152,22 @@ def _sender(message: EmailMessage) -> str | None:
         return None
     address = legacy[0].lower()
     return address if address.count("@") == 1 else None
+
+
+def may_be_notification(
+    headers: bytes, senders: Sequence[str], authserv_id: str | None = None
+) -> bool:
+    """Whether a message with these header lines can be a notification: its single From is
+    allowed (and vouched for, with `authserv_id`). The same checks as `read_notification`
+    on the same lines, so a message refused here would be refused there; never raises."""
+    try:
+        message = BytesParser(policy=policy.default).parsebytes(headers, headersonly=True)
+        sender = _sender(message)
+        if sender is None or not sender_allowed(sender, senders):
+            return False
+        return authserv_id is None or authenticated(message, authserv_id, senders)
+    except Exception:  # noqa: BLE001 - as in read_notification: junk is not a candidate
+        return False
 
 
 def read_notification(
@@ -181,9 +201,19 @@ def _read(
             "unauthenticated",
             f"no dkim=pass or dmarc=pass for an allowed domain from {authserv_id}",
         )
+    htmls = html_parts(message)
+    size = sum(len(html) for html in htmls)
+    if size > MAX_HTML_CHARS:
+        return Rejection(
+            message_id, "too_large", f"{size} characters of HTML; notifications are small"
+        )
     names: list[str] = []
-    for html in html_parts(message):
+    for html in htmls:
         names.extend(n for n in file_names_in_html(html) if n not in names)
+    if len(names) > MAX_NAMES:
+        return Rejection(
+            message_id, "too_large", f"{len(names)} file names; notifications name one"
+        )
     if not names:
         return Rejection(message_id, "no_filename", "no element with id=fileName in an HTML part")
     for name in names:

@@ -10,7 +10,11 @@ from typing import Any
 
 from scorefetch.collegeboard.client import CollegeBoard
 from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
-from scorefetch.collegeboard.notifications import Notification, read_notification
+from scorefetch.collegeboard.notifications import (
+    Notification,
+    may_be_notification,
+    read_notification,
+)
 from scorefetch.collegeboard.reconciliation import CURSOR, Reconciler, missing
 from scorefetch.config import Config, ImapConfig
 from scorefetch.core import logs
@@ -65,7 +69,13 @@ class CollegeBoardSource:
             loop = Supervised("mailbox", lambda: holder[0].run(), stop)
             holder.append(
                 MailboxWatcher(
-                    imap, self.deliveries.ledger, self.handle_message, stop, watching.set, loop.tick
+                    imap,
+                    self.deliveries.ledger,
+                    self.handle_message,
+                    stop,
+                    watching.set,
+                    loop.tick,
+                    screen=self.may_be_notification,
                 )
             )
             self._loops.append(loop.start())
@@ -84,6 +94,12 @@ class CollegeBoardSource:
 
     def status(self) -> dict[str, Any]:
         return {"last_listing": self.deliveries.ledger.position(CURSOR)}
+
+    def may_be_notification(self, headers: bytes) -> bool:
+        """Whether a message with these header lines is worth fetching the HTML of."""
+        cb = self.deliveries.config
+        trust = cb.require_authentication_results
+        return may_be_notification(headers, cb.senders, trust.authserv_id if trust else None)
 
     def handle_message(self, uid: int, raw: bytes | None, reason: str) -> bool:
         """One email: announce its files (True once the ledger holds them), or say in one

@@ -1,0 +1,194 @@
+"""What to fetch of a message, decided from what the server says about it. Pure.
+
+The headers the decision needs come first, for every new message; a body part is
+fetched only for a candidate (its From on the allowlist), and only its `text/html`
+parts, never attachments or attached messages. What is fetched is put back together
+as a small RFC 5322 message — those headers and those parts — so that
+`read_notification` stays the one authority on what a message announces.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# The headers a notification is judged by (sender, authentication, the id for the log).
+HEADER_FIELDS = ("FROM", "MESSAGE-ID", "AUTHENTICATION-RESULTS")
+# A single-part message's own body headers; a multipart's parts have theirs (`<n>.MIME`).
+BODY_FIELDS = ("CONTENT-TYPE", "CONTENT-TRANSFER-ENCODING", "CONTENT-DISPOSITION")
+MAX_HEADER_BYTES = 64 * 1024  # of the fields above; real ones are well under 4 KiB
+MAX_HTML_BYTES = 1024 * 1024  # one encoded HTML part; a notification's is ~2 KiB
+MAX_HTML_PARTS = 4
+TOP = "TEXT"  # the section of a single-part message's body
+
+
+@dataclass(frozen=True)
+class Part:
+    """A text/html body part: its IMAP section (`1.2`, or TOP) and encoded size."""
+
+    section: str
+    size: int
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace").lower()
+    return str(value or "").lower()
+
+
+def _is_attachment(disposition: Any) -> bool:
+    return (
+        isinstance(disposition, tuple)
+        and bool(disposition)
+        and _text(disposition[0]) == "attachment"
+    )
+
+
+def html_parts(structure: Any) -> list[Part] | None:
+    """The text/html parts of a BODYSTRUCTURE, in order, as `html_parts()` in
+    notifications.py reads them: attachments and attached messages are skipped whole.
+    None when the structure is not one we understand (then nothing is fetched)."""
+    if not isinstance(structure, tuple) or not structure:
+        return None
+    if _is_multipart(structure):
+        return _multipart(structure, "")
+    return [Part(TOP, _size(structure))] if _is_html(structure) else []
+
+
+def _is_multipart(structure: tuple[Any, ...]) -> bool:
+    """imapclient gives a multipart's children as a list first; a leaf starts with its type."""
+    return isinstance(structure[0], list | tuple)
+
+
+def _multipart(structure: tuple[Any, ...], prefix: str) -> list[Part] | None:
+    children = structure[0]
+    if len(structure) > 3 and _is_attachment(structure[3]):
+        return []
+    found: list[Part] = []
+    for n, child in enumerate(children, start=1):
+        section = f"{prefix}{n}"
+        if not isinstance(child, tuple) or not child:
+            return None
+        if _is_multipart(child):
+            nested = _multipart(child, section + ".")
+            if nested is None:
+                return None
+            found.extend(nested)
+        elif _is_html(child):
+            found.append(Part(section, _size(child)))
+    return found
+
+
+def _is_html(body: tuple[Any, ...]) -> bool:
+    """A text/html leaf that is not an attachment (disposition: field 9 for text/*)."""
+    if len(body) < 7 or (_text(body[0]), _text(body[1])) != ("text", "html"):
+        return False
+    return not (len(body) > 9 and _is_attachment(body[9]))
+
+
+def _size(body: tuple[Any, ...]) -> int:
+    try:
+        return max(0, int(body[6]))
+    except (TypeError, ValueError, IndexError):
+        return MAX_HTML_BYTES + 1  # unknown: treated as too large, never fetched blind
+
+
+def too_large(parts: Sequence[Part]) -> str | None:
+    """Why these parts are not fetched, or None: each is bounded, and so is their number."""
+    if len(parts) > MAX_HTML_PARTS:
+        return f"{len(parts)} HTML parts; notifications have one"
+    biggest = max((p.size for p in parts), default=0)
+    if biggest > MAX_HTML_BYTES:
+        return f"an HTML part of {biggest} bytes; notifications are a few KB"
+    return None
+
+
+def fetch_items(parts: Iterable[Part]) -> list[str]:
+    """The FETCH items that bring each part's own headers and its (encoded) body."""
+    items: list[str] = []
+    for part in parts:
+        if part.section == TOP:
+            items += [f"BODY.PEEK[HEADER.FIELDS ({' '.join(BODY_FIELDS)})]", "BODY.PEEK[TEXT]"]
+        else:
+            items += [f"BODY.PEEK[{part.section}.MIME]", f"BODY.PEEK[{part.section}]"]
+    return items
+
+
+def part_bytes(answer: dict[bytes, Any], part: Part) -> bytes | None:
+    """One part (its headers, a blank line, its body) out of a FETCH answer, or None."""
+    if part.section == TOP:
+        head = header_block(answer, b"BODY[HEADER.FIELDS")
+        body = answer.get(b"BODY[TEXT]")
+    else:
+        head = answer.get(f"BODY[{part.section}.MIME]".encode())
+        body = answer.get(f"BODY[{part.section}]".encode())
+    if not isinstance(head, bytes) or not isinstance(body, bytes):
+        return None
+    return content_headers(head) + b"\r\n" + body
+
+
+def content_headers(head: bytes) -> bytes:
+    """Only the `Content-*` fields of a part's headers (with their folded lines). A part's
+    other headers must not reach the top of the assembled message: an `Authentication-
+    Results` or `From` inside a part was never the message's own."""
+    kept: list[bytes] = []
+    keep = False
+    for line in head.splitlines(keepends=True):
+        if line.strip() == b"":
+            break
+        if line[:1] not in (b" ", b"\t"):
+            keep = line.split(b":", 1)[0].strip().lower().startswith(b"content-")
+        if keep:
+            kept.append(line if line.endswith(b"\n") else line + b"\r\n")
+    return b"".join(kept)
+
+
+def header_block(answer: dict[bytes, Any], prefix: bytes = b"BODY[HEADER.FIELDS") -> bytes | None:
+    """The value of the first `BODY[HEADER.FIELDS (…)]` key (servers order the field
+    names as they like, and a partial fetch adds `<0>`)."""
+    for key, value in answer.items():
+        if isinstance(key, bytes) and key.startswith(prefix) and isinstance(value, bytes):
+            return value
+    return None
+
+
+def _ending(head: bytes) -> bytes:
+    """Header lines without the blank line that ends them, each ending in CRLF."""
+    head = head.rstrip(b"\r\n")
+    return head + b"\r\n" if head else b""
+
+
+def assemble(headers: bytes, parts: Sequence[bytes]) -> bytes:
+    """The message as far as a notification can be read from it: the judged headers and
+    the HTML parts (one: as the body; several: in a multipart/mixed)."""
+    head = _ending(headers)
+    if not parts:
+        return head + b"\r\n"
+    if len(parts) == 1:
+        return head + parts[0]
+    boundary = b"=_scorefetch_" + secrets.token_hex(12).encode()
+    while any(boundary in p for p in parts):  # pragma: no cover - 96 random bits
+        boundary = b"=_scorefetch_" + secrets.token_hex(12).encode()
+    out = [head, b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="', boundary]
+    out.append(b'"\r\n\r\n')
+    for part in parts:
+        out += [b"--", boundary, b"\r\n", part, b"\r\n"]
+    out += [b"--", boundary, b"--\r\n"]
+    return b"".join(out)
+
+
+def batches(sizes: Sequence[tuple[int, int]], max_bytes: int) -> Iterator[list[int]]:
+    """(uid, bytes) pairs in order, cut into runs of at most `max_bytes` (a single bigger
+    item is a run of its own)."""
+    run: list[int] = []
+    total = 0
+    for uid, size in sizes:
+        if run and total + size > max_bytes:
+            yield run
+            run, total = [], 0
+        run.append(uid)
+        total += size
+    if run:
+        yield run

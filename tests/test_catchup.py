@@ -1,0 +1,291 @@
+"""The catch-up, the moves and the reconnect policy, against a fake connection
+(tests/standins/fakeimap.py): what is fetched, in what order, and what is handed over."""
+
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bench.shared_inbox import other_mail
+
+from scorefetch.collegeboard.notifications import (
+    Notification,
+    may_be_notification,
+    read_notification,
+)
+from scorefetch.config import ImapConfig
+from scorefetch.core import logs
+from scorefetch.core.errors import MailboxAuthError
+from scorefetch.core.ledger import Ledger
+from scorefetch.mailbox import catchup, messages
+from scorefetch.mailbox.catchup import CatchUp
+from scorefetch.mailbox.watcher import AUTH_BACKOFF_S, MailboxWatcher
+from scorefetch.sandbox import mail
+from tests.standins.fakeimap import FakeConnection
+
+SENDERS = ("@collegeboard.org",)
+PLAIN_FROM = b"From: College Board Reporting <reportingportal@collegeboard.org>\r\n"
+
+
+def with_from(raw: bytes, header: bytes) -> bytes:
+    assert PLAIN_FROM in raw
+    return raw.replace(PLAIN_FROM, header)
+
+
+def transcript(i: int) -> bytes:
+    """A student's mail with a 1 MB PDF attached (the bulk of a shared inbox)."""
+    raw = other_mail(i * 16)  # kind 0: a transcript with a 1 MB PDF
+    assert b"application/pdf" in raw
+    return raw
+
+
+def screen(headers: bytes) -> bool:
+    return may_be_notification(headers, SENDERS)
+
+
+class Recorder:
+    """The handler: reads what it is given as the service does, and keeps the outcome."""
+
+    def __init__(self, conn: FakeConnection | None = None) -> None:
+        self.seen: list[tuple[int, Any, str]] = []
+        self.timeline: list[tuple[str, int]] = []
+        self.conn = conn
+
+    def __call__(self, uid: int, raw: bytes | None, reason: str) -> bool:
+        result = read_notification(raw, SENDERS) if raw is not None else None
+        self.seen.append((uid, result, reason))
+        self.timeline.append(("handle", uid))
+        return isinstance(result, Notification)
+
+    def names(self) -> list[str]:
+        return [n for _, r, _ in self.seen if isinstance(r, Notification) for n in r.filenames]
+
+
+def make(
+    tmp_path: Path, conn: FakeConnection, handler: Recorder, **imap: Any
+) -> tuple[CatchUp, Ledger, list[str]]:
+    config = ImapConfig(host="127.0.0.1", security="plain", username="u", password="p", **imap)
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    ticks: list[str] = []
+    runner = CatchUp(
+        conn,
+        config,
+        ledger,
+        handler,
+        screen=screen,
+        stop=threading.Event(),
+        tick=lambda: ticks.append("tick"),
+        log=logs.get(),
+    )
+    return runner, ledger, ticks
+
+
+def test_other_mail_costs_its_headers_and_notifications_only_their_html(tmp_path: Path) -> None:
+    """Non-candidates get one header FETCH and nothing else; a candidate's HTML part is
+    fetched, never its text part or another message's attachment."""
+    box = {1: transcript(1), 2: mail.notification("a.csv"), 3: transcript(2), 4: mail.marketing()}
+    conn = FakeConnection(box)
+    handler = Recorder()
+    runner, ledger, _ = make(tmp_path, conn, handler)
+    assert runner.catch_up(7, 0) == 4
+    for uid in (1, 3):
+        assert all("HEADER.FIELDS" in i for i in conn.fetched_items(uid)), uid
+    assert "BODY.PEEK[2]" in conn.fetched_items(2) and "BODY.PEEK[1]" not in conn.fetched_items(2)
+    assert conn.answered < 30_000  # two transcripts weigh ~2.8 MB
+    assert handler.names() == ["a.csv"]
+    assert [(u, r.reason if r else None) for u, r, _ in handler.seen if u != 2] == [
+        (1, "sender"),
+        (3, "sender"),
+        (4, "no_filename"),
+    ]
+    assert ledger.mailbox_position("INBOX") == (7, 4)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        PLAIN_FROM,
+        b"From: College Board Reporting\r\n <reportingportal@collegeboard.org>\r\n",
+        b"FROM: =?utf-8?q?College_Board?= <ReportingPortal@CollegeBoard.ORG>\r\n",
+        b"from: =?utf-8?b?Q29sbGVnZSBCb2FyZA==?=\r\n\t<REPORTINGPORTAL@COLLEGEBOARD.ORG>\r\n",
+    ],
+    ids=["plain", "folded", "encoded-word", "folded-encoded-upper"],
+)
+def test_a_notification_is_found_whatever_the_shape_of_its_from(
+    tmp_path: Path, header: bytes
+) -> None:
+    """The header screen and the full read agree on folded, encoded-word, odd-case From."""
+    conn = FakeConnection({5: with_from(mail.notification("b.csv"), header)})
+    handler = Recorder()
+    make(tmp_path, conn, handler)[0].catch_up(7, 0)
+    assert handler.names() == ["b.csv"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        mail.notification("c.csv", with_text=False, html_encoding="base64"),
+        mail.notification("c.csv", html_encoding="8bit", charset="iso-8859-1"),
+        mail.notification("c.csv", html_encoding="7bit"),
+    ],
+    ids=["single-part-base64", "latin1-8bit", "7bit"],
+)
+def test_any_transfer_encoding_and_single_part_messages(tmp_path: Path, raw: bytes) -> None:
+    """The HTML part is read in any transfer encoding, also as a message's only body."""
+    handler = Recorder()
+    make(tmp_path, FakeConnection({1: raw}), handler)[0].catch_up(7, 0)
+    assert handler.names() == ["c.csv"]
+
+
+def test_a_forged_header_inside_a_part_is_not_taken_for_the_messages_own(tmp_path: Path) -> None:
+    """Only Content-* lines of a part's MIME header reach the assembled message."""
+    raw = mail.notification("d.csv")
+    forged = b'Content-Type: text/html; charset="utf-8"\r\nFrom: x@evil.example\r\n'
+    assert b'Content-Type: text/html; charset="utf-8"\r\n' in raw
+    raw = raw.replace(b'Content-Type: text/html; charset="utf-8"\r\n', forged, 1)
+    handler = Recorder()
+    make(tmp_path, FakeConnection({1: raw}), handler)[0].catch_up(7, 0)
+    assert handler.names() == ["d.csv"]  # the part's From did not become a second From
+
+
+def test_a_huge_html_part_from_an_allowed_sender_is_refused_unfetched(tmp_path: Path) -> None:
+    """A spoofed-From mail with a 5 MB HTML part: too_large, its body never fetched."""
+    huge = mail.notification("e.csv", span='<span id="fileName">e.csv</span>' + "x" * 5_000_000)
+    conn = FakeConnection({1: huge, 2: mail.notification("f.csv")})
+    handler = Recorder()
+    make(tmp_path, conn, handler)[0].catch_up(7, 0)
+    assert handler.seen[0] == (1, None, "too_large")
+    assert not [i for i in conn.fetched_items(1) if "BODY.PEEK[2" in i or "TEXT" in i]
+    assert handler.names() == ["f.csv"]
+
+
+def test_bodies_held_at_once_are_bounded_by_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fetched HTML is handed over before more is fetched once a byte budget is reached."""
+    monkeypatch.setattr(catchup, "BODY_BATCH_BYTES", 20_000)
+    pad = "<p>" + "y" * 9_000 + "</p>"
+    box = {u: mail.notification(f"{u}.csv", span=f'<span id="fileName">{u}.csv</span>{pad}')
+           for u in range(1, 11)}  # fmt: skip
+    conn = FakeConnection(box)
+    handler = Recorder()
+    runner = make(tmp_path, conn, handler)[0]
+    fetched: list[int] = []
+    real_fetch = conn.fetch
+
+    def fetch(uids: Any, items: Any) -> Any:
+        if any("HEADER" not in i and i != "BODYSTRUCTURE" for i in items):
+            fetched.extend(uids)
+            handler.timeline.append(("body", uids[0]))
+        return real_fetch(uids, items)
+
+    conn.fetch = fetch  # type: ignore[method-assign]
+    runner.catch_up(7, 0)
+    assert len(handler.names()) == 10
+    held = most = 0
+    for what, _ in handler.timeline:
+        held += 1 if what == "body" else -1 if held else 0
+        most = max(most, held)
+    assert most <= 3  # ~10 KB each against a 20 KB budget
+
+
+def test_the_watchdog_hears_of_every_message(tmp_path: Path) -> None:
+    """tick() runs at least once per message handed over, so a long scan keeps it fed."""
+    box = {u: mail.marketing() if u % 2 else mail.notification(f"{u}.csv") for u in range(1, 41)}
+    runner, _, ticks = make(tmp_path, FakeConnection(box), Recorder())
+    runner.catch_up(7, 0)
+    assert len(ticks) >= 40
+
+
+def test_position_advances_once_per_message_and_a_restart_handles_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    """Each UID is handed over exactly once across a first scan and a later catch-up."""
+    box = {u: mail.marketing() for u in range(1, 6)}
+    conn = FakeConnection(box)
+    handler = Recorder()
+    runner, ledger, _ = make(tmp_path, conn, handler)
+    assert runner.starting_uid(7) == 5
+    conn.messages[6] = mail.notification("g.csv")
+    assert runner.catch_up(7, 5) == 6
+    assert runner.catch_up(7, 6) == 6  # `UID SEARCH 7:*` answers 6: nothing new
+    assert [u for u, _, _ in handler.seen] == [1, 2, 3, 4, 5, 6]
+    assert ledger.mailbox_position("INBOX") == (7, 6)
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "expected"),
+    [
+        (("MOVE", "UIDPLUS"), ["move"]),
+        (("UIDPLUS",), ["copy", "mark_deleted", "uid_expunge"]),
+        ((), ["copy", "mark_deleted"]),
+    ],
+    ids=["move", "uidplus", "neither"],
+)
+def test_moves_never_expunge_other_mail(
+    tmp_path: Path, capabilities: tuple[str, ...], expected: list[str]
+) -> None:
+    """MOVE; else COPY + \\Deleted + UID EXPUNGE; with neither, no EXPUNGE at all."""
+    conn = FakeConnection({1: mail.notification("h.csv")}, capabilities=capabilities)
+    runner = make(tmp_path, conn, Recorder(), processed_folder="Done")[0]
+    runner.catch_up(7, 0)
+    moves = {"move", "copy", "mark_deleted", "uid_expunge", "expunge"}
+    assert [name for name, _ in conn.commands if name in moves] == expected
+    assert conn.folders["Done"] == [1]
+
+
+class QuickWatcher(MailboxWatcher):
+    """Records its backoff delays instead of sleeping them."""
+
+    def _sleep(self, seconds: float) -> None:
+        pass
+
+
+def test_backoff_grows_and_a_healthy_cycle_starts_it_again(tmp_path: Path) -> None:
+    """Failures in a row raise the attempt count; a session that got to IDLE resets it;
+    a refused login waits AUTH_BACKOFF_S."""
+    stop = threading.Event()
+    outcomes: list[Any] = [OSError("refused"), OSError("refused"), "healthy", OSError("x")]
+    outcomes += [MailboxAuthError("login refused"), "stop"]
+
+    def connect() -> FakeConnection:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        conn = FakeConnection({})
+        if outcome == "stop":
+            stop.set()
+        else:
+            conn.fail_on["idle_check"] = OSError("connection reset")
+        return conn
+
+    config = ImapConfig(host="127.0.0.1", security="plain", username="u", password="p")
+    watcher = QuickWatcher(
+        config,
+        Ledger(tmp_path / "ledger.sqlite3"),
+        lambda *_: False,
+        stop,
+        lambda: None,
+        lambda: None,
+        connect=connect,
+        rng=random.Random(1),
+    )
+    watcher.run()
+    attempts = [a for _, a in watcher.history]
+    assert attempts == [1, 2, 1, 2, 2]  # the healthy session reset the count
+    assert watcher.history[4][0] == AUTH_BACKOFF_S
+    assert not outcomes
+
+
+def test_assembled_message_keeps_several_html_parts() -> None:
+    """Two HTML parts go back together as a multipart/mixed the reader walks whole."""
+    head = b"From: a@collegeboard.org\r\nMessage-ID: <m@x>\r\n\r\n"
+    parts = [
+        b"Content-Type: text/html\r\n\r\n<span id=fileName>i.csv</span>",
+        b"Content-Type: text/html\r\n\r\n<span id=fileName>i.txt</span>",
+    ]
+    found = read_notification(messages.assemble(head, parts), SENDERS)
+    assert isinstance(found, Notification) and found.filenames == ("i.csv", "i.txt")

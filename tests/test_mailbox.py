@@ -149,6 +149,7 @@ def test_session_is_renewed_before_its_lifetime_and_mail_still_lands(
 
 
 def test_processed_folder_must_differ_from_the_watched_one(tmp_path: Path) -> None:
+    """processed_folder equal to the watched folder is a config error."""
     config = tmp_path / "c.yaml"
     config.write_text(
         f"download_dir: {tmp_path}/f\nstate_dir: {tmp_path}/s\n"
@@ -165,6 +166,7 @@ def test_processed_folder_must_differ_from_the_watched_one(tmp_path: Path) -> No
 
 
 def test_backoff_is_full_jitter_between_one_second_and_five_minutes() -> None:
+    """Reconnect delays are full jitter with a ceiling that doubles from 1 s to 5 min."""
     rng = random.Random(7)
     for failures in range(40):
         ceiling = min(300.0, 2.0**failures)

@@ -1009,6 +1009,6 @@ def test_too_much_html_is_refused_before_parsing() -> None:
 
 
 def test_too_many_names_in_one_mail_are_refused() -> None:
-    """At most MAX_NAMES file names are taken from one email; more is too_large."""
+    """At most MAX_NAMES file names are taken from one email; more is too_many_filenames."""
     spans = "".join(f'<span id="fileName">4300_{n:06d}.csv</span>' for n in range(MAX_NAMES + 1))
-    assert reason_of(built(page(spans))) == "too_large"
+    assert reason_of(built(page(spans))) == "too_many_filenames"

@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import tempfile
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
+from typing import IO
 
 from scorefetch.config import HooksConfig
 from scorefetch.core import logs
@@ -136,41 +138,49 @@ class Hooks:
             return False
 
     def run(self, argv: tuple[str, ...], variables: Mapping[str, str]) -> bool:
-        """Run one hook to its end or its timeout; True when it exited 0."""
+        """Run one hook to its end or its timeout; True when it exited 0.
+
+        Its output goes to an unnamed file, not a pipe: the hook is over when its process
+        exits, not when every process it started (a daemon of its own, in another process
+        group) has closed the pipe; and its output costs no memory however much it is."""
         try:
-            proc = subprocess.Popen(
-                argv,
-                env=hook_environment(variables, self._environ),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                cwd="/",
-                close_fds=True,
-                start_new_session=True,  # its own process group: a timeout kills it all
-            )
+            with tempfile.TemporaryFile() as output:
+                proc = subprocess.Popen(
+                    argv,
+                    env=hook_environment(variables, self._environ),
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    cwd="/",
+                    close_fds=True,
+                    start_new_session=True,  # its own process group: a timeout kills it all
+                )
+                error = self._wait(proc)
+                tail = _tail(output) if error else b""
         except OSError as exc:
             self._failed(argv, variables, f"cannot start: {exc.strerror or exc}")
             return False
+        if error:
+            self._failed(argv, variables, error, tail)
+        return not error
+
+    def _wait(self, proc: subprocess.Popen[bytes]) -> str:
+        """Wait for `proc` (killing its group at the timeout); what went wrong, or ''."""
         with self._lock:
             self._running.add(proc)
         try:
-            try:
-                output, _ = proc.communicate(timeout=self.config.timeout)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc)
-                output, _ = proc.communicate()
-                error = f"timeout after {self.config.timeout:g}s (killed)"
-                self._failed(argv, variables, error, output)
-                return False
+            proc.wait(timeout=self.config.timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            proc.wait()
+            return f"timeout after {self.config.timeout:g}s (killed)"
         finally:
             with self._lock:
                 self._running.discard(proc)
-        if proc.returncode != 0:
-            status = proc.returncode
-            error = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
-            self._failed(argv, variables, error, output)
-            return False
-        return True
+        status = proc.returncode
+        if status < 0:
+            return f"killed by signal {-status}"
+        return f"exit status {status}" if status else ""
 
     def _failed(
         self, argv: tuple[str, ...], variables: Mapping[str, str], error: str, output: bytes = b""
@@ -198,6 +208,13 @@ class Hooks:
         for proc in running:
             _kill_group(proc)
         return not not_done
+
+
+def _tail(output: IO[bytes]) -> bytes:
+    """The last bytes of a hook's output file (enough for OUTPUT_TAIL characters)."""
+    size = output.seek(0, os.SEEK_END)
+    output.seek(max(size - 4 * OUTPUT_TAIL, 0))
+    return output.read()
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

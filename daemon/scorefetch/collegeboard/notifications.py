@@ -22,7 +22,11 @@ from scorefetch.core.filenames import check_name
 
 MAX_MESSAGE_BYTES = 5 * 1024 * 1024  # real notifications are a few KB
 MAX_HTML_CHARS = 256 * 1024  # decoded HTML fed to the parser, all parts (~1 s of parsing)
-MAX_NAMES = 16  # file names one email may announce (College Board's name one)
+# A real notification names one file; a few allow for a vendor that ever pairs them. More
+# is not a notification: one spoofed email must not turn into thousands of ledger rows,
+# authenticated vendor calls (and their retries) and a log line of megabytes.
+MAX_NAMES = 10
+_SHOWN_NAME = 80  # characters of a refused name quoted in `detail`
 _RESULT = re.compile(r"\s*(dkim|dmarc)\s*=\s*(\w+)", re.I)
 
 
@@ -121,16 +125,17 @@ def _is_file_name_id(value: object) -> bool:
     return isinstance(value, str) and value.strip().lower() == "filename"
 
 
-def file_names_in_html(html: str) -> list[str]:
-    """Trimmed texts of the elements whose id is `fileName` (either quote style, any tag case)."""
+def file_names_in_html(html: str, limit: int = MAX_NAMES + 1) -> list[str]:
+    """Trimmed texts of the elements whose id is `fileName` (either quote style, any tag
+    case), distinct, at most `limit` of them."""
     soup = BeautifulSoup(html, "html.parser")
-    names = []
-    for element in soup.find_all(id=_is_file_name_id):
+    names: dict[str, None] = {}  # an ordered set
+    for element in soup.find_all(id=_is_file_name_id, limit=limit):
         if isinstance(element, Tag):
             text = element.get_text().strip()
-            if text and text not in names:
-                names.append(text)
-    return names
+            if text:
+                names[text] = None
+    return list(names)
 
 
 def _sender(message: EmailMessage) -> str | None:
@@ -207,18 +212,20 @@ def _read(
         return Rejection(
             message_id, "too_large", f"{size} characters of HTML; notifications are small"
         )
-    names: list[str] = []
+    found: dict[str, None] = {}  # an ordered set
     for html in htmls:
-        names.extend(n for n in file_names_in_html(html) if n not in names)
-    if len(names) > MAX_NAMES:
-        return Rejection(
-            message_id, "too_large", f"{len(names)} file names; notifications name one"
-        )
+        found.update(dict.fromkeys(file_names_in_html(html)))
+        if len(found) > MAX_NAMES:
+            return Rejection(
+                message_id, "too_many_filenames", f"more than {MAX_NAMES} fileName elements"
+            )
+    names = tuple(found)
     if not names:
         return Rejection(message_id, "no_filename", "no element with id=fileName in an HTML part")
     for name in names:
         try:
             check_name(name)
         except RefusedError as exc:
-            return Rejection(message_id, "unsafe_filename", f"{name!r}: {exc}")
-    return Notification(message_id, sender, tuple(names))
+            shown = name if len(name) <= _SHOWN_NAME else name[:_SHOWN_NAME] + "…"
+            return Rejection(message_id, "unsafe_filename", f"{shown!r}: {exc}")
+    return Notification(message_id, sender, names)

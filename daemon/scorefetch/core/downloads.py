@@ -27,7 +27,7 @@ from scorefetch.config import is_loopback
 from scorefetch.core.errors import Failure, RefusedError, VendorError, describe
 from scorefetch.core.filenames import check_name
 from scorefetch.core.http import Deadline, deadline, redirect_target
-from scorefetch.core.localfs import local_faults, part_name, place_no_replace
+from scorefetch.core.localfs import local_faults, numbered_name, part_name, place_no_replace
 from scorefetch.core.urls import UrlError, connect_target, host_allowed
 
 CHUNK = 1024 * 1024
@@ -122,11 +122,8 @@ def _sha256_of(path: Path) -> str:
 
 def _place(part: Path, folder: Path, name: str, sha256: str) -> Path:
     """Link `part` to its final name; an existing different file keeps its name, we take NAME-N."""
-    stem, dot, ext = name.rpartition(".")
-    if not dot or not stem:
-        stem, dot, ext = name, "", ""
     for n in range(1000):
-        target = folder / (name if n == 0 else f"{stem}-{n}{dot}{ext}")
+        target = folder / numbered_name(name, n)
         try:
             place_no_replace(part, target)  # never replaces a file
         except FileExistsError:

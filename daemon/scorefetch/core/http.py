@@ -11,10 +11,19 @@ server trickling a byte a second holds a worker for ever. `deadline(seconds)` ar
 watchdog that shuts the connection's socket when the time is up, whatever it is doing
 then (connecting through a proxy, reading headers, reading the body); the read that was
 waiting fails at once and the caller sees `Deadline.expired`.
+
+The environment: requests' `trust_env` would also read ~/.netrc and send its logins as
+`Authorization: Basic` to every host it names, and to every host at all for a `default`
+entry (a presigned S3 URL the vendor chose included), replacing Encoura's own
+`Authorization: JWT`. Credentials come from the configuration only, so `trust_env` is
+off; the two things an operator sets in the environment on purpose are read explicitly:
+proxies (`HTTPS_PROXY`, `NO_PROXY`, …: TLS runs through the proxy's tunnel, so it sees
+host names only) and an extra CA bundle (`REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE`).
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -143,17 +152,26 @@ class _TimeoutSession(requests.Session):
 
     def __init__(self, timeout: tuple[float, float]) -> None:
         super().__init__()
+        self.trust_env = False  # never ~/.netrc; proxies and CA bundle are read below
         self._timeout = timeout
         self.call_deadline = timeout[0] + timeout[1]
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", self._timeout)
-        kwargs["verify"] = True  # never turned off, whatever a caller passes
+        kwargs["verify"] = _ca_bundle()  # never turned off, whatever a caller passes
         kwargs["allow_redirects"] = False  # never followed, whatever a caller passes
+        kwargs["proxies"] = requests.utils.get_environ_proxies(
+            url.decode() if isinstance(url, bytes) else url
+        )
         if kwargs.get("stream") or getattr(_current, "deadline", None) is not None:
             return super().request(method, url, *args, **kwargs)
         with deadline(self.call_deadline):
             return super().request(method, url, *args, **kwargs)
+
+
+def _ca_bundle() -> str | bool:
+    """The CA bundle the environment names (requests' own variables), else the default."""
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
 
 
 def build_session(connect_timeout: float = 10.0, read_timeout: float = 60.0) -> requests.Session:

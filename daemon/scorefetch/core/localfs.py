@@ -54,6 +54,20 @@ def part_name(name: str, n: int = 0) -> str:
     return f".{head}{tag}{suffix}"
 
 
+def numbered_name(name: str, n: int) -> str:
+    """NAME-N.EXT (NAME itself for 0), the stem cut to fit NAME_MAX: a vendor's name may
+    itself be 255 bytes. An extension that leaves no room is treated as part of the stem."""
+    if n == 0:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    suffix = f"-{n}{dot}{ext}"
+    if not dot or not stem or len(suffix.encode("utf-8", "surrogateescape")) >= NAME_MAX:
+        stem, suffix = name, f"-{n}"
+    room = NAME_MAX - len(suffix.encode("utf-8", "surrogateescape"))
+    head = stem.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore")
+    return head + suffix
+
+
 def place_no_replace(part: Path, target: Path) -> None:
     """Give `part`'s file the name `target`, or FileExistsError if `target` exists.
 

@@ -15,6 +15,7 @@ import posixpath
 import secrets
 import socket
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, ParamSpec, TypeVar
@@ -159,9 +160,7 @@ class SftpTarget:
                     transport.auth_publickey(config.username, self._key)
                 if not transport.is_authenticated() and config.password is not None:
                     transport.auth_password(config.username, config.password.get_secret_value())
-                sftp = paramiko.SFTPClient.from_transport(
-                    transport, window_size=WINDOW, max_packet_size=PACKET
-                )
+                sftp = _start_sftp(transport, config.timeout)
             except ForwardError:
                 raise
             except Exception as exc:  # noqa: BLE001 - paramiko raises many kinds; map them all
@@ -214,6 +213,32 @@ class SftpTarget:
         if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EACCES:
             kind = Failure.AUTH  # a folder we may not write: a person must act
         return ForwardError(f"{doing}: {name}: {reason} ({self._where})", kind=kind)
+
+
+def _start_sftp(transport: paramiko.Transport, timeout: float) -> paramiko.SFTPClient | None:
+    """The SFTP channel, within `timeout`. paramiko bounds the handshake and the login, but
+    not this: opening the channel waits up to an hour, the subsystem request and the SFTP
+    version for ever (a server that accepted the login and then says nothing). The
+    transport is closed when the time is up, which wakes every wait with an error."""
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        transport.close()
+
+    watchdog = threading.Timer(timeout, expire)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        return paramiko.SFTPClient.from_transport(
+            transport, window_size=WINDOW, max_packet_size=PACKET
+        )
+    except (OSError, EOFError, paramiko.SSHException):
+        if expired.is_set():
+            raise TimeoutError from None  # "no answer within …s", not paramiko's EOF
+        raise
+    finally:
+        watchdog.cancel()
 
 
 def _makedirs(sftp: paramiko.SFTPClient, folder: str) -> None:

@@ -63,8 +63,9 @@ class SshServer(Lifecycle):
 
     host = "127.0.0.1"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, sftp_subsystem: str = "internal-sftp") -> None:
         self.workdir = workdir.absolute()
+        self.sftp_subsystem = sftp_subsystem  # another command makes a server that hangs
         self.root = self.workdir / "sftp"  # where tests point remote_dir
         self.username = getpass.getuser()
         self.port = 0
@@ -114,7 +115,7 @@ X11Forwarding no
 MaxStartups 100:30:200
 MaxSessions 50
 LogLevel VERBOSE
-Subsystem sftp internal-sftp
+Subsystem sftp {self.sftp_subsystem}
 """
         )
         with self.log_path.open("ab") as log:

@@ -1,0 +1,86 @@
+"""A destination that accepts the connection and the login, then never answers: every
+step of a session is bounded by the destination's `timeout` (a forwarder thread that
+waits for ever forwards nothing again, and holds a shutdown)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from scorefetch.config import SftpDestination
+from scorefetch.core.errors import Failure
+from scorefetch.forward import ForwardError
+from scorefetch.forward.sftp import SftpTarget
+from scorefetch.sandbox.sshd import SshServer, sshd_binary
+
+pytestmark = pytest.mark.skipif(sshd_binary() is None, reason="sshd is not installed")
+
+
+@pytest.fixture
+def silent_sftp(tmp_path: Path) -> Iterator[SshServer]:
+    """A real sshd whose `sftp` subsystem starts and then says nothing (no version)."""
+    server = SshServer(tmp_path / "sshd", sftp_subsystem="/bin/sleep 30")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _target(server: SshServer, timeout: str = "2s") -> SftpTarget:
+    config = SftpDestination.model_validate(
+        {
+            "type": "sftp",
+            "host": server.host,
+            "port": server.port,
+            "username": server.username,
+            "private_key": server.client_key,
+            "host_key": server.host_key,
+            "remote_dir": str(server.root),
+            "timeout": timeout,
+        }
+    )
+    return SftpTarget("slate", config)
+
+
+def _bounded(call: Callable[[], object], seconds: float) -> BaseException | None:
+    """Run `call` in a thread; fail the test if it is still running after `seconds`."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still waiting after {seconds}s"
+    return outcome[0]
+
+
+def test_an_sftp_server_that_never_says_its_version_times_out(
+    silent_sftp: SshServer, tmp_path: Path
+) -> None:
+    """An SFTP server that accepts the login and then says nothing fails within the timeout."""
+    local = tmp_path / "4300_20260101_000000.csv"
+    local.write_bytes(b"a,b\n")
+    target = _target(silent_sftp)
+    started = time.monotonic()
+    error = _bounded(lambda: target.upload(local, local.name, "collegeboard", None), 15)
+    assert isinstance(error, ForwardError), error
+    assert error.kind is Failure.TRANSIENT
+    assert "no answer within 2s" in str(error)
+    assert time.monotonic() - started < 10
+
+
+def test_the_doctor_probe_times_out_too(silent_sftp: SshServer) -> None:
+    """doctor's probe of a silent SFTP server fails within the timeout too."""
+    error = _bounded(_target(silent_sftp).probe, 15)
+    assert isinstance(error, ForwardError), error

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from scorefetch.core import logs
-from scorefetch.core.alarms import AuthAlarm
 from scorefetch.core.errors import Failure
 from scorefetch.core.events import (
     AuthFailing,
@@ -21,6 +20,7 @@ from scorefetch.core.events import (
     Events,
 )
 from scorefetch.core.ledger import Ledger
+from scorefetch.observers.alarms import AuthAlarm
 
 
 @pytest.fixture(autouse=True)

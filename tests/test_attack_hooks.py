@@ -20,7 +20,7 @@ import pytest
 from scorefetch.config import HooksConfig
 from scorefetch.core import logs
 from scorefetch.core.events import Downloaded
-from scorefetch.hooks import Hooks
+from scorefetch.observers.hooks import Hooks
 
 
 @pytest.fixture

@@ -102,10 +102,10 @@ def test_status_shows_credential_alarm(
 ) -> None:
     """After College Board refused the password, `status` says so (the alarm's ledger line)."""
     from scorefetch.config import load
-    from scorefetch.core.alarms import AuthAlarm
     from scorefetch.core.errors import Failure
     from scorefetch.core.events import DeliveryFailed, Events
     from scorefetch.core.ledger import Ledger
+    from scorefetch.observers.alarms import AuthAlarm
 
     logs.configure("json", "info", io.StringIO())  # the alarm logs; not into a closed capture
     ledger = Ledger(load(config_path).ledger_path)

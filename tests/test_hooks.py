@@ -24,7 +24,7 @@ from scorefetch.core.events import (
     ForwardUploaded,
     Skipped,
 )
-from scorefetch.hooks import Hooks, facts, hook_environment
+from scorefetch.observers.hooks import Hooks, facts, hook_environment
 from scorefetch.sandbox import mail
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, write_config

@@ -15,7 +15,7 @@ from scorefetch.config import MetricsConfig
 from scorefetch.core.errors import Failure
 from scorefetch.core.events import DeliveryFailed, Events, ForwardUploaded, Skipped
 from scorefetch.core.ledger import Ledger
-from scorefetch.metrics import Metrics
+from scorefetch.observers.metrics import Metrics
 from scorefetch.sandbox import mail
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, write_config

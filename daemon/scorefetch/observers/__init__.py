@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from scorefetch.config import Config
-from scorefetch.core.alarms import AuthAlarm
 from scorefetch.core.errors import ConfigError
 from scorefetch.core.events import Events
 from scorefetch.core.ledger import Ledger
-from scorefetch.hooks import Hooks
+from scorefetch.observers.alarms import AuthAlarm
+from scorefetch.observers.hooks import Hooks
 
 if TYPE_CHECKING:
-    from scorefetch.metrics import Metrics
+    from scorefetch.observers.metrics import Metrics
 
 HOOKS_GRACE_S = 10.0  # hooks still queued or running at shutdown get this long
 
@@ -45,7 +45,7 @@ def attach(config: Config, events: Events, ledger: Ledger, vendors: list[str]) -
         events.subscribe(observers.hooks)
     if config.metrics is not None:
         try:
-            from scorefetch.metrics import Metrics  # the optional extra
+            from scorefetch.observers.metrics import Metrics  # the optional extra
         except ModuleNotFoundError as exc:
             raise ConfigError(
                 f"metrics: needs the 'metrics' extra ({exc.name} is missing): "

@@ -27,7 +27,6 @@ from prometheus_client.registry import Collector
 
 from scorefetch.config import MetricsConfig
 from scorefetch.core import logs
-from scorefetch.core.alarms import FAILING, watcher_key
 from scorefetch.core.errors import ScorefetchError
 from scorefetch.core.events import (
     DeliveryFailed,
@@ -38,6 +37,7 @@ from scorefetch.core.events import (
     Skipped,
 )
 from scorefetch.core.ledger import Ledger
+from scorefetch.observers.alarms import FAILING, watcher_key
 
 # Notification → file: seconds on loopback, minutes on a retry, hours after an outage.
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86400)

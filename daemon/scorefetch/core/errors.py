@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import ssl
 from enum import StrEnum
 from urllib.parse import urlsplit
 
@@ -86,6 +87,8 @@ def describe(exc: BaseException) -> str:
         return str(exc)  # our own words, built from facts like these
     if isinstance(exc, OSError | UnicodeError) and type(exc).__module__ == "builtins":
         return _describe_local(exc)  # the file system's own words, about our own paths
+    if isinstance(exc, ssl.SSLError):
+        return _describe_tls(exc)
     inner, errno_name = _innermost(exc)
     text = type(exc).__name__
     if inner is not None and inner is not type(exc):
@@ -94,6 +97,14 @@ def describe(exc: BaseException) -> str:
         text += f" ({errno_name})"
     host = _host_of(exc)
     return f"{text} from {host}" if host else text
+
+
+def _describe_tls(exc: ssl.SSLError) -> str:
+    """`SSLCertVerificationError: CERTIFICATE_VERIFY_FAILED (self-signed certificate)`:
+    OpenSSL's reason codes, which say what to fix (its errno is no errno)."""
+    text = f"{type(exc).__name__}: {exc.reason or 'TLS error'}"
+    verify = getattr(exc, "verify_message", None)
+    return f"{text} ({verify})" if verify else text
 
 
 def _describe_local(exc: OSError | UnicodeError) -> str:

@@ -20,6 +20,8 @@ from imapclient.imapclient import SocketTimeout
 
 from scorefetch.config import ImapConfig
 from scorefetch.core.errors import MailboxAuthError, MailboxError, TokenError
+from scorefetch.core.errors import describe as describe_error
+from scorefetch.core.logs import scrub_text
 from scorefetch.mailbox import imapwire
 from scorefetch.mailbox.tokens import token_cache
 
@@ -231,5 +233,8 @@ class Connector:
 
 
 def describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:300]
+    """An IMAP server's own answer (its words, scrubbed and short: operators need
+    `AUTHENTICATIONFAILED`), else the one error formatter of core/errors.py."""
+    if isinstance(exc, imaplib.IMAP4.error):
+        return scrub_text(f"{type(exc).__name__}: {exc}")[:300]
+    return describe_error(exc)

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import requests
 
 from scorefetch.config import CommandOAuth, GoogleOAuth, ImapAuth, MicrosoftOAuth
-from scorefetch.core.errors import TokenError
+from scorefetch.core.errors import TokenError, describe
 from scorefetch.core.http import build_session
 
 MARGIN_S = 300.0  # a token is replaced this long before it expires …
@@ -262,6 +262,5 @@ def _grant(provider: str, answer: dict[str, Any]) -> Grant:
 
 
 def _http_error(exc: requests.RequestException) -> str:
-    # Neither the form (secrets) nor a URL query is in a requests exception's text, but keep
-    # it short: urllib3's retry errors are long.
-    return f"{type(exc).__name__}: {str(exc)[:200]}"
+    # The one error formatter: class, cause, errno, host; never the library's text.
+    return describe(exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 # What must never reach a log line: presigned query parameters and their signature.
 PRESIGNED = re.compile(r"X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Expires=\d", re.I)
@@ -25,3 +26,11 @@ def wait_until(condition: Callable[[], bool], timeout: float = 20) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.05)
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder`, hidden `.part` files included, by its path relative to
+    `folder` (for one vendor's flat folder: by name)."""
+    if not folder.is_dir():
+        return {}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}

@@ -14,7 +14,7 @@ from scorefetch.core.ledger import Ledger
 from scorefetch.sandbox import mail
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess
-from tests.support import wait_until
+from tests.support import files_under, wait_until
 
 pytestmark = pytest.mark.e2e
 Start = Callable[..., DaemonProcess]
@@ -33,8 +33,7 @@ def publish_pair(sim: CollegeBoardSimulator, stem: str) -> dict[str, bytes]:
 
 def landed(tmp_path: Path) -> dict[str, bytes]:
     """Every file in the College Board folder, hidden ones included."""
-    folder = tmp_path / "files" / "collegeboard"
-    return {p.name: p.read_bytes() for p in folder.iterdir()} if folder.is_dir() else {}
+    return files_under(tmp_path / "files" / "collegeboard")
 
 
 def deliver(server: Any, folder: str, raw: bytes, when: datetime | None = None) -> None:

@@ -19,7 +19,7 @@ from scorefetch.encoura.poller import EncouraDeliveries, recover
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, write_config
 from scorefetch.sandbox.encoura import EncouraSimulator
-from tests.support import assert_no_secrets
+from tests.support import assert_no_secrets, files_under
 
 ORG = {"uid": "org-1", "name": "Sandbox University"}
 
@@ -50,8 +50,8 @@ def exports(sim: EncouraSimulator, tmp_path: Path, **overrides: Any) -> EncouraD
 
 
 def landed(tmp_path: Path) -> dict[str, bytes]:
-    root = tmp_path / "files" / "encoura"
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    """Every file under the Encoura folder, by product-key/name."""
+    return files_under(tmp_path / "files" / "encoura")
 
 
 def test_token_quotes_are_stripped() -> None:

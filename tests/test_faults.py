@@ -24,7 +24,7 @@ from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, write_config
 from tests.conftest import dovecot_or_skip
 from tests.standins.proxy import FaultProxy
-from tests.support import assert_no_secrets
+from tests.support import assert_no_secrets, files_under
 
 pytestmark = pytest.mark.e2e
 Start = Callable[..., DaemonProcess]
@@ -57,8 +57,7 @@ def deliver(server: Any, folder: str, name: str) -> None:
 
 def landed(tmp_path: Path) -> dict[str, bytes]:
     """Every file in the College Board folder, hidden `.part` files included."""
-    folder = tmp_path / "files" / "collegeboard"
-    return {p.name: p.read_bytes() for p in folder.iterdir()} if folder.is_dir() else {}
+    return files_under(tmp_path / "files" / "collegeboard")
 
 
 def assert_each_once(

@@ -28,7 +28,7 @@ from scorefetch.core.errors import Failure, LocalError
 from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
-from tests.support import wait_until
+from tests.support import files_under, wait_until
 
 ROOT = os.geteuid() == 0
 
@@ -84,7 +84,8 @@ def fetch(sim: CollegeBoardSimulator, name: str, folder: Path) -> Landed:
 
 
 def visible(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in folder.iterdir()} if folder.is_dir() else {}
+    """Every file in `folder`, hidden ones included."""
+    return files_under(folder)
 
 
 def test_local_failures_are_retried_forever_on_the_schedule() -> None:

@@ -17,49 +17,37 @@ from scorefetch.collegeboard.notifications import (
 )
 from scorefetch.collegeboard.reconciliation import CURSOR, Reconciler, missing
 from scorefetch.config import Config, ImapConfig
-from scorefetch.core import logs
 from scorefetch.core.downloads import Progress
 from scorefetch.core.events import Events
 from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger
 from scorefetch.core.loops import Periodic, Supervised
-from scorefetch.core.sources import Say, again, stop_all
+from scorefetch.core.sources import Say, SourceBase, again
 from scorefetch.mailbox.watcher import MailboxWatcher
 
 
-class CollegeBoardSource:
+class CollegeBoardSource(SourceBase[CollegeBoardDeliveries]):
     vendor = "collegeboard"
 
-    def __init__(
-        self,
-        config: Config,
-        ledger: Ledger,
-        progress: Callable[[str], Progress | None] | None = None,
-        events: Events | None = None,
-    ) -> None:
-        assert config.collegeboard is not None
-        client = CollegeBoard(config.collegeboard, build_session())
-        self.deliveries = CollegeBoardDeliveries(
-            client, ledger, config.download_dir, progress=progress, events=events
-        )
-        self._imap: ImapConfig | None = config.imap
-        self._lookback = config.imap.lookback_days if config.imap else 14
-        self._loops: list[Supervised] = []
-        self._log = logs.get()
+    def __init__(self, deliveries: CollegeBoardDeliveries, imap: ImapConfig | None) -> None:
+        super().__init__(deliveries)
+        self._imap = imap
+        self._lookback = imap.lookback_days if imap else 14
 
     @classmethod
-    def build(
+    def create(
         cls,
         config: Config,
         ledger: Ledger,
-        progress: Callable[[str], Progress | None] | None = None,
-        events: Events | None = None,
-    ) -> CollegeBoardSource | None:
-        cb = config.collegeboard
-        return cls(config, ledger, progress, events) if cb is not None and cb.enabled else None
-
-    def resume(self) -> int:
-        return self.deliveries.resume()
+        progress: Callable[[str], Progress | None] | None,
+        events: Events | None,
+    ) -> CollegeBoardSource:
+        assert config.collegeboard is not None
+        client = CollegeBoard(config.collegeboard, build_session())
+        deliveries = CollegeBoardDeliveries(
+            client, ledger, config.download_dir, progress=progress, events=events
+        )
+        return cls(deliveries, config.imap)
 
     def start(self, stop: threading.Event, running: threading.Event) -> threading.Event:
         watching = threading.Event()
@@ -85,12 +73,6 @@ class CollegeBoardSource:
             reconciler: Periodic = Reconciler(self.deliveries, self._lookback).start(stop, running)
             self._loops.append(reconciler.thread)
         return watching
-
-    def loops(self) -> list[Supervised]:
-        return list(self._loops)
-
-    def stop(self, timeout: float) -> bool:
-        return stop_all(self._loops, self.deliveries, timeout)
 
     def status(self) -> dict[str, Any]:
         return {"last_listing": self.deliveries.ledger.position(CURSOR)}

@@ -7,17 +7,22 @@ import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
+from scorefetch.config import Config
+from scorefetch.core import logs
 from scorefetch.core.deliveries import Deliveries
+from scorefetch.core.downloads import Progress
+from scorefetch.core.events import Events
 from scorefetch.core.ledger import Ledger
 from scorefetch.core.loops import Supervised
 
+D = TypeVar("D", bound=Deliveries[Any])
 Say = Callable[[str], None]  # a line for the person at the terminal (fetch, sync)
 
 
 class Source(Protocol):
-    vendor: str
+    vendor: ClassVar[str]
 
     @property
     def deliveries(self) -> Deliveries[Any]: ...
@@ -64,6 +69,50 @@ def again(ledger: Ledger, vendor: str, key: str, source: str, force: bool, say: 
         return False
     say(f"{key}: {'no longer at ' + str(row.path) if gone else 'forced'}; downloading again")
     return True
+
+
+class SourceBase(Generic[D]):
+    """What every Source shares: building it when its config section is enabled, its
+    deliveries (`D`), the supervised loops it starts, resuming and stopping."""
+
+    vendor: ClassVar[str] = ""  # also the name of its config section
+
+    def __init__(self, deliveries: D) -> None:
+        self.deliveries = deliveries
+        self._loops: list[Supervised] = []
+        self._log = logs.get(vendor=self.vendor)
+
+    @classmethod
+    def build(
+        cls,
+        config: Config,
+        ledger: Ledger,
+        progress: Callable[[str], Progress | None] | None = None,
+        events: Events | None = None,
+    ) -> Self | None:
+        section = getattr(config, cls.vendor, None)
+        if section is None or not section.enabled:
+            return None
+        return cls.create(config, ledger, progress, events)
+
+    @classmethod
+    def create(
+        cls,
+        config: Config,
+        ledger: Ledger,
+        progress: Callable[[str], Progress | None] | None,
+        events: Events | None,
+    ) -> Self:
+        raise NotImplementedError
+
+    def resume(self) -> int:
+        return self.deliveries.resume()
+
+    def loops(self) -> list[Supervised]:
+        return list(self._loops)
+
+    def stop(self, timeout: float) -> bool:
+        return stop_all(self._loops, self.deliveries, timeout)
 
 
 def stop_all(loops: list[Supervised], deliveries: Deliveries[Any], timeout: float) -> bool:

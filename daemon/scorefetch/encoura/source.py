@@ -9,14 +9,12 @@ from datetime import datetime
 from typing import Any
 
 from scorefetch.config import Config
-from scorefetch.core import logs
 from scorefetch.core.downloads import Progress
 from scorefetch.core.errors import VendorError
 from scorefetch.core.events import Events
 from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger
-from scorefetch.core.loops import Supervised
-from scorefetch.core.sources import Say, again, stop_all
+from scorefetch.core.sources import Say, SourceBase, again
 from scorefetch.encoura.client import Encoura
 from scorefetch.encoura.poller import (
     KNOWN_PRODUCT_KEYS,
@@ -28,37 +26,22 @@ from scorefetch.encoura.poller import (
 )
 
 
-class EncouraSource:
+class EncouraSource(SourceBase[EncouraDeliveries]):
     vendor = "encoura"
 
-    def __init__(
-        self,
-        config: Config,
-        ledger: Ledger,
-        progress: Callable[[str], Progress | None] | None = None,
-        events: Events | None = None,
-    ) -> None:
-        assert config.encoura is not None
-        client = Encoura(config.encoura, build_session())
-        self.deliveries = EncouraDeliveries(
-            client, ledger, config.download_dir, progress=progress, events=events
-        )
-        self._loops: list[Supervised] = []
-        self._log = logs.get(vendor=self.vendor)
-
     @classmethod
-    def build(
+    def create(
         cls,
         config: Config,
         ledger: Ledger,
-        progress: Callable[[str], Progress | None] | None = None,
-        events: Events | None = None,
-    ) -> EncouraSource | None:
-        enc = config.encoura
-        return cls(config, ledger, progress, events) if enc is not None and enc.enabled else None
-
-    def resume(self) -> int:
-        return self.deliveries.resume()
+        progress: Callable[[str], Progress | None] | None,
+        events: Events | None,
+    ) -> EncouraSource:
+        assert config.encoura is not None
+        client = Encoura(config.encoura, build_session())
+        return cls(
+            EncouraDeliveries(client, ledger, config.download_dir, progress=progress, events=events)
+        )
 
     def start(self, stop: threading.Event, running: threading.Event) -> threading.Event:
         """Log in now so that an ambiguous organization stops the start (exit 78); a vendor
@@ -77,12 +60,6 @@ class EncouraSource:
         watching = threading.Event()
         watching.set()
         return watching
-
-    def loops(self) -> list[Supervised]:
-        return list(self._loops)
-
-    def stop(self, timeout: float) -> bool:
-        return stop_all(self._loops, self.deliveries, timeout)
 
     def status(self) -> dict[str, Any]:
         ledger = self.deliveries.ledger

@@ -11,8 +11,6 @@ import heapq
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -28,6 +26,7 @@ from scorefetch.core.errors import (
 from scorefetch.core.events import DeliveryFailed, Downloaded, Events
 from scorefetch.core.ledger import Ledger
 from scorefetch.core.loops import internal_error
+from scorefetch.core.pool import WorkPool
 
 URL_TRIES = 3  # fresh URLs asked for in a row after 403/expiry before backing off
 URL_MARGIN_S = 3.0  # a URL older than its lifetime minus this is not used
@@ -129,14 +128,11 @@ class Deliveries(Generic[ClientT]):
         self.folder = download_dir / self.vendor
         self._retry_schedule = tuple(client.config.retry_schedule)
         self._progress = progress
-        workers = client.config.max_parallel
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"{self.vendor}-download")
+        self._work = WorkPool(client.config.max_parallel, f"{self.vendor}-download")
+        self._stopping = self._work.stopping
         self._scheduler = Scheduler()
-        self._futures: set[Future[None]] = set()
         self._rounds: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._idle = threading.Condition(self._lock)
+        self._lock = threading.Lock()  # guards _rounds
         self._log = logs.get(vendor=self.vendor)
 
     def resume(self) -> int:
@@ -155,28 +151,12 @@ class Deliveries(Generic[ClientT]):
         self._submit(name)
 
     def _submit(self, name: str) -> None:
-        if self._stopping.is_set():
-            return  # the row stays pending in the ledger; the next start does it
-        future = self._pool.submit(self._run, name)
-        with self._lock:
-            self._futures.add(future)
-        future.add_done_callback(self._done)
-
-    def _done(self, future: Future[None]) -> None:
-        with self._lock:
-            self._futures.discard(future)
-            self._idle.notify_all()
+        # Once stopping, nothing is queued: the row stays pending and the next start does it.
+        self._work.submit(lambda: self._run(name))
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no download is queued or running (the scheduler may hold retries)."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while self._futures:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._idle.wait(remaining)
-        return True
+        return self._work.wait_idle(timeout)
 
     def _run(self, name: str) -> None:
         if self._stopping.is_set():
@@ -298,8 +278,4 @@ class Deliveries(Generic[ClientT]):
         """Stop taking work, let running downloads finish for up to `timeout` seconds."""
         self._stopping.set()
         self._scheduler.stop()
-        with self._lock:
-            running = set(self._futures)
-        _, not_done = wait_futures(running, timeout=timeout)
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        return not not_done
+        return self._work.close(timeout)

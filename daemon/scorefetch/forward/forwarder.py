@@ -7,8 +7,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from scorefetch.core.errors import Failure
 from scorefetch.core.events import Downloaded, Event, Events, ForwardFailed, ForwardUploaded
 from scorefetch.core.forwards import Forward
 from scorefetch.core.ledger import Ledger
+from scorefetch.core.pool import WorkPool
 from scorefetch.forward import Destination, ForwardError
 from scorefetch.forward.sftp import SftpTarget
 
@@ -38,14 +37,12 @@ class Forwarder:
         self.ledger = ledger
         self.events = events if events is not None else Events()
         workers = max(1, UPLOADS_PER_DESTINATION * len(self.destinations))
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="forward")
+        self._work = WorkPool(workers, "forward")
+        self._stopping = self._work.stopping
         self._scheduler = Scheduler()
-        self._futures: set[Future[None]] = set()
         self._queued: set[Job] = set()
         self._rounds: dict[Job, int] = {}
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._stopping = threading.Event()
+        self._lock = threading.Lock()  # guards _queued and _rounds
         self._log = logs.get()
 
     @classmethod
@@ -97,25 +94,13 @@ class Forwarder:
             if self._stopping.is_set() or job in self._queued:
                 return  # stopping: the row stays unfinished and the next start does it
             self._queued.add(job)
-            future = self._pool.submit(self._run, job)
-            self._futures.add(future)
-        future.add_done_callback(self._done)
-
-    def _done(self, future: Future[None]) -> None:
-        with self._lock:
-            self._futures.discard(future)
-            self._idle.notify_all()
+        if not self._work.submit(lambda: self._run(job)):
+            with self._lock:
+                self._queued.discard(job)
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no upload is queued or running (retries may still be scheduled)."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while self._futures:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._idle.wait(remaining)
-        return True
+        return self._work.wait_idle(timeout)
 
     def _run(self, job: Job) -> None:
         with self._lock:
@@ -221,8 +206,4 @@ class Forwarder:
         upload cut short leaves only a dot-named part, removed by the next attempt)."""
         self._stopping.set()
         self._scheduler.stop()
-        with self._lock:
-            running = set(self._futures)
-        _, not_done = wait_futures(running, timeout=timeout)
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        return not not_done
+        return self._work.close(timeout)

@@ -218,33 +218,38 @@ def _sync(config: Config, args: argparse.Namespace) -> int:
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
-    if not config.ledger_path.exists():
-        # Monitoring parses --json: the same shape, empty, says "never ran".
-        empty: dict[str, Any] = {
-            "ledger": str(config.ledger_path),
-            "ledger_exists": False,
-            "counts": {},
-            "watcher": {},
-            "mailbox": None,
-            "unfinished": [],
-            "recent": [],
-        }
-        if args.json:
-            print(json.dumps(empty, indent=2))
-        else:
-            print(f"ledger   {config.ledger_path} does not exist yet: the daemon has never run")
-        return EX_OK
+    report = _status_report(config)
+    if args.json:  # monitoring parses it: the same shape before the first run, empty
+        print(json.dumps(report, indent=2))
+    elif not report["ledger_exists"]:
+        print(f"ledger   {config.ledger_path} does not exist yet: the daemon has never run")
+    else:
+        _print_status(report)
+    return EX_OK
+
+
+def _status_report(config: Config) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "ledger": str(config.ledger_path),
+        "ledger_exists": config.ledger_path.exists(),
+        "counts": {},
+        "watcher": {},
+        "mailbox": None,
+        "positions": {},
+        "unfinished": [],
+        "recent": [],
+        "forward": {},
+    }
+    if not report["ledger_exists"]:
+        return report
     ledger = Ledger(config.ledger_path)
     try:
-        report: dict[str, Any] = {
-            "ledger": str(config.ledger_path),
-            "ledger_exists": True,
+        position = ledger.mailbox_position(config.imap.folder) if config.imap else None
+        report |= {
             "counts": ledger.counts(),
             "watcher": {k: {"value": v, "at": at} for k, (v, at) in ledger.watcher().items()},
             "mailbox": (
-                dict(zip(("uidvalidity", "last_uid"), pos, strict=True))
-                if config.imap and (pos := ledger.mailbox_position(config.imap.folder))
-                else None
+                dict(zip(("uidvalidity", "last_uid"), position, strict=True)) if position else None
             ),
             "positions": {k: {"value": v, "at": at} for k, (v, at) in ledger.positions().items()},
             "unfinished": [vars(d) for vendor in SOURCES for d in ledger.unfinished(vendor)],
@@ -253,9 +258,10 @@ def _status(config: Config, args: argparse.Namespace) -> int:
         }
     finally:
         ledger.close()
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return EX_OK
+    return report
+
+
+def _print_status(report: dict[str, Any]) -> None:
     print(f"ledger   {report['ledger']}")
     print("counts   " + (", ".join(f"{k}={v}" for k, v in report["counts"].items()) or "empty"))
     for key, item in report["watcher"].items():
@@ -285,7 +291,6 @@ def _status(config: Config, args: argparse.Namespace) -> int:
             f"{row['updated_at']}  {row['vendor']:<12} {row['state']:<10} "
             f"{row['filename']}  {where}"
         )
-    return EX_OK
 
 
 def _forward_report(config: Config, ledger: Ledger) -> dict[str, Any]:

@@ -194,10 +194,7 @@ def _doctor(path: Path, args: argparse.Namespace) -> int:
         checks = [doctor.config_check(path, exc)]
         code = EX_CONFIG
     else:
-        from scorefetch.forward.sftp import SftpTarget
-
-        targets = [SftpTarget(name, dest) for name, dest in config.forward.items()]
-        checks = [doctor.config_check(path, None), *doctor.run(config, targets)]
+        checks = [doctor.config_check(path, None), *doctor.run(config)]
         code = EX_OK if all(c.ok for c in checks) else EX_FAILURE
     print(json.dumps(doctor.as_json(checks), indent=2) if args.json else doctor.render(checks))
     return code

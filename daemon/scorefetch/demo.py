@@ -131,11 +131,7 @@ def _demo(
         f"files under {folder / 'files'}\n"
     )
     imap.deliver(mail.notification(f"{early}.csv"))
-    print("scorefetch doctor (before the first start):")
-    checks = doctor.run(load_config(config))
-    print("\n".join(f"  {line}" for line in doctor.render(checks).splitlines()) + "\n")
-    if not all(check.ok for check in checks):
-        print("demo FAILED: doctor found a problem")
+    if not _doctor_passes(config):
         return 1
     daemon = DaemonProcess(config, echo=_show)
     expected = {f"collegeboard/{s}.csv" for s in (lost, early, pair, later)}
@@ -144,31 +140,8 @@ def _demo(
         daemon.wait_event("daemon.ready", timeout=30)
         daemon.wait_event("listing.completed", timeout=30)
         post(pair, later)
-        for raw in (
-            mail.notification(f"{pair}.csv"),
-            mail.notification(f"{pair}.txt"),  # the twin: skipped, the office wants csv
-            mail.marketing(),
-            mail.notification(
-                f"{later}.csv",
-                html_encoding="base64",
-                span=f"<SPAN ID='fileName'>\n {later}.csv\n</SPAN>",
-            ),
-            mail.notification("passwd", sender="College Board <scores@evil.example>"),
-            mail.notification("../../etc/passwd"),
-            mail.notification(f"{pair}.csv"),  # a repeated email: no second download
-        ):
-            imap.deliver(raw)
-        for path in sorted(expected):
-            vendor, name = path.split("/")[0], path.rsplit("/", 1)[1]
-            daemon.wait_event("delivery.downloaded", timeout=60, vendor=vendor, filename=name)
-        daemon.wait_for(
-            lambda e: e.get("reason") == "duplicate" and e.get("filename") == f"{pair}.csv",
-            timeout=30,
-        )
-        if sftp is not None:
-            for path in sorted(expected):
-                name = path.rsplit("/", 1)[1]
-                daemon.wait_event("forward.uploaded", timeout=60, filename=name)
+        _mail_the_day(imap, pair, later)
+        _wait_until_landed(daemon, expected, pair, forwarded=sftp is not None)
     except TimeoutError as exc:
         print(f"\ndemo FAILED: {exc}")
         daemon.stop()
@@ -187,6 +160,54 @@ def _demo(
         )
     )
     return failed
+
+
+def _doctor_passes(config: Path) -> bool:
+    """`scorefetch doctor` against the sandbox, before the first start, as an IT person
+    would run it."""
+    print("scorefetch doctor (before the first start):")
+    checks = [doctor.config_check(config, None), *doctor.run(load_config(config))]
+    print("\n".join(f"  {line}" for line in doctor.render(checks).splitlines()) + "\n")
+    if not all(check.ok for check in checks):
+        print("demo FAILED: doctor found a problem")
+        return False
+    return True
+
+
+def _mail_the_day(imap: PymapServer, pair: str, later: str) -> None:
+    """A csv/txt pair, marketing, an odd-looking notification, a spoof, a hostile name,
+    a repeat."""
+    for raw in (
+        mail.notification(f"{pair}.csv"),
+        mail.notification(f"{pair}.txt"),  # the twin: skipped, the office wants csv
+        mail.marketing(),
+        mail.notification(
+            f"{later}.csv",
+            html_encoding="base64",
+            span=f"<SPAN ID='fileName'>\n {later}.csv\n</SPAN>",
+        ),
+        mail.notification("passwd", sender="College Board <scores@evil.example>"),
+        mail.notification("../../etc/passwd"),
+        mail.notification(f"{pair}.csv"),  # a repeated email: no second download
+    ):
+        imap.deliver(raw)
+
+
+def _wait_until_landed(
+    daemon: DaemonProcess, expected: set[str], pair: str, *, forwarded: bool
+) -> None:
+    """Every expected file downloaded (and uploaded), the repeat skipped; TimeoutError if
+    not in time."""
+    for path in sorted(expected):
+        vendor, name = path.split("/")[0], path.rsplit("/", 1)[1]
+        daemon.wait_event("delivery.downloaded", timeout=60, vendor=vendor, filename=name)
+    daemon.wait_for(
+        lambda e: e.get("reason") == "duplicate" and e.get("filename") == f"{pair}.csv",
+        timeout=30,
+    )
+    if forwarded:
+        for path in sorted(expected):
+            daemon.wait_event("forward.uploaded", timeout=60, filename=path.rsplit("/", 1)[1])
 
 
 def _report(root: Path, published: dict[str, bytes], expected: set[str], code: int) -> int:

@@ -38,11 +38,16 @@ __all__ = ["Check", "Clock", "Destination", "as_json", "config_check", "render",
 
 def run(
     config: Config,
-    destinations: Sequence[Destination] = (),
+    destinations: Sequence[Destination] | None = None,
     clock: Clock | None = None,
 ) -> list[Check]:
-    """Every check that applies to `config`, in order (the config itself was valid)."""
+    """Every check that applies to `config`, in order (the config itself was valid);
+    `destinations` default to the ones under `forward:`."""
     clock = clock or Clock()
+    if destinations is None:
+        from scorefetch.forward.sftp import SftpTarget
+
+        destinations = [SftpTarget(name, dest) for name, dest in config.forward.items()]
     steps: list[tuple[str, Callable[[], Check]]] = [
         ("folders", lambda: check_folders(config)),
         ("ledger", lambda: check_ledger(config.ledger_path)),

@@ -208,7 +208,9 @@ def test_a_thread_that_dies_anyway_is_not_alive() -> None:
 
 
 @DIES
-def test_watchdog_stops_when_a_loop_dies(
+@pytest.mark.parametrize("fault", ["dead", "stuck"])
+def test_watchdog_stops_when_a_loop_dies_or_hangs(
+    fault: str,
     cb_sim: CollegeBoardSimulator,
     pymap_server: Any,
     tmp_path: Path,
@@ -216,7 +218,8 @@ def test_watchdog_stops_when_a_loop_dies(
     log_lines: io.StringIO,
 ) -> None:
     """The main loop sends WATCHDOG=1 while every loop is alive, and stops once one is dead
-    (systemd then restarts the service), saying which in `daemon.unhealthy`."""
+    or stops its heartbeat (a call that never returns; systemd then restarts the service),
+    saying which in `daemon.unhealthy`."""
     from scorefetch import config as config_module
     from scorefetch.sandbox.daemon import write_config
 
@@ -245,7 +248,10 @@ def test_watchdog_stops_when_a_loop_dies(
                 break
         else:
             raise AssertionError(f"no READY=1 then WATCHDOG=1: {got}")
-        doomed = Supervised("doomed", lambda: (_ for _ in ()).throw(SystemExit(1)), stop)
+        if fault == "dead":
+            doomed = Supervised("doomed", lambda: (_ for _ in ()).throw(SystemExit(1)), stop)
+        else:  # blocks without ticking, as a read with no timeout would
+            doomed = Supervised("doomed", lambda: stop.wait(), stop, stale_after=0.5)
         monkeypatch.setattr(service.sources[0], "loops", lambda: [doomed])
         doomed.start()
         wait_until(lambda: bool(events(log_lines, "daemon.unhealthy")))
@@ -256,7 +262,8 @@ def test_watchdog_stops_when_a_loop_dies(
                 break
         with pytest.raises(TimeoutError):
             sock.recv(100)
-        assert events(log_lines, "daemon.unhealthy")[0]["dead_loops"] == ["doomed"]
+        unhealthy = events(log_lines, "daemon.unhealthy")[0]
+        assert unhealthy[f"{fault}_loops"] == ["doomed"]
     finally:
         stop.set()
         runner.join(5)

@@ -123,17 +123,19 @@ class Service:
         return 0
 
     def _main_loop(self, watching: list[threading.Event]) -> None:
-        """READY=1 once every source watches; WATCHDOG=1 only while every loop is alive."""
-        dead: list[str] = []
+        """READY=1 once every source watches; WATCHDOG=1 only while every loop is alive and
+        none is stuck."""
+        unhealthy: tuple[list[str], list[str]] = ([], [])
         while not self.stop.wait(TICK_S):
             if not self.running.is_set() and all(event.is_set() for event in watching):
                 self._log.info("daemon.ready", sources=self.names, pid=os.getpid())
                 self.notifier.send("READY=1\nSTATUS=watching " + ", ".join(self.names))
                 self.running.set()
-            now_dead = [loop.name for s in self.sources for loop in s.loops() if not loop.alive]
-            if now_dead and now_dead != dead:
+            loops = [loop for source in self.sources for loop in source.loops()]
+            now = ([x.name for x in loops if not x.alive], [x.name for x in loops if x.stuck])
+            if any(now) and now != unhealthy:
                 # systemd (WatchdogSec) restarts the service; without it, this line says why.
-                self._log.error("daemon.unhealthy", dead_loops=now_dead)
-            dead = now_dead
-            if not dead:
+                self._log.error("daemon.unhealthy", dead_loops=now[0], stuck_loops=now[1])
+            unhealthy = now
+            if not any(unhealthy):
                 self.notifier.tick()

@@ -54,7 +54,10 @@ class CollegeBoardSource(SourceBase[CollegeBoardDeliveries]):
         if self._imap is not None:
             imap = self._imap
             holder: list[MailboxWatcher] = []
-            loop = Supervised("mailbox", lambda: holder[0].run(), stop)
+            # The watcher ticks at least every read_timeout / 2 (IDLE), per message (catch-up)
+            # and while it backs off; a connect and a command are bounded by the timeouts.
+            stale = 2 * (imap.connect_timeout + imap.read_timeout) + 30
+            loop = Supervised("mailbox", lambda: holder[0].run(), stop, stale_after=stale)
             holder.append(
                 MailboxWatcher(
                     imap,

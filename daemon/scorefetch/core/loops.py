@@ -3,8 +3,9 @@
 
 An unexpected exception is logged once (`loop.failed`, `reason=internal_error`, with the
 traceback the first time in a row), then the loop backs off and goes on. If a thread dies
-anyway (a BaseException), `alive` turns False and the service stops feeding the systemd
-watchdog, so systemd restarts it.
+anyway (a BaseException), `alive` turns False; if a loop that promises a heartbeat
+(`stale_after`) stops ticking — stuck in a call that never returns — `stuck` turns True.
+Either way the service stops feeding the systemd watchdog, so systemd restarts it.
 """
 
 from __future__ import annotations
@@ -33,20 +34,36 @@ class Supervised:
     """`body()` on a daemon thread, called again whenever it returns or raises, until
     `stop` is set. A body is a long-running loop (the mailbox watcher) or one step."""
 
-    def __init__(self, name: str, body: Callable[[], None], stop: threading.Event) -> None:
+    def __init__(
+        self,
+        name: str,
+        body: Callable[[], None],
+        stop: threading.Event,
+        *,
+        stale_after: float | None = None,
+    ) -> None:
         self.name = name
         self._body = body
         self._stop = stop
+        self._stale_after = stale_after  # seconds without tick() that mean "stuck"
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.beat = time.monotonic()  # when the body last said it was alive
 
     def start(self) -> Supervised:
+        self.beat = time.monotonic()
         self._thread.start()
         return self
 
     @property
     def alive(self) -> bool:
         return self._thread.is_alive() or self._stop.is_set()
+
+    @property
+    def stuck(self) -> bool:
+        """The body promised to tick at least every `stale_after` seconds and has not."""
+        if self._stale_after is None or self._stop.is_set() or self._thread.ident is None:
+            return False
+        return time.monotonic() - self.beat > self._stale_after
 
     def join(self, timeout: float) -> bool:
         """Wait for the thread to end (after `stop` is set); whether it did."""

@@ -143,3 +143,18 @@ def test_fetch_again_when_gone_from_disk_or_forced(
     assert cb_sim.stats.file_url_calls == 3
     assert target.read_bytes() == b"x,y\r\n"  # the same bytes: still one file
     assert sorted(p.name for p in target.parent.iterdir()) == [name]
+
+
+def test_status_reads_the_ledger_without_changing_it(
+    config_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`status` opens the ledger read-only: an operator who may only read it can run it,
+    and its mode, size and contents stay as the daemon left them."""
+    assert main(["fetch", "-c", str(config_path), "collegeboard", "4300_20261121_000000.csv"]) == 1
+    ledger = tmp_path / "state" / "ledger.sqlite3"
+    ledger.chmod(0o440)
+    before = (ledger.stat().st_mode, ledger.read_bytes())
+    capsys.readouterr()
+    assert main(["status", "-c", str(config_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["counts"] == {"retrying": 1}
+    assert (ledger.stat().st_mode, ledger.read_bytes()) == before

@@ -239,7 +239,7 @@ def _status_report(config: Config) -> dict[str, Any]:
     }
     if not report["ledger_exists"]:
         return report
-    ledger = Ledger(config.ledger_path)
+    ledger = Ledger(config.ledger_path, readonly=True)  # the operator need not own it
     try:
         position = ledger.mailbox_position(config.imap.folder) if config.imap else None
         report |= {

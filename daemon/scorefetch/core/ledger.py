@@ -106,25 +106,40 @@ def _now() -> str:
 class Ledger:
     """Thread-safe: one connection behind a lock (writes are tiny; downloads dominate)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        """`readonly`: for `status` and other readers, who may not own the ledger: nothing
+        is created, upgraded or chmod-ed, and nothing can be written."""
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                path, check_same_thread=False, isolation_level=None, timeout=30
-            )
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(deliveries)")}
-            if "removed_at" not in columns:  # a ledger from before retention
-                self._db.execute("ALTER TABLE deliveries ADD COLUMN removed_at TEXT")
+            if readonly:
+                self._db = sqlite3.connect(
+                    f"{path.resolve().as_uri()}?mode=ro",
+                    uri=True,
+                    check_same_thread=False,
+                    isolation_level=None,
+                    timeout=30,
+                )
+                self._db.row_factory = sqlite3.Row
+            else:
+                self._db = self._open_for_writing(path)
         except (OSError, sqlite3.Error) as exc:
             raise ScorefetchError(f"cannot open the ledger {path}: {exc}") from exc
-        path.chmod(0o600)
         self.path = path
         self._lock = threading.Lock()
         self.forwards = ForwardRows(self._execute)
+
+    @staticmethod
+    def _open_for_writing(path: Path) -> sqlite3.Connection:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(deliveries)")}
+        if "removed_at" not in columns:  # a ledger from before retention
+            db.execute("ALTER TABLE deliveries ADD COLUMN removed_at TEXT")
+        path.chmod(0o600)
+        return db
 
     def close(self) -> None:
         with self._lock:

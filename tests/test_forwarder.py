@@ -147,6 +147,7 @@ def test_start_resumes_unfinished_rows_and_claims_what_it_missed(
     destination was added but was never claimed (killed in between) is claimed and sent;
     files from before the destination existed are not replayed."""
     old = land(ledger, tmp_path, "old.csv", b"old")
+    time.sleep(0.01)  # the ledger's clock counts milliseconds: "old" is strictly older
     dest = destination(sshd_server, remote)
     Forwarder([dest], ledger).start()  # the destination's first start: "since" is now
     time.sleep(0.01)

@@ -1,7 +1,7 @@
 """Benchmarks for the spec's targets (`make bench`): writes bench/results/results.md and a
 PNG of the latency distribution.
 
-    python bench/run.py [--quick] [--idle-seconds N] [--only NAME ...]
+    python -m bench.run [--quick] [--idle-seconds N] [--only NAME ...]
 
 NAMEs: latency burst streaming writebehind idle blackhole cycles ready forward shared_inbox.
 

@@ -27,7 +27,7 @@ demo: venv
 test: venv
 	$(BIN)/pytest
 
-# No real-daemon (e2e) or fault-injection tests: under a minute, for the edit-test loop.
+# No test that starts a server or the daemon (marked e2e): about a minute, for the edit-test loop.
 test-fast: venv
 	$(BIN)/pytest -m "not e2e" -q
 

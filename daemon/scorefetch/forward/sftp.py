@@ -26,6 +26,7 @@ from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
 from scorefetch.config import SftpDestination
 from scorefetch.core.errors import Failure, RefusedError
 from scorefetch.core.filenames import check_name
+from scorefetch.core.logs import scrub_text
 from scorefetch.forward import ForwardError, Placed, keys
 
 # Larger than paramiko's defaults (2 MiB window, 32 KiB packets): a long fat pipe to Slate
@@ -208,7 +209,7 @@ class SftpTarget:
         elif isinstance(exc, EOFError):
             reason = "connection closed"
         else:
-            reason = str(exc) or "error"
+            reason = scrub_text(str(exc))[:200] or "error"  # paramiko's protocol words
         kind = Failure.TRANSIENT
         if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EACCES:
             kind = Failure.AUTH  # a folder we may not write: a person must act

@@ -14,6 +14,8 @@ from scorefetch.core.errors import Failure
 from scorefetch.core.events import (
     AuthFailing,
     AuthRecovered,
+    CredentialsAccepted,
+    CredentialsRefused,
     DeliveryFailed,
     Downloaded,
     Event,
@@ -77,4 +79,27 @@ def test_other_failures_raise_no_alarm(tmp_path: Path) -> None:
     events.publish(DeliveryFailed("collegeboard", "a", "a", 1, "404", Failure.NOT_FOUND, False))
     events.publish(Downloaded("collegeboard", "a", tmp_path / "a", 1, "x", 0.1))
     assert not [e for e in heard if isinstance(e, AuthFailing | AuthRecovered)]
+    ledger.close()
+
+
+def test_a_refused_login_outside_a_delivery_alarms_once_per_run(tmp_path: Path) -> None:
+    """The mailbox's login and Encoura's account refused again and again are one
+    AuthFailing each; a session or pass that is let in again ends the run."""
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    heard: list[Event] = []
+    events = Events()
+    events.subscribe(AuthAlarm(events, ledger))
+    events.subscribe(heard.append)
+    for _ in range(3):
+        events.publish(CredentialsRefused("imap", "login refused: AUTHENTICATIONFAILED"))
+        events.publish(CredentialsRefused("encoura", "/login: 401"))
+    assert [(e.vendor, e.error) for e in heard if isinstance(e, AuthFailing)] == [
+        ("imap", "login refused: AUTHENTICATIONFAILED"),
+        ("encoura", "/login: 401"),
+    ]
+    assert ledger.watcher()["auth.imap"][0].startswith("failing")
+    events.publish(CredentialsAccepted("imap"))
+    events.publish(CredentialsAccepted("imap"))
+    assert [e.vendor for e in heard if isinstance(e, AuthRecovered)] == ["imap"]
+    assert ledger.watcher()["auth.imap"][0] == "ok"
     ledger.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -309,3 +310,41 @@ def test_hanging_hook_does_not_delay_deliveries(
     daemon.wait_event("hook.failed", timeout=10)
     assert daemon.named("hook.failed")[0]["error"] == "timeout after 2s (killed)"
     assert daemon.stop() == 0
+
+
+@pytest.mark.e2e
+def test_a_refused_mailbox_login_pages_once_and_recovers(
+    tmp_path: Path,
+    cb_sim: CollegeBoardSimulator,
+    imap_server: PymapServer,
+    imap_folder: str,
+    start_daemon: Callable[..., DaemonProcess],
+    dump_env: tuple[Path, Path],
+) -> None:
+    """The mailbox refusing the password is one auth.failing (vendor=imap) and one
+    on_failure run, not one per retry or restart; `status` shows it; the next session that
+    logs in is auth.recovered."""
+    script, out = dump_env
+    hooks = f'hooks:\n  on_failure: ["{script}", "{out}", "failed"]\n  timeout: 10s\n'
+    path = write_config(tmp_path, cb_sim, imap_server, imap_folder=imap_folder)
+    with path.open("a") as config:
+        config.write(hooks)
+    secret = tmp_path / "credentials" / "imap_password"
+    secret.write_text("not-the-password\n")  # someone changed it on the server
+    for _ in range(2):  # a restart with the same stale password stays quiet
+        daemon = start_daemon(wait_ready=False)
+        daemon.wait_event("imap.auth_failed", timeout=30)
+        assert daemon.stop() == 0
+    assert [r["env"]["SCOREFETCH_VENDOR"] for r in runs(out)] == ["imap"]
+    assert runs(out)[0]["env"]["SCOREFETCH_EVENT"] == "auth.failing"
+    status = subprocess.run(
+        [sys.executable, "-m", "scorefetch", "status", "-c", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(status.stdout)["watcher"]["auth.imap"]["value"].startswith("failing")
+    secret.write_text(imap_server.password + "\n")
+    daemon = start_daemon()
+    daemon.wait_event("auth.recovered", vendor="imap")
+    assert len(runs(out)) == 1

@@ -67,6 +67,7 @@ class CollegeBoardSource(SourceBase[CollegeBoardDeliveries]):
                     watching.set,
                     loop.tick,
                     screen=self.may_be_notification,
+                    events=self.deliveries.events,
                 )
             )
             self._loops.append(loop.start())

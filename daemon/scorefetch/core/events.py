@@ -77,6 +77,22 @@ class ForwardFailed:
 
 
 @dataclass(frozen=True)
+class CredentialsRefused:
+    """A party (`imap`, or a vendor outside a delivery: Encoura's listing) refused our
+    credentials; the alarm turns the first of a run into `auth.failing`."""
+
+    party: str
+    error: str
+
+
+@dataclass(frozen=True)
+class CredentialsAccepted:
+    """A party took our credentials again (a session selected the folder, a pass listed)."""
+
+    party: str
+
+
+@dataclass(frozen=True)
 class AuthFailing:
     """A vendor refused the credentials, the first time in a run of such failures
     (`auth.failing`): people hear of it once, not once per file."""
@@ -101,6 +117,8 @@ Event = (
     | ForwardFailed
     | AuthFailing
     | AuthRecovered
+    | CredentialsRefused
+    | CredentialsAccepted
 )
 Listener = Callable[[Event], None]
 

@@ -18,6 +18,7 @@ from scorefetch.core import logs
 from scorefetch.core.deliveries import Deliveries
 from scorefetch.core.downloads import Landed, fetch_to_file
 from scorefetch.core.errors import Failure, RefusedError, ScorefetchError, VendorError
+from scorefetch.core.events import CredentialsAccepted, CredentialsRefused
 from scorefetch.core.filenames import name_from_url
 from scorefetch.core.ledger import Ledger
 from scorefetch.core.loops import Periodic
@@ -81,15 +82,22 @@ class EncouraDeliveries(Deliveries[Encoura]):
         keys that failed (after all were tried)."""
         new: list[str] = []
         failures: list[tuple[str, ScorefetchError]] = []
+        listed = 0
         for product_key in self.config.product_keys:
             if stop is not None and stop.is_set():
                 break
             try:
                 new += self.poll_key(product_key)
+                listed += 1
             except ScorefetchError as exc:
                 failures.append((product_key, exc))
                 if isinstance(exc, VendorError) and exc.kind == Failure.AUTH:
-                    break  # the account was refused: every other key would be too
+                    # The account was refused: every other key would be too. Once per run,
+                    # a person hears of it (the alarm); not once per pass.
+                    self.events.publish(CredentialsRefused(self.vendor, str(exc)))
+                    break
+        if listed:
+            self.events.publish(CredentialsAccepted(self.vendor))
         if failures:
             raise ListingFailed(failures)
         return new

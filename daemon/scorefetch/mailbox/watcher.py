@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from scorefetch.config import ImapConfig
 from scorefetch.core import logs
 from scorefetch.core.errors import MailboxAuthError, MailboxError
+from scorefetch.core.events import CredentialsAccepted, CredentialsRefused, Events
 from scorefetch.core.ledger import Ledger
 from scorefetch.mailbox.catchup import CatchUp, Handler, Screen, new_uids
 from scorefetch.mailbox.connection import Connection, Connector, describe
@@ -57,6 +58,7 @@ class MailboxWatcher:
         screen: Screen | None = None,
         connect: Callable[[], Connection] | None = None,
         rng: random.Random | None = None,
+        events: Events | None = None,
     ) -> None:
         self.config = config
         self.ledger = ledger
@@ -65,6 +67,7 @@ class MailboxWatcher:
         self._stop = stop
         self._on_ready = on_ready
         self._tick = tick
+        self._events = events or Events()
         self._ready = False
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._log = logs.get(host=config.host, folder=config.folder)
@@ -85,6 +88,7 @@ class MailboxWatcher:
                 continue  # a planned renewal (or stop): connect again at once
             except MailboxAuthError as exc:
                 self._log.error("imap.auth_failed", error=str(exc), retry_in_s=AUTH_BACKOFF_S)
+                self._events.publish(CredentialsRefused("imap", str(exc)))
                 delay = AUTH_BACKOFF_S
             except (MailboxError, imaplib.IMAP4.error, OSError) as exc:
                 if self._token_expired(exc):
@@ -149,6 +153,7 @@ class MailboxWatcher:
         validity = conn.select(cfg.folder, readonly=cfg.processed_folder is None)
         self._log.info("imap.connected", security=cfg.security)
         self.ledger.set_watcher("connected", "yes")
+        self._events.publish(CredentialsAccepted("imap"))
         if not self._ready:
             self._ready = True
             self._on_ready()

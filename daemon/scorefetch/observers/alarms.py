@@ -1,7 +1,8 @@
 """Credential failures as one alarm per run, not one per file.
 
-College Board's password expires periodically; then every call fails. The first
-failure of a run is `auth.failing` (logged, published for hooks and metrics, kept in
+College Board's password expires periodically; then every call fails. The same goes
+for the mailbox's login and Encoura's account. The first failure of a run is
+`auth.failing` (logged, published for hooks and metrics, kept in
 the ledger for `scorefetch status`); the next file that lands is `auth.recovered`.
 The state survives a restart, so a daemon restarted with the same stale password
 does not page again.
@@ -16,6 +17,8 @@ from scorefetch.core.errors import Failure
 from scorefetch.core.events import (
     AuthFailing,
     AuthRecovered,
+    CredentialsAccepted,
+    CredentialsRefused,
     DeliveryFailed,
     Downloaded,
     Event,
@@ -32,8 +35,8 @@ def watcher_key(vendor: str) -> str:
 
 
 class AuthAlarm:
-    """An events listener: DeliveryFailed(kind=auth) → one AuthFailing; Downloaded after it →
-    AuthRecovered."""
+    """An events listener: DeliveryFailed(kind=auth) or CredentialsRefused → one AuthFailing
+    per party and run; Downloaded or CredentialsAccepted after it → AuthRecovered."""
 
     def __init__(self, events: Events, ledger: Ledger) -> None:
         self._events = events
@@ -51,21 +54,30 @@ class AuthAlarm:
             return vendor in self._failing
 
     def __call__(self, event: Event) -> None:
-        if isinstance(event, DeliveryFailed) and event.kind is Failure.AUTH:
-            with self._lock:
-                if event.vendor in self._failing:
-                    return
-                self._failing.add(event.vendor)
-            self._ledger.set_watcher(watcher_key(event.vendor), f"{FAILING}: {event.error}")
-            self._log.error(
-                "auth.failing", vendor=event.vendor, error=event.error, filename=event.filename
-            )
-            self._events.publish(AuthFailing(event.vendor, event.error, event.filename))
-        elif isinstance(event, Downloaded):
-            with self._lock:
-                if event.vendor not in self._failing:
-                    return
-                self._failing.discard(event.vendor)
-            self._ledger.set_watcher(watcher_key(event.vendor), "ok")
-            self._log.info("auth.recovered", vendor=event.vendor)
-            self._events.publish(AuthRecovered(event.vendor))
+        match event:
+            case DeliveryFailed(kind=Failure.AUTH):
+                self._refused(event.vendor, event.error, event.filename)
+            case CredentialsRefused():
+                self._refused(event.party, event.error, "")
+            case Downloaded():
+                self._accepted(event.vendor)
+            case CredentialsAccepted():
+                self._accepted(event.party)
+
+    def _refused(self, party: str, error: str, filename: str) -> None:
+        with self._lock:
+            if party in self._failing:
+                return
+            self._failing.add(party)
+        self._ledger.set_watcher(watcher_key(party), f"{FAILING}: {error}")
+        self._log.error("auth.failing", vendor=party, error=error, filename=filename or None)
+        self._events.publish(AuthFailing(party, error, filename))
+
+    def _accepted(self, party: str) -> None:
+        with self._lock:
+            if party not in self._failing:
+                return
+            self._failing.discard(party)
+        self._ledger.set_watcher(watcher_key(party), "ok")
+        self._log.info("auth.recovered", vendor=party)
+        self._events.publish(AuthRecovered(party))

@@ -83,10 +83,11 @@ class _LedgerCollector(Collector):
         watcher = self._ledger.watcher()
         auth = GaugeMetricFamily(
             "scorefetch_auth_failing",
-            "1 while the vendor refuses the credentials (from the first refusal to the next file)",
+            "1 while a vendor (or `imap`) refuses the credentials, from the first refusal to "
+            "the next success",
             labels=["vendor"],
         )
-        for vendor in self._vendors:
+        for vendor in [*self._vendors, *(["imap"] if self._imap else [])]:
             value, _ = watcher.get(watcher_key(vendor), ("ok", ""))
             auth.add_metric([vendor], 1 if value.startswith(FAILING) else 0)
         yield auth

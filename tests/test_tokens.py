@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ import pytest
 from pydantic import SecretStr
 
 from scorefetch.config import CommandOAuth, GoogleOAuth
+from scorefetch.core.answers import MAX_ANSWER_BYTES
 from scorefetch.core.errors import TokenError
 from scorefetch.core.http import build_session
 from scorefetch.mailbox.tokens import CommandTokens, GoogleTokens, Grant, TokenCache, refresh_margin
@@ -203,3 +207,34 @@ def test_command_output_must_be_one_token(output: str) -> None:
     """Empty output or several words is an error, not a login with garbage."""
     with pytest.raises(TokenError, match="must print the access token alone"):
         command(script(f"print({output!r})")).fetch()
+
+
+class _HugeAnswer(http.server.BaseHTTPRequestHandler):
+    """A token endpoint that answers 200 with far more than any token answer holds."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        with contextlib.suppress(OSError):  # the client stops reading: that is the point
+            self.wfile.write(b'{"access_token": "' + b"x" * (MAX_ANSWER_BYTES + 1024) + b'"}')
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_google_answer_too_large_is_a_passing_token_error(authority: OAuthAuthority) -> None:
+    """A token endpoint answering with megabytes is a TokenError, read no further than the
+    bound (memory stays bounded), and retried like any passing failure."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HugeAnswer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/token"
+        with pytest.raises(TokenError) as raised:
+            google(authority, token_url=url).fetch()
+        assert not raised.value.refused
+        assert "larger than" in str(raised.value)
+    finally:
+        server.shutdown()
+        server.server_close()

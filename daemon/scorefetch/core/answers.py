@@ -58,7 +58,8 @@ def _printable(text: str) -> str:
     return " ".join("".join(c if c.isprintable() else " " for c in text).split())
 
 
-def _read(response: requests.Response, path: str) -> bytes:
+def read_bounded(response: requests.Response, path: str) -> bytes:
+    """A streamed answer's body, at most MAX_ANSWER_BYTES (VendorError beyond)."""
     chunks: list[bytes] = []
     size = 0
     for chunk in response.iter_content(chunk_size=READ_CHUNK):
@@ -86,7 +87,7 @@ def json_answer(session: requests.Session, method: str, url: str, path: str, **k
                         kind=kind_for(status),
                         status=status,
                     )
-                raw = _read(response, path)
+                raw = read_bounded(response, path)
         except requests.RequestException as exc:
             cause = f"no answer within {limit:g} s" if clock.expired else describe(exc)
             raise VendorError(f"{path}: {cause}", kind=Failure.TRANSIENT) from None

@@ -17,7 +17,8 @@ from typing import Any, Protocol
 import requests
 
 from scorefetch.config import CommandOAuth, GoogleOAuth, ImapAuth, MicrosoftOAuth
-from scorefetch.core.errors import TokenError, describe
+from scorefetch.core.answers import parse_json, read_bounded
+from scorefetch.core.errors import TokenError, VendorError, describe
 from scorefetch.core.http import build_session
 
 MARGIN_S = 300.0  # a token is replaced this long before it expires …
@@ -162,19 +163,20 @@ class GoogleTokens:
             "grant_type": "refresh_token",
         }
         try:
-            response = self._session.post(cfg.token_url, data=form)
+            with self._session.post(cfg.token_url, data=form, stream=True) as response:
+                status, raw = response.status_code, read_bounded(response, "google token")
         except requests.RequestException as exc:
             raise TokenError(
                 f"google token request failed: {_http_error(exc)}", refused=False
             ) from None
+        except VendorError as exc:  # an answer too large to be a token
+            raise TokenError(str(exc), refused=False) from None
         try:
-            answer = response.json()
+            answer = parse_json(raw)
         except ValueError:
             answer = None
-        if response.status_code >= 500 or not isinstance(answer, dict):
-            raise TokenError(
-                f"google token endpoint answered HTTP {response.status_code}", refused=False
-            )
+        if status >= 500 or not isinstance(answer, dict):
+            raise TokenError(f"google token endpoint answered HTTP {status}", refused=False)
         return _grant("google", answer)
 
     def reset(self) -> None:

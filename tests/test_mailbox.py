@@ -82,17 +82,23 @@ def test_processed_folder_takes_notifications_and_leaves_the_rest(
 NO_MOVE = "IMAP4rev1 LITERAL+ SASL-IR LOGIN-REFERRALS ID ENABLE IDLE NAMESPACE UIDPLUS CHILDREN"
 
 
-def test_processed_folder_without_move_copies_and_expunges_only_that_message(
-    tmp_path: Path, cb_sim: CollegeBoardSimulator
-) -> None:
-    """A server without MOVE: COPY, \\Deleted, then UID EXPUNGE of that one UID, so a
-    message someone else marked \\Deleted in the folder is not expunged with it."""
-    server = dovecot_or_skip(tmp_path / "dovecot-nomove")
-    server.capability = NO_MOVE
+def move_to_done(
+    tmp_path: Path,
+    cb_sim: CollegeBoardSimulator,
+    capability: str,
+    name: str,
+    until: Callable[[DaemonProcess, FaultProxy], None],
+) -> tuple[list[str], list[str], bytes]:
+    """A Dovecot offering `capability` behind a transcribing proxy, a message someone else
+    marked \\Deleted in INBOX, and a daemon with processed_folder "Done" that lands `name`
+    from a notification and runs until `until` returns; then (Done's kinds, INBOX's kinds,
+    what the daemon sent)."""
+    server = dovecot_or_skip(tmp_path / "dovecot-capability")
+    server.capability = capability
     with server, FaultProxy(server.host, server.port, transcript=True) as proxy:
         with server.client() as client:
             client.append("INBOX", mail.marketing(), flags=[b"\\Deleted"])
-        cb_sim.publish("4300_20261122_100000.csv", b"a\r\n")
+        cb_sim.publish(name, b"a\r\n")
         config = write_config(
             tmp_path,
             cb_sim,
@@ -103,16 +109,31 @@ def test_processed_folder_without_move_copies_and_expunges_only_that_message(
         daemon = DaemonProcess(config)
         try:
             daemon.wait_event("daemon.ready")
-            server.deliver(mail.notification("4300_20261122_100000.csv"))
-            daemon.wait_event("delivery.downloaded", filename="4300_20261122_100000.csv")
-            deadline = time.monotonic() + 10
-            while b"UID EXPUNGE" not in proxy.sent and time.monotonic() < deadline:
-                time.sleep(0.05)
+            server.deliver(mail.notification(name))
+            daemon.wait_event("delivery.downloaded", filename=name)
+            until(daemon, proxy)
         finally:
             assert daemon.stop() == 0
-        assert kinds(server, "Done") == ["csv"]
-        assert kinds(server, "INBOX") == ["webinar"]  # still there, still \\Deleted
-    assert b" MOVE " not in proxy.sent and b"UID COPY" in proxy.sent
+        return kinds(server, "Done"), kinds(server, "INBOX"), bytes(proxy.sent)
+
+
+def test_processed_folder_without_move_copies_and_expunges_only_that_message(
+    tmp_path: Path, cb_sim: CollegeBoardSimulator
+) -> None:
+    """A server without MOVE: COPY, \\Deleted, then UID EXPUNGE of that one UID, so a
+    message someone else marked \\Deleted in the folder is not expunged with it."""
+
+    def expunged(_daemon: DaemonProcess, proxy: FaultProxy) -> None:
+        deadline = time.monotonic() + 10
+        while b"UID EXPUNGE" not in proxy.sent and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    done, inbox, sent = move_to_done(
+        tmp_path, cb_sim, NO_MOVE, "4300_20261122_100000.csv", expunged
+    )
+    assert done == ["csv"]
+    assert inbox == ["webinar"]  # still there, still \\Deleted
+    assert b" MOVE " not in sent and b"UID COPY" in sent
 
 
 @pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
@@ -211,30 +232,16 @@ def test_processed_folder_without_move_or_uidplus_expunges_nothing(
 ) -> None:
     """Neither MOVE nor UIDPLUS: the notification is copied and marked \\Deleted, and no
     EXPUNGE is sent, so other mail marked \\Deleted stays."""
-    server = dovecot_or_skip(tmp_path / "dovecot-neither")
-    server.capability = NEITHER
-    with server, FaultProxy(server.host, server.port, transcript=True) as proxy:
-        with server.client() as client:
-            client.append("INBOX", mail.marketing(), flags=[b"\\Deleted"])
-        cb_sim.publish("4300_20261122_120000.csv", b"a\r\n")
-        config = write_config(
-            tmp_path,
-            cb_sim,
-            server,
-            imap_address=(proxy.host, proxy.port),
-            extra_imap='  processed_folder: "Done"\n',
-        )
-        daemon = DaemonProcess(config)
-        try:
-            daemon.wait_event("daemon.ready")
-            server.deliver(mail.notification("4300_20261122_120000.csv"))
-            daemon.wait_event("delivery.downloaded", filename="4300_20261122_120000.csv")
-            daemon.wait_event("imap.move_without_expunge", processed_folder="Done")
-        finally:
-            assert daemon.stop() == 0
-        assert kinds(server, "Done") == ["csv"]
-        assert kinds(server, "INBOX") == ["csv", "webinar"]  # both marked \\Deleted, both kept
-    assert b"EXPUNGE" not in proxy.sent and b"UID COPY" in proxy.sent
+    done, inbox, sent = move_to_done(
+        tmp_path,
+        cb_sim,
+        NEITHER,
+        "4300_20261122_120000.csv",
+        lambda daemon, _: daemon.wait_event("imap.move_without_expunge", processed_folder="Done"),
+    )
+    assert done == ["csv"]
+    assert inbox == ["csv", "webinar"]  # both marked \\Deleted, both kept
+    assert b"EXPUNGE" not in sent and b"UID COPY" in sent
 
 
 def test_a_non_ascii_password_logs_in_with_authenticate_plain(

@@ -164,7 +164,7 @@ def test_sync_recovers_delivered_exports_never_landed(
     from datetime import UTC, datetime, timedelta
 
     assert recover(deliveries, datetime.now(UTC) - timedelta(days=1)) == [uid]
-    assert deliveries.deliver(uid, schedule=False) is not None
+    assert deliveries.deliver(uid) is not None
     deliveries.close(5)
     assert landed(tmp_path) == {"score-reporter/lost.csv": b"lost\r\n"}
 

@@ -4,6 +4,7 @@ dot-name then rename, never overwriting, and what a cut connection or a full dis
 from __future__ import annotations
 
 import itertools
+import hashlib
 import os
 import subprocess
 import threading
@@ -123,16 +124,41 @@ def test_wrong_client_key_is_an_auth_failure(
     assert "PRIVATE KEY" not in str(caught.value) and stranger[40:80] not in str(caught.value)
 
 
-def test_same_file_already_there_counts_as_delivered(
+def test_our_own_rename_already_there_counts_as_delivered(
     sshd_server: Any, remote: Path, tmp_path: Path
 ) -> None:
-    """A file of the same name and size (a crash between rename and ledger) is this
-    delivery: nothing is written again."""
+    """The file our recorded rename put there, with our bytes (a crash between rename and
+    ledger), is this delivery: nothing is written again."""
     (remote / "a.csv").write_bytes(b"12345")
     placed = target(sshd_server, str(remote)).upload(
-        landed(tmp_path, "a.csv", b"12345"), "a.csv", "collegeboard", None
+        landed(tmp_path, "a.csv", b"12345"),
+        "a.csv",
+        "collegeboard",
+        None,
+        sha256=hashlib.sha256(b"12345").hexdigest(),
+        ours=str(remote / "a.csv"),
     )
     assert placed.already
+
+
+@pytest.mark.parametrize("recorded", [False, True])
+def test_a_same_size_file_not_ours_is_a_conflict(
+    sshd_server: Any, remote: Path, tmp_path: Path, recorded: bool
+) -> None:
+    """Same name and size but not our upload (no rename recorded), or recorded but other
+    bytes (another product's export of that name): a conflict, never counted as sent."""
+    (remote / "a.csv").write_bytes(b"54321")
+    with pytest.raises(ForwardError) as caught:
+        target(sshd_server, str(remote)).upload(
+            landed(tmp_path, "a.csv", b"12345"),
+            "a.csv",
+            "collegeboard",
+            None,
+            sha256=hashlib.sha256(b"12345").hexdigest(),
+            ours=str(remote / "a.csv") if recorded else None,
+        )
+    assert caught.value.kind == Failure.REFUSED and caught.value.reason == "conflict"
+    assert (remote / "a.csv").read_bytes() == b"54321"
 
 
 def test_a_different_file_under_the_name_is_never_overwritten(

@@ -17,7 +17,7 @@ import pytest
 
 from scorefetch.config import SftpDestination
 from scorefetch.core import logs
-from scorefetch.core.events import Downloaded, Event, Events, ForwardFailed, ForwardUploaded
+from scorefetch.core.events import Downloaded, Event, ForwardFailed, ForwardUploaded
 from scorefetch.core.ledger import Ledger
 from scorefetch.core.retention import Retention
 from scorefetch.forward.forwarder import Forwarder
@@ -70,14 +70,17 @@ def destination(server: Any, remote: Path, port: int | None = None, **extra: Any
     return SftpTarget("slate", config)
 
 
-def land(ledger: Ledger, folder: Path, name: str, data: bytes) -> Downloaded:
-    """A file as the delivery engine leaves it: on disk, in the ledger, then announced."""
+def land(
+    ledger: Ledger, folder: Path, name: str, data: bytes, forward_to: tuple[str, ...] = ()
+) -> Downloaded:
+    """A file as any process leaves it (the daemon, `fetch`): on disk, in the ledger, and
+    its forward rows written in the same transaction."""
     path = folder / "files" / "collegeboard" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     ledger.claim("collegeboard", name, name, "notification")
     sha = hashlib.sha256(data).hexdigest()
-    ledger.downloaded("collegeboard", name, path, len(data), sha)
+    ledger.downloaded("collegeboard", name, path, len(data), sha, forward_to)
     return Downloaded("collegeboard", name, path, len(data), sha, 0.1)
 
 
@@ -90,15 +93,14 @@ def collect(forwarder: Forwarder) -> list[Event]:
 def test_a_landed_file_is_claimed_then_uploaded_once(
     sshd_server: Any, remote: Path, ledger: Ledger, tmp_path: Path, log_lines: io.StringIO
 ) -> None:
-    """Downloaded → a ledger row → the file on the server → ForwardUploaded; the same event
-    again uploads nothing."""
+    """Landed with a forward row → the file on the server → ForwardUploaded; landing the
+    same file again uploads nothing."""
     forwarder = Forwarder([destination(sshd_server, remote)], ledger)
     seen = collect(forwarder)
-    event = land(ledger, tmp_path, "a.csv", b"x" * 1000)
-    engine = Events()
-    engine.subscribe(forwarder.on_event)
-    engine.publish(event)
-    engine.publish(event)
+    land(ledger, tmp_path, "a.csv", b"x" * 1000, ("slate",))
+    forwarder.start()
+    assert forwarder.wait_idle(30)
+    land(ledger, tmp_path, "a.csv", b"x" * 1000, ("slate",))
     assert forwarder.wait_idle(30)
     assert (remote / "collegeboard" / "a.csv").read_bytes() == b"x" * 1000
     row = ledger.forwards.get("slate", "collegeboard", "a.csv")
@@ -112,7 +114,8 @@ def test_a_landed_file_is_claimed_then_uploaded_once(
 def test_vendors_filter(sshd_server: Any, remote: Path, ledger: Ledger, tmp_path: Path) -> None:
     """A destination for encoura only takes no College Board file."""
     forwarder = Forwarder([destination(sshd_server, remote, vendors=["encoura"])], ledger)
-    forwarder.on_event(land(ledger, tmp_path, "a.csv", b"1"))
+    forwarder.start()
+    land(ledger, tmp_path, "a.csv", b"1")  # the College Board lane owes "slate" nothing
     assert forwarder.wait_idle(10)
     assert ledger.forwards.get("slate", "collegeboard", "a.csv") is None
     forwarder.close(5)
@@ -125,7 +128,8 @@ def test_a_server_that_comes_back_gets_the_file(
     port = free_port()
     forwarder = Forwarder([destination(sshd_server, remote, port=port)], ledger)
     seen = collect(forwarder)
-    forwarder.on_event(land(ledger, tmp_path, "b.csv", b"b" * 10))
+    land(ledger, tmp_path, "b.csv", b"b" * 10, ("slate",))
+    forwarder.start()
     wait_until(lambda: any(isinstance(e, ForwardFailed) for e in seen), timeout=20)
     failed = next(e for e in seen if isinstance(e, ForwardFailed))
     assert failed.will_retry and "cannot connect" in failed.error
@@ -151,8 +155,7 @@ def test_start_resumes_unfinished_rows_and_claims_what_it_missed(
     dest = destination(sshd_server, remote)
     Forwarder([dest], ledger).start()  # the destination's first start: "since" is now
     time.sleep(0.01)
-    pending = land(ledger, tmp_path, "pending.csv", b"p")
-    ledger.forwards.claim("slate", "collegeboard", "pending.csv", pending.path, pending.size)
+    land(ledger, tmp_path, "pending.csv", b"p", ("slate",))
     land(ledger, tmp_path, "missed.csv", b"m")
     forwarder = Forwarder([dest], ledger)
     assert forwarder.start() == 2
@@ -169,26 +172,30 @@ def test_retention_removes_only_old_forwarded_files_and_keeps_history(
     sshd_server: Any, remote: Path, ledger: Ledger, tmp_path: Path
 ) -> None:
     """Old and uploaded: deleted, row kept (still a duplicate). Old but not uploaded, or
-    young: kept. Old files no destination took on: deleted."""
+    young, or landed while the destination was configured but with no row: kept. Old files
+    that landed before the destination existed: deleted."""
     forwarder = Forwarder([destination(sshd_server, remote)], ledger)
     forwarder.start()
-    sent, young = land(ledger, tmp_path, "sent.csv", b"s"), land(ledger, tmp_path, "y.csv", b"y")
-    for event in (sent, young):
-        forwarder.on_event(event)
+    sent = land(ledger, tmp_path, "sent.csv", b"s", ("slate",))
+    young = land(ledger, tmp_path, "y.csv", b"y", ("slate",))
     assert forwarder.wait_idle(30)
     forwarder.close(5)
-    stuck = land(ledger, tmp_path, "stuck.csv", b"z")
-    ledger.forwards.claim("slate", "collegeboard", "stuck.csv", stuck.path, stuck.size)
-    ledger.forwards.failed("slate", "collegeboard", "stuck.csv", "refused", will_retry=False)
+    stuck = land(ledger, tmp_path, "stuck.csv", b"z", ("slate",))
+    ledger.forwards.work("slate").failed(("collegeboard", "stuck.csv"), "refused", None)
     before = land(ledger, tmp_path, "before.csv", b"b")  # no row: predates the destination
+    unsent = land(ledger, tmp_path, "unsent.csv", b"u")  # no row, landed since: owed
     with sqlite3.connect(ledger.path) as db:
-        db.execute("DELETE FROM forwards WHERE key = 'before.csv'")
+        db.execute(
+            "UPDATE deliveries SET landed_at = '2000-01-01T00:00:00.000+00:00'"
+            " WHERE key = 'before.csv'"
+        )
     month_ago = time.time() - 31 * 86400
-    for event in (sent, stuck, before):
+    for event in (sent, stuck, before, unsent):
         os.utime(event.path, (month_ago, month_ago))
     retention = Retention(ledger, 30, {"slate": ("collegeboard", "encoura")})
     assert sorted(p.name for p in retention.sweep()) == ["before.csv", "sent.csv"]
     assert not sent.path.exists() and young.path.exists() and stuck.path.exists()
+    assert unsent.path.exists()
     row = ledger.get("collegeboard", "sent.csv")
     assert row is not None and row.removed_at and row.sha256 == sent.sha256
     assert not ledger.claim("collegeboard", "sent.csv", "sent.csv", "notification")

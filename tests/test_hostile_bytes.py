@@ -109,7 +109,7 @@ def test_max_file_size_from_config_fails_the_delivery_for_good(
     )
     deliveries.ledger.claim("collegeboard", "big.csv", "big.csv", "notification")
     try:
-        assert deliveries.deliver("big.csv", schedule=False) is None
+        assert deliveries.deliver("big.csv") is None
     finally:
         deliveries.close(5)
     row = deliveries.ledger.get("collegeboard", "big.csv")

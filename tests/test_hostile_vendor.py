@@ -152,7 +152,7 @@ def test_download_redirect_is_not_followed(
     )
     deliveries.ledger.claim("collegeboard", "a.csv", "a.csv", "notification")
     try:
-        assert deliveries.deliver("a.csv", schedule=False) is None
+        assert deliveries.deliver("a.csv") is None
         row = deliveries.ledger.get("collegeboard", "a.csv")
         assert row is not None and row.state == "retrying"
         assert f"HTTP {status}" in (row.error or "") and "X-Amz" not in (row.error or "")
@@ -189,7 +189,7 @@ def test_presigned_url_to_a_differential_host_never_connects(
     )
     deliveries.ledger.claim("collegeboard", "a.csv", "a.csv", "notification")
     try:
-        assert deliveries.deliver("a.csv", schedule=False) is None
+        assert deliveries.deliver("a.csv") is None
         row = deliveries.ledger.get("collegeboard", "a.csv")
         assert row is not None and row.state == "failed"  # refused: never retried
     finally:
@@ -229,7 +229,7 @@ def test_fetch_by_uid_listing_every_product_never_chooses_the_folder(
     deliveries = enc_deliveries(enc_sim, tmp_path)
     try:
         assert locate(deliveries, [uid]) == [uid]
-        landed = deliveries.deliver(uid, schedule=False)
+        landed = deliveries.deliver(uid)
     finally:
         deliveries.close(5)
     assert landed is not None
@@ -245,7 +245,7 @@ def test_an_older_ledger_row_with_a_hostile_product_key_is_refused(
     deliveries = enc_deliveries(enc_sim, tmp_path)
     deliveries.ledger.claim_all("encoura", [(uid, "../../escaped")], "listing")
     try:
-        assert deliveries.deliver(uid, schedule=False) is None
+        assert deliveries.deliver(uid) is None
     finally:
         deliveries.close(5)
     row = deliveries.ledger.get("encoura", uid)
@@ -271,7 +271,7 @@ def test_names_from_url_paths_are_refused_cleanly(
         "listing",
     )
     try:
-        assert deliveries.deliver(uid, schedule=False) is None
+        assert deliveries.deliver(uid) is None
     finally:
         deliveries.close(5)
     row = deliveries.ledger.get("encoura", uid)

@@ -92,9 +92,9 @@ def test_token_mode_logs_in_again_after_expiry(
     for name in ("a.csv", "b.csv"):
         cb_sim.publish(name, name.encode())
     deliveries = pipeline(cb_sim, tmp_path, auth="token")
-    assert deliveries.deliver("a.csv", schedule=False) is not None
+    assert deliveries.deliver("a.csv") is not None
     threading.Event().wait(0.3)
-    assert deliveries.deliver("b.csv", schedule=False) is not None
+    assert deliveries.deliver("b.csv") is not None
     deliveries.close(5)
     assert cb_sim.stats.login_calls == 2
 
@@ -106,7 +106,7 @@ def test_wrong_password_is_auth_failure_without_download(
     cb_sim.publish("a.csv", b"x")
     deliveries = pipeline(cb_sim, tmp_path, password="wrong-password")
     deliveries.ledger.claim("collegeboard", "a.csv", "a.csv", "fetch")
-    assert deliveries.deliver("a.csv", schedule=False) is None
+    assert deliveries.deliver("a.csv") is None
     deliveries.close(5)
     row = deliveries.ledger.get("collegeboard", "a.csv")
     assert row is not None and row.state == "retrying" and "401" in (row.error or "")

@@ -106,7 +106,7 @@ def test_dead_port_leaks_nowhere(
     name = "4300_20261121_101544.csv"
     deliveries.ledger.claim("collegeboard", name, name, "notification")
     try:
-        assert deliveries.deliver(name, schedule=False) is None
+        assert deliveries.deliver(name) is None
     finally:
         deliveries.close(5)
     row = deliveries.ledger.get("collegeboard", name)

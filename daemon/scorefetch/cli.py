@@ -149,22 +149,25 @@ def _bar(name: str) -> Progress | None:
 
 def _source(config: Config, vendor: str) -> Source:
     """The source `vendor` with a progress bar, or a ConfigError when it is not enabled."""
-    source = SOURCES[vendor](config, Ledger(config.ledger_path), _bar, None)
+    source = SOURCES[vendor](config, Ledger(config.ledger_path), _bar, None, None)
     if source is None:
         raise ConfigError(f"{vendor}: not configured or not enabled")
     return source
 
 
 def _deliver_now(deliveries: Deliveries[Any], keys: list[str]) -> int:
-    """Download each key in the foreground; 1 if any failed (the daemon retries those)."""
+    """Download each key in the foreground; 1 if any failed (the daemon retries those).
+    Its uploads are rows in the ledger: the running daemon sends them within seconds."""
     failed = 0
     try:
         for key in keys:
-            landed = deliveries.deliver(key, schedule=False)
+            landed = deliveries.deliver(key)
             if landed is None:
                 failed += 1
-            else:
-                print(f"{key}: {landed.size} bytes → {landed.path}")
+                continue
+            print(f"{key}: {landed.size} bytes → {landed.path}")
+            if deliveries.forward_to:
+                print(f"{key}: queued for {', '.join(deliveries.forward_to)} (the daemon sends it)")
     finally:
         deliveries.close(timeout=0)
         deliveries.ledger.close()

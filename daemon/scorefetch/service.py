@@ -3,6 +3,8 @@ sd_notify; stops cleanly on SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -15,13 +17,15 @@ from scorefetch import sources
 from scorefetch.config import Config
 from scorefetch.core import logs
 from scorefetch.core.downloads import remove_partials
-from scorefetch.core.errors import describe
+from scorefetch.core.engine import HEARTBEAT, HEARTBEAT_S, Engine, heartbeat_value
+from scorefetch.core.errors import ScorefetchError, describe
 from scorefetch.core.events import Events
 from scorefetch.core.ledger import Ledger
 from scorefetch.core.retention import Retention
 from scorefetch.core.sources import Source
 from scorefetch.forward.forwarder import Forwarder
 from scorefetch.observers import attach
+from scorefetch.observers.alerts import ALERTS_S, Alerts
 
 SHUTDOWN_GRACE_S = 30.0  # in-flight downloads get this long after SIGTERM
 TICK_S = 0.2  # how often the main loop looks at the sources and the stop flag
@@ -70,10 +74,16 @@ class Service:
         self.notifier = Notifier()
         self.ledger = Ledger(config.ledger_path)
         self.events = Events()
-        self.sources: list[Source] = sources.enabled(config, self.ledger, events=self.events)
+        self.engine = Engine()
+        self.sources: list[Source] = sources.enabled(
+            config, self.ledger, events=self.events, engine=self.engine
+        )
         self.observers = attach(config, self.events, self.ledger, self.names)
-        self.forwarder = Forwarder.from_config(config, self.ledger, self.events)
+        self.forwarder = Forwarder.from_config(
+            config, self.ledger, self.events, self.engine, vendors=list(sources.SOURCES)
+        )
         self.retention = Retention.from_config(config, self.ledger)
+        self.alerts = Alerts(config, self.ledger, self.events, self.names)
         self._signal: str | None = None
         self._log = logs.get()
 
@@ -101,17 +111,20 @@ class Service:
         self.forwarder.start()
         self.retention.start()
         self._remove_partials()
+        self.engine.every(HEARTBEAT_S, self._heartbeat, "heartbeat")
+        self.engine.every(ALERTS_S, self.alerts.check, "alerts")
         try:
             watching = [source.start(self.stop, self.running) for source in self.sources]
             for source in self.sources:
                 source.resume()
+            self.engine.start()
             self._main_loop(watching)
         finally:
             self._log.info("daemon.stopping", sources=self.names, signal=self._signal)
             self.notifier.send("STOPPING=1")
             self.retention.close()
             closing = [source.stop(SHUTDOWN_GRACE_S) for source in self.sources]
-            if not all([*closing, self.forwarder.close(SHUTDOWN_GRACE_S)]):
+            if not all([*closing, self.engine.close(SHUTDOWN_GRACE_S)]):
                 # Downloads still running: leave now. Their rows stay unfinished in the
                 # ledger and their .part files are removed and redone on the next start.
                 self._log.warning("daemon.shutdown_timeout", grace_s=SHUTDOWN_GRACE_S)
@@ -119,18 +132,33 @@ class Service:
                 sys.stdout.flush()
                 os._exit(0)
             self.observers.close()  # after the downloads: their last events still count
+            self._say_stopped()
             self.ledger.close()
         return 0
 
+    def _heartbeat(self) -> None:
+        self.ledger.set_watcher(HEARTBEAT, heartbeat_value(self.engine))
+
+    def _say_stopped(self) -> None:
+        with contextlib.suppress(ScorefetchError):
+            self.ledger.set_watcher(HEARTBEAT, json.dumps({"pid": os.getpid(), "stopped": True}))
+
     def _main_loop(self, watching: list[threading.Event]) -> None:
-        """READY=1 once every source watches; WATCHDOG=1 only while every loop is alive and
-        none is stuck."""
+        """READY=1 once local start-up worked (config, folders, ledger, the sources'
+        threads): the mailbox is one trigger of three, and the listing and the poller run
+        whatever it does. The mailbox's state goes to STATUS=. WATCHDOG=1 only while every
+        loop is alive and none is stuck."""
+        self._log.info("daemon.ready", sources=self.names, pid=os.getpid())
+        self.running.set()
+        self._heartbeat()
+        shown = self._status_line(watching)
+        self.notifier.send(f"READY=1\nSTATUS={shown}")
         unhealthy: tuple[list[str], list[str]] = ([], [])
         while not self.stop.wait(TICK_S):
-            if not self.running.is_set() and all(event.is_set() for event in watching):
-                self._log.info("daemon.ready", sources=self.names, pid=os.getpid())
-                self.notifier.send("READY=1\nSTATUS=watching " + ", ".join(self.names))
-                self.running.set()
+            line = self._status_line(watching)
+            if line != shown:
+                shown = line
+                self.notifier.send(f"STATUS={line}")
             loops = [loop for source in self.sources for loop in source.loops()]
             now = ([x.name for x in loops if not x.alive], [x.name for x in loops if x.stuck])
             if any(now) and now != unhealthy:
@@ -139,3 +167,10 @@ class Service:
             unhealthy = now
             if not any(unhealthy):
                 self.notifier.tick()
+
+    def _status_line(self, watching: list[threading.Event]) -> str:
+        """What systemctl status shows: the sources, and whether the mailbox is watched."""
+        line = "running " + ", ".join(self.names)
+        if self.config.imap is not None and not all(event.is_set() for event in watching):
+            line += "; mailbox not connected (retrying; see scorefetch status)"
+        return line

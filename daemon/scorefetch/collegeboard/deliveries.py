@@ -24,6 +24,9 @@ class CollegeBoardDeliveries(Deliveries[CollegeBoard]):
     def config(self) -> CollegeBoardConfig:
         return self.client.config
 
+    def _filename(self, key: str) -> str:
+        return key
+
     def wants(self, name: str) -> bool:
         return file_format(name) in self.config.formats
 
@@ -55,7 +58,7 @@ class CollegeBoardDeliveries(Deliveries[CollegeBoard]):
         url = self.client.file_url(name)
         if time.monotonic() - asked > URL_LIFETIME_S - URL_MARGIN_S:
             raise VendorError("the URL answer came too late to use", kind=Failure.EXPIRED)
-        progress = self._progress(name) if self._progress else None
+        progress = self.progress_for(name)
         return fetch_to_file(
             self.client.session,
             url,

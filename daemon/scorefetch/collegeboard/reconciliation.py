@@ -15,7 +15,8 @@ from zoneinfo import ZoneInfo
 from scorefetch.collegeboard.client import ListedFile
 from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
 from scorefetch.core import logs
-from scorefetch.core.errors import RefusedError, ScorefetchError
+from scorefetch.core.errors import Failure, RefusedError, ScorefetchError, VendorError
+from scorefetch.core.events import CredentialsAccepted, CredentialsRefused
 from scorefetch.core.filenames import check_name
 from scorefetch.core.loops import Periodic
 
@@ -77,7 +78,14 @@ class Reconciler:
             timedelta(seconds=self.config.listing_overlap),
             self.config.timezone,
         )
-        listed = self.deliveries.client.list_files(since)
+        events = self.deliveries.events
+        try:
+            listed = self.deliveries.client.list_files(since)
+        except VendorError as exc:
+            if exc.kind == Failure.AUTH:  # no mail needed for a person to hear of it
+                events.publish(CredentialsRefused(self.deliveries.vendor, str(exc)))
+            raise
+        events.publish(CredentialsAccepted(self.deliveries.vendor))
         new = missing(self.deliveries, listed)
         self.deliveries.announce(new, source="listing")
         ledger.set_position(CURSOR, started.isoformat())

@@ -18,11 +18,12 @@ from scorefetch.collegeboard.notifications import (
 from scorefetch.collegeboard.reconciliation import CURSOR, Reconciler, missing
 from scorefetch.config import Config, ImapConfig
 from scorefetch.core.downloads import Progress
+from scorefetch.core.engine import Engine
 from scorefetch.core.events import Events
 from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger
 from scorefetch.core.loops import Periodic, Supervised
-from scorefetch.core.sources import Say, SourceBase, again
+from scorefetch.core.sources import Say, SourceBase, again, forward_to
 from scorefetch.mailbox.watcher import MailboxWatcher
 
 
@@ -41,11 +42,18 @@ class CollegeBoardSource(SourceBase[CollegeBoardDeliveries]):
         ledger: Ledger,
         progress: Callable[[str], Progress | None] | None,
         events: Events | None,
+        engine: Engine | None = None,
     ) -> CollegeBoardSource:
         assert config.collegeboard is not None
         client = CollegeBoard(config.collegeboard, build_session())
         deliveries = CollegeBoardDeliveries(
-            client, ledger, config.download_dir, progress=progress, events=events
+            client,
+            ledger,
+            config.download_dir,
+            progress=progress,
+            events=events,
+            engine=engine,
+            forward_to=forward_to(config, cls.vendor),
         )
         return cls(deliveries, config.imap)
 

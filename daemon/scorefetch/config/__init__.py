@@ -17,6 +17,7 @@ from pydantic import BaseModel, SecretStr, ValidationError, model_validator
 from scorefetch import configfile
 from scorefetch.config.outputs import (
     VENDORS,
+    AlertsConfig,
     Destinations,
     HooksConfig,
     MetricsConfig,
@@ -50,6 +51,7 @@ __all__ = [
     "DEFAULT_MAX_FILE_SIZE",
     "S3_HOSTS",
     "VENDORS",
+    "AlertsConfig",
     "AuthenticationResults",
     "CollegeBoardConfig",
     "CommandOAuth",
@@ -94,11 +96,36 @@ class Config(Model):
     retention: RetentionConfig = RetentionConfig()
     hooks: HooksConfig = HooksConfig()
     metrics: MetricsConfig | None = None
+    alerts: AlertsConfig = AlertsConfig()
 
     @model_validator(mode="after")
     def _sources(self) -> Config:
         if self.collegeboard is not None and self.collegeboard.enabled and self.imap is None:
             raise ValueError("imap: required, because collegeboard is enabled")
+        return self
+
+    @model_validator(mode="after")
+    def _one_remote_folder_each(self) -> Config:
+        """Two local folders (two vendors, two Encoura product keys) sent to one remote
+        folder would meet at the same names: one file would block, or pass for, the other."""
+        local: list[tuple[str, str | None]] = []
+        if self.collegeboard is not None and self.collegeboard.enabled:
+            local.append(("collegeboard", None))
+        if self.encoura is not None and self.encoura.enabled:
+            local += [("encoura", key) for key in self.encoura.product_keys]
+        for name, dest in self.forward.items():
+            seen: dict[str, str] = {}
+            for vendor, key in local:
+                if vendor not in dest.vendors:
+                    continue
+                remote = dest.remote_dir.format(vendor=vendor, product_key=key or "")
+                here = vendor + (f"/{key}" if key else "")
+                if remote in seen:
+                    raise ValueError(
+                        f"forward.{name}.remote_dir: {seen[remote]} and {here} would both go "
+                        f"to {remote!r}; use {{vendor}} and {{product_key}} to keep them apart"
+                    )
+                seen[remote] = here
         return self
 
     @property

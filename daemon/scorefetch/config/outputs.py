@@ -143,8 +143,27 @@ class HooksConfig(Model):
 
     on_delivery: HookArgv = ()
     on_failure: HookArgv = ()  # only for failures that will not be retried
+    on_digest: HookArgv = ()  # once a day at alerts.digest_at
     timeout: Duration = Field(30.0, gt=0, le=3600)
     max_parallel: int = Field(4, ge=1, le=16)
+
+
+def _time_of_day(value: object) -> object:
+    text = str(value).strip()
+    match = re.fullmatch(r"([01]?[0-9]|2[0-3]):([0-5][0-9])", text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a time of day (HH:MM, e.g. 07:30)")
+    return f"{int(match[1]):02d}:{match[2]}"
+
+
+class AlertsConfig(Model):
+    """When a person is told without a failure to point at: a file announced but not at
+    every destination after `overdue_after`; a vendor silent for `quiet_after`; a daily
+    digest at `digest_at` (local time) through hooks.on_digest."""
+
+    overdue_after: Duration = Field(3600.0, gt=0)
+    quiet_after: dict[Vendor, Duration] = {}  # noqa: RUF012 - pydantic copies field defaults
+    digest_at: Annotated[str, BeforeValidator(_time_of_day)] | None = None
 
 
 def parse_listen(value: str) -> tuple[str, int]:

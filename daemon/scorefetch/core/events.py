@@ -74,6 +74,7 @@ class ForwardFailed:
     attempt: int
     error: str
     will_retry: bool
+    kind: Failure = Failure.TRANSIENT
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,43 @@ class AuthRecovered:
     vendor: str
 
 
+@dataclass(frozen=True)
+class Overdue:
+    """A file announced `announced_at` is not at every destination yet (`delivery.overdue`):
+    `stage` is `download` or the destination it waits for."""
+
+    vendor: str
+    filename: str
+    announced_at: str
+    stage: str
+    error: str
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """A file that was overdue reached every destination (`delivery.recovered`)."""
+
+    vendor: str
+    filename: str
+    late_s: float
+
+
+@dataclass(frozen=True)
+class Quiet:
+    """A vendor announced nothing for longer than alerts.quiet_after (`source.quiet`)."""
+
+    vendor: str
+    since: str
+
+
+@dataclass(frozen=True)
+class Digest:
+    """The daily summary (`daemon.digest`): per vendor, what the last 24 hours did."""
+
+    summary: str
+    counts: dict[str, dict[str, int]]
+
+
 Event = (
     Downloaded
     | DeliveryFailed
@@ -119,6 +157,10 @@ Event = (
     | AuthRecovered
     | CredentialsRefused
     | CredentialsAccepted
+    | Overdue
+    | Recovered
+    | Quiet
+    | Digest
 )
 Listener = Callable[[Event], None]
 

@@ -11,7 +11,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-Execute = Callable[..., sqlite3.Cursor]
+from scorefetch.core.logs import scrub_text
+from scorefetch.core.work import WorkRows
+
+Execute = Callable[..., Any]  # Ledger._execute: rows read in full, under its lock
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,19 @@ class Forward:
     error: str | None
     created_at: str
     updated_at: str
+    rounds: int = 0
+    due_at: str | None = None
+    lease: str | None = None
+    lease_until: str | None = None
+    sha256: str | None = None
+    renaming: str | None = None  # the remote name a rename was sent for (then: ours)
+
+
+def _forward(row: sqlite3.Row) -> Forward:
+    fields = dict(row)
+    if fields.get("error"):
+        fields["error"] = scrub_text(fields["error"])
+    return Forward(**fields)
 
 
 def _now() -> str:
@@ -43,24 +59,42 @@ class ForwardRows:
     def __init__(self, execute: Execute) -> None:
         self._execute = execute
 
-    def claim(
-        self,
+    def work(self, destination: str) -> WorkRows:
+        """A destination's rows as units of work (core/engine.py)."""
+        return WorkRows(self._execute, "forwards", "destination", destination, ("vendor", "key"))
+
+    @staticmethod
+    def claim_in(
+        db: sqlite3.Connection,
         destination: str,
         vendor: str,
         key: str,
         path: Path,
         size: int,
+        sha256: str,
         product: str | None = None,
-    ) -> bool:
-        """Record that `destination` wants this landed file; False when already recorded."""
+    ) -> None:
+        """Within the caller's transaction: `destination` owes this landed file. A row given
+        up before is due again (the file landed anew); an uploaded one stays uploaded."""
         now = _now()
-        cursor = self._execute(
+        db.execute(
             "INSERT INTO forwards (destination, vendor, key, filename, product, path, bytes,"
-            " state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)"
-            " ON CONFLICT DO NOTHING",
-            (destination, vendor, key, path.name, product, str(path), size, now, now),
+            " sha256, state, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)"
+            " ON CONFLICT DO UPDATE SET state = 'pending', path = excluded.path,"
+            "   filename = excluded.filename, bytes = excluded.bytes, sha256 = excluded.sha256,"
+            "   attempts = 0, rounds = 0, due_at = NULL, error = NULL,"
+            "   updated_at = excluded.updated_at WHERE forwards.state != 'uploaded'",
+            (destination, vendor, key, path.name, product, str(path), size, sha256, now, now),
         )
-        return cursor.rowcount == 1
+
+    def renaming(self, destination: str, vendor: str, key: str, remote_path: str) -> None:
+        """About to rename our upload to `remote_path`: from now on a file there is ours."""
+        self._execute(
+            "UPDATE forwards SET renaming = ?, updated_at = ?"
+            " WHERE destination = ? AND vendor = ? AND key = ?",
+            (remote_path, _now(), destination, vendor, key),
+        )
 
     def backfill(self, destination: str, vendors: tuple[str, ...]) -> int:
         """Remember when `destination` was first configured, and claim every file landed
@@ -74,47 +108,49 @@ class ForwardRows:
         )
         cursor = self._execute(
             "INSERT INTO forwards (destination, vendor, key, filename, product, path, bytes,"
-            " state, created_at, updated_at)"
-            " SELECT ?, d.vendor, d.key, d.filename, d.product, d.path, d.bytes, 'pending', ?, ?"
+            " sha256, state, created_at, updated_at)"
+            " SELECT ?, d.vendor, d.key, d.filename, d.product, d.path, d.bytes, d.sha256,"
+            "   'pending', ?, ?"
             " FROM deliveries d WHERE d.state = 'downloaded' AND d.removed_at IS NULL"
             " AND d.path IS NOT NULL AND d.vendor IN (SELECT value FROM json_each(?))"
-            " AND d.updated_at >= (SELECT since FROM destinations WHERE name = ?)"
+            " AND coalesce(d.landed_at, d.updated_at)"
+            "   >= (SELECT since FROM destinations WHERE name = ?)"
             " ON CONFLICT DO NOTHING",
             (destination, now, now, json.dumps(vendors), destination),
         )
-        return cursor.rowcount
+        return int(cursor.rowcount)
 
     def get(self, destination: str, vendor: str, key: str) -> Forward | None:
         row = self._execute(
             "SELECT * FROM forwards WHERE destination = ? AND vendor = ? AND key = ?",
             (destination, vendor, key),
         ).fetchone()
-        return Forward(**dict(row)) if row else None
-
-    def attempt(self, destination: str, vendor: str, key: str) -> int:
-        """Count one more attempt; returns the new count."""
-        row = self._execute(
-            "UPDATE forwards SET attempts = attempts + 1, updated_at = ?"
-            " WHERE destination = ? AND vendor = ? AND key = ? RETURNING attempts",
-            (_now(), destination, vendor, key),
-        ).fetchone()
-        return int(row[0]) if row else 0
+        return _forward(row) if row else None
 
     def uploaded(self, destination: str, vendor: str, key: str, remote_path: str) -> None:
         self._execute(
             "UPDATE forwards SET state = 'uploaded', remote_path = ?, error = NULL,"
+            " due_at = NULL, lease = NULL, lease_until = NULL,"
             " updated_at = ? WHERE destination = ? AND vendor = ? AND key = ?",
             (remote_path, _now(), destination, vendor, key),
         )
 
-    def failed(
-        self, destination: str, vendor: str, key: str, error: str, *, will_retry: bool
-    ) -> None:
+    def retry(self, destination: str, vendor: str, key: str) -> None:
+        """A row given up on is tried again (a restart: someone may have fixed the cause)."""
         self._execute(
-            "UPDATE forwards SET state = ?, error = ?, updated_at = ?"
-            " WHERE destination = ? AND vendor = ? AND key = ?",
-            ("retrying" if will_retry else "failed", error, _now(), destination, vendor, key),
+            "UPDATE forwards SET state = 'retrying', rounds = 0, due_at = NULL, updated_at = ?"
+            " WHERE destination = ? AND vendor = ? AND key = ? AND state = 'failed'",
+            (_now(), destination, vendor, key),
         )
+
+    def orphans(self, configured: list[str]) -> dict[str, int]:
+        """Destinations no longer configured that still owe files: name → how many."""
+        rows = self._execute(
+            "SELECT destination, count(*) FROM forwards WHERE state != 'uploaded'"
+            " AND destination NOT IN (SELECT value FROM json_each(?)) GROUP BY destination",
+            (json.dumps(configured),),
+        ).fetchall()
+        return {name: n for name, n in rows}
 
     def unfinished(self, destination: str) -> list[Forward]:
         """Rows not uploaded yet, given-up ones included: a restart tries them again."""
@@ -123,7 +159,7 @@ class ForwardRows:
             " ORDER BY created_at",
             (destination,),
         ).fetchall()
-        return [Forward(**dict(r)) for r in rows]
+        return [_forward(r) for r in rows]
 
     def report(self) -> dict[str, dict[str, Any]]:
         """Per destination: rows by state, the backlog, the last error and the last upload."""
@@ -150,6 +186,11 @@ class ForwardRows:
             ).fetchone()
             entry["last_uploaded_at"] = uploaded[0] if uploaded else None
         return report
+
+    def since(self) -> dict[str, str]:
+        """Each destination ever configured → when it was first."""
+        rows = self._execute("SELECT name, since FROM destinations").fetchall()
+        return {name: at for name, at in rows}
 
     def states(self, vendor: str, key: str) -> dict[str, str]:
         """Destination → state of each forward row of one landed file."""

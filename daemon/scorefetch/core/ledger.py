@@ -9,76 +9,37 @@ committed survives a power cut.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from scorefetch.core import schema
 from scorefetch.core.errors import ScorefetchError
 from scorefetch.core.forwards import ForwardRows
 from scorefetch.core.logs import scrub_text
+from scorefetch.core.work import WorkRows
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS deliveries (
-    vendor      TEXT NOT NULL,
-    key         TEXT NOT NULL,
-    filename    TEXT NOT NULL,
-    product     TEXT,
-    state       TEXT NOT NULL CHECK (state IN ('pending', 'retrying', 'downloaded', 'failed')),
-    source      TEXT NOT NULL,
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    path        TEXT,
-    bytes       INTEGER,
-    sha256      TEXT,
-    error       TEXT,
-    created_at  TEXT NOT NULL,
-    updated_at  TEXT NOT NULL,
-    PRIMARY KEY (vendor, key)
-);
-CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state);
-CREATE TABLE IF NOT EXISTS mailbox (
-    folder      TEXT PRIMARY KEY,
-    uidvalidity INTEGER NOT NULL,
-    last_uid    INTEGER NOT NULL,
-    updated_at  TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS forwards (
-    destination TEXT NOT NULL,
-    vendor      TEXT NOT NULL,
-    key         TEXT NOT NULL,
-    filename    TEXT NOT NULL,
-    product     TEXT,
-    path        TEXT NOT NULL,
-    bytes       INTEGER,
-    state       TEXT NOT NULL CHECK (state IN ('pending', 'retrying', 'uploaded', 'failed')),
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    remote_path TEXT,
-    error       TEXT,
-    created_at  TEXT NOT NULL,
-    updated_at  TEXT NOT NULL,
-    PRIMARY KEY (destination, vendor, key)
-);
-CREATE INDEX IF NOT EXISTS forwards_state ON forwards (destination, state);
-CREATE TABLE IF NOT EXISTS destinations (
-    name        TEXT PRIMARY KEY,
-    since       TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS watcher (
-    name        TEXT PRIMARY KEY,
-    value       TEXT NOT NULL,
-    updated_at  TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS positions (
-    name        TEXT PRIMARY KEY,
-    value       TEXT NOT NULL,
-    updated_at  TEXT NOT NULL
-);
--- Before there was a positions table, College Board's listing cursor lived in `watcher`.
-INSERT OR IGNORE INTO positions SELECT * FROM watcher WHERE name = 'collegeboard.last_listing';
-DELETE FROM watcher WHERE name = 'collegeboard.last_listing';
-"""
+T = TypeVar("T")
+
+
+class Result:
+    """A statement's rows and row count, read in full."""
+
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        self._rows: list[Any] = cursor.fetchall()
+        self.rowcount = cursor.rowcount
+
+    def fetchone(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def fetchall(self) -> list[Any]:
+        return self._rows
 
 
 @dataclass(frozen=True)
@@ -97,6 +58,10 @@ class Delivery:
     updated_at: str
     created_at: str = ""  # when the file was first announced (mail, listing, fetch)
     removed_at: str | None = None  # retention deleted the local copy; the row stays
+    landed_at: str | None = None
+    due_at: str | None = None  # when a retrying row is tried again
+    lease: str | None = None  # the process working on it now (pid:start)
+    overdue_at: str | None = None  # a person was told it is late (delivery.overdue)
 
 
 def _now() -> str:
@@ -130,27 +95,72 @@ class Ledger:
     @staticmethod
     def _open_for_writing(path: Path) -> sqlite3.Connection:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(SCHEMA)
-        columns = {row[1] for row in db.execute("PRAGMA table_info(deliveries)")}
-        if "removed_at" not in columns:  # a ledger from before retention
-            db.execute("ALTER TABLE deliveries ADD COLUMN removed_at TEXT")
-        path.chmod(0o600)
+        # The ledger and its -wal/-shm side files are created 0600 whatever the umask.
+        umask = os.umask(0o077)
+        try:
+            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            schema.migrate(db, path)
+        finally:
+            os.umask(umask)
+        for side in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if side.exists():
+                side.chmod(0o600)
         return db
+
+    @property
+    def schema_version(self) -> int:
+        return schema.version(self._db)
+
+    def backup(self, target: Path) -> None:
+        """A consistent copy of the ledger at `target` (online: the daemon may be writing)."""
+        try:
+            with self._lock:
+                schema.backup(self._db, target)
+        except (OSError, sqlite3.Error) as exc:
+            raise ScorefetchError(f"cannot back up the ledger to {target}: {exc}") from exc
+
+    def work(self, vendor: str) -> WorkRows:
+        """A vendor's download rows as units of work (core/engine.py)."""
+        return WorkRows(self._execute, "deliveries", "vendor", vendor, ("key",))
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            raise ScorefetchError(f"ledger {self.path}: {exc}") from exc
+
+    def transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` on the connection in one transaction."""
+        with self._transaction() as db:
+            return work(db)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> Result:
+        """One statement, its rows read before the lock is let go: a statement left open
+        on the shared connection would make another thread's COMMIT fail."""
         try:
             with self._lock:
-                return self._db.execute(sql, params)
+                return Result(self._db.execute(sql, params))
         except sqlite3.Error as exc:
             raise ScorefetchError(f"ledger {self.path}: {exc}") from exc
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one statement, as tuples (for readers elsewhere: alerts, status)."""
+        return [tuple(row) for row in self._execute(sql, params).fetchall()]
 
     def claim(
         self, vendor: str, key: str, filename: str, source: str, product: str | None = None
@@ -162,7 +172,8 @@ class Ledger:
             " (vendor, key, filename, product, state, source, created_at, updated_at)"
             " VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)"
             " ON CONFLICT (vendor, key) DO UPDATE SET state = 'pending', attempts = 0,"
-            "   error = NULL, source = excluded.source, updated_at = excluded.updated_at"
+            "   rounds = 0, due_at = NULL, lease = NULL, lease_until = NULL, error = NULL,"
+            "   source = excluded.source, updated_at = excluded.updated_at"
             " WHERE deliveries.state = 'failed'",
             (vendor, key, filename, product, source, now, now),
         )
@@ -173,26 +184,17 @@ class Ledger:
         One commit, so a listing is remembered whole or not at all."""
         now = _now()
         claimed = []
-        try:
-            with self._lock:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    for key, product in keys:
-                        cursor = self._db.execute(
-                            "INSERT INTO deliveries (vendor, key, filename, product, state,"
-                            " source, created_at, updated_at)"
-                            " VALUES (?, ?, '', ?, 'pending', ?, ?, ?)"
-                            " ON CONFLICT (vendor, key) DO NOTHING",
-                            (vendor, key, product, source, now, now),
-                        )
-                        if cursor.rowcount == 1:
-                            claimed.append(key)
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-        except sqlite3.Error as exc:
-            raise ScorefetchError(f"ledger {self.path}: {exc}") from exc
+        with self._transaction() as db:
+            for key, product in keys:
+                cursor = db.execute(
+                    "INSERT INTO deliveries (vendor, key, filename, product, state,"
+                    " source, created_at, updated_at)"
+                    " VALUES (?, ?, '', ?, 'pending', ?, ?, ?)"
+                    " ON CONFLICT (vendor, key) DO NOTHING",
+                    (vendor, key, product, source, now, now),
+                )
+                if cursor.rowcount == 1:
+                    claimed.append(key)
         return claimed
 
     def get(self, vendor: str, key: str) -> Delivery | None:
@@ -203,27 +205,49 @@ class Ledger:
 
     def attempt(self, vendor: str, key: str) -> int:
         """Count one more attempt; returns the new count."""
-        self._execute(
-            "UPDATE deliveries SET attempts = attempts + 1, updated_at = ?"
-            " WHERE vendor = ? AND key = ?",
-            (_now(), vendor, key),
-        )
-        row = self.get(vendor, key)
-        return row.attempts if row else 0
-
-    def downloaded(self, vendor: str, key: str, path: Path, size: int, sha256: str) -> None:
-        self._execute(
-            "UPDATE deliveries SET state = 'downloaded', filename = ?, path = ?, bytes = ?,"
-            " sha256 = ?, error = NULL, updated_at = ? WHERE vendor = ? AND key = ?",
-            (path.name, str(path), size, sha256, _now(), vendor, key),
-        )
+        return self.work(vendor).attempt((key,))
 
     def failed(self, vendor: str, key: str, error: str, *, will_retry: bool) -> None:
-        self._execute(
-            "UPDATE deliveries SET state = ?, error = ?, updated_at = ?"
-            " WHERE vendor = ? AND key = ?",
-            ("retrying" if will_retry else "failed", scrub_text(error), _now(), vendor, key),
-        )
+        """A round failed: `retrying` (due again now) or `failed` for good."""
+        self.work(vendor).failed((key,), error, 0.0 if will_retry else None)
+
+    def downloaded(
+        self,
+        vendor: str,
+        key: str,
+        path: Path,
+        size: int,
+        sha256: str,
+        forward_to: Sequence[str] = (),
+    ) -> None:
+        """The file landed: in the same transaction, a forward row for each destination in
+        `forward_to`, so whichever process landed it, the daemon's engine uploads it. A row
+        given up before is tried again; one already uploaded stays so."""
+        now = _now()
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE deliveries SET state = 'downloaded', filename = ?, path = ?, bytes = ?,"
+                " sha256 = ?, error = NULL, due_at = NULL, lease = NULL, lease_until = NULL,"
+                " removed_at = NULL, landed_at = ?, updated_at = ? WHERE vendor = ? AND key = ?",
+                (path.name, str(path), size, sha256, now, now, vendor, key),
+            )
+            product = db.execute(
+                "SELECT product FROM deliveries WHERE vendor = ? AND key = ?", (vendor, key)
+            ).fetchone()
+            for destination in forward_to:
+                self.forwards.claim_in(
+                    db,
+                    destination,
+                    vendor,
+                    key,
+                    path,
+                    size,
+                    sha256,
+                    product[0] if product else None,
+                )
+
+        self.transaction(write)
 
     def unfinished(self, vendor: str) -> list[Delivery]:
         """Rows announced but not landed: redone at start-up."""
@@ -271,7 +295,8 @@ class Ledger:
     def redo(self, vendor: str, key: str, source: str) -> bool:
         """Make a downloaded row pending again (its file is gone, or `fetch --force`)."""
         cursor = self._execute(
-            "UPDATE deliveries SET state = 'pending', attempts = 0, error = NULL, source = ?,"
+            "UPDATE deliveries SET state = 'pending', attempts = 0, rounds = 0, due_at = NULL,"
+            " lease = NULL, lease_until = NULL, error = NULL, source = ?,"
             " updated_at = ? WHERE vendor = ? AND key = ? AND state = 'downloaded'",
             (source, _now(), vendor, key),
         )
@@ -346,4 +371,8 @@ def _delivery(row: sqlite3.Row) -> Delivery:
         updated_at=row["updated_at"],
         removed_at=row["removed_at"],
         created_at=row["created_at"],
+        **{name: row[name] for name in _LATER if name in row.keys()},  # noqa: SIM118
     )
+
+
+_LATER = ("landed_at", "due_at", "lease", "overdue_at")  # columns of schema version 2

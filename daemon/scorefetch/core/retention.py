@@ -46,6 +46,18 @@ class Retention:
     def wanted_by(self, vendor: str) -> list[str]:
         return [name for name, vendors in self.destinations.items() if vendor in vendors]
 
+    def _everywhere(self, vendor: str, key: str, landed_at: str) -> bool:
+        """Every destination that owes this file has confirmed it: each one configured
+        when it landed (or whose row exists, however it came), and any row of a destination
+        no longer configured that was not finished (a person decides those)."""
+        states = self.ledger.forwards.states(vendor, key)
+        since = self.ledger.forwards.since()
+        for name in self.wanted_by(vendor):
+            owed = name in states or since.get(name, landed_at) <= landed_at
+            if owed and states.get(name) != "uploaded":
+                return False
+        return all(state == "uploaded" for state in states.values())
+
     def sweep(self, now: float | None = None) -> list[Path]:
         """Delete what is due; returns the paths removed."""
         if self.keep_days is None:
@@ -61,14 +73,7 @@ class Retention:
                 continue
             if age_days < self.keep_days:
                 continue
-            states = self.ledger.forwards.states(row.vendor, row.key)
-            # A configured destination with a row that is not uploaded keeps the file (still
-            # trying, or given up: a person decides). No row: the file landed before the
-            # destination was added (the forwarder claims everything since), so it waits
-            # for nothing.
-            if any(
-                states.get(name, "uploaded") != "uploaded" for name in self.wanted_by(row.vendor)
-            ):
+            if not self._everywhere(row.vendor, row.key, row.landed_at or row.updated_at):
                 continue
             path.unlink(missing_ok=True)
             self.ledger.removed(row.vendor, row.key)

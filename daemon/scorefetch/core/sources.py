@@ -13,6 +13,7 @@ from scorefetch.config import Config
 from scorefetch.core import logs
 from scorefetch.core.deliveries import Deliveries
 from scorefetch.core.downloads import Progress
+from scorefetch.core.engine import Engine
 from scorefetch.core.events import Events
 from scorefetch.core.ledger import Ledger
 from scorefetch.core.loops import Supervised
@@ -58,6 +59,11 @@ class Source(Protocol):
         ...
 
 
+def forward_to(config: Config, vendor: str) -> tuple[str, ...]:
+    """The forward destinations that want `vendor`'s files."""
+    return tuple(name for name, dest in config.forward.items() if vendor in dest.vendors)
+
+
 def again(ledger: Ledger, vendor: str, key: str, source: str, force: bool, say: Say) -> bool:
     """Make a downloaded row pending again when its file is gone from disk (the CRM import
     moved it, say) or with `force`; says which. False when the row stays as it is."""
@@ -89,11 +95,12 @@ class SourceBase(Generic[D]):
         ledger: Ledger,
         progress: Callable[[str], Progress | None] | None = None,
         events: Events | None = None,
+        engine: Engine | None = None,
     ) -> Self | None:
         section = getattr(config, cls.vendor, None)
         if section is None or not section.enabled:
             return None
-        return cls.create(config, ledger, progress, events)
+        return cls.create(config, ledger, progress, events, engine)
 
     @classmethod
     def create(
@@ -102,6 +109,7 @@ class SourceBase(Generic[D]):
         ledger: Ledger,
         progress: Callable[[str], Progress | None] | None,
         events: Events | None,
+        engine: Engine | None,
     ) -> Self:
         raise NotImplementedError
 

@@ -144,7 +144,7 @@ class EncouraDeliveries(Deliveries[Encoura]):
             raise RefusedError(f"product key {product_key!r} is not a configured one")
         url = self.client.download_url(uid)  # one-time: used at once, never twice
         name = name_from_url(url)
-        progress = self._progress(name) if self._progress else None
+        progress = self.progress_for(uid, name)
         return fetch_to_file(
             self.client.session,
             url,

@@ -10,11 +10,12 @@ from typing import Any
 
 from scorefetch.config import Config
 from scorefetch.core.downloads import Progress
+from scorefetch.core.engine import Engine
 from scorefetch.core.errors import VendorError
 from scorefetch.core.events import Events
 from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger
-from scorefetch.core.sources import Say, SourceBase, again
+from scorefetch.core.sources import Say, SourceBase, again, forward_to
 from scorefetch.encoura.client import Encoura
 from scorefetch.encoura.poller import (
     KNOWN_PRODUCT_KEYS,
@@ -36,11 +37,20 @@ class EncouraSource(SourceBase[EncouraDeliveries]):
         ledger: Ledger,
         progress: Callable[[str], Progress | None] | None,
         events: Events | None,
+        engine: Engine | None = None,
     ) -> EncouraSource:
         assert config.encoura is not None
         client = Encoura(config.encoura, build_session())
         return cls(
-            EncouraDeliveries(client, ledger, config.download_dir, progress=progress, events=events)
+            EncouraDeliveries(
+                client,
+                ledger,
+                config.download_dir,
+                progress=progress,
+                events=events,
+                engine=engine,
+                forward_to=forward_to(config, cls.vendor),
+            )
         )
 
     def start(self, stop: threading.Event, running: threading.Event) -> threading.Event:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import posixpath
 import secrets
@@ -64,7 +65,17 @@ class SftpTarget:
                 raise ForwardError(f"{part!r} cannot be a remote folder name", kind=Failure.REFUSED)
         return self.config.remote_dir.format(vendor=vendor, product_key=product_key or "")
 
-    def upload(self, local: Path, filename: str, vendor: str, product_key: str | None) -> Placed:
+    def upload(
+        self,
+        local: Path,
+        filename: str,
+        vendor: str,
+        product_key: str | None,
+        *,
+        sha256: str | None = None,
+        ours: str | None = None,
+        renaming: Callable[[str], None] | None = None,
+    ) -> Placed:
         """Put `local` at remote_dir/`filename`; ForwardError says why not."""
         try:
             check_name(filename)
@@ -82,26 +93,28 @@ class SftpTarget:
         with source, self._session() as sftp:
             size = os.fstat(source.fileno()).st_size
             self._call(_makedirs, sftp, folder)
-            there = self._call(_size_of, sftp, final)
-            if there is not None:
-                return self._same(final, there, size)
+            if self._call(_size_of, sftp, final) is not None:
+                return self._existing(sftp, final, size, sha256, mine=ours == final)
             self._call(_remove_stale_parts, sftp, folder, filename)
             temp = posixpath.join(folder, f".{filename}.{secrets.token_hex(4)}{PART_SUFFIX}")
             try:
                 self._call(_put, sftp, source, temp, size)
+                if renaming is not None:
+                    renaming(final)
                 try:
                     # Plain SFTP rename fails when the target exists (OpenSSH: link+unlink),
                     # so a file that appeared since the check above is never replaced.
                     self._call(sftp.rename, temp, final)
                 except ForwardError:
-                    there = self._call(_size_of, sftp, final)
-                    if there is None:
+                    if self._call(_size_of, sftp, final) is None:
                         raise
-                    return self._same(final, there, size)
+                    # Ours when the rename went through and only its answer was lost.
+                    mine = renaming is not None and self._call(_size_of, sftp, temp) is None
+                    return self._existing(sftp, final, size, sha256, mine=mine)
                 temp = ""
             finally:
                 if temp:
-                    with contextlib.suppress(OSError, paramiko.SSHException, EOFError):
+                    with contextlib.suppress(Exception):
                         sftp.remove(temp)
         return Placed(final, size)
 
@@ -127,13 +140,24 @@ class SftpTarget:
             f"{self.config.username}, wrote and removed a probe file in {', '.join(folders)}"
         )
 
-    def _same(self, final: str, there: int, size: int) -> Placed:
-        if there == size:
+    def _existing(
+        self, sftp: paramiko.SFTPClient, final: str, size: int, sha256: str | None, *, mine: bool
+    ) -> Placed:
+        """A file is at the final name: ours (our rename was sent, the same bytes), or a
+        conflict that is never overwritten nor counted as delivered."""
+        there = self._call(_size_of, sftp, final)
+        if (
+            mine
+            and there == size
+            and (sha256 is None or self._call(_sha256_of, sftp, final) == sha256)
+        ):
             return Placed(final, size, already=True)  # our earlier attempt got this far
         raise ForwardError(
-            f"{final} already exists on {self._where} with {there} bytes (ours has {size}); "
-            "not overwritten: move it away there to have this file sent",
+            f"conflict: {final} already exists on {self._where} ({there} bytes) and is not "
+            f"the upload scorefetch made; not overwritten: move it away there (or give this "
+            "vendor or product its own remote_dir) to have this file sent",
             kind=Failure.REFUSED,
+            reason="conflict",
         )
 
     @contextlib.contextmanager
@@ -169,10 +193,16 @@ class SftpTarget:
             if sftp is None:
                 raise ForwardError(f"{self._where}: no SFTP subsystem", kind=Failure.TRANSIENT)
             sftp.get_channel().settimeout(config.timeout)  # type: ignore[union-attr]
-            with sftp:
+            try:
                 yield sftp
+            finally:
+                # Closing a channel a link reset killed raises (EOFError): that must never
+                # replace the error that says what happened.
+                with contextlib.suppress(Exception):
+                    sftp.close()
         finally:
-            transport.close()
+            with contextlib.suppress(Exception):
+                transport.close()
 
     def _check_host_key(self, key: paramiko.PKey) -> None:
         if any(key == pinned for pinned in self._pinned):
@@ -182,6 +212,7 @@ class SftpTarget:
             f"host key mismatch: {self._where} presented {key.get_name()} "
             f"{keys.fingerprint(key)}, which is not pinned ({pinned}); did not log in",
             kind=Failure.AUTH,
+            reason="host_key",
         )
 
     def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -190,7 +221,7 @@ class SftpTarget:
             return fn(*args, **kwargs)
         except ForwardError:
             raise
-        except (OSError, EOFError, paramiko.SSHException) as exc:
+        except Exception as exc:  # noqa: BLE001 - paramiko raises many kinds (UnicodeDecodeError for a non-UTF-8 status): map them all
             doing = getattr(fn, "__name__", "sftp").strip("_").replace("_", " ")
             raise self._error(exc, doing) from None
 
@@ -267,6 +298,16 @@ def _size_of(sftp: paramiko.SFTPClient, path: str) -> int | None:
         return sftp.stat(path).st_size or 0
     except FileNotFoundError:
         return None
+
+
+def _sha256_of(sftp: paramiko.SFTPClient, path: str) -> str:
+    """The SHA-256 of a remote file, read back (only to tell our own upload from another)."""
+    digest = hashlib.sha256()
+    with sftp.open(path, "rb") as handle:
+        handle.prefetch()
+        while chunk := handle.read(READ_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _remove_stale_parts(sftp: paramiko.SFTPClient, folder: str, filename: str) -> None:

@@ -40,7 +40,7 @@ def attach(config: Config, events: Events, ledger: Ledger, vendors: list[str]) -
     """Subscribe the alarm, and hooks and metrics when configured, to `events`."""
     observers = Observers(AuthAlarm(events, ledger))
     events.subscribe(observers.alarm)
-    if config.hooks.on_delivery or config.hooks.on_failure:
+    if config.hooks.on_delivery or config.hooks.on_failure or config.hooks.on_digest:
         observers.hooks = Hooks(config.hooks)
         events.subscribe(observers.hooks)
     if config.metrics is not None:

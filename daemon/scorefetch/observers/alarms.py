@@ -23,6 +23,8 @@ from scorefetch.core.events import (
     Downloaded,
     Event,
     Events,
+    ForwardFailed,
+    ForwardUploaded,
 )
 from scorefetch.core.ledger import Ledger
 
@@ -35,8 +37,9 @@ def watcher_key(vendor: str) -> str:
 
 
 class AuthAlarm:
-    """An events listener: DeliveryFailed(kind=auth) or CredentialsRefused → one AuthFailing
-    per party and run; Downloaded or CredentialsAccepted after it → AuthRecovered."""
+    """An events listener: DeliveryFailed / ForwardFailed (kind=auth) or CredentialsRefused →
+    one AuthFailing per party and run; Downloaded, ForwardUploaded or CredentialsAccepted
+    after it → AuthRecovered."""
 
     def __init__(self, events: Events, ledger: Ledger) -> None:
         self._events = events
@@ -59,6 +62,12 @@ class AuthAlarm:
                 self._refused(event.vendor, event.error, event.filename)
             case CredentialsRefused():
                 self._refused(event.party, event.error, "")
+            case ForwardFailed(kind=Failure.AUTH):
+                # A refused login or a host key that is not pinned: alerted at once; the
+                # retries go on (a person may fix it within the schedule).
+                self._refused(f"forward.{event.destination}", event.error, event.filename)
+            case ForwardUploaded():
+                self._accepted(f"forward.{event.destination}")
             case Downloaded():
                 self._accepted(event.vendor)
             case CredentialsAccepted():

@@ -23,10 +23,14 @@ from scorefetch.core.errors import Failure
 from scorefetch.core.events import (
     AuthFailing,
     DeliveryFailed,
+    Digest,
     Downloaded,
     Event,
     ForwardFailed,
     ForwardUploaded,
+    Overdue,
+    Quiet,
+    Recovered,
 )
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -67,7 +71,7 @@ def facts(event: Event) -> tuple[str, dict[str, str]] | None:
                 "BYTES": str(event.bytes),
                 "SHA256": event.sha256,
             }
-        case ForwardFailed(will_retry=False):
+        case ForwardFailed(will_retry=False) if event.kind is not Failure.AUTH:
             return "on_failure", {
                 "EVENT": "forward.failed",
                 "DESTINATION": event.destination,
@@ -83,7 +87,45 @@ def facts(event: Event) -> tuple[str, dict[str, str]] | None:
                 "FILENAME": event.filename,
                 "ERROR": event.error,
             }
+        case Overdue():
+            return "on_failure", {
+                "EVENT": "delivery.overdue",
+                "VENDOR": event.vendor,
+                "FILENAME": event.filename,
+                "ANNOUNCED_AT": event.announced_at,
+                "STAGE": event.stage,
+                "ERROR": event.error,
+            }
+        case Recovered():
+            return "on_delivery", {
+                "EVENT": "delivery.recovered",
+                "VENDOR": event.vendor,
+                "FILENAME": event.filename,
+                "LATE_S": str(round(event.late_s)),
+            }
+        case Quiet():
+            return "on_failure", {
+                "EVENT": "source.quiet",
+                "VENDOR": event.vendor,
+                "SINCE": event.since,
+            }
+        case Digest():
+            variables = {"EVENT": "daemon.digest", "SUMMARY": event.summary}
+            for vendor, counts in event.counts.items():
+                for what, n in counts.items():
+                    variables[f"{vendor.upper()}_{what.upper()}"] = str(n)
+            return "on_digest", variables
     return None
+
+
+MAX_FACT = 4096  # characters of one hook value
+
+
+def clean_fact(value: str) -> str:
+    """A hook value that can break no hook: no NUL (it would stop the exec), no control
+    characters or terminal escapes, at most MAX_FACT characters."""
+    text = "".join(ch if ch.isprintable() or ch == " " else " " for ch in value)
+    return text[:MAX_FACT]
 
 
 def hook_environment(variables: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, str]:
@@ -91,7 +133,7 @@ def hook_environment(variables: Mapping[str, str], environ: Mapping[str, str]) -
     $CREDENTIALS_DIRECTORY, $NOTIFY_SOCKET or anything else the daemon was given."""
     env = {key: environ[key] for key in PASSED_THROUGH if key in environ}
     env.setdefault("PATH", DEFAULT_PATH)
-    env.update({f"SCOREFETCH_{key}": value for key, value in variables.items()})
+    env.update({f"SCOREFETCH_{key}": clean_fact(value) for key, value in variables.items()})
     return env
 
 

@@ -1,0 +1,285 @@
+"""One engine for every unit of work: download file X of vendor V, upload X to
+destination D. Each is a ledger row before any work starts, written by whichever process
+learned of it (the daemon, `fetch`, `sync`); the daemon's engine picks up every due row,
+whoever wrote it, within a poll interval (an indexed query) or at once when woken in
+process, runs it under one failure policy (`retry_delay`) and records the outcome.
+
+A lane is one kind of work with its own parallelism (a vendor's downloads, a
+destination's uploads): it says how one round goes (`run`) and how a failure is told
+(`failed`); everything else — leases, retry rounds, due times, catching what a library
+raised — is here, once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from scorefetch.core import logs
+from scorefetch.core.errors import Failure, ScorefetchError
+from scorefetch.core.pool import WorkPool
+from scorefetch.core.work import Job, WorkRows, now_iso
+
+POLL_S = 1.0  # how often the ledger is asked for rows other processes made due
+HEARTBEAT_S = 5.0  # how often a daemon's engine says it is alive (status reads it)
+HEARTBEAT = "daemon.heartbeat"
+TRANSIENT_DELAYS = (1.0, 5.0)  # then the lane's retry_schedule
+LOCAL_FIRST_S = 5.0  # a full disk is often freed within minutes: look again soon
+
+
+def retry_delay(kind: Failure, retries_done: int, schedule: Sequence[float]) -> float | None:
+    """Seconds until the next round for a failure of `kind`, or None to give up.
+
+    A local failure (disk full, quota, a refusing folder) is never given up: the file is
+    ours to land once someone frees the disk, so after the schedule its last step repeats."""
+    if kind in (Failure.FATAL, Failure.REFUSED):
+        return None
+    if kind == Failure.LOCAL:
+        delays = (min(LOCAL_FIRST_S, *schedule[:1]), *schedule)
+        return delays[min(retries_done, len(delays) - 1)]
+    quick = kind in (Failure.TRANSIENT, Failure.EXPIRED)
+    delays = (*TRANSIENT_DELAYS, *schedule) if quick else tuple(schedule)
+    return delays[retries_done] if retries_done < len(delays) else None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one round of a job failed, and what happens next."""
+
+    attempt: int
+    error: str
+    kind: Failure
+    retry_in_s: float | None
+    exc: BaseException | None = None  # set for an internal error: its traceback is logged
+
+    @property
+    def will_retry(self) -> bool:
+        return self.retry_in_s is not None
+
+
+class Lane(Protocol):
+    name: str
+    rows: WorkRows
+    capacity: int
+    lease_s: float
+    schedule: tuple[float, ...]
+
+    def run(self, job: Job) -> object:
+        """One round of `job`: record success (ledger, log, events) or raise."""
+        ...
+
+    def failed(self, job: Job, outcome: Outcome) -> None:
+        """Tell of a failed round (its log line and event); the row is already written."""
+        ...
+
+
+def classify(exc: BaseException) -> tuple[str, Failure]:
+    """What we say of an exception from a round, and its kind. Our own errors carry their
+    kind; anything else (a library's, a decode error, a bug) is internal: recorded and
+    retried on the schedule, never a silent stall. Its text is the type only."""
+    if isinstance(exc, ScorefetchError):
+        kind = getattr(exc, "kind", Failure.TRANSIENT)
+        return str(exc), kind if isinstance(kind, Failure) else Failure.TRANSIENT
+    return f"internal error ({type(exc).__name__})", Failure.INTERNAL
+
+
+class Engine:
+    """`add` lanes, `start` (the daemon; `run_now` needs no thread), `close` at the end."""
+
+    def __init__(self, *, poll_s: float = POLL_S) -> None:
+        self._lanes: dict[str, Lane] = {}
+        self._pools: dict[str, WorkPool] = {}
+        self._poll_s = poll_s
+        self._lock = threading.Lock()
+        self._running: dict[tuple[str, Job], float] = {}  # taken here: start time
+        self._queued: set[tuple[str, Job]] = set()  # taken, not started yet
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._tasks: list[_Every] = []
+        self._idle = threading.Condition(self._lock)
+        self._log = logs.get()
+
+    def add(self, lane: Lane) -> None:
+        self._lanes[lane.name] = lane
+        self._pools[lane.name] = WorkPool(max(1, lane.capacity), lane.name)
+
+    def every(self, seconds: float, task: Callable[[], None], name: str) -> None:
+        """Run `task` on the engine's thread about every `seconds` (checks, heartbeat)."""
+        self._tasks.append(_Every(name, seconds, task))
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
+            self._thread.start()
+
+    def wake(self) -> None:
+        """Something became due in this process: look now, not at the next poll."""
+        self._wake.set()
+
+    def inflight(self) -> list[dict[str, Any]]:
+        """The jobs running here now: lane, job, seconds so far (and bytes, if the lane
+        counts them)."""
+        with self._lock:
+            running = dict(self._running)
+        now = time.monotonic()
+        found = []
+        for (lane_name, job), started in running.items():
+            item: dict[str, Any] = {"lane": lane_name, "job": list(job)}
+            item["elapsed_s"] = round(now - started, 1)
+            counted = getattr(self._lanes[lane_name], "bytes_so_far", None)
+            if counted is not None:
+                item.update(counted(job))
+            found.append(item)
+        return found
+
+    def run_now(self, lane: Lane, job: Job) -> tuple[bool, object]:
+        """One round of `job` on this thread (`fetch`, `sync`, tests): (done, result).
+        (False, None) when another live process holds it, or when it failed (recorded and
+        scheduled like any failure)."""
+        if not lane.rows.take(job, lane.lease_s):
+            holder = lane.rows.holder(job)
+            self._log.info("work.held", lane=lane.name, job=list(job), holder=holder)
+            return False, None
+        return self._run(lane, job)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._dispatch()
+                for task in self._tasks:
+                    task.maybe()
+            except Exception as exc:  # noqa: BLE001 - the engine goes on; the ledger may heal
+                self._log.error("engine.failed", error=type(exc).__name__, exc_info=exc)
+                self._stop.wait(self._poll_s)
+            self._wake.wait(self._poll_s)
+            self._wake.clear()
+
+    def _dispatch(self) -> None:
+        for lane in list(self._lanes.values()):
+            with self._lock:
+                busy = sum(1 for name, _ in (*self._running, *self._queued) if name == lane.name)
+            free = lane.capacity - busy
+            if free <= 0 or self._stop.is_set():
+                continue
+            for job in lane.rows.due(free):
+                with self._lock:  # counted as busy before the lease hides it (wait_idle)
+                    self._queued.add((lane.name, job))
+                if lane.rows.take(job, lane.lease_s):
+                    self._submit(lane, job)
+                else:
+                    with self._lock:
+                        self._queued.discard((lane.name, job))
+
+    def _submit(self, lane: Lane, job: Job) -> None:
+        if not self._pools[lane.name].submit(lambda: self._start(lane, job)):
+            self._unqueue(lane, job)
+
+    def _unqueue(self, lane: Lane, job: Job) -> None:
+        with self._lock:
+            self._queued.discard((lane.name, job))
+            self._idle.notify_all()
+        try:
+            lane.rows.release(job)  # unfinished: due again for the next process
+        except ScorefetchError as exc:
+            self._log.warning("ledger.write_failed", lane=lane.name, error=str(exc))
+
+    def _start(self, lane: Lane, job: Job) -> None:
+        if self._stop.is_set():
+            self._unqueue(lane, job)
+            return
+        with self._lock:  # from queued to running in one step (wait_idle never sees a gap)
+            self._queued.discard((lane.name, job))
+            self._running[(lane.name, job)] = time.monotonic()
+        self._run(lane, job)
+        self.wake()  # a slot is free; what it landed may be due elsewhere (uploads)
+
+    def _run(self, lane: Lane, job: Job) -> tuple[bool, object]:
+        with self._lock:
+            self._running.setdefault((lane.name, job), time.monotonic())
+        try:
+            return True, lane.run(job)
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded and retried
+            self._failed(lane, job, exc)
+            return False, None
+        finally:
+            with self._lock:
+                self._running.pop((lane.name, job), None)
+                self._idle.notify_all()
+
+    def _failed(self, lane: Lane, job: Job, exc: Exception) -> None:
+        error, kind = classify(exc)
+        try:
+            attempts, rounds = lane.rows.progress(job)
+        except ScorefetchError:
+            attempts, rounds = 0, 0
+        delay = retry_delay(kind, rounds, lane.schedule)
+        if self._stop.is_set() and delay is not None:
+            delay = min(delay, 0.0)  # cut short by the stop: due at once at the next start
+        outcome = Outcome(attempts, error, kind, delay, exc if kind == Failure.INTERNAL else None)
+        try:
+            lane.rows.failed(job, error, delay)
+        except ScorefetchError as write:
+            self._log.error("ledger.write_failed", lane=lane.name, job=list(job), error=str(write))
+        lane.failed(job, outcome)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Until nothing runs here and no row is due now (retries later may be pending)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                busy = bool(self._running or self._queued)
+            if not busy and not any(lane.rows.due(1) for lane in self._lanes.values()):
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self.wake()
+            with self._lock:
+                self._idle.wait(min(remaining, 0.05))
+
+    def close(self, timeout: float) -> bool:
+        """Take no more work; let running jobs finish for up to `timeout` seconds. What did
+        not start is released (due again at the next start)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        finished = all([pool.close(timeout) for pool in self._pools.values()])
+        with self._lock:
+            queued = list(self._queued)
+        for lane_name, job in queued:
+            self._unqueue(self._lanes[lane_name], job)
+        return finished
+
+
+class _Every:
+    def __init__(self, name: str, seconds: float, task: Callable[[], None]) -> None:
+        self.name, self.seconds, self.task = name, seconds, task
+        self._next = 0.0
+
+    def maybe(self) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.seconds
+        try:
+            self.task()
+        except Exception as exc:  # noqa: BLE001 - a failed check is tried again next time
+            logs.get().error(
+                "engine.task_failed", task=self.name, error=type(exc).__name__, exc_info=exc
+            )
+
+
+def heartbeat_value(engine: Engine) -> str:
+    """What the daemon writes every HEARTBEAT_S: who it is, when, and what runs now."""
+    return json.dumps({"pid": os.getpid(), "at": now_iso(), "inflight": engine.inflight()})

@@ -26,12 +26,14 @@ def now_iso(offset_s: float = 0.0) -> str:
 
 
 def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), or None if no such pid."""
+    """The process's start time in clock ticks since boot (Linux), or None if no such pid
+    (or only its zombie is left)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def _alive_without_proc(pid: int) -> bool:
@@ -81,16 +83,21 @@ class WorkRows:
         return (self._lane[1], *job)
 
     def due(self, limit: int) -> list[Job]:
-        """Rows to start now, oldest first, that no one holds."""
+        """Rows to start now, oldest first, that no live process holds."""
         now = now_iso()
         columns = ", ".join(self._columns)
+        mine = me()
         rows = self._execute(
-            f"SELECT {columns}, lease FROM {self.table} WHERE {self._lane[0]} = ?"  # noqa: S608
-            " AND state IN ('pending', 'retrying') AND (due_at IS NULL OR due_at <= ?)"
-            " AND (lease IS NULL OR lease_until < ?) ORDER BY created_at LIMIT ?",
-            (self._lane[1], now, now, limit),
+            f"SELECT {columns}, lease, lease_until FROM {self.table}"  # noqa: S608
+            f" WHERE {self._lane[0]} = ? AND state IN ('pending', 'retrying')"
+            " AND (due_at IS NULL OR due_at <= ?) AND (lease IS NULL OR lease != ?)"
+            " ORDER BY created_at LIMIT ?",
+            (self._lane[1], now, mine, limit + 16),
         ).fetchall()
-        return [tuple(row[: len(self._columns)]) for row in rows]
+        free = [
+            row for row in rows if row[-2] is None or row[-1] < now or not holder_alive(row[-2])
+        ]
+        return [tuple(row[: len(self._columns)]) for row in free[:limit]]
 
     def held_by_dead(self) -> list[Job]:
         """Rows whose lease holder is no longer running (it crashed or was killed)."""

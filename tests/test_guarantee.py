@@ -1,0 +1,272 @@
+"""The guarantee end to end, between the parts: every announced file reaches every
+destination or a person is told. The real daemon, a real sshd, the sandbox vendors."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scorefetch.cli import main
+from scorefetch.sandbox import mail
+from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
+from scorefetch.sandbox.daemon import DaemonProcess, write_config
+from scorefetch.sandbox.encoura import EncouraSimulator
+from scorefetch.sandbox.imapserver import ImapServer
+from scorefetch.sandbox.ports import free_port
+from scorefetch.sandbox.sshd import forward_config, new_ed25519_key
+from tests.standins.proxy import FaultProxy
+from tests.support import wait_until
+
+pytestmark = pytest.mark.e2e
+_folders = itertools.count(1)
+
+
+@pytest.fixture
+def imap_server(pymap_server: ImapServer) -> ImapServer:
+    return pymap_server
+
+
+@pytest.fixture
+def enc_sim() -> Iterator[EncouraSimulator]:
+    with EncouraSimulator() as sim:
+        yield sim
+
+
+@pytest.fixture
+def remote_dir() -> str:
+    return f"g{os.getpid()}x{next(_folders)}/{{vendor}}"
+
+
+def configure(
+    tmp_path: Path,
+    cb_sim: CollegeBoardSimulator,
+    imap: ImapServer,
+    sshd: Any,
+    remote_dir: str,
+    *,
+    extra: str = "",
+    forward: dict[str, Any] | None = None,
+    **config: Any,
+) -> Path:
+    path = write_config(tmp_path, cb_sim, imap, **config)
+    with path.open("a") as out:
+        if forward is not None:
+            out.write(forward_config(sshd, tmp_path, remote_dir=remote_dir, **forward))
+        out.write(extra)
+    return path
+
+
+def remote(sshd: Any, remote_dir: str, vendor: str = "collegeboard") -> Path:
+    folder: Path = sshd.root / remote_dir.format(vendor=vendor)
+    return folder
+
+
+def deliver(server: Any, raw: bytes) -> None:
+    with server.client() as client:
+        client.append("INBOX", raw)
+
+
+def test_fetch_and_sync_while_the_daemon_runs_reach_the_sftp_server(
+    cb_sim: CollegeBoardSimulator,
+    imap_server: ImapServer,
+    sshd_server: Any,
+    remote_dir: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A file landed by `fetch` (and one by `sync`) in another process is uploaded by the
+    running daemon within seconds: the ledger row is the work, whoever wrote it."""
+    path = configure(tmp_path, cb_sim, imap_server, sshd_server, remote_dir, forward={})
+    daemon = DaemonProcess(path)
+    try:
+        daemon.wait_event("daemon.ready", timeout=30)
+        cb_sim.publish("4300_20261201_090000.csv", b"a,b\r\n1,2\r\n")
+        assert main(["fetch", "-c", str(path), "collegeboard", "4300_20261201_090000.csv"]) == 0
+        assert "queued for slate" in capsys.readouterr().out
+        daemon.wait_event("forward.uploaded", filename="4300_20261201_090000.csv", timeout=30)
+        cb_sim.publish("4300_20261201_091500.csv", b"c,d\r\n")
+        assert main(["sync", "-c", str(path), "--vendor", "collegeboard"]) == 0
+        daemon.wait_event("forward.uploaded", filename="4300_20261201_091500.csv", timeout=30)
+    finally:
+        assert daemon.stop() == 0
+    folder = remote(sshd_server, remote_dir)
+    assert (folder / "4300_20261201_090000.csv").read_bytes() == b"a,b\r\n1,2\r\n"
+    assert (folder / "4300_20261201_091500.csv").read_bytes() == b"c,d\r\n"
+
+
+def test_a_link_reset_mid_upload_is_retried_until_the_file_is_there(
+    cb_sim: CollegeBoardSimulator,
+    imap_server: ImapServer,
+    sshd_server: Any,
+    remote_dir: str,
+    tmp_path: Path,
+) -> None:
+    """The connection is reset while bytes flow: forward.failed will_retry=true, recorded in
+    the ledger, and the next round lands the whole file with no restart."""
+    data = os.urandom(32 * 1024 * 1024)
+    cb_sim.publish("4300_20261201_100000.csv", data)
+    folder = remote(sshd_server, remote_dir)
+    with FaultProxy(sshd_server.host, sshd_server.port) as proxy:
+        forward = {"port": proxy.port, "retry_schedule": ("1s", "1s")}
+        path = configure(tmp_path, cb_sim, imap_server, sshd_server, remote_dir, forward=forward)
+        daemon = DaemonProcess(path)
+        try:
+            daemon.wait_event("daemon.ready", timeout=30)
+            deliver(imap_server, mail.notification("4300_20261201_100000.csv"))
+            wait_until(lambda: any(p.stat().st_size > 0 for p in folder.glob(".4300_*.part")), 60)
+            proxy.cut(reset=True)
+            failed = daemon.wait_event("forward.failed", filename="4300_20261201_100000.csv")
+            assert failed["will_retry"] is True and failed["kind"] == "transient"
+            daemon.wait_event("forward.uploaded", filename="4300_20261201_100000.csv", timeout=90)
+        finally:
+            assert daemon.stop() == 0
+    assert (folder / "4300_20261201_100000.csv").read_bytes() == data
+    assert [p.name for p in folder.iterdir()] == ["4300_20261201_100000.csv"]
+
+
+@pytest.mark.parametrize("outage", ["closed_port", "wrong_password"])
+def test_a_mailbox_outage_stops_neither_the_listing_nor_the_poller(
+    cb_sim: CollegeBoardSimulator,
+    imap_server: ImapServer,
+    enc_sim: EncouraSimulator,
+    sshd_server: Any,
+    remote_dir: str,
+    tmp_path: Path,
+    outage: str,
+) -> None:
+    """IMAP on a closed port, or refusing the password: READY=1 all the same, and both
+    other triggers (College Board's listing, Encoura's poll) land their files."""
+    cb_sim.publish("4300_20261201_110000.csv", b"listed,file\r\n")
+    enc_sim.add_export("score-reporter", "act_scores.csv", b"act,1\r\n")
+    address = ("127.0.0.1", free_port()) if outage == "closed_port" else None
+    path = configure(
+        tmp_path,
+        cb_sim,
+        imap_server,
+        sshd_server,
+        remote_dir,
+        imap_address=address,
+        poll_interval="1h",
+        encoura=enc_sim,
+    )
+    if outage == "wrong_password":
+        (tmp_path / "credentials" / "imap_password").write_text("not-the-password\n")
+    daemon = DaemonProcess(path)
+    try:
+        daemon.wait_event("daemon.ready", timeout=30)
+        daemon.wait_event("delivery.downloaded", filename="4300_20261201_110000.csv", timeout=30)
+        daemon.wait_event("delivery.downloaded", filename="act_scores.csv", timeout=30)
+        assert not daemon.named("imap.connected")
+        if outage == "wrong_password":
+            daemon.wait_event("auth.failing", vendor="imap", timeout=30)
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_a_listing_that_refuses_the_password_is_an_auth_alarm_without_mail(
+    cb_sim: CollegeBoardSimulator,
+    imap_server: ImapServer,
+    sshd_server: Any,
+    remote_dir: str,
+    tmp_path: Path,
+) -> None:
+    """College Board answering 401 to the listing while no mail arrives: auth.failing once
+    (the hook hears it), not a warning only."""
+    path = configure(tmp_path, cb_sim, imap_server, sshd_server, remote_dir, poll_interval="1h")
+    (tmp_path / "credentials" / "collegeboard_password").write_text("expired-password\n")
+    daemon = DaemonProcess(path)
+    try:
+        failing = daemon.wait_event("auth.failing", vendor="collegeboard", timeout=30)
+        assert "expired-password" not in str(failing)
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_an_unpinned_host_key_is_alerted_at_once_and_retries_go_on(
+    cb_sim: CollegeBoardSimulator,
+    imap_server: ImapServer,
+    sshd_server: Any,
+    remote_dir: str,
+    tmp_path: Path,
+) -> None:
+    """A host key that is not pinned, with a schedule of hours: auth.failing for the
+    destination at the first refusal, not after the whole schedule; the row stays due."""
+    _, other = new_ed25519_key()
+    forward = {"host_key": other, "retry_schedule": ("1h", "6h")}
+    path = configure(tmp_path, cb_sim, imap_server, sshd_server, remote_dir, forward=forward)
+    cb_sim.publish("4300_20261201_120000.csv", b"a\r\n")
+    daemon = DaemonProcess(path)
+    try:
+        daemon.wait_event("daemon.ready", timeout=30)
+        deliver(imap_server, mail.notification("4300_20261201_120000.csv"))
+        failing = daemon.wait_event("auth.failing", vendor="forward.slate", timeout=30)
+        assert sshd_server.host_key_fingerprint in failing["error"]
+        failed = daemon.wait_event("forward.failed", filename="4300_20261201_120000.csv")
+        assert failed["will_retry"] is True and failed["retry_in_s"] == 3600.0
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_a_late_file_is_overdue_once_then_recovered_once(
+    cb_sim: CollegeBoardSimulator,
+    imap_server: ImapServer,
+    sshd_server: Any,
+    remote_dir: str,
+    tmp_path: Path,
+) -> None:
+    """Announced but not posted for longer than overdue_after: delivery.overdue once (stage
+    download); posted, it lands and reaches the destination: delivery.recovered once."""
+    path = configure(
+        tmp_path,
+        cb_sim,
+        imap_server,
+        sshd_server,
+        remote_dir,
+        forward={},
+        retry_schedule=("1s", "1s", "1s", "3s", "3s", "3s", "3s"),
+        extra="alerts:\n  overdue_after: 2s\n",
+    )
+    daemon = DaemonProcess(path)
+    try:
+        daemon.wait_event("daemon.ready", timeout=30)
+        deliver(imap_server, mail.notification("4300_20261201_130000.csv"))
+        overdue = daemon.wait_event("delivery.overdue", filename="4300_20261201_130000.csv")
+        assert overdue["stage"] == "download" and overdue["announced_at"]
+        cb_sim.publish("4300_20261201_130000.csv", b"late\r\n")
+        daemon.wait_event("forward.uploaded", filename="4300_20261201_130000.csv", timeout=60)
+        recovered = daemon.wait_event("delivery.recovered", filename="4300_20261201_130000.csv")
+        assert recovered["late_s"] >= 2
+    finally:
+        assert daemon.stop() == 0
+    assert len(daemon.named("delivery.overdue", filename="4300_20261201_130000.csv")) == 1
+    assert len(daemon.named("delivery.recovered", filename="4300_20261201_130000.csv")) == 1
+
+
+def test_check_config_refuses_two_product_keys_in_one_remote_folder(
+    cb_sim: CollegeBoardSimulator,
+    imap_server: ImapServer,
+    enc_sim: EncouraSimulator,
+    sshd_server: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`remote_dir: /incoming/{vendor}` with two Encoura product keys would send two exports
+    of one name to one place: refused with the fix named (exit 78)."""
+    path = configure(
+        tmp_path,
+        cb_sim,
+        imap_server,
+        sshd_server,
+        "incoming/{vendor}",
+        forward={},
+        encoura=enc_sim,
+        product_keys=("score-reporter", "prospects"),
+    )
+    assert main(["check-config", "-c", str(path)]) == 78
+    err = capsys.readouterr().err
+    assert "encoura/score-reporter and encoura/prospects" in err and "{product_key}" in err

@@ -106,8 +106,9 @@ def start_daemon(
             write_config(tmp_path, cb_sim, imap_server, imap_folder=imap_folder, **config)
         daemon = DaemonProcess(path, env=env)
         started.append(daemon)
-        if wait_ready:
+        if wait_ready:  # READY=1 no longer waits for the mailbox: wait for both
             daemon.wait_event("daemon.ready", timeout=30)
+            daemon.wait_event("imap.connected", timeout=30)
         return daemon
 
     yield start

@@ -99,11 +99,7 @@ def test_burst_of_pairs_drains_with_no_expired_url(
     assert deliveries.wait_idle(60)
     assert deliveries.close(5)
     landed = sorted(p.name for p in (tmp_path / "files" / "collegeboard").iterdir())
-    assert landed == sorted(f"{s}.csv" for s in names), (
-        [l for l in log_lines.getvalue().splitlines() if "failed" in l][:1][0][80:400]
-        if "failed" in log_lines.getvalue()
-        else ""
-    )
+    assert landed == sorted(f"{s}.csv" for s in names)
     wait_until(lambda: cb_sim.stats.downloads_completed >= 100)
     assert cb_sim.stats.downloads_completed == 100, cb_sim.stats
     stats = cb_sim.stats

@@ -3,8 +3,8 @@ dot-name then rename, never overwriting, and what a cut connection or a full dis
 
 from __future__ import annotations
 
-import itertools
 import hashlib
+import itertools
 import os
 import subprocess
 import threading

@@ -287,7 +287,8 @@ def test_wrong_client_secret_is_an_auth_failure_retried_slowly(
     start_daemon: Start, authority: OAuthAuthority, tmp_path: Path
 ) -> None:
     """An app secret the authority refuses logs imap.auth_failed and waits the slow retry:
-    one token request, not a stream of them; never READY."""
+    one token request, not a stream of them; READY all the same (the other triggers run),
+    never connected."""
     auth = microsoft_auth(tmp_path, authority, secret="wrong-secret-value")
     daemon = start_daemon(wait_ready=False, imap_auth=auth, env=ca_env(authority))
     failed = daemon.wait_event("imap.auth_failed", timeout=30)
@@ -295,7 +296,7 @@ def test_wrong_client_secret_is_an_auth_failure_retried_slowly(
     assert failed["retry_in_s"] == 300.0
     time.sleep(3)
     assert authority.stats.client_credentials == 1
-    assert not daemon.named("daemon.ready")
+    assert daemon.named("daemon.ready") and not daemon.named("imap.connected")
     assert daemon.stop() == 0
 
 

@@ -40,7 +40,7 @@ def receive_until(sock: socket.socket, wanted: str, timeout: float = 15) -> list
 def test_ready_then_watchdog_then_stopping(
     start_daemon: Callable[..., DaemonProcess], notify_socket: tuple[socket.socket, str]
 ) -> None:
-    """READY=1 comes once the folder is selected, WATCHDOG=1 follows, SIGTERM exits 0."""
+    """READY=1 comes once local start-up works, WATCHDOG=1 follows, SIGTERM exits 0."""
     sock, path = notify_socket
     began = time.monotonic()
     daemon = start_daemon(wait_ready=False, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"})
@@ -74,3 +74,22 @@ def test_notifier_watchdog_interval_is_half() -> None:
     assert Notifier({"WATCHDOG_USEC": "4000000"}).watchdog_interval == 2.0
     assert Notifier({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1"}).watchdog_interval is None
     assert Notifier({}).watchdog_interval is None
+
+
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+def test_ready_with_the_mailbox_unreachable_and_status_says_so(
+    start_daemon: Callable[..., DaemonProcess], notify_socket: tuple[socket.socket, str]
+) -> None:
+    """The mailbox on a closed port: READY=1 all the same (systemd does not kill a daemon
+    whose two other triggers work), and STATUS= names the mailbox as not connected."""
+    from scorefetch.sandbox.ports import free_port
+
+    sock, path = notify_socket
+    daemon = start_daemon(
+        wait_ready=False,
+        env={"NOTIFY_SOCKET": path},
+        imap_address=("127.0.0.1", free_port()),
+    )
+    got = receive_until(sock, "READY=1")
+    assert "mailbox not connected" in got[-1]
+    assert daemon.stop() == 0

@@ -277,7 +277,8 @@ def test_old_ledger_moves_the_listing_cursor_to_positions(tmp_path: Path) -> Non
     """A ledger from before `positions` keeps College Board's listing cursor, now there."""
     path = tmp_path / "ledger.sqlite3"
     Ledger(path).close()
-    with sqlite3.connect(path) as db:
+    with sqlite3.connect(path) as db:  # as the first release left it: no version either
+        db.execute("PRAGMA user_version = 0")
         db.execute("DROP TABLE positions")
         db.execute(
             "INSERT INTO watcher VALUES (?, ?, ?)", (CURSOR, "2026-11-01T00:00:00+00:00", "x")

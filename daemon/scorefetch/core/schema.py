@@ -8,6 +8,7 @@ it was, and the backup is there for a person if the new release must be rolled b
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
@@ -138,7 +139,8 @@ def migrate(db: sqlite3.Connection, path: Path) -> list[int]:
                 db.execute("ROLLBACK")
                 continue
             for statement in _statements(MIGRATIONS[number - 1]):
-                db.execute(statement)
+                if not _already(db, statement):
+                    db.execute(statement)
             db.execute(f"PRAGMA user_version = {number}")
             db.execute("COMMIT")
         except BaseException:
@@ -159,6 +161,18 @@ def _fix_version_1(db: sqlite3.Connection) -> None:
         db.execute(statement)
     if int(db.execute("PRAGMA user_version").fetchone()[0]) == 0:
         db.execute("PRAGMA user_version = 1")
+
+
+_ADD_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", re.IGNORECASE)
+
+
+def _already(db: sqlite3.Connection, statement: str) -> bool:
+    """An ADD COLUMN whose column is there (a ledger whose version was lost or reset)."""
+    match = _ADD_COLUMN.match(statement)
+    if match is None:
+        return False
+    table, column = match.groups()
+    return column in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
 
 
 def _statements(script: str) -> list[str]:

@@ -3,6 +3,7 @@ destination or a person is told. The real daemon, a real sshd, the sandbox vendo
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from collections.abc import Iterator
@@ -66,6 +67,18 @@ def remote(sshd: Any, remote_dir: str, vendor: str = "collegeboard") -> Path:
     return folder
 
 
+@contextlib.contextmanager
+def running(path: Path, ready: bool = True) -> Iterator[DaemonProcess]:
+    """The real daemon on `path` (READY awaited), stopped cleanly (exit 0) at the end."""
+    daemon = DaemonProcess(path)
+    try:
+        if ready:
+            daemon.wait_event("daemon.ready", timeout=30)
+        yield daemon
+    finally:
+        assert daemon.stop() == 0
+
+
 def deliver(server: Any, raw: bytes) -> None:
     with server.client() as client:
         client.append("INBOX", raw)
@@ -82,9 +95,7 @@ def test_fetch_and_sync_while_the_daemon_runs_reach_the_sftp_server(
     """A file landed by `fetch` (and one by `sync`) in another process is uploaded by the
     running daemon within seconds: the ledger row is the work, whoever wrote it."""
     path = configure(tmp_path, cb_sim, imap_server, sshd_server, remote_dir, forward={})
-    daemon = DaemonProcess(path)
-    try:
-        daemon.wait_event("daemon.ready", timeout=30)
+    with running(path) as daemon:
         cb_sim.publish("4300_20261201_090000.csv", b"a,b\r\n1,2\r\n")
         assert main(["fetch", "-c", str(path), "collegeboard", "4300_20261201_090000.csv"]) == 0
         assert "queued for slate" in capsys.readouterr().out
@@ -92,8 +103,6 @@ def test_fetch_and_sync_while_the_daemon_runs_reach_the_sftp_server(
         cb_sim.publish("4300_20261201_091500.csv", b"c,d\r\n")
         assert main(["sync", "-c", str(path), "--vendor", "collegeboard"]) == 0
         daemon.wait_event("forward.uploaded", filename="4300_20261201_091500.csv", timeout=30)
-    finally:
-        assert daemon.stop() == 0
     folder = remote(sshd_server, remote_dir)
     assert (folder / "4300_20261201_090000.csv").read_bytes() == b"a,b\r\n1,2\r\n"
     assert (folder / "4300_20261201_091500.csv").read_bytes() == b"c,d\r\n"
@@ -114,17 +123,13 @@ def test_a_link_reset_mid_upload_is_retried_until_the_file_is_there(
     with FaultProxy(sshd_server.host, sshd_server.port) as proxy:
         forward = {"port": proxy.port, "retry_schedule": ("1s", "1s")}
         path = configure(tmp_path, cb_sim, imap_server, sshd_server, remote_dir, forward=forward)
-        daemon = DaemonProcess(path)
-        try:
-            daemon.wait_event("daemon.ready", timeout=30)
+        with running(path) as daemon:
             deliver(imap_server, mail.notification("4300_20261201_100000.csv"))
             wait_until(lambda: any(p.stat().st_size > 0 for p in folder.glob(".4300_*.part")), 60)
             proxy.cut(reset=True)
             failed = daemon.wait_event("forward.failed", filename="4300_20261201_100000.csv")
             assert failed["will_retry"] is True and failed["kind"] == "transient"
             daemon.wait_event("forward.uploaded", filename="4300_20261201_100000.csv", timeout=90)
-        finally:
-            assert daemon.stop() == 0
     assert (folder / "4300_20261201_100000.csv").read_bytes() == data
     assert [p.name for p in folder.iterdir()] == ["4300_20261201_100000.csv"]
 
@@ -156,16 +161,12 @@ def test_a_mailbox_outage_stops_neither_the_listing_nor_the_poller(
     )
     if outage == "wrong_password":
         (tmp_path / "credentials" / "imap_password").write_text("not-the-password\n")
-    daemon = DaemonProcess(path)
-    try:
-        daemon.wait_event("daemon.ready", timeout=30)
+    with running(path) as daemon:
         daemon.wait_event("delivery.downloaded", filename="4300_20261201_110000.csv", timeout=30)
         daemon.wait_event("delivery.downloaded", filename="act_scores.csv", timeout=30)
         assert not daemon.named("imap.connected")
         if outage == "wrong_password":
             daemon.wait_event("auth.failing", vendor="imap", timeout=30)
-    finally:
-        assert daemon.stop() == 0
 
 
 def test_a_listing_that_refuses_the_password_is_an_auth_alarm_without_mail(
@@ -179,12 +180,9 @@ def test_a_listing_that_refuses_the_password_is_an_auth_alarm_without_mail(
     (the hook hears it), not a warning only."""
     path = configure(tmp_path, cb_sim, imap_server, sshd_server, remote_dir, poll_interval="1h")
     (tmp_path / "credentials" / "collegeboard_password").write_text("expired-password\n")
-    daemon = DaemonProcess(path)
-    try:
+    with running(path, ready=False) as daemon:
         failing = daemon.wait_event("auth.failing", vendor="collegeboard", timeout=30)
         assert "expired-password" not in str(failing)
-    finally:
-        assert daemon.stop() == 0
 
 
 def test_an_unpinned_host_key_is_alerted_at_once_and_retries_go_on(
@@ -200,16 +198,12 @@ def test_an_unpinned_host_key_is_alerted_at_once_and_retries_go_on(
     forward = {"host_key": other, "retry_schedule": ("1h", "6h")}
     path = configure(tmp_path, cb_sim, imap_server, sshd_server, remote_dir, forward=forward)
     cb_sim.publish("4300_20261201_120000.csv", b"a\r\n")
-    daemon = DaemonProcess(path)
-    try:
-        daemon.wait_event("daemon.ready", timeout=30)
+    with running(path) as daemon:
         deliver(imap_server, mail.notification("4300_20261201_120000.csv"))
         failing = daemon.wait_event("auth.failing", vendor="forward.slate", timeout=30)
         assert sshd_server.host_key_fingerprint in failing["error"]
         failed = daemon.wait_event("forward.failed", filename="4300_20261201_120000.csv")
         assert failed["will_retry"] is True and failed["retry_in_s"] == 3600.0
-    finally:
-        assert daemon.stop() == 0
 
 
 def test_a_late_file_is_overdue_once_then_recovered_once(
@@ -231,9 +225,7 @@ def test_a_late_file_is_overdue_once_then_recovered_once(
         retry_schedule=("1s", "1s", "1s", "3s", "3s", "3s", "3s"),
         extra="alerts:\n  overdue_after: 2s\n",
     )
-    daemon = DaemonProcess(path)
-    try:
-        daemon.wait_event("daemon.ready", timeout=30)
+    with running(path) as daemon:
         deliver(imap_server, mail.notification("4300_20261201_130000.csv"))
         overdue = daemon.wait_event("delivery.overdue", filename="4300_20261201_130000.csv")
         assert overdue["stage"] == "download" and overdue["announced_at"]
@@ -241,8 +233,6 @@ def test_a_late_file_is_overdue_once_then_recovered_once(
         daemon.wait_event("forward.uploaded", filename="4300_20261201_130000.csv", timeout=60)
         recovered = daemon.wait_event("delivery.recovered", filename="4300_20261201_130000.csv")
         assert recovered["late_s"] >= 2
-    finally:
-        assert daemon.stop() == 0
     assert len(daemon.named("delivery.overdue", filename="4300_20261201_130000.csv")) == 1
     assert len(daemon.named("delivery.recovered", filename="4300_20261201_130000.csv")) == 1
 

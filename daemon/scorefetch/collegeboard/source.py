@@ -23,7 +23,7 @@ from scorefetch.core.events import Events
 from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger
 from scorefetch.core.loops import Periodic, Supervised
-from scorefetch.core.sources import Say, SourceBase, again, forward_to
+from scorefetch.core.sources import Say, SourceBase, again
 from scorefetch.mailbox.watcher import MailboxWatcher
 
 
@@ -47,13 +47,7 @@ class CollegeBoardSource(SourceBase[CollegeBoardDeliveries]):
         assert config.collegeboard is not None
         client = CollegeBoard(config.collegeboard, build_session())
         deliveries = CollegeBoardDeliveries(
-            client,
-            ledger,
-            config.download_dir,
-            progress=progress,
-            events=events,
-            engine=engine,
-            forward_to=forward_to(config, cls.vendor),
+            client, ledger, config.download_dir, **cls.wiring(config, progress, events, engine)
         )
         return cls(deliveries, config.imap)
 

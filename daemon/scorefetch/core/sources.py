@@ -113,6 +113,22 @@ class SourceBase(Generic[D]):
     ) -> Self:
         raise NotImplementedError
 
+    @classmethod
+    def wiring(
+        cls,
+        config: Config,
+        progress: Callable[[str], Progress | None] | None,
+        events: Events | None,
+        engine: Engine | None,
+    ) -> dict[str, Any]:
+        """The keyword arguments every vendor's Deliveries takes besides its client."""
+        return {
+            "progress": progress,
+            "events": events,
+            "engine": engine,
+            "forward_to": forward_to(config, cls.vendor),
+        }
+
     def resume(self) -> int:
         return self.deliveries.resume()
 

@@ -15,7 +15,7 @@ from scorefetch.core.errors import VendorError
 from scorefetch.core.events import Events
 from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger
-from scorefetch.core.sources import Say, SourceBase, again, forward_to
+from scorefetch.core.sources import Say, SourceBase, again
 from scorefetch.encoura.client import Encoura
 from scorefetch.encoura.poller import (
     KNOWN_PRODUCT_KEYS,
@@ -41,17 +41,8 @@ class EncouraSource(SourceBase[EncouraDeliveries]):
     ) -> EncouraSource:
         assert config.encoura is not None
         client = Encoura(config.encoura, build_session())
-        return cls(
-            EncouraDeliveries(
-                client,
-                ledger,
-                config.download_dir,
-                progress=progress,
-                events=events,
-                engine=engine,
-                forward_to=forward_to(config, cls.vendor),
-            )
-        )
+        wiring = cls.wiring(config, progress, events, engine)
+        return cls(EncouraDeliveries(client, ledger, config.download_dir, **wiring))
 
     def start(self, stop: threading.Event, running: threading.Event) -> threading.Event:
         """Log in now so that an ambiguous organization stops the start (exit 78); a vendor

@@ -24,7 +24,7 @@ from scorefetch.collegeboard.client import CollegeBoard
 from scorefetch.config import CollegeBoardConfig, Config, EncouraConfig, HooksConfig, ImapConfig
 from scorefetch.core.errors import ConfigError, Failure, ScorefetchError, TokenError, VendorError
 from scorefetch.core.http import build_session
-from scorefetch.encoura.client import Encoura
+from scorefetch.encoura.client import Encoura, token_lifetime
 from scorefetch.encoura.poller import KNOWN_PRODUCT_KEYS
 from scorefetch.mailbox.tokens import token_cache
 
@@ -289,8 +289,26 @@ def check_encoura(cfg: EncouraConfig, clock: Clock) -> Check:
     return Check(
         "encoura",
         True,
-        f"{cfg.base_url}: logged in, organization {organization}; {'; '.join(counts)}{note}",
+        f"{cfg.base_url}: logged in with {client.login_field}, organization {organization}; "
+        f"{'; '.join(counts)}; {_observed(client)}{note}",
     )
+
+
+def _observed(client: Encoura) -> str:
+    """What the vendor showed of the readings its document leaves open (the last listing's
+    paging, the session token's lifetime)."""
+    paging = client.paging
+    if paging.skip_ignored:
+        pages = f"Limit/Skip ignored ({paging.largest_page} exports in every answer)"
+    elif paging.largest_page >= client.page_limit:
+        pages = f"Limit {client.page_limit} honoured"
+    elif paging.requests > 2 and paging.largest_page:
+        pages = f"pages of at most {paging.largest_page} (fewer than Limit {client.page_limit})"
+    else:
+        pages = f"one page ({paging.largest_page} exports)"
+    lifetime = token_lifetime(client.token or "")
+    token = f"session token lives {lifetime / 60:g} min" if lifetime else "token lifetime unknown"
+    return f"listing: {pages}; {token}"
 
 
 def check_forward(destination: Destination) -> Check:

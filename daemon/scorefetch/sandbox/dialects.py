@@ -17,6 +17,7 @@ class EncouraDialect:
     max_limit: int | None = None  # a cap on `Limit` (a page shorter than asked, not the end)
     ignore_paging: bool = False  # `Limit`/`Skip` ignored: every answer is the whole listing
     expired_token_status: int = 401  # how an expired session token is refused (or 403)
+    delivered_on: str = "listing"  # or "url": what marks an export Delivered (line 211)
     download_url_key: str = "downloadUrl"  # or "downloadURL" (seed 000 line 286)
     login_fields: frozenset[str] = frozenset({"userName", "email"})  # what /login accepts
     expire_every: int = 0  # every Nth export added is `isExpired: true` (404 for its URL)

@@ -186,6 +186,11 @@ class EncouraSimulator(Simulator):
             record["isExpired"] = bool(every) and len(self._exports) % every == 0
         return uid
 
+    def mark_delivered(self, uid: str) -> None:
+        """Mark an export Delivered, as another tool's download would."""
+        with self._lock:
+            self._exports[uid].record["status"] = "Delivered"
+
     def expire_export(self, uid: str) -> None:
         """Mark an export `isExpired: true`: its URL requests get 404 from now on."""
         with self._lock:
@@ -300,7 +305,7 @@ class EncouraSimulator(Simulator):
                 and status in (None, e.record["status"])
             ][window]
             body = [record | self.hostile.listing_patch for record in copy.deepcopy(rows)]
-            for record in rows:
+            for record in rows if self.dialect.delivered_on == "listing" else ():
                 record["status"] = "Delivered"  # listing is what marks an export delivered
         return 200, body
 
@@ -330,6 +335,8 @@ class EncouraSimulator(Simulator):
                 entry.not_generated -= 1
                 entry.record["listGenerated"] = not entry.not_generated
                 return 404, {"message": f"Export list not generated yet: {uid}"}
+            if self.dialect.delivered_on == "url":
+                entry.record["status"] = "Delivered"
         key = f"{org}/{entry.record['productKey']}/{entry.filename}"
         return 200, {self.dialect.download_url_key: self._presign(key, uid)}
 

@@ -196,7 +196,9 @@ def locate(deliveries: EncouraDeliveries, uids: list[str]) -> list[str]:
     if unknown:
         raise ScorefetchError(
             f"encoura: no export with uid {', '.join(sorted(unknown))} among the Delivered "
-            "exports and the NotDelivered ones of encoura.product_keys"
+            "exports of every product and the NotDelivered ones of encoura.product_keys "
+            "(an export of another product is fetched once it is Delivered, or after its "
+            "key is added to encoura.product_keys)"
         )
     for uid in uids:
         row = ledger.get(deliveries.vendor, uid)

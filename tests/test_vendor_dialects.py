@@ -124,6 +124,10 @@ def test_encoura_lands_every_configured_export_once_in_every_reading(
 
     expired = {uid for uid in ours if sim.export(uid)["isExpired"]}
     assert bool(expired) == (dialect == "isExpired")
+    for uid in expired:  # given up at once, never asked for, with what to do
+        row = deliveries.ledger.get("encoura", uid)
+        assert row is not None and row.state == "failed" and "regenerate" in (row.error or "")
+    assert not expired.intersection(sim.stats.download_url_uids)
     assert files_under(tmp_path / "files" / "encoura") == {
         path: data for uid, (path, data) in ours.items() if uid not in expired
     }

@@ -210,3 +210,18 @@ def test_pages_are_handed_over_one_at_a_time(enc_sim: EncouraSimulator) -> None:
     walk = client.pages("score-reporter", "NotDelivered")
     assert len(next(walk)) == 2 and enc_sim.stats.list_calls == 1
     assert [len(page) for page in walk] == [2, 1]
+
+
+def test_an_export_listed_expired_is_never_asked_for(enc_sim: EncouraSimulator) -> None:
+    """isExpired in the listing: its URL is not requested; the failure is final (fatal) and
+    names the uid, the product key, the creation date and what to do."""
+    created = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
+    uid = enc_sim.add_export("score-reporter", "old.csv", b"id\n1\n", created_at=created)
+    enc_sim.expire_export(uid)
+    client = enc_client(enc_sim)
+    assert [e.expired for e in client.list_exports("score-reporter", "NotDelivered")] == [True]
+    with pytest.raises(VendorError) as caught:
+        client.download_url(uid)
+    assert caught.value.kind is Failure.FATAL
+    assert f"{uid} (score-reporter, created 2026-11-21)" in str(caught.value)
+    assert "regenerate" in str(caught.value) and enc_sim.stats.download_url_calls == 0

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -188,6 +189,17 @@ def parse_download_url(answer: Any) -> str:
     raise VendorError("download: no downloadUrl in the answer", kind=Failure.TRANSIENT)
 
 
+def _date(created: str) -> str:
+    """An export's creation as an ISO date (the listing gives epoch ms or ISO text)."""
+    if created.isdigit():
+        try:
+            return datetime.fromtimestamp(int(created) / 1000, UTC).date().isoformat()
+        except (ValueError, OverflowError, OSError):
+            return "unknown"
+    day = created[:10]
+    return day if re.fullmatch(r"\d{4}-\d{2}-\d{2}", day) else "unknown"
+
+
 def _text(value: Any) -> str:
     """A scalar as text ('' for anything else): dates come as epoch ms or ISO strings."""
     if isinstance(value, bool) or not isinstance(value, str | int):
@@ -216,6 +228,7 @@ class Encoura:
         self.organization: str | None = None
         self.login_field = login_field(config.login_as, config.username)
         self.paging = Paging()
+        self._expired: dict[str, Export] = {}  # uid: the listing's word that it is expired
         self._lock = threading.Lock()
         self._log = logs.get(vendor=self.name)
 
@@ -328,6 +341,7 @@ class Encoura:
             seen.update(e.uid for e in fresh)
             paging.requests += 1
             paging.largest_page = max(paging.largest_page, len(answer))
+            self._note_expired(page)
             if fresh:
                 yield fresh
             elif stay and answer:
@@ -339,11 +353,28 @@ class Encoura:
                 skip += len(answer)
         self._log.warning("listing.truncated", product_key=product_key, pages=MAX_PAGES)
 
+    def _note_expired(self, page: list[Export]) -> None:
+        with self._lock:
+            for export in page:
+                if export.expired:
+                    self._expired[export.uid] = export
+                else:
+                    self._expired.pop(export.uid, None)
+
     def list_exports(self, product_key: str | None, status: str) -> list[Export]:
         """Every page of `pages` in one list. Listing NotDelivered marks exports Delivered
         at the vendor: record the answer before anything else."""
         return [export for page in self.pages(product_key, status) for export in page]
 
     def download_url(self, uid: str) -> str:
-        """A fresh one-time URL for export `uid` (about a minute to live)."""
+        """A fresh one-time URL for export `uid` (about a minute to live). An export the
+        last listing showed `isExpired` is not asked for: a failure never retried."""
+        with self._lock:
+            expired = self._expired.get(uid)
+        if expired is not None:
+            raise VendorError(
+                f"export {uid} ({expired.product_key}, created {_date(expired.created)}) is "
+                "listed isExpired: Encoura no longer serves it; ask Encoura to regenerate it",
+                kind=Failure.FATAL,
+            )
         return parse_download_url(self._call(f"/datacenter/exports/{quote(uid, safe='')}/download"))

@@ -6,6 +6,7 @@ a retry should do; nothing above this module sees requests' exceptions.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -79,10 +80,17 @@ def parse_listing(answer: Any) -> list[ListedFile]:
                     _count(entry.get("fileSize")),
                     delivered if isinstance(delivered, str) and delivered else None,
                     _count(entry.get("recordCount")),
-                    file_type[:100] if isinstance(file_type, str) and file_type else None,
+                    _file_type(file_type),
                 )
             )
     return listed
+
+
+def _file_type(value: Any) -> str | None:
+    """`fileType` when it is a short plain label ("Scores File"), else None: it is shown."""
+    if isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,59}", value):
+        return value
+    return None
 
 
 def _count(value: Any) -> int | None:

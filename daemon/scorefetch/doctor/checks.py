@@ -8,6 +8,7 @@ import os
 import ssl
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -255,10 +256,12 @@ def check_collegeboard(cfg: CollegeBoardConfig, clock: Clock) -> Check:
             f"{cfg.base_url}: {exc}",
             "check collegeboard.base_url and that this host may reach it (HTTPS out)",
         )
+    types = Counter(f.file_type or "no fileType" for f in listed)
+    kinds = "".join(f"; {n} {kind}" for kind, n in sorted(types.items()))
     return Check(
         "collegeboard",
         True,
-        f"{cfg.base_url} accepts {cfg.username} ({len(listed)} files posted in 7 days)",
+        f"{cfg.base_url} accepts {cfg.username} ({len(listed)} files posted in 7 days{kinds})",
     )
 
 

@@ -273,15 +273,35 @@ def test_fetch_by_uid_once_then_already_downloaded(
     requests nothing; an unknown uid exits 1."""
     from scorefetch.cli import main
 
-    uid = enc_sim.add_export("prospect", "one.csv", b"1\r\n")
+    uid = enc_sim.add_export("score-reporter", "one.csv", b"1\r\n")
     config = cli_config(enc_sim, tmp_path)
     assert main(["fetch", "-c", str(config), "encoura", uid]) == 0
-    assert landed(tmp_path) == {"prospect/one.csv": b"1\r\n"}
+    assert landed(tmp_path) == {"score-reporter/one.csv": b"1\r\n"}
     calls = enc_sim.stats.download_url_calls
     assert main(["fetch", "-c", str(config), "encoura", uid]) == 0
     assert "already downloaded" in capsys.readouterr().out
     assert enc_sim.stats.download_url_calls == calls
     assert main(["fetch", "-c", str(config), "encoura", "no-such-export"]) == 1
+
+
+def test_fetch_by_uid_never_consumes_an_unconfigured_product(
+    enc_sim: EncouraSimulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`fetch encoura UID` lists NotDelivered only for configured product keys: an export of
+    another product is found once it is Delivered (to whoever uses it), and nothing of
+    that product is taken before."""
+    from scorefetch.cli import main
+
+    uid = enc_sim.add_export("prospect", "theirs.csv", b"1\r\n")
+    other = enc_sim.add_export("prospect", "also-theirs.csv", b"2\r\n")
+    config = cli_config(enc_sim, tmp_path)
+    assert main(["fetch", "-c", str(config), "encoura", uid]) == 1
+    assert "encoura.product_keys" in capsys.readouterr().err
+    assert enc_sim.export(uid)["status"] == enc_sim.export(other)["status"] == "NotDelivered"
+    enc_sim.mark_delivered(uid)  # the office's other tool took it
+    assert main(["fetch", "-c", str(config), "encoura", uid]) == 0
+    assert landed(tmp_path) == {"prospect/theirs.csv": b"1\r\n"}
+    assert enc_sim.export(other)["status"] == "NotDelivered"
 
 
 def test_status_lists_exports_listed_but_not_landed(

@@ -222,9 +222,10 @@ def test_listing_product_key_never_chooses_the_folder(
 def test_fetch_by_uid_listing_every_product_never_chooses_the_folder(
     enc_sim: EncouraSimulator, tmp_path: Path
 ) -> None:
-    """`fetch encoura UID` lists every product: a productKey that is none of ours lands
-    the export under `unknown`, inside the Encoura folder."""
+    """`fetch encoura UID` lists the Delivered exports of every product: a productKey that is
+    none of ours lands the export under `unknown`, inside the Encoura folder."""
     uid = enc_sim.add_export("score-reporter", "scores.csv", b"1\r\n")
+    enc_sim.mark_delivered(uid)
     enc_sim.hostile.listing_patch = {"productKey": "../../escaped"}
     deliveries = enc_deliveries(enc_sim, tmp_path)
     try:

@@ -6,7 +6,10 @@ a retry should do; nothing above this module sees requests' exceptions.
 
 from __future__ import annotations
 
+import re
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,8 +19,10 @@ import requests
 from scorefetch.config import CollegeBoardConfig
 from scorefetch.core.answers import json_answer
 from scorefetch.core.errors import Failure, VendorError
+from scorefetch.core.throttle import honouring_retry_after
 
 URL_LIFETIME_S = 15.0  # the vendor's word: "The presigned URL is active for only 15 seconds."
+REFUSED = (401, 403)  # how an expired token may be refused: the vendor does not say
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,8 @@ class ListedFile:
     name: str
     size: int | None
     delivered: str | None
+    records: int | None = None  # `recordCount`, when the listing gives it
+    file_type: str | None = None  # `fileType`: "Scores File", "Essay File", …
 
 
 def format_from_date(moment: datetime) -> str:
@@ -66,28 +73,49 @@ def parse_listing(answer: Any) -> list[ListedFile]:
     listed = []
     for entry in entries:
         if isinstance(entry, dict) and isinstance(entry.get("fileName"), str):
-            size, delivered = entry.get("fileSize"), entry.get("deliveryDate")
+            delivered, file_type = entry.get("deliveryDate"), entry.get("fileType")
             listed.append(
                 ListedFile(
                     entry["fileName"].strip(),
-                    size
-                    if isinstance(size, int) and not isinstance(size, bool) and size >= 0
-                    else None,
+                    _count(entry.get("fileSize")),
                     delivered if isinstance(delivered, str) and delivered else None,
+                    _count(entry.get("recordCount")),
+                    _file_type(file_type),
                 )
             )
     return listed
 
 
+def _file_type(value: Any) -> str | None:
+    """`fileType` when it is a short plain label ("Scores File"), else None: it is shown."""
+    if isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,59}", value):
+        return value
+    return None
+
+
+def _count(value: Any) -> int | None:
+    """A size or a count: a non-negative int, else unknown."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
 class CollegeBoard:
     """`auth: one-step` sends the credentials with every call (the vendor's advice for email
-    triggers); `auth: token` logs in once, reuses the token and logs in again after a 401."""
+    triggers); `auth: token` logs in once, reuses the token and, after a 401 or a 403 (an
+    expired token may get either), logs in again once and retries once."""
 
     name = "collegeboard"
 
-    def __init__(self, config: CollegeBoardConfig, session: requests.Session) -> None:
+    def __init__(
+        self,
+        config: CollegeBoardConfig,
+        session: requests.Session,
+        sleep: Callable[[float], object] = time.sleep,
+    ) -> None:
         self.config = config
         self.session = session
+        self.sleep = sleep  # how a 429's Retry-After is waited out
         self._token: str | None = None
         self._token_lock = threading.Lock()
 
@@ -114,7 +142,7 @@ class CollegeBoard:
         try:
             return self._call(path, params, body)
         except VendorError as exc:
-            if token is None or exc.status != 401:
+            if token is None or exc.status not in REFUSED:
                 raise
         body, _ = self._auth_body(token)  # the token expired: log in again, once
         return self._call(path, params, body)
@@ -122,8 +150,13 @@ class CollegeBoard:
     def _call(self, path: str, params: dict[str, str], body: dict[str, str]) -> Any:
         url = f"{self.config.base_url}{path}"
         headers = {"Accept": "application/json"}
-        return json_answer(
-            self.session, "POST", url, path, params=params, json=body, headers=headers
+        return honouring_retry_after(
+            lambda: json_answer(
+                self.session, "POST", url, path, params=params, json=body, headers=headers
+            ),
+            self.sleep,
+            self.name,
+            path,
         )
 
     def file_url(self, name: str) -> str:

@@ -166,7 +166,7 @@ class CollegeBoardConfig(Model):
     download_hosts: tuple[str, ...] = S3_HOSTS
     max_file_size: MaxFileSize = DEFAULT_MAX_FILE_SIZE
     poll_interval: Duration = 3600.0
-    listing_overlap: Duration = 3600.0
+    listing_overlap: Duration = 24 * 3600.0  # one cheap call; the ledger deduplicates
     timezone: str = "America/New_York"
     max_parallel: int = Field(4, ge=1, le=32)
     retry_schedule: tuple[Duration, ...] = (30.0, 120.0, 600.0, 3600.0)
@@ -211,6 +211,7 @@ class EncouraConfig(Model):
     base_url: BaseUrl = "https://api.datalab.nrccua.org/v1"
     api_key: SecretStr | None = None
     username: str | None = None
+    login_as: Literal["auto", "userName", "email"] = "auto"  # auto: email when it has an @
     password: SecretStr | None = None
     organization: str | None = None
     product_keys: tuple[str, ...] = ("score-reporter",)

@@ -9,6 +9,8 @@ the status, the exception's class and host), never from a library's message.
 from __future__ import annotations
 
 import json
+import time
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
@@ -35,6 +37,19 @@ def kind_for(status: int) -> Failure:
     if status >= 500 or status in (408, 429):
         return Failure.TRANSIENT
     return Failure.FATAL
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """The seconds a `Retry-After` header asks for (delay-seconds or an HTTP-date, never
+    negative), or None when there is none or it cannot be read."""
+    text = (value or "").strip()
+    if text.isdigit():
+        return float(text[:9])  # a silly number of digits is still a number
+    try:
+        when = parsedate_to_datetime(text).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return max(when - (time.time() if now is None else now), 0.0)
 
 
 def parse_json(raw: bytes) -> Any:
@@ -80,6 +95,7 @@ def json_answer(session: requests.Session, method: str, url: str, path: str, **k
         try:
             with session.request(method, url, stream=True, **kwargs) as response:
                 status, reason = response.status_code, response.reason
+                wait = retry_after(response.headers.get("Retry-After"))
                 if 300 <= status < 400:
                     raise VendorError(
                         f"{path}: HTTP {status} redirect to {redirect_target(response)}"
@@ -102,5 +118,6 @@ def json_answer(session: requests.Session, method: str, url: str, path: str, **k
             f"{path}: HTTP {status}: {message_of(body, reason)}",
             kind=kind_for(status),
             status=status,
+            retry_after=wait if status in (429, 503) else None,
         )
     return body

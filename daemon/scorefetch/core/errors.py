@@ -43,12 +43,21 @@ class RefusedError(ScorefetchError):
 
 
 class VendorError(ScorefetchError):
-    """A vendor call failed. `kind` tells core/deliveries.py how to retry."""
+    """A vendor call failed. `kind` tells core/deliveries.py how to retry; `retry_after` is
+    the wait in seconds a 429 or 503 asked for (its `Retry-After`), when it said."""
 
-    def __init__(self, message: str, *, kind: Failure, status: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: Failure,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.status = status
+        self.retry_after = retry_after
 
 
 class LocalError(ScorefetchError):

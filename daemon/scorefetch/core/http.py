@@ -178,7 +178,18 @@ def build_session(connect_timeout: float = 10.0, read_timeout: float = 60.0) -> 
     """A Session for one vendor. Only connection set-up is retried here (it is always safe);
     everything else is retried by deliveries.py, which knows what an expired URL means."""
     session = _TimeoutSession((connect_timeout, read_timeout))
-    retry = Retry(total=2, connect=2, read=0, status=0, other=0, redirect=0, backoff_factor=0.2)
+    # urllib3 would answer a 429/503 carrying Retry-After with a RetryError (status=0) that
+    # hides the header; core/throttle.py honours it instead.
+    retry = Retry(
+        total=2,
+        connect=2,
+        read=0,
+        status=0,
+        other=0,
+        redirect=0,
+        backoff_factor=0.2,
+        respect_retry_after_header=False,
+    )
     adapter = _Adapter(max_retries=retry, pool_connections=4, pool_maxsize=32)
     session.mount("https://", adapter)
     session.mount("http://", adapter)

@@ -8,6 +8,7 @@ import os
 import ssl
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,7 @@ from scorefetch.collegeboard.client import CollegeBoard
 from scorefetch.config import CollegeBoardConfig, Config, EncouraConfig, HooksConfig, ImapConfig
 from scorefetch.core.errors import ConfigError, Failure, ScorefetchError, TokenError, VendorError
 from scorefetch.core.http import build_session
-from scorefetch.encoura.client import Encoura
+from scorefetch.encoura.client import Encoura, token_lifetime
 from scorefetch.encoura.poller import KNOWN_PRODUCT_KEYS
 from scorefetch.mailbox.tokens import token_cache
 
@@ -255,10 +256,12 @@ def check_collegeboard(cfg: CollegeBoardConfig, clock: Clock) -> Check:
             f"{cfg.base_url}: {exc}",
             "check collegeboard.base_url and that this host may reach it (HTTPS out)",
         )
+    types = Counter(f.file_type or "no fileType" for f in listed)
+    kinds = "".join(f"; {n} {kind}" for kind, n in sorted(types.items()))
     return Check(
         "collegeboard",
         True,
-        f"{cfg.base_url} accepts {cfg.username} ({len(listed)} files posted in 7 days)",
+        f"{cfg.base_url} accepts {cfg.username} ({len(listed)} files posted in 7 days{kinds})",
     )
 
 
@@ -289,8 +292,26 @@ def check_encoura(cfg: EncouraConfig, clock: Clock) -> Check:
     return Check(
         "encoura",
         True,
-        f"{cfg.base_url}: logged in, organization {organization}; {'; '.join(counts)}{note}",
+        f"{cfg.base_url}: logged in with {client.login_field}, organization {organization}; "
+        f"{'; '.join(counts)}; {_observed(client)}{note}",
     )
+
+
+def _observed(client: Encoura) -> str:
+    """What the vendor showed of the readings its document leaves open (the last listing's
+    paging, the session token's lifetime)."""
+    paging = client.paging
+    if paging.skip_ignored:
+        pages = f"Limit/Skip ignored ({paging.largest_page} exports in every answer)"
+    elif paging.largest_page >= client.page_limit:
+        pages = f"Limit {client.page_limit} honoured"
+    elif paging.requests > 2 and paging.largest_page:
+        pages = f"pages of at most {paging.largest_page} (fewer than Limit {client.page_limit})"
+    else:
+        pages = f"one page ({paging.largest_page} exports)"
+    lifetime = token_lifetime(client.token or "")
+    token = f"session token lives {lifetime / 60:g} min" if lifetime else "token lifetime unknown"
+    return f"listing: {pages}; {token}"
 
 
 def check_forward(destination: Destination) -> Check:

@@ -160,29 +160,46 @@ class EncouraDeliveries(Deliveries[Encoura]):
 
 def recover(deliveries: EncouraDeliveries, since: datetime) -> list[str]:
     """Exports created since `since`, Delivered or not, that have not landed here: listed,
-    remembered, and returned with every other unfinished row (for `sync`)."""
+    remembered (each page before the next is asked for), and returned with every other
+    unfinished row (for `sync`)."""
+    client = deliveries.client
     for product_key in deliveries.config.product_keys:
-        delivered = deliveries.client.list_exports(product_key, "Delivered")
-        deliveries.remember([e for e in delivered if created_since(e, since)], "sync")
-        deliveries.remember(deliveries.client.list_exports(product_key, "NotDelivered"), "listing")
+        for page in client.pages(product_key, "Delivered"):
+            deliveries.remember([e for e in page if created_since(e, since)], "sync")
+        for page in client.pages(product_key, "NotDelivered"):
+            deliveries.remember(page, "listing")
     return [row.key for row in deliveries.ledger.unfinished(deliveries.vendor)]
 
 
 def locate(deliveries: EncouraDeliveries, uids: list[str]) -> list[str]:
-    """Claim export `uids` for a one-off fetch and return those not downloaded yet; their
-    product key comes from a listing (Delivered first: it changes nothing; NotDelivered
-    ones are all remembered)."""
-    ledger = deliveries.ledger
+    """Claim export `uids` for a one-off fetch and return those not downloaded yet. Their
+    product key comes from the Delivered listing of every product first (listing those
+    consumes nothing); only then from NotDelivered listings of the configured product keys,
+    whose every export is remembered (the poller would take them anyway). Exports of other
+    products are never listed NotDelivered: that would take them from whoever else uses
+    them."""
+    ledger, client = deliveries.ledger, deliveries.client
     unknown = {uid for uid in uids if ledger.get(deliveries.vendor, uid) is None}
-    for status in ("Delivered", "NotDelivered"):
+    if unknown:
+        for page in client.pages(None, "Delivered"):
+            found = [e for e in page if e.uid in unknown]
+            deliveries.remember(found, "fetch")
+            unknown -= {e.uid for e in found}
+            if not unknown:
+                break
+    for product_key in deliveries.config.product_keys:
         if not unknown:
             break
-        listed = deliveries.client.list_exports(None, status)
-        found = [e for e in listed if e.uid in unknown]
-        deliveries.remember(listed if status == "NotDelivered" else found, "fetch")
-        unknown -= {e.uid for e in found}
+        for page in client.pages(product_key, "NotDelivered"):
+            deliveries.remember(page, "fetch")
+            unknown -= {e.uid for e in page}
     if unknown:
-        raise ScorefetchError(f"encoura: no export with uid {', '.join(sorted(unknown))}")
+        raise ScorefetchError(
+            f"encoura: no export with uid {', '.join(sorted(unknown))} among the Delivered "
+            "exports of every product and the NotDelivered ones of encoura.product_keys "
+            "(an export of another product is fetched once it is Delivered, or after its "
+            "key is added to encoura.product_keys)"
+        )
     for uid in uids:
         row = ledger.get(deliveries.vendor, uid)
         if row is not None and row.state == "failed":

@@ -3,6 +3,8 @@
 Two loopback HTTP servers: the JSON API (`/pascoredwnld/...`) and an S3-like
 bucket serving presigned URLs whose HMAC signature and expiry are checked
 server-side, so a URL really dies `url_lifetime` seconds after it was issued.
+`dialect` switches between readings the vendor leaves open (sandbox/dialects.py);
+`throttle` queues 429 answers with a `Retry-After`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +30,7 @@ from scorefetch.sandbox.bucket import (
     generated_chunks,
     generated_sha256,
 )
+from scorefetch.sandbox.dialects import CollegeBoardDialect, Throttle
 
 __all__ = [
     "CHUNK",
@@ -62,6 +65,7 @@ class PostedFile:
 class _Entry:
     file: PostedFile
     blob: Blob
+    file_type: str = "Scores File"
 
 
 @dataclass
@@ -83,6 +87,8 @@ class _ApiHandler(JsonHandler):
         endpoint, methods = route
         if self.hostile_answer(endpoint):
             return None
+        if (wait := self.sim.throttle.next(endpoint)) is not None:
+            return self.json(429, {"message": "Too Many Requests"}, {"Retry-After": wait})
         if self.command not in methods:
             return self.json(405, {"message": "Method not allowed"}, {"Allow": ", ".join(methods)})
         try:
@@ -117,6 +123,9 @@ class CollegeBoardSimulator(Simulator):
         self.token_lifetime = TOKEN_LIFETIME
         self._files: dict[str, _Entry] = {}
         self._tokens: dict[str, float] = {}
+        self._posted = 0
+        self.dialect = CollegeBoardDialect()
+        self.throttle = Throttle()
 
     @property
     def base_url(self) -> str:
@@ -144,8 +153,22 @@ class CollegeBoardSimulator(Simulator):
         if at is not None and at.utcoffset() is None:
             raise ValueError("posted_at must be timezone-aware")
         when = (at or datetime.now(UTC)).astimezone(UTC)
+        every = self.dialect.other_type_every
         with self._lock:
-            self._files[name] = _Entry(PostedFile(name, blob.size, when), blob)
+            self._posted += 1
+            other = bool(every) and self._posted % every == 0
+            file_type = "Essay File" if other else "Scores File"
+            self._files[name] = _Entry(PostedFile(name, blob.size, when), blob, file_type)
+
+    def with_dialect(self, **switches: Any) -> CollegeBoardSimulator:
+        """Switch this simulator to another reading (see CollegeBoardDialect); returns it."""
+        self.dialect = replace(self.dialect, **switches)
+        return self
+
+    def expire_tokens(self) -> None:
+        """Make every token issued so far expire now."""
+        with self._lock:
+            self._tokens = dict.fromkeys(self._tokens, 0.0)
 
     def unpublish(self, name: str) -> None:
         """Remove a file (later URL requests get 404, issued URLs NoSuchKey)."""
@@ -168,15 +191,19 @@ class CollegeBoardSimulator(Simulator):
         return entry.blob if entry else None
 
     # API logic
-    def _authorize(self, body: dict[str, Any]) -> str | None:
-        """None when the body carries a live token or the right credentials, else a message."""
+    def _authorize(self, body: dict[str, Any]) -> tuple[int, str] | None:
+        """None when the body carries a live token or the right credentials, else the
+        status and message of the refusal."""
         now = time.monotonic()
+        status = 401
         with self._lock:
             if "token" in body:
                 expiry = self._tokens.get(str(body["token"]))
                 if expiry is not None and now < expiry:
                     return None
                 message = "Invalid or expired token"
+                if expiry is not None:
+                    status = self.dialect.expired_token_status
             elif hmac.compare_digest(
                 f"{body.get('username')}\0{body.get('password')}".encode(),
                 f"{self.username}\0{self.password}".encode(),
@@ -185,7 +212,7 @@ class CollegeBoardSimulator(Simulator):
             else:
                 message = "Invalid username or password"
             self._stats.auth_failures += 1
-            return message
+            return status, message
 
     def _api(
         self, endpoint: str, query: dict[str, str], body: dict[str, Any]
@@ -198,7 +225,7 @@ class CollegeBoardSimulator(Simulator):
             body.pop("token", None)
         denied = self._authorize(body)
         if denied is not None:
-            return 401, {"message": denied}
+            return denied[0], {"message": denied[1]}
         if endpoint == "login":
             token = str(uuid.uuid4()).upper()
             now = time.monotonic()
@@ -237,13 +264,14 @@ class CollegeBoardSimulator(Simulator):
                 return 400, {"message": msg}
         with self._lock:
             entries = sorted(self._files.values(), key=lambda e: e.file.posted_at)
+        dialect = self.dialect
         rows = [
             {
                 "fileName": e.file.name,
-                "fileSize": e.file.size,
+                "fileSize": max(e.file.size + dialect.size_off, 0),
                 "deliveryDate": e.file.posted_at.strftime(_DATE_FMT),
-                "recordCount": e.blob.records(),
-                "fileType": "Scores File",
+                "recordCount": max(e.blob.records() + dialect.records_off, 0),
+                "fileType": e.file_type,
                 "assessment": "SAT",
             }
             for e in entries

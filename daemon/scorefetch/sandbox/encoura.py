@@ -3,6 +3,8 @@
 Two loopback HTTP servers: the JSON API (`/v1/login`, `/v1/refresh-token`,
 `/v1/datacenter/exports[/{uid}/download]`) and an S3-like bucket serving
 one-time presigned URLs whose HMAC signature and expiry are checked server-side.
+`dialect` switches between the readings the vendor's document leaves open
+(sandbox/dialects.py); `throttle` queues 429 answers with a `Retry-After`.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import re
 import secrets
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from scorefetch.sandbox.bucket import Blob, BucketStats, JsonHandler, Simulator
+from scorefetch.sandbox.dialects import EncouraDialect, Throttle
 
 DEFAULT_ORG_UID = "5f0c3a52-8f0e-4c4b-9a7e-2d1e6c0b7a11"
 STATUSES = ("NotDelivered", "Delivered")
@@ -46,6 +49,7 @@ class _Export:
     record: dict[str, Any]  # what the listing shows (status mutates)
     filename: str
     blob: Blob
+    not_generated: int = 0  # URL requests still answered 404 (`listGenerated: false`)
 
 
 @dataclass
@@ -57,6 +61,7 @@ class Stats(BucketStats):
     list_calls: int = 0
     download_url_calls: int = 0
     download_url_uids: list[str] = field(default_factory=list)
+    list_queries: list[dict[str, str]] = field(default_factory=list)
 
 
 class _ApiHandler(JsonHandler):
@@ -69,6 +74,8 @@ class _ApiHandler(JsonHandler):
             return self.json(404, {"message": f"Not found: {url.path}"})
         if self.hostile_answer(endpoint):
             return None
+        if (wait := self.sim.throttle.next(endpoint)) is not None:
+            return self.json(429, {"message": "Too Many Requests"}, {"Retry-After": wait})
         if self.command != method:
             return self.json(405, {"message": "Method not allowed"}, {"Allow": method})
         body: Any = {}
@@ -110,6 +117,8 @@ class EncouraSimulator(Simulator):
         self._exports: dict[str, _Export] = {}
         self._tokens: dict[str, float] = {}  # token -> time.monotonic() expiry
         self._logins = 0
+        self.dialect = EncouraDialect()
+        self.throttle = Throttle()
 
     @property
     def base_url(self) -> str:
@@ -159,7 +168,9 @@ class EncouraSimulator(Simulator):
         org = org or str(self.organizations[0]["uid"])
         fice = next((o.get("fice", "") for o in self.organizations if o["uid"] == org), "")
         uid, stamp = str(uuid.uuid4()), _ms(at or datetime.now(UTC))
-        quantity = entry.blob.records()
+        dialect = self.dialect
+        quantity = max(entry.blob.records() + dialect.quantity_off, 0)
+        entry.not_generated = dialect.generated_after
         created_by = {"uid": self.user_uid, "name": "", "type": ""}
         record = entry.record
         record |= {"uid": uid, "fice": fice, "organizationUid": org, "productKey": key}
@@ -168,9 +179,22 @@ class EncouraSimulator(Simulator):
         record |= {"costInDollars": 0, "date": stamp, "deliveries": []}
         record |= {"created": {"createdBy": created_by, "createdAt": stamp}}
         record |= {"isExpired": False, "isContinuous": False}
+        record["listGenerated"] = not entry.not_generated
         with self._lock:
             self._exports[uid] = entry
+            every = dialect.expire_every
+            record["isExpired"] = bool(every) and len(self._exports) % every == 0
         return uid
+
+    def mark_delivered(self, uid: str) -> None:
+        """Mark an export Delivered, as another tool's download would."""
+        with self._lock:
+            self._exports[uid].record["status"] = "Delivered"
+
+    def expire_export(self, uid: str) -> None:
+        """Mark an export `isExpired: true`: its URL requests get 404 from now on."""
+        with self._lock:
+            self._exports[uid].record["isExpired"] = True
 
     def export(self, uid: str) -> dict[str, Any]:
         """A copy of an export's current record (status etc.), as the listing shows it."""
@@ -218,9 +242,12 @@ class EncouraSimulator(Simulator):
         auth = headers.get("authorization", "")
         with self._lock:
             expiry = self._tokens.get(auth[4:]) if auth.startswith("JWT ") else None
-        if expiry is None or time.monotonic() >= expiry:
+        if expiry is None:
             self._count("auth_failures")
-            return 401, {"message": "Unauthorized: invalid or expired session token"}
+            return 401, {"message": "Unauthorized: invalid session token"}
+        if time.monotonic() >= expiry:
+            self._count("auth_failures")
+            return self.dialect.expired_token_status, {"message": "Session token expired"}
         if endpoint == "refresh":
             return 200, {"sessionToken": self._issue_token()}
         org = headers.get("organization", "")
@@ -234,7 +261,8 @@ class EncouraSimulator(Simulator):
     def _login(self, body: Any) -> tuple[int, object]:
         if not isinstance(body, dict) or body.get("acceptedTerms") is not True:
             return 400, {"message": "acceptedTerms must be true"}
-        name = body.get("userName", body.get("email"))
+        accepted = [f for f in ("userName", "email") if f in self.dialect.login_fields]
+        name = next((body[f] for f in accepted if f in body), None)
         given = f"{name}\0{body.get('password')}".encode()
         if not hmac.compare_digest(given, f"{self.username}\0{self.password}".encode()):
             self._count("auth_failures")
@@ -264,24 +292,55 @@ class EncouraSimulator(Simulator):
         key, status = query.get("productKey") or None, query.get("status") or None
         if status is not None and status not in STATUSES:
             return 400, {"message": f"Invalid status '{status}': expected one of {STATUSES}"}
+        window = self._page(query)
+        if isinstance(window, str):
+            return 400, {"message": window}
         with self._lock:
+            self._stats.list_queries.append(dict(query))
             rows: list[dict[str, Any]] = [
                 e.record
                 for e in sorted(self._exports.values(), key=lambda e: e.record["date"])
                 if e.record["organizationUid"] == org
                 and key in (None, e.record["productKey"])
                 and status in (None, e.record["status"])
-            ]
+            ][window]
             body = [record | self.hostile.listing_patch for record in copy.deepcopy(rows)]
-            for record in rows:
+            for record in rows if self.dialect.delivered_on == "listing" else ():
                 record["status"] = "Delivered"  # listing is what marks an export delivered
         return 200, body
+
+    def _page(self, query: dict[str, str]) -> slice | str:
+        """The rows `Limit` and `Skip` select in this dialect, or what is wrong with them."""
+        dialect = self.dialect
+        if dialect.ignore_paging:
+            return slice(None)
+        limit, skip = query.get("Limit"), query.get("Skip", "0")
+        if not (limit or "0").isdigit() or not skip.isdigit():
+            return f"Limit and Skip must be whole numbers, not {limit!r} and {skip!r}"
+        size = int(limit) if limit else dialect.default_limit
+        if dialect.max_limit is not None:
+            size = min(size or dialect.max_limit, dialect.max_limit)
+        start = int(skip)
+        return slice(start, None if size is None else start + size)
 
     def _download_url(self, org: str, uid: str) -> tuple[int, object]:
         with self._lock:
             self._stats.download_url_uids.append(uid)
             entry = self._exports.get(uid)
-        if entry is None or entry.record["organizationUid"] != org:
-            return 404, {"message": f"Export not found: {uid}"}
+            if entry is None or entry.record["organizationUid"] != org:
+                return 404, {"message": f"Export not found: {uid}"}
+            if entry.record["isExpired"]:
+                return 404, {"message": f"Export has expired: {uid}"}
+            if entry.not_generated:
+                entry.not_generated -= 1
+                entry.record["listGenerated"] = not entry.not_generated
+                return 404, {"message": f"Export list not generated yet: {uid}"}
+            if self.dialect.delivered_on == "url":
+                entry.record["status"] = "Delivered"
         key = f"{org}/{entry.record['productKey']}/{entry.filename}"
-        return 200, {"downloadUrl": self._presign(key, uid)}
+        return 200, {self.dialect.download_url_key: self._presign(key, uid)}
+
+    def with_dialect(self, **switches: Any) -> EncouraSimulator:
+        """Switch this simulator to another reading (see EncouraDialect); returns it."""
+        self.dialect = replace(self.dialect, **switches)
+        return self

@@ -234,3 +234,23 @@ def test_work_rows_of_two_lanes_do_not_mix(ledger: Ledger) -> None:
     assert ledger.work("encoura").due(10) == [("u1",)]
     assert isinstance(ledger.forwards.work("slate"), WorkRows)
     assert ledger.forwards.work("slate").due(10) == []
+
+
+def test_a_vendors_retry_after_is_honoured_by_the_schedule(ledger: Ledger) -> None:
+    """A 429 whose Retry-After is longer than the next step: the row is not due before it;
+    a DEFERRED export is never given up, whatever the round."""
+    from datetime import UTC, datetime
+
+    from scorefetch.core.engine import retry_delay
+    from scorefetch.core.errors import VendorError
+
+    lane = Lane(ledger, VendorError("429", kind=Failure.TRANSIENT, retry_after=120.0))
+    engine = Engine()
+    engine.add(lane)
+    ledger.claim("collegeboard", "a.csv", "a.csv", "notification")
+    engine.run_now(lane, ("a.csv",))
+    row = ledger.get("collegeboard", "a.csv")
+    assert row is not None and row.due_at is not None
+    wait = datetime.fromisoformat(row.due_at) - datetime.now(UTC)
+    assert wait.total_seconds() > 100 and lane.outcomes[0].retry_in_s == 120.0
+    assert retry_delay(Failure.DEFERRED, 50, (30.0, 600.0)) == 600.0

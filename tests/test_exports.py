@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Any
 import pytest
 
 from scorefetch.config import EncouraConfig
+from scorefetch.core import logs
 from scorefetch.core.errors import ConfigError, VendorError
 from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger
@@ -319,3 +322,47 @@ def test_status_lists_exports_listed_but_not_landed(
     assert main(["status", "-c", str(config)]) == 0
     out = capsys.readouterr().out
     assert f"pending  encoura      pending    {uid}" in out
+
+
+def test_an_export_not_generated_yet_is_deferred_then_lands_on_a_later_poll(
+    enc_sim: EncouraSimulator, tmp_path: Path
+) -> None:
+    """`listGenerated: false` and a 404 for its URL, longer than the whole retry schedule:
+    deferred (never `failed`), looked at again on each poll, and landed once generated
+    without anyone running `fetch`."""
+    enc_sim.with_dialect(generated_after=4)
+    uid = enc_sim.add_export("score-reporter", "late.csv", b"id\r\n1\r\n")
+    deliveries = exports(enc_sim, tmp_path, product_keys=["score-reporter"])
+    for _ in range(8):
+        deliveries.poll()
+        deliveries.wait_idle(10)
+        row = deliveries.ledger.get("encoura", uid)
+        assert row is not None and row.state != "failed"
+        if row.state == "downloaded":
+            break
+    deliveries.close(5)
+    assert landed(tmp_path) == {"score-reporter/late.csv": b"id\r\n1\r\n"}
+    assert row is not None and row.state == "downloaded"
+
+
+def test_a_listed_expired_export_fails_once_with_the_advice(
+    enc_sim: EncouraSimulator, tmp_path: Path
+) -> None:
+    """`isExpired: true`: one delivery.failed reason=expired will_retry=false naming the
+    uid and product, with the advice to ask Encoura to regenerate it; never asked again."""
+    stream = io.StringIO()
+    logs.configure("json", stream=stream)
+    enc_sim.with_dialect(expire_every=1)
+    uid = enc_sim.add_export("score-reporter", "old.csv", b"x")
+    deliveries = exports(enc_sim, tmp_path, product_keys=["score-reporter"])
+    deliveries.poll()
+    assert deliveries.wait_idle(10)
+    deliveries.poll()
+    assert deliveries.wait_idle(10)
+    deliveries.close(5)
+    row = deliveries.ledger.get("encoura", uid)
+    assert row is not None and row.state == "failed" and "regenerate" in (row.error or "")
+    lines = stream.getvalue().splitlines()
+    failed = [json.loads(x) for x in lines if "delivery.failed" in x]
+    assert [(f["reason"], f["will_retry"]) for f in failed] == [("expired", False)]
+    assert uid in failed[0]["error"] and "score-reporter" in failed[0]["error"]

@@ -199,8 +199,9 @@ class Deliveries(Generic[ClientT]):
         }
         if outcome.retry_in_s is not None:
             fields["retry_in_s"] = outcome.retry_in_s
+        if outcome.reason is not None:
+            fields["reason"] = outcome.reason
         if outcome.kind == Failure.INTERNAL:
-            fields["reason"] = "internal_error"
             fields["exc_info"] = outcome.exc  # the traceback, in this one line
         # A final failure is loud: nothing will fetch this file unless someone acts.
         level = self._log.warning if outcome.will_retry else self._log.error

@@ -30,6 +30,7 @@ HEARTBEAT_S = 5.0  # how often a daemon's engine says it is alive (status reads 
 HEARTBEAT = "daemon.heartbeat"
 TRANSIENT_DELAYS = (1.0, 5.0)  # then the lane's retry_schedule
 LOCAL_FIRST_S = 5.0  # a full disk is often freed within minutes: look again soon
+MAX_RETRY_AFTER_S = 6 * 3600.0  # a vendor's Retry-After is honoured up to this
 
 
 def retry_delay(kind: Failure, retries_done: int, schedule: Sequence[float]) -> float | None:
@@ -42,6 +43,8 @@ def retry_delay(kind: Failure, retries_done: int, schedule: Sequence[float]) -> 
     if kind == Failure.LOCAL:
         delays = (min(LOCAL_FIRST_S, *schedule[:1]), *schedule)
         return delays[min(retries_done, len(delays) - 1)]
+    if kind == Failure.DEFERRED:  # the vendor has not made it yet: never given up
+        return schedule[min(retries_done, len(schedule) - 1)]
     quick = kind in (Failure.TRANSIENT, Failure.EXPIRED)
     delays = (*TRANSIENT_DELAYS, *schedule) if quick else tuple(schedule)
     return delays[retries_done] if retries_done < len(delays) else None
@@ -55,7 +58,15 @@ class Outcome:
     error: str
     kind: Failure
     retry_in_s: float | None
-    exc: BaseException | None = None  # set for an internal error: its traceback is logged
+    exc: BaseException | None = None  # what was raised (an internal error's traceback is logged)
+
+    @property
+    def reason(self) -> str | None:
+        """A word for alerts: `internal_error`, or the error's own (`expired`, `conflict`)."""
+        if self.kind == Failure.INTERNAL:
+            return "internal_error"
+        reason = getattr(self.exc, "reason", None)
+        return reason if isinstance(reason, str) else None
 
     @property
     def will_retry(self) -> bool:
@@ -223,11 +234,14 @@ class Engine:
         except ScorefetchError:
             attempts, rounds = 0, 0
         delay = retry_delay(kind, rounds, lane.schedule)
+        asked = getattr(exc, "retry_after", None)  # a 429's Retry-After: not sooner
+        if delay is not None and isinstance(asked, int | float):
+            delay = max(delay, min(float(asked), MAX_RETRY_AFTER_S))
         if self._stop.is_set() and delay is not None:
             delay = min(delay, 0.0)  # cut short by the stop: due at once at the next start
-        outcome = Outcome(attempts, error, kind, delay, exc if kind == Failure.INTERNAL else None)
+        outcome = Outcome(attempts, error, kind, delay, exc)
         try:
-            lane.rows.failed(job, error, delay)
+            lane.rows.failed(job, error, delay, kind)
         except ScorefetchError as write:
             self._log.error("ledger.write_failed", lane=lane.name, job=list(job), error=str(write))
         lane.failed(job, outcome)

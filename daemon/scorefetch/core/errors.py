@@ -25,6 +25,7 @@ class Failure(StrEnum):
     LOCAL = "local"  # our side: disk full, quota, a folder that refuses: on the schedule
     REFUSED = "refused"  # hostile or impossible input: never retried
     FATAL = "fatal"  # the vendor said no for good: never retried
+    DEFERRED = "deferred"  # listed, not generated yet: looked at again, never given up
     INTERNAL = "internal"  # a bug met in one delivery: recorded, retried on the schedule
 
 
@@ -53,11 +54,13 @@ class VendorError(ScorefetchError):
         kind: Failure,
         status: int | None = None,
         retry_after: float | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.kind = kind
         self.status = status
         self.retry_after = retry_after
+        self.reason = reason  # a word for alerts, e.g. `expired`
 
 
 class LocalError(ScorefetchError):

@@ -85,12 +85,14 @@ ALTER TABLE deliveries ADD COLUMN lease_until TEXT;
 ALTER TABLE deliveries ADD COLUMN landed_at TEXT;
 ALTER TABLE deliveries ADD COLUMN overdue_at TEXT;
 ALTER TABLE deliveries ADD COLUMN recovered_at TEXT;
+ALTER TABLE deliveries ADD COLUMN kind TEXT;
 ALTER TABLE forwards ADD COLUMN rounds INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE forwards ADD COLUMN due_at TEXT;
 ALTER TABLE forwards ADD COLUMN lease TEXT;
 ALTER TABLE forwards ADD COLUMN lease_until TEXT;
 ALTER TABLE forwards ADD COLUMN sha256 TEXT;
 ALTER TABLE forwards ADD COLUMN renaming TEXT;
+ALTER TABLE forwards ADD COLUMN kind TEXT;
 UPDATE deliveries SET landed_at = updated_at WHERE state = 'downloaded';
 UPDATE forwards SET sha256 = (SELECT d.sha256 FROM deliveries d
     WHERE d.vendor = forwards.vendor AND d.key = forwards.key);

@@ -162,20 +162,34 @@ class WorkRows:
         ).fetchone()
         return (int(row[0]), int(row[1])) if row else (0, 0)
 
-    def failed(self, job: Job, error: str, retry_in_s: float | None) -> None:
-        """One round failed: `retrying` and due again in `retry_in_s`, or `failed` (None)."""
+    def failed(
+        self, job: Job, error: str, retry_in_s: float | None, kind: str | None = None
+    ) -> None:
+        """One round failed: `retrying` and due again in `retry_in_s`, or `failed` (None);
+        `kind` is the Failure that decided it."""
         self._execute(
             f"UPDATE {self.table} SET state = ?, error = ?, rounds = rounds + 1,"  # noqa: S608
-            " due_at = ?, lease = NULL, lease_until = NULL, updated_at = ?"
+            " kind = ?, due_at = ?, lease = NULL, lease_until = NULL, updated_at = ?"
             f" WHERE {self._where} AND state IN ('pending', 'retrying')",
             (
                 "retrying" if retry_in_s is not None else "failed",
                 scrub_text(error),
+                kind,
                 now_iso(retry_in_s) if retry_in_s is not None else None,
                 now_iso(),
                 *self._key(job),
             ),
         )
+
+    def deferred(self) -> list[Job]:
+        """Unfinished rows whose last round was DEFERRED (listed, not generated yet)."""
+        columns = ", ".join(self._columns)
+        rows = self._execute(
+            f"SELECT {columns} FROM {self.table} WHERE {self._lane[0]} = ?"  # noqa: S608
+            " AND state = 'retrying' AND kind = 'deferred'",
+            (self._lane[1],),
+        ).fetchall()
+        return [tuple(row) for row in rows]
 
     def again(self, job: Job) -> None:
         """Due now with a fresh retry budget (re-announced, fetched by hand, resumed)."""

@@ -376,5 +376,6 @@ class Encoura:
                 f"export {uid} ({expired.product_key}, created {_date(expired.created)}) is "
                 "listed isExpired: Encoura no longer serves it; ask Encoura to regenerate it",
                 kind=Failure.FATAL,
+                reason="expired",
             )
         return parse_download_url(self._call(f"/datacenter/exports/{quote(uid, safe='')}/download"))

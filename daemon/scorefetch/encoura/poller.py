@@ -107,15 +107,32 @@ class EncouraDeliveries(Deliveries[Encoura]):
         fresh = self._recover(product_key)
         started = datetime.now(UTC).isoformat()
         self.ledger.set_position(f"{LISTING_PASS}.{product_key}.started", started)
-        listed = self.client.list_exports(product_key, "NotDelivered")
-        listed_new = self.remember(listed, "listing")  # before anything else can fail
+        listed_new: list[str] = []
+        files = 0
+        for page in self.client.pages(product_key, "NotDelivered"):
+            files += len(page)
+            listed_new += self.remember(page, "listing")  # each page before the next
         self.ledger.set_position(f"{LISTING_PASS}.{product_key}.completed", started)
         self._log.info(
-            "listing.completed", product_key=product_key, files=len(listed), new=len(listed_new)
+            "listing.completed", product_key=product_key, files=files, new=len(listed_new)
         )
-        for uid in (*fresh, *listed_new):
+        for uid in (*fresh, *listed_new, *self._look_again(product_key)):
             self.queue(uid)
         return [*fresh, *listed_new]
+
+    def _look_again(self, product_key: str) -> list[str]:
+        """Exports of this product deferred (listed, not generated yet): the Delivered
+        listing tells their state now (an `isExpired` one then fails once, for good), and
+        each is tried again on this pass, not only on its retry schedule."""
+        waiting = []
+        for (uid,) in self.rows.deferred():
+            row = self.ledger.get(self.vendor, uid)
+            if row is not None and row.product == product_key:
+                waiting.append(uid)
+        if waiting:
+            for _page in self.client.pages(product_key, "Delivered"):
+                pass  # the client notes what each page says of expiry
+        return waiting
 
     def _recover(self, product_key: str) -> list[str]:
         """After a pass that was cut off (SIGKILL, power) between the vendor's answer and
@@ -142,20 +159,32 @@ class EncouraDeliveries(Deliveries[Encoura]):
         product_key = (row.product if row else None) or UNLISTED
         if product_key not in {*self.config.product_keys, *KNOWN_PRODUCT_KEYS, UNLISTED}:
             raise RefusedError(f"product key {product_key!r} is not a configured one")
-        url = self.client.download_url(uid)  # one-time: used at once, never twice
-        name = name_from_url(url)
-        progress = self.progress_for(uid, name)
-        return fetch_to_file(
-            self.client.session,
-            url,
-            self.folder / product_key,  # a configured key: checked when the config was loaded
-            name,
-            hosts=self.config.download_hosts,
-            deadline_s=self.config.download_timeout,
-            progress=progress,
-            max_size=self.config.max_file_size,
-            root=self.folder,
-        )
+        try:
+            url = self.client.download_url(uid)  # one-time: used at once, never twice
+            name = name_from_url(url)
+            return fetch_to_file(
+                self.client.session,
+                url,
+                self.folder / product_key,  # a configured key: checked at config load
+                name,
+                hosts=self.config.download_hosts,
+                deadline_s=self.config.download_timeout,
+                progress=self.progress_for(uid, name),
+                max_size=self.config.max_file_size,
+                root=self.folder,
+            )
+        except VendorError as exc:
+            if exc.kind != Failure.NOT_FOUND:
+                raise
+            # Listed (and so Delivered at the vendor) but not there yet: deferred, not
+            # burnt. Looked at again on every poll until it is generated or expires.
+            raise VendorError(
+                f"export {uid} ({product_key}) is not generated yet ({exc}); looked at again "
+                "on every poll",
+                kind=Failure.DEFERRED,
+                status=exc.status,
+                reason="not_generated",
+            ) from None
 
 
 def recover(deliveries: EncouraDeliveries, since: datetime) -> list[str]:

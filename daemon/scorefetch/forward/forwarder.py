@@ -17,7 +17,7 @@ from scorefetch.core.errors import Failure
 from scorefetch.core.events import Events, ForwardFailed, ForwardUploaded
 from scorefetch.core.ledger import Ledger
 from scorefetch.core.work import Job
-from scorefetch.forward import Destination, ForwardError
+from scorefetch.forward import Destination
 
 UPLOADS_PER_DESTINATION = 2
 LEASE_S = 6 * 3600.0  # an upload is held at most this long (a dead holder frees it at once)
@@ -88,10 +88,9 @@ class Uploads:
         fields: dict[str, Any] = {"kind": outcome.kind}
         if outcome.retry_in_s is not None:
             fields["retry_in_s"] = outcome.retry_in_s
-        if isinstance(outcome.exc, ForwardError) and outcome.exc.reason:
-            fields["reason"] = outcome.exc.reason
+        if outcome.reason is not None:
+            fields["reason"] = outcome.reason
         if outcome.kind == Failure.INTERNAL:
-            fields["reason"] = "internal_error"
             fields["exc_info"] = outcome.exc
         # Given up is loud: the file will not reach the CRM unless someone acts.
         level = self._log.warning if outcome.will_retry else self._log.error

@@ -40,6 +40,7 @@ class Forward:
     lease_until: str | None = None
     sha256: str | None = None
     renaming: str | None = None  # the remote name a rename was sent for (then: ours)
+    kind: str | None = None  # the Failure of the last failed round
 
 
 def _forward(row: sqlite3.Row) -> Forward:

@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    logs.journal_excepthook()
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse: --help is 0, a usage error 2
@@ -80,10 +81,10 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 from scorefetch.demo import run_demo  # the sandbox loads only for the demo
             except ModuleNotFoundError as exc:
-                print(
-                    f"scorefetch: the demo needs the 'demo' extra ({exc.name} is missing): "
+                logs.fatal(
+                    "command.failed",
+                    f"the demo needs the 'demo' extra ({exc.name} is missing): "
                     "pip install 'scorefetch[demo]', or run `make demo` in a clone",
-                    file=sys.stderr,
                 )
                 return EX_FAILURE
 
@@ -104,10 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         logs.configure(None if interactive else config.log.format, config.log.level)
         return handlers[args.command](config, args)
     except ConfigError as exc:
-        print(f"scorefetch: configuration error:\n{exc}", file=sys.stderr)
+        logs.fatal("config.invalid", f"configuration error:\n{exc}")
         return EX_CONFIG
     except ScorefetchError as exc:
-        print(f"scorefetch: {exc}", file=sys.stderr)
+        logs.fatal("command.failed", str(exc))
         return EX_FAILURE
     except KeyboardInterrupt:  # `run` handles SIGINT itself and exits 0 (a clean stop)
         return EX_OK if args.command == "run" else EX_INTERRUPTED
@@ -177,7 +178,7 @@ def _fetch(config: Config, args: argparse.Namespace) -> int:
         try:
             check_name(key)
         except RefusedError as exc:
-            print(f"scorefetch: {key!r}: {exc}", file=sys.stderr)
+            logs.fatal("command.refused", f"{key!r}: {exc}")
             return EX_USAGE
     source = _source(config, args.vendor)
     return _deliver_now(source.deliveries, source.fetch(keys, print, force=args.force))
@@ -208,7 +209,7 @@ def _sync(config: Config, args: argparse.Namespace) -> int:
             else datetime.now() - timedelta(days=SYNC_DEFAULT_DAYS)
         ).astimezone()
     except ValueError:
-        print(f"scorefetch: --since {args.since!r} is not a date (YYYY-MM-DD)", file=sys.stderr)
+        logs.fatal("command.refused", f"--since {args.since!r} is not a date (YYYY-MM-DD)")
         return EX_USAGE
     source = _source(config, args.vendor)
     return _deliver_now(source.deliveries, source.sync(since, print))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -103,13 +105,19 @@ def main(argv: list[str] | None = None) -> int:
         }
         interactive = args.command in ("fetch", "sync")
         logs.configure(None if interactive else config.log.format, config.log.level)
-        return handlers[args.command](config, args)
+        code = handlers[args.command](config, args)
+        sys.stdout.flush()  # here, so that a closed pipe is met below, not at exit
+        return code
     except ConfigError as exc:
         logs.fatal("config.invalid", f"configuration error:\n{exc}")
         return EX_CONFIG
     except ScorefetchError as exc:
         logs.fatal("command.failed", str(exc))
         return EX_FAILURE
+    except BrokenPipeError:  # `scorefetch status | head -1`: the reader has all it wanted
+        with contextlib.suppress(OSError, ValueError):  # no more writes, not even at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EX_OK
     except KeyboardInterrupt:  # `run` handles SIGINT itself and exits 0 (a clean stop)
         return EX_OK if args.command == "run" else EX_INTERRUPTED
 
@@ -216,83 +224,11 @@ def _sync(config: Config, args: argparse.Namespace) -> int:
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
-    report = _status_report(config)
+    from scorefetch import status
+
+    facts = status.report(config)
     if args.json:  # monitoring parses it: the same shape before the first run, empty
-        print(json.dumps(report, indent=2))
-    elif not report["ledger_exists"]:
-        print(f"ledger   {config.ledger_path} does not exist yet: the daemon has never run")
+        print(json.dumps(facts, indent=2))
     else:
-        _print_status(report)
+        print("\n".join(status.render(facts)))
     return EX_OK
-
-
-def _status_report(config: Config) -> dict[str, Any]:
-    report: dict[str, Any] = {
-        "ledger": str(config.ledger_path),
-        "ledger_exists": config.ledger_path.exists(),
-        "counts": {},
-        "watcher": {},
-        "mailbox": None,
-        "positions": {},
-        "unfinished": [],
-        "recent": [],
-        "forward": {},
-    }
-    if not report["ledger_exists"]:
-        return report
-    ledger = Ledger(config.ledger_path, readonly=True)  # the operator need not own it
-    try:
-        position = ledger.mailbox_position(config.imap.folder) if config.imap else None
-        report |= {
-            "counts": ledger.counts(),
-            "watcher": {k: {"value": v, "at": at} for k, (v, at) in ledger.watcher().items()},
-            "mailbox": (
-                dict(zip(("uidvalidity", "last_uid"), position, strict=True)) if position else None
-            ),
-            "positions": {k: {"value": v, "at": at} for k, (v, at) in ledger.positions().items()},
-            "unfinished": [vars(d) for vendor in SOURCES for d in ledger.unfinished(vendor)],
-            "recent": [vars(d) for d in ledger.recent(20)],
-            "forward": _forward_report(config, ledger),
-        }
-    finally:
-        ledger.close()
-    return report
-
-
-def _print_status(report: dict[str, Any]) -> None:
-    print(f"ledger   {report['ledger']}")
-    print("counts   " + (", ".join(f"{k}={v}" for k, v in report["counts"].items()) or "empty"))
-    for key, item in report["watcher"].items():
-        print(f"watcher  {key}={item['value']} (at {item['at']})")
-    for key, item in report["positions"].items():
-        print(f"position {key}={item['value']} (at {item['at']})")
-    if report["mailbox"]:
-        print(
-            f"mailbox  uidvalidity={report['mailbox']['uidvalidity']} "
-            f"last_uid={report['mailbox']['last_uid']}"
-        )
-    for row in report["unfinished"]:
-        print(
-            f"pending  {row['vendor']:<12} {row['state']:<10} {row['key']}  "
-            f"{row['filename'] or ''}  {row['error'] or ''}".rstrip()
-        )
-    for name, item in report["forward"].items():
-        last = item["last_error"]
-        print(
-            f"forward  {name:<12} backlog={item['backlog']} "
-            + " ".join(f"{k}={v}" for k, v in item["counts"].items())
-            + (f"  last error ({last['at']}, {last['filename']}): {last['error']}" if last else "")
-        )
-    for row in report["recent"]:
-        where = row["path"] or row["error"] or ""
-        print(
-            f"{row['updated_at']}  {row['vendor']:<12} {row['state']:<10} "
-            f"{row['filename']}  {where}"
-        )
-
-
-def _forward_report(config: Config, ledger: Ledger) -> dict[str, Any]:
-    """Each configured destination: backlog, rows by state, last error, last upload."""
-    found = ledger.forwards.report()
-    empty = {"counts": {}, "backlog": 0, "last_error": None, "last_uploaded_at": None}
-    return {name: found.get(name, empty) for name in config.forward}

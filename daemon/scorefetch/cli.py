@@ -6,6 +6,8 @@ import argparse
 import contextlib
 import json
 import os
+import pwd
+import shlex
 import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -29,6 +31,7 @@ from scorefetch.sources import SOURCES
 EX_OK, EX_FAILURE, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 EX_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C in an interactive command
 SYNC_DEFAULT_DAYS = 30
+WRITERS = ("run", "fetch", "sync")  # commands that create files in state_dir and download_dir
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -103,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             "sync": _sync,
             "status": _status,
         }
+        if args.command in WRITERS and (refusal := _wrong_user(config, path, argv)):
+            logs.fatal("command.refused", refusal)
+            return EX_FAILURE
         interactive = args.command in ("fetch", "sync")
         logs.configure(None if interactive else config.log.format, config.log.level)
         code = handlers[args.command](config, args)
@@ -120,6 +126,41 @@ def main(argv: list[str] | None = None) -> int:
         return EX_OK
     except KeyboardInterrupt:  # `run` handles SIGINT itself and exits 0 (a clean stop)
         return EX_OK if args.command == "run" else EX_INTERRUPTED
+
+
+def _owner(path: Path) -> int:
+    """The owner of `path`, or of its nearest existing parent (what a new file would join)."""
+    for folder in (path, *path.parents):
+        try:
+            return folder.stat().st_uid
+        except FileNotFoundError:
+            continue
+    return 0
+
+
+def _wrong_user(config: Config, path: Path, argv: list[str] | None) -> str | None:
+    """Root writing into another user's folders leaves files the service cannot open (a
+    root-owned ledger, a 0600 file the forwarder cannot read): say whose they are instead."""
+    if os.geteuid() != 0:
+        return None
+    for folder in (config.state_dir, config.download_dir):
+        uid = _owner(folder)
+        if uid != 0:
+            try:
+                name = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                name = f"#{uid}"
+            words = list(sys.argv[1:] if argv is None else argv)
+            if not {"-c", "--config"} & set(words) and not any(
+                w.startswith("--config=") for w in words
+            ):
+                words[1:1] = ["-c", str(path)]
+            line = f"sudo -u {name} scorefetch {shlex.join(words)}"
+            return (
+                f"{folder} belongs to {name}, not root: files made by root there would stop "
+                f"the service. Run it as that user:\n  {line}"
+            )
+    return None
 
 
 def _run(config: Config, _args: argparse.Namespace) -> int:

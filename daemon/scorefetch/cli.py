@@ -60,7 +60,12 @@ def _parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="download again even when the file is on disk"
     )
     sync = command("sync", "one listing-based catch-up pass, then exit")
-    sync.add_argument("--vendor", choices=list(SOURCES), default="collegeboard")
+    sync.add_argument(
+        "--vendor",
+        choices=list(SOURCES),
+        default=None,
+        help="only this one (default: every enabled)",
+    )
     sync.add_argument(
         "--since",
         metavar="DATE",
@@ -260,8 +265,23 @@ def _sync(config: Config, args: argparse.Namespace) -> int:
     except ValueError:
         logs.fatal("command.refused", f"--since {args.since!r} is not a date (YYYY-MM-DD)")
         return EX_USAGE
-    source = _source(config, args.vendor)
-    return _deliver_now(source.deliveries, source.sync(since, print))
+    vendors = [args.vendor] if args.vendor else _enabled_vendors(config)
+    if not vendors:
+        raise ConfigError("no vendor is enabled: nothing to sync")
+    code = EX_OK
+    for vendor in vendors:  # one after the other, each with its own ledger connection
+        source = _source(config, vendor)
+        code = max(code, _deliver_now(source.deliveries, source.sync(since, print)))
+    return code
+
+
+def _enabled_vendors(config: Config) -> list[str]:
+    """The vendors the config enables, in registry order."""
+    return [
+        vendor
+        for vendor in SOURCES
+        if (section := getattr(config, vendor, None)) is not None and section.enabled
+    ]
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:

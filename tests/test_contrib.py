@@ -165,3 +165,12 @@ def test_post_webhook_says_what_a_test_alert_is(
         == 0
     )
     assert "test alert" in posted[0]["text"]
+
+
+def test_mail_office_sends_the_test_alert(sendmail: tuple[Path, Path]) -> None:
+    """SCOREFETCH_EVENT=test (doctor --test-alert) is mailed, and says nothing is wrong."""
+    fake, out = sendmail
+    argv = [str(CONTRIB / "mail-office"), "it@example.edu"]
+    assert run(argv, {"SCOREFETCH_EVENT": "test", "SENDMAIL": str(fake)}).returncode == 0
+    message = out.read_text()
+    assert "Subject: scorefetch: test alert from " in message and "Nothing is wrong" in message

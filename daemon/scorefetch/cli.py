@@ -75,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     doctor = command("doctor", "prove this deployment works: config, folders, mailbox, vendors")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.add_argument(
+        "--test-alert",
+        action="store_true",
+        help="also run hooks.on_failure once with SCOREFETCH_EVENT=test",
+    )
     demo = command("demo", "run everything against the built-in sandbox and show what landed")
     demo.add_argument("--keep", action="store_true", help="keep the sandbox folder afterwards")
     return parser
@@ -249,7 +254,10 @@ def _doctor(path: Path, args: argparse.Namespace) -> int:
         checks = [doctor.config_check(path, exc)]
         code = EX_CONFIG
     else:
-        checks = [doctor.config_check(path, None), *doctor.run(config)]
+        checks = [
+            doctor.config_check(path, None),
+            *doctor.run(config, test_alert=args.test_alert),
+        ]
         code = EX_OK if all(c.ok for c in checks) else EX_FAILURE
     print(json.dumps(doctor.as_json(checks), indent=2) if args.json else doctor.render(checks))
     return code

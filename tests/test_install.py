@@ -60,6 +60,24 @@ def owner(path: Path) -> tuple[str, str, int]:
     return pwd.getpwuid(st.st_uid).pw_name, grp.getgrgid(st.st_gid).gr_name, st.st_mode & 0o7777
 
 
+def make_vars(paths: dict[str, Path]) -> list[str]:
+    return [f"{k}={v}" for k, v in paths.items()] + ["SYSTEMCTL=true"]
+
+
+def make_install(
+    paths: dict[str, Path], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`make install` into the temporary root, with `env` over this process's."""
+    return subprocess.run(
+        ["make", "--no-print-directory", "install", *make_vars(paths)],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
 @pytest.fixture
 def installed(tmp_path: Path) -> Iterator[dict[str, Path]]:
     """`make install` into a temporary root, with a broken `python3` first on PATH (the
@@ -72,32 +90,26 @@ def installed(tmp_path: Path) -> Iterator[dict[str, Path]]:
         "CONFDIR": root / "etc" / "scorefetch",
         "STATEDIR": root / "var" / "lib" / "scorefetch",
         "UNITDIR": root / "etc" / "systemd" / "system",
+        "BINDIR": root / "usr" / "local" / "bin",
     }
     decoy = tmp_path / "decoy-bin"
     decoy.mkdir()
     (decoy / "python3").write_text("#!/bin/sh\necho 'the wrong python3' >&2\nexit 99\n")
     (decoy / "python3").chmod(0o755)
-    make_vars = [f"{k}={v}" for k, v in paths.items()] + ["SYSTEMCTL=true"]
-    env = {**os.environ, "PATH": f"{decoy}:{os.environ['PATH']}"}
+    env = {"PATH": f"{decoy}:{os.environ['PATH']}"}
     try:
-        done = subprocess.run(
-            ["make", "--no-print-directory", "install", *make_vars],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
+        done = make_install(paths, env)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         yield paths
     finally:
         subprocess.run(
-            ["make", "--no-print-directory", "uninstall", *make_vars],
+            ["make", "--no-print-directory", "uninstall", *make_vars(paths)],
             cwd=REPO,
             capture_output=True,
             timeout=120,
         )
-        assert not paths["PREFIX"].exists()
+        assert not paths["PREFIX"].exists() and not paths["PREFIX"].is_symlink()
+        assert not (paths["BINDIR"] / "scorefetch").is_symlink()
         shutil.rmtree(root, ignore_errors=True)
         if not had_user:
             subprocess.run(["userdel", USER], capture_output=True, timeout=30)
@@ -272,3 +284,47 @@ def test_installed_units_verify(installed: dict[str, Path]) -> None:
             [analyze, "verify", str(unitdir / unit)], capture_output=True, text=True, timeout=60
         )
         assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+
+
+def test_upgrade_keeps_edits_and_a_failed_one_changes_nothing(
+    installed: dict[str, Path], tmp_path: Path
+) -> None:
+    """A second install keeps the admin's edited unit (the new one beside it as .new, and
+    says so) and the drop-in; one whose pip cannot reach any index fails and leaves the
+    installed program as it was, running."""
+    prefix, unitdir, bindir = installed["PREFIX"], installed["UNITDIR"], installed["BINDIR"]
+    program = prefix / "bin" / "scorefetch"
+    assert prefix.is_symlink() and (bindir / "scorefetch").resolve() == program.resolve()
+    dropin = unitdir / "scorefetch.service.d" / "local.conf"
+    assert "LoadCredential=" in dropin.read_text()  # documented there, commented out
+    unit = unitdir / "scorefetch.service"
+    edited = unit.read_text() + "# the admin's own line\n"
+    unit.write_text(edited)
+    dropin.write_text("[Service]\nLoadCredential=encoura_api_key:/etc/scorefetch/encoura_api_key\n")
+    site = dropin.read_text()
+    template = (unitdir / "scorefetch@.service").read_text()
+
+    upgraded = make_install(installed)
+    assert upgraded.returncode == 0, upgraded.stdout[-3000:] + upgraded.stderr[-3000:]
+    assert unit.read_text() == edited and dropin.read_text() == site
+    assert (unitdir / "scorefetch.service.new").read_text() + "# the admin's own line\n" == edited
+    assert f"kept your edited {unit}" in upgraded.stdout
+    assert (unitdir / "scorefetch@.service").read_text() == template  # unedited: replaced as is
+    assert not (unitdir / "scorefetch@.service.new").exists()
+    assert "Next:" in upgraded.stdout.splitlines()[-2]
+
+    release = prefix.resolve()
+    nowhere = tmp_path / "no-wheels"
+    nowhere.mkdir()
+    offline = {"PIP_NO_INDEX": "1", "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": str(nowhere)}
+    failed = make_install(installed, offline)
+    assert failed.returncode != 0
+    assert "is unchanged" in failed.stderr
+    assert prefix.resolve() == release
+    assert sorted(p.name for p in prefix.parent.glob("scorefetch*")) == sorted(
+        ["scorefetch", "scorefetch.releases"]
+    )
+    version = subprocess.run(
+        [str(program), "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert version.returncode == 0 and version.stdout.startswith("scorefetch ")

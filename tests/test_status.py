@@ -95,3 +95,21 @@ def test_closed_pipe_is_a_quiet_exit(config: Path, flag: list[str]) -> None:
     finally:
         os.close(write_end)
     assert (done.returncode, done.stderr) == (0, b"")
+
+
+def test_next_listing_is_the_last_plus_its_interval(
+    config: Path, new_york: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With Encoura enabled every 15m, a pass started 10:42 is next due about 10:57."""
+    config.write_text(
+        config.read_text()
+        + "encoura: {enabled: true, api_key: k, username: u, password: p, poll_interval: 15m}\n"
+    )
+    assert main(["status", "-c", str(config)]) == 0
+    assert (
+        "Encoura score-reporter: last listed 2026-11-21 10:42 EST, next about 2026-11-21 10:57 EST"
+        in (capsys.readouterr().out)
+    )
+    assert main(["status", "-c", str(config), "--json"]) == 0
+    due = json.loads(capsys.readouterr().out)["next_listing"]
+    assert due == {"encoura.score-reporter": "2026-11-21T15:57:00+00:00"}

@@ -32,6 +32,7 @@ def report(config: Config) -> dict[str, Any]:
         "recent": [],
         "forward": {},
         "last_errors": {},
+        "next_listing": {},
     }
     if not result["ledger_exists"]:
         return result
@@ -52,7 +53,30 @@ def report(config: Config) -> dict[str, Any]:
     finally:
         ledger.close()
     result["last_errors"] = last_errors(result)
+    result["next_listing"] = next_listings(config, result["positions"])
     return result
+
+
+def next_listings(config: Config, positions: dict[str, dict[str, str]]) -> dict[str, str]:
+    """When each listing is next due (UTC): the last one's start plus its poll_interval.
+    Keys: `collegeboard`, `encoura.<product key>`; none for a disabled or unlisted one."""
+    due: dict[str, str] = {}
+    cb, enc = config.collegeboard, config.encoura
+    if cb is not None and cb.enabled and cb.poll_interval and CB_LISTING in positions:
+        due["collegeboard"] = _plus(positions[CB_LISTING]["value"], cb.poll_interval)
+    if enc is not None and enc.enabled and enc.poll_interval:
+        for key, item in positions.items():
+            if key.startswith(_ENCOURA_PASS) and key.endswith(".started"):
+                product = key[len(_ENCOURA_PASS) : -len(".started")]
+                due[f"encoura.{product}"] = _plus(item["value"], enc.poll_interval)
+    return {k: v for k, v in due.items() if v}
+
+
+def _plus(stamp: str, seconds: float) -> str:
+    try:
+        return (datetime.fromisoformat(stamp) + timedelta(seconds=seconds)).isoformat()
+    except (TypeError, ValueError):
+        return ""
 
 
 def _forward_report(config: Config, ledger: Ledger) -> dict[str, Any]:
@@ -164,7 +188,10 @@ def _vendors(facts: dict[str, Any]) -> list[str]:
                 f"{local_time(error['at'])})"
             )
     if CB_LISTING in positions:
-        lines.append(f"College Board: last listed {local_time(positions[CB_LISTING]['value'])}")
+        line = f"College Board: last listed {local_time(positions[CB_LISTING]['value'])}"
+        if "collegeboard" in facts["next_listing"]:
+            line += f", next about {local_time(facts['next_listing']['collegeboard'])}"
+        lines.append(line)
     passes: dict[str, dict[str, str]] = {}
     for key, item in positions.items():
         if key.startswith(_ENCOURA_PASS):
@@ -174,6 +201,8 @@ def _vendors(facts: dict[str, Any]) -> list[str]:
         line = f"Encoura {product}: last listed {local_time(moments.get('started'))}"
         if moments.get("completed") != moments.get("started"):
             line += f", last finished listing {local_time(moments.get('completed'))}"
+        if f"encoura.{product}" in facts["next_listing"]:
+            line += f", next about {local_time(facts['next_listing'][f'encoura.{product}'])}"
         lines.append(line)
     return lines
 

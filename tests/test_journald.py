@@ -69,6 +69,15 @@ def test_config_error_is_one_prefixed_json_line(tmp_path: Path) -> None:
     assert "bogus" in event["error"] and "config.yaml" in event["error"]
 
 
+def test_usage_error_is_one_prefixed_json_line(tmp_path: Path) -> None:
+    """A wrong command line (exit 2) is a `<3>` JSON line too, not argparse's usage text."""
+    out = tmp_path / "journal"
+    proc = start(["fetch", "nosuchvendor", "x.csv"], out)
+    assert proc.wait(timeout=60) == 2
+    ((prio, event),) = records(out)
+    assert prio == 3 and event["event"] == "command.refused" and "nosuchvendor" in event["error"]
+
+
 def test_config_error_is_plain_text_off_the_journal(tmp_path: Path) -> None:
     """On a terminal or a plain file the same error stays a readable sentence."""
     config = tmp_path / "config.yaml"

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -34,8 +34,18 @@ SYNC_DEFAULT_DAYS = 30
 WRITERS = ("run", "fetch", "sync")  # commands that create files in state_dir and download_dir
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose usage errors under journald are one JSON line like every other."""
+
+    def error(self, message: str) -> NoReturn:
+        if logs.under_journald(sys.stderr):
+            logs.fatal("command.refused", f"{self.prog}: {message}")
+            raise SystemExit(EX_USAGE)
+        super().error(message)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scorefetch", description=__doc__)
+    parser = _Parser(prog="scorefetch", description=__doc__)
     parser.add_argument("--version", action="version", version=f"scorefetch {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

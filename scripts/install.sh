@@ -113,7 +113,8 @@ for unit in scorefetch.service scorefetch@.service; do
     dropin="$UNITDIR/${unit%.service}.service.d"
     if [ ! -e "$dropin/local.conf" ]; then
         install -d -m 0755 "$dropin"
-        install -m 0644 systemd/local.conf "$dropin/local.conf"
+        sed -e "s|/etc/scorefetch|$CONFDIR|g" systemd/local.conf > "$dropin/local.conf"
+        chmod 0644 "$dropin/local.conf"
         units_changed=yes
     fi
 done

@@ -113,3 +113,22 @@ def test_next_listing_is_the_last_plus_its_interval(
     assert main(["status", "-c", str(config), "--json"]) == 0
     due = json.loads(capsys.readouterr().out)["next_listing"]
     assert due == {"encoura.score-reporter": "2026-11-21T15:57:00+00:00"}
+
+
+def test_a_download_under_way_shows_its_bytes(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A hidden `.NAME.part` in the download folder is a download under way, with its size."""
+    folder = config.parent / "files" / "collegeboard"
+    folder.mkdir(parents=True)
+    with (folder / ".4300_2.csv.part").open("wb") as part:
+        part.truncate(2 * 1048576)
+    assert main(["status", "-c", str(config)]) == 0
+    assert "Downloading now  College Board 4300_2.csv: 2.0 MiB so far" in capsys.readouterr().out
+    assert main(["status", "-c", str(config), "--json"]) == 0
+    (item,) = json.loads(capsys.readouterr().out)["in_flight"]
+    assert (item["vendor"], item["filename"], item["bytes"]) == (
+        "collegeboard",
+        "4300_2.csv",
+        2 * 1048576,
+    )

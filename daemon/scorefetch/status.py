@@ -4,6 +4,7 @@ ledger's own keys) or as plain sentences for a person (local time, no internal k
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from scorefetch.collegeboard.reconciliation import CURSOR as CB_LISTING
@@ -33,6 +34,7 @@ def report(config: Config) -> dict[str, Any]:
         "forward": {},
         "last_errors": {},
         "next_listing": {},
+        "in_flight": in_flight(config.download_dir),
     }
     if not result["ledger_exists"]:
         return result
@@ -55,6 +57,27 @@ def report(config: Config) -> dict[str, Any]:
     result["last_errors"] = last_errors(result)
     result["next_listing"] = next_listings(config, result["positions"])
     return result
+
+
+def in_flight(download_dir: Path) -> list[dict[str, Any]]:
+    """Downloads under way: each hidden `.NAME.part` with its bytes so far and when it last
+    grew. Empty when there are none, or when this user may not look (0700 folders)."""
+    found = []
+    try:
+        for part in sorted(download_dir.rglob(".*.part")):
+            st = part.stat()
+            relative = part.relative_to(download_dir)
+            found.append(
+                {
+                    "vendor": relative.parts[0] if len(relative.parts) > 1 else "",
+                    "filename": part.name[1:].removesuffix(".part"),
+                    "bytes": st.st_size,
+                    "at": datetime.fromtimestamp(st.st_mtime, UTC).isoformat(),
+                }
+            )
+    except OSError:  # not ours to read, or gone while we looked
+        return found
+    return found
 
 
 def next_listings(config: Config, positions: dict[str, dict[str, str]]) -> dict[str, str]:
@@ -128,6 +151,12 @@ def render(facts: dict[str, Any]) -> list[str]:
     lines += _mailbox(facts["watcher"])
     lines += _vendors(facts)
     lines += _forwards(facts["forward"])
+    for item in facts.get("in_flight", []):
+        vendor = VENDOR_NAMES.get(item["vendor"], item["vendor"])
+        lines.append(
+            f"Downloading now  {vendor} {item['filename']}: {item['bytes'] / 1048576:.1f} MiB "
+            f"so far (last grew {local_time(item['at'])})"
+        )
     counts = facts["counts"]
     lines.append(
         "Files    " + (", ".join(f"{n} {state}" for state, n in counts.items()) or "none yet")

@@ -44,7 +44,7 @@ chaos: venv
 		--timeout=$$(( $(CHAOS_MINUTES) * 60 + 600 ))
 
 bench: venv
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/pip install --quiet -c $(VENV)/constraints.txt -e '.[dev,bench]'
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 lint: venv

@@ -9,16 +9,20 @@ PREFIX    ?= /opt/scorefetch
 CONFDIR   ?= /etc/scorefetch
 STATEDIR  ?= /var/lib/scorefetch
 UNITDIR   ?= /etc/systemd/system
+BINDIR    ?= /usr/local/bin
 SYSTEMCTL ?= systemctl
 
-.PHONY: venv demo test test-fast chaos bench lint install uninstall clean
+.PHONY: venv demo test test-fast chaos bench lint lock install uninstall clean
 
 venv: $(BIN)/scorefetch
 
-$(BIN)/scorefetch: pyproject.toml
+# The service's dependencies at the versions of requirements.lock (what make install puts
+# in production), so the tests run against them; the dev tools are not locked.
+$(BIN)/scorefetch: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,demo,metrics]'
+	sed -n 's/^\([A-Za-z0-9._-]*==[^ ]*\).*/\1/p' requirements.lock > $(VENV)/constraints.txt
+	$(BIN)/pip install --quiet -c $(VENV)/constraints.txt -e '.[dev,demo,metrics]'
 	@touch $@
 
 demo: venv
@@ -40,7 +44,7 @@ chaos: venv
 		--timeout=$$(( $(CHAOS_MINUTES) * 60 + 600 ))
 
 bench: venv
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/pip install --quiet -c $(VENV)/constraints.txt -e '.[dev,bench]'
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 lint: venv
@@ -48,37 +52,40 @@ lint: venv
 	$(BIN)/ruff format --check daemon tests bench
 	$(BIN)/mypy
 
+# requirements.lock: what `make install` installs, every file's hash pinned. Resolved by the
+# interpreter make install uses (a newer python3 would pick versions the system one refuses).
+lock:
+	$(SYSTEM_PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet 'pip-tools>=7.4'
+	.venv-lock/bin/pip-compile --quiet --upgrade --generate-hashes --allow-unsafe --strip-extras \
+	  --extra metrics --no-emit-index-url --no-emit-find-links --output-file requirements.lock \
+	  pyproject.toml
+	rm -rf .venv-lock
+
 # The service user must be able to run the program and read its config and secrets:
 # /etc/scorefetch is root:scorefetch 0750, files in it 0640 root:scorefetch.
+# scripts/install.sh: a new release beside the old, switched by one rename; edited units kept.
 install:
 	@test "$$(id -u)" = 0 || { echo "make install must run as root" >&2; exit 1; }
 	@test -x $(SYSTEM_PYTHON) && $(SYSTEM_PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
 	  { echo "make install needs $(SYSTEM_PYTHON) with venv: apt-get install python3-venv" >&2; exit 1; }
-	$(SYSTEM_PYTHON) -m venv --clear $(PREFIX)
-	$(PREFIX)/bin/pip install --quiet '.[metrics]'
-	install -m 0644 README.md $(PREFIX)/README.md
-	install -d -m 0755 $(PREFIX)/contrib
-	install -m 0755 contrib/mail-office contrib/post-webhook $(PREFIX)/contrib/
-	id -u scorefetch >/dev/null 2>&1 || useradd --system --user-group --no-create-home \
-	  --home-dir $(STATEDIR) --shell /usr/sbin/nologin scorefetch
-	install -d -m 0750 -o root -g scorefetch $(CONFDIR)
-	test -e $(CONFDIR)/config.yaml || \
-	  install -m 0640 -o root -g scorefetch config/scorefetch.example.yaml $(CONFDIR)/config.yaml
-	install -d -m 0700 -o scorefetch -g scorefetch $(STATEDIR)
-	install -d -m 0755 $(UNITDIR)
-	for unit in scorefetch.service scorefetch@.service; do \
-	  sed -e 's|/opt/scorefetch|$(PREFIX)|g' -e 's|/etc/scorefetch|$(CONFDIR)|g' systemd/$$unit \
-	    > $(UNITDIR)/$$unit.tmp && chmod 0644 $(UNITDIR)/$$unit.tmp && \
-	  mv $(UNITDIR)/$$unit.tmp $(UNITDIR)/$$unit; done
-	-$(SYSTEMCTL) daemon-reload
+	@PREFIX='$(PREFIX)' CONFDIR='$(CONFDIR)' STATEDIR='$(STATEDIR)' UNITDIR='$(UNITDIR)' \
+	  BINDIR='$(BINDIR)' SYSTEM_PYTHON='$(SYSTEM_PYTHON)' SYSTEMCTL='$(SYSTEMCTL)' \
+	  bash scripts/install.sh
 
 uninstall:
 	@test "$$(id -u)" = 0 || { echo "make uninstall must run as root" >&2; exit 1; }
 	-$(SYSTEMCTL) disable --now scorefetch.service
+	-$(SYSTEMCTL) stop 'scorefetch@*.service'
+	-$(SYSTEMCTL) disable $$($(SYSTEMCTL) list-units --all --plain --no-legend 'scorefetch@*' \
+	  2>/dev/null | awk '{print $$1}')
 	rm -f $(UNITDIR)/scorefetch.service $(UNITDIR)/scorefetch@.service
+	rm -f $(UNITDIR)/scorefetch.service.new $(UNITDIR)/scorefetch@.service.new
 	-$(SYSTEMCTL) daemon-reload
-	rm -rf $(PREFIX)
-	@echo "kept $(CONFDIR), $(STATEDIR) and user scorefetch (configuration, ledger and files)"
+	test "$$(readlink $(BINDIR)/scorefetch)" != "$(PREFIX)/bin/scorefetch" || rm -f $(BINDIR)/scorefetch
+	rm -rf $(PREFIX) $(PREFIX).releases
+	@echo "kept $(CONFDIR), $(STATEDIR), user scorefetch (configuration, ledger and files)"
+	@echo "and the drop-ins $(UNITDIR)/scorefetch.service.d, $(UNITDIR)/scorefetch@.service.d"
 
 clean:
-	rm -rf $(VENV) build *.egg-info daemon/*.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-lock build *.egg-info daemon/*.egg-info .mypy_cache .ruff_cache .pytest_cache

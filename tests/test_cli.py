@@ -114,7 +114,7 @@ def test_status_shows_credential_alarm(
     events.publish(DeliveryFailed("collegeboard", "a", "a", 1, "HTTP 401", Failure.AUTH, True))
     ledger.close()
     assert main(["status", "-c", str(config_path)]) == 0
-    assert "auth.collegeboard=failing: HTTP 401" in capsys.readouterr().out
+    assert "College Board login: failing: HTTP 401" in capsys.readouterr().out
 
 
 def test_fetch_again_when_gone_from_disk_or_forced(

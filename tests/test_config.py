@@ -924,8 +924,11 @@ def test_several_errors_are_reported_together(tmp_path: Path) -> None:
     data = patched(minimal(), {"imap.hots": "x", "collegeboard.formts": ["csv"]})
     path = write_yaml(tmp_path, data)
     lines = load_error(path).splitlines()
-    assert f"{path}: imap.hots: unknown key (check the spelling)" in lines
-    assert f"{path}: collegeboard.formts: unknown key (check the spelling)" in lines
+    assert f"{path}: imap.hots: unknown key (check the spelling); did you mean 'host'?" in lines
+    assert (
+        f"{path}: collegeboard.formts: unknown key (check the spelling); did you mean 'formats'?"
+        in lines
+    )
     assert all(line.startswith(f"{path}: ") for line in lines)
 
 
@@ -1038,7 +1041,7 @@ def test_masked_replaces_every_secret(secret_config: Path) -> None:
     assert data["encoura"]["password"] == MASK
     assert data["imap"]["username"] == "scores@example.edu"
     assert data["collegeboard"]["formats"] == ["csv", "txt"]
-    assert data["collegeboard"]["poll_interval"] == 900.0
+    assert data["collegeboard"]["poll_interval"] == "15m"  # as a person writes it
     dumped = yaml.safe_dump(data)
     for secret in (IMAP_SECRET, CB_SECRET, ENCOURA_KEY, ENCOURA_SECRET):
         assert secret not in dumped
@@ -1060,7 +1063,7 @@ def test_check_config_prints_masked_yaml(
     assert printed["imap"]["lookback_days"] == 14  # defaults are part of the effective config
     assert printed["collegeboard"]["password"] == MASK
     assert printed["collegeboard"]["formats"] == ["csv", "txt"]
-    assert printed["collegeboard"]["poll_interval"] == 900.0
+    assert printed["collegeboard"]["poll_interval"] == "15m"
     assert printed["encoura"]["api_key"] == MASK
     assert printed["encoura"]["password"] == MASK
     assert "password_file" not in printed["collegeboard"]
@@ -1357,3 +1360,51 @@ def test_check_config_masks_oauth_secrets_and_exits_78_on_errors(
     bad = write_yaml(tmp_path, with_auth({**google, "provider": "gmail"}), name="bad.yaml")
     assert main(["check-config", "-c", str(bad)]) == 78
     assert "imap.auth.provider: 'gmail' is not one of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("change", "suggestion"),
+    [
+        (
+            {"collegeboard.poll_intervall": "1h"},
+            "collegeboard.poll_intervall: unknown key (check the spelling); "
+            "did you mean 'poll_interval'?",
+        ),
+        (
+            {"imap.idle_timout": "5m"},
+            "imap.idle_timout: unknown key (check the spelling); did you mean 'idle_timeout'?",
+        ),
+        (
+            {"stat_dir": "/x"},
+            "stat_dir: unknown key (check the spelling); did you mean 'state_dir'?",
+        ),
+    ],
+)
+def test_misspelt_key_offers_the_near_one(
+    tmp_path: Path, change: dict[str, Any], suggestion: str
+) -> None:
+    """A misspelt key names the allowed key it is closest to, among its own siblings."""
+    path = write_yaml(tmp_path, patched(minimal(), change))
+    assert suggestion in load_error(path)
+
+
+def test_far_off_key_gets_no_guess(tmp_path: Path) -> None:
+    """A key like nothing allowed there is only "unknown", with no wild guess."""
+    path = write_yaml(tmp_path, patched(minimal(), {"imap.zzzzzz": 1}))
+    assert load_error(path).endswith("imap.zzzzzz: unknown key (check the spelling)")
+
+
+def test_check_config_echoes_durations_as_durations(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`idle_timeout: 5m` is echoed as `5m` (not 300.0), a schedule item by item."""
+    from scorefetch.cli import main
+
+    data = patched(
+        minimal(), {"imap.idle_timeout": "5m", "collegeboard.retry_schedule": [90, "2h"]}
+    )
+    path = write_yaml(tmp_path, data)
+    assert main(["check-config", "-c", str(path)]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["imap"]["idle_timeout"] == "5m"
+    assert printed["collegeboard"]["retry_schedule"] == ["90s", "2h"]

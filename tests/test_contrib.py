@@ -108,3 +108,69 @@ def test_post_webhook_posts_text_read_from_a_url_file(
     url_file.write_text(f"http://127.0.0.1:{free_port()}/hook/secret-part\n")  # nobody there
     done = run([hook, str(url_file)], landed)
     assert done.returncode == 1 and "secret-part" not in done.stderr
+
+
+HOSTILE = FAILED | {
+    "SCOREFETCH_FILENAME": "<!channel>.csv",
+    "SCOREFETCH_ERROR": "see <https://evil.example/x|click here> & <@U123>\r\nsecond line",
+}
+
+
+def test_post_webhook_escapes_slack_markup_in_every_fact(
+    tmp_path: Path, webhook: tuple[str, list[dict[str, Any]]]
+) -> None:
+    """A vendor's file name or error cannot mention @channel or make a link in Slack: `<`,
+    `>` and `&` arrive as entities, control characters as spaces."""
+    url, posted = webhook
+    (tmp_path / "url").write_text(url)
+    assert run([str(CONTRIB / "post-webhook"), str(tmp_path / "url")], HOSTILE).returncode == 0
+    text = posted[0]["text"]
+    assert "<" not in text and ">" not in text and "\n" not in text and "\r" not in text
+    assert "&lt;!channel&gt;.csv" in text
+    assert "&lt;https://evil.example/x|click here&gt; &amp; &lt;@U123&gt;" in text
+
+
+def test_post_webhook_teams_sends_an_adaptive_card(
+    tmp_path: Path, webhook: tuple[str, list[dict[str, Any]]]
+) -> None:
+    """--teams posts the message shape Teams workflows take: one Adaptive Card attachment
+    with the summary and a fact per SCOREFETCH_* value that is set."""
+    url, posted = webhook
+    (tmp_path / "url").write_text(url)
+    hook = [str(CONTRIB / "post-webhook"), "--teams", str(tmp_path / "url")]
+    assert run(hook, FAILED).returncode == 0
+    (attachment,) = posted[0]["attachments"]
+    assert posted[0]["type"] == "message"
+    assert attachment["contentType"] == "application/vnd.microsoft.card.adaptive"
+    card = attachment["content"]
+    assert card["type"] == "AdaptiveCard" and card["version"] == "1.4"
+    summary, table = card["body"]
+    assert summary["type"] == "TextBlock" and "HTTP 404: not found" in summary["text"]
+    facts = {f["title"]: f["value"] for f in table["facts"]}
+    assert facts["Vendor"] == "collegeboard"
+    assert facts["File"] == "4300\\_20261121\\_101544.csv"  # Markdown taken literally
+    assert set(facts) == {"Event", "Vendor", "File", "Error"}
+
+
+def test_post_webhook_says_what_a_test_alert_is(
+    tmp_path: Path, webhook: tuple[str, list[dict[str, Any]]]
+) -> None:
+    """SCOREFETCH_EVENT=test (doctor --test-alert) reads as a test, not as a failure."""
+    url, posted = webhook
+    (tmp_path / "url").write_text(url)
+    assert (
+        run(
+            [str(CONTRIB / "post-webhook"), str(tmp_path / "url")], {"SCOREFETCH_EVENT": "test"}
+        ).returncode
+        == 0
+    )
+    assert "test alert" in posted[0]["text"]
+
+
+def test_mail_office_sends_the_test_alert(sendmail: tuple[Path, Path]) -> None:
+    """SCOREFETCH_EVENT=test (doctor --test-alert) is mailed, and says nothing is wrong."""
+    fake, out = sendmail
+    argv = [str(CONTRIB / "mail-office"), "it@example.edu"]
+    assert run(argv, {"SCOREFETCH_EVENT": "test", "SENDMAIL": str(fake)}).returncode == 0
+    message = out.read_text()
+    assert "Subject: scorefetch: test alert from " in message and "Nothing is wrong" in message

@@ -212,3 +212,40 @@ def test_missing_hook_program_fails(tmp_path: Path, cfg: Path) -> None:
         out.write("hooks:\n  on_failure: [/nonexistent/mail-office, it@example.edu]\n")
     checks = {c.name: c for c in doctor.run(config_module.load(cfg))}
     assert not checks["hooks"].ok and "/nonexistent/mail-office" in checks["hooks"].detail
+
+
+def alert_config(tmp_path: Path, exit_code: int) -> tuple[Path, Path]:
+    """A config with only folders and an on_failure hook that records each run."""
+    record = tmp_path / "alerts"
+    hook = tmp_path / "hook"
+    hook.write_text(f'#!/bin/sh\necho "$SCOREFETCH_EVENT $1" >> {record}\nexit {exit_code}\n')
+    hook.chmod(0o755)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"download_dir: {tmp_path / 'files'}\nstate_dir: {tmp_path / 'state'}\n"
+        f"hooks:\n  on_failure: [{hook}, it@example.edu]\n"
+    )
+    return config, record
+
+
+def test_test_alert_runs_on_failure_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`doctor --test-alert` runs hooks.on_failure once, with its arguments and
+    SCOREFETCH_EVENT=test, and reports it; plain `doctor` runs no hook."""
+    config, record = alert_config(tmp_path, 0)
+    assert main(["doctor", "-c", str(config)]) == 0
+    assert not record.exists()
+    assert main(["doctor", "-c", str(config), "--test-alert"]) == 0
+    assert record.read_text() == "test it@example.edu\n"
+    assert "ok    test-alert" in capsys.readouterr().out
+
+
+def test_failing_test_alert_fails_doctor(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A hook that exits non-zero for the test event makes doctor exit 1 with a FAIL line."""
+    config, record = alert_config(tmp_path, 3)
+    assert main(["doctor", "-c", str(config), "--test-alert"]) == 1
+    assert record.read_text() == "test it@example.edu\n"
+    assert "FAIL  test-alert" in capsys.readouterr().out

@@ -366,3 +366,24 @@ def test_a_listed_expired_export_fails_once_with_the_advice(
     failed = [json.loads(x) for x in lines if "delivery.failed" in x]
     assert [(f["reason"], f["will_retry"]) for f in failed] == [("expired", False)]
     assert uid in failed[0]["error"] and "score-reporter" in failed[0]["error"]
+
+
+def test_sync_without_vendor_does_every_enabled_vendor(
+    enc_sim: EncouraSimulator,
+    cb_sim: CollegeBoardSimulator,
+    pymap_server: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`sync` with no --vendor lists College Board and Encoura both, landing each one's file."""
+    from scorefetch.cli import main
+
+    config = write_config(tmp_path, cb_sim, pymap_server, encoura=enc_sim)
+    cb_sim.publish("4300_20261120_000001.csv", b"cb\r\n")
+    enc_sim.add_export("score-reporter", "act.csv", b"act\r\n")
+    assert main(["sync", "-c", str(config)]) == 0
+    landed = files_under(tmp_path / "files")
+    assert landed == {
+        "collegeboard/4300_20261120_000001.csv": b"cb\r\n",
+        "encoura/score-reporter/act.csv": b"act\r\n",
+    }, capsys.readouterr()

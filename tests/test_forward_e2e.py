@@ -101,7 +101,7 @@ def test_a_landed_file_reaches_the_sftp_server_and_status_shows_it(
     assert report["forward"]["slate"]["backlog"] == 0
     assert report["forward"]["slate"]["counts"] == {"uploaded": 1}
     assert main(["status", "-c", str(path)]) == 0
-    assert "forward  slate        backlog=0 uploaded=1" in capsys.readouterr().out
+    assert "Forward to slate: 0 waiting; 1 uploaded" in capsys.readouterr().out
 
 
 def test_sigkill_mid_upload_never_shows_a_partial_file_and_resumes(

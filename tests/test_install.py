@@ -60,10 +60,28 @@ def owner(path: Path) -> tuple[str, str, int]:
     return pwd.getpwuid(st.st_uid).pw_name, grp.getgrgid(st.st_gid).gr_name, st.st_mode & 0o7777
 
 
+def make_vars(paths: dict[str, Path]) -> list[str]:
+    return [f"{k}={v}" for k, v in paths.items()] + ["SYSTEMCTL=true"]
+
+
+def make_install(
+    paths: dict[str, Path], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`make install` into the temporary root, with `env` over this process's."""
+    return subprocess.run(
+        ["make", "--no-print-directory", "install", *make_vars(paths)],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
 @pytest.fixture
-def installed(tmp_path: Path) -> Iterator[dict[str, Path]]:
-    """`make install` into a temporary root, with a broken `python3` first on PATH (the
-    pyenv interpreter under /root that the service user cannot run)."""
+def temp_root() -> Iterator[dict[str, Path]]:
+    """The make variables of a temporary root; uninstalled and removed afterwards (and
+    the user too, if it was made here)."""
     had_user = user_exists()
     root = Path(tempfile.mkdtemp(prefix="scorefetch-install-", dir="/var/tmp"))
     root.chmod(0o755)
@@ -72,36 +90,36 @@ def installed(tmp_path: Path) -> Iterator[dict[str, Path]]:
         "CONFDIR": root / "etc" / "scorefetch",
         "STATEDIR": root / "var" / "lib" / "scorefetch",
         "UNITDIR": root / "etc" / "systemd" / "system",
+        "BINDIR": root / "usr" / "local" / "bin",
     }
-    decoy = tmp_path / "decoy-bin"
-    decoy.mkdir()
-    (decoy / "python3").write_text("#!/bin/sh\necho 'the wrong python3' >&2\nexit 99\n")
-    (decoy / "python3").chmod(0o755)
-    make_vars = [f"{k}={v}" for k, v in paths.items()] + ["SYSTEMCTL=true"]
-    env = {**os.environ, "PATH": f"{decoy}:{os.environ['PATH']}"}
     try:
-        done = subprocess.run(
-            ["make", "--no-print-directory", "install", *make_vars],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         yield paths
     finally:
         subprocess.run(
-            ["make", "--no-print-directory", "uninstall", *make_vars],
+            ["make", "--no-print-directory", "uninstall", *make_vars(paths)],
             cwd=REPO,
             capture_output=True,
             timeout=120,
         )
-        assert not paths["PREFIX"].exists()
+        assert not paths["PREFIX"].exists() and not paths["PREFIX"].is_symlink()
+        assert not (paths["BINDIR"] / "scorefetch").is_symlink()
         shutil.rmtree(root, ignore_errors=True)
         if not had_user:
             subprocess.run(["userdel", USER], capture_output=True, timeout=30)
             subprocess.run(["groupdel", USER], capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def installed(temp_root: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
+    """`make install` into a temporary root, with a broken `python3` first on PATH (the
+    pyenv interpreter under /root that the service user cannot run)."""
+    decoy = tmp_path / "decoy-bin"
+    decoy.mkdir()
+    (decoy / "python3").write_text("#!/bin/sh\necho 'the wrong python3' >&2\nexit 99\n")
+    (decoy / "python3").chmod(0o755)
+    done = make_install(temp_root, {"PATH": f"{decoy}:{os.environ['PATH']}"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return temp_root
 
 
 def unit_settings(path: Path) -> dict[str, list[str]]:
@@ -171,6 +189,56 @@ def as_service(settings: dict[str, list[str]], line: str) -> list[str]:
     ]
 
 
+CLEAN_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+
+
+def configure(
+    paths: dict[str, Path], tmp_path: Path, cb_sim: CollegeBoardSimulator, imap: PymapServer
+) -> tuple[Path, str]:
+    """What the IT person does after `make install` (README): the config edited, the
+    secrets put in CONFDIR. The config's path and text."""
+    confdir = paths["CONFDIR"]
+    scratch = tmp_path / "scratch"
+    scratch.mkdir(exist_ok=True)
+    text = write_config(scratch, cb_sim, imap).read_text()
+    text = text.replace("credentials/", "").replace(str(scratch), str(paths["STATEDIR"]))
+    config = confdir / "config.yaml"
+    config.write_text(text)  # an edit keeps the file's owner and mode
+    for name, secret in (
+        ("imap_password", imap.password),
+        ("collegeboard_password", cb_sim.password),
+    ):
+        subprocess.run(
+            ["install", "-m", "0640", "-g", USER, "/dev/stdin", str(confdir / name)],
+            input=secret + "\n",
+            text=True,
+            check=True,
+            timeout=30,
+        )
+    return config, text
+
+
+def as_the_unit(paths: dict[str, Path]) -> tuple[list[str], dict[str, str]]:
+    """The installed unit's ExecStart= as its User=, and its environment with
+    $CREDENTIALS_DIRECTORY laid out as its LoadCredential= lines would."""
+    settings = unit_settings(paths["UNITDIR"] / "scorefetch.service")
+    assert "ExecStartPre" not in settings
+    # Like /run/credentials/scorefetch.service: inside the (world-traversable) test root.
+    credentials = paths["PREFIX"].parents[1] / "run" / "credentials" / "scorefetch.service"
+    shutil.rmtree(credentials, ignore_errors=True)
+    credentials.mkdir(parents=True)
+    user = pwd.getpwnam(USER)
+    for spec in settings["LoadCredential"]:
+        name, source = spec.split(":", 1)
+        shutil.copyfile(source, credentials / name)
+        (credentials / name).chmod(0o400)
+        os.chown(credentials / name, user.pw_uid, user.pw_gid)
+    credentials.chmod(0o500)
+    os.chown(credentials, user.pw_uid, user.pw_gid)
+    (exec_start,) = settings["ExecStart"]
+    return as_service(settings, exec_start), CLEAN_ENV | {"CREDENTIALS_DIRECTORY": str(credentials)}
+
+
 def test_readme_install_path_lands_a_file(
     installed: dict[str, Path],
     tmp_path: Path,
@@ -189,32 +257,14 @@ def test_readme_install_path_lands_a_file(
     import_metrics = [str(prefix / "bin" / "python"), "-c", "import prometheus_client"]
     assert subprocess.run(import_metrics, capture_output=True, timeout=60).returncode == 0
 
-    # The IT person edits the config and puts the secrets in /etc/scorefetch (README).
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    text = write_config(scratch, cb_sim, pymap_server).read_text()
-    text = text.replace("credentials/", "").replace(str(scratch), str(statedir))
-    config = confdir / "config.yaml"
-    config.write_text(text)  # an edit keeps the file's owner and mode
-    for name, secret in (
-        ("imap_password", pymap_server.password),
-        ("collegeboard_password", cb_sim.password),
-    ):
-        subprocess.run(
-            ["install", "-m", "0640", "-g", USER, "/dev/stdin", str(confdir / name)],
-            input=secret + "\n",
-            text=True,
-            check=True,
-            timeout=30,
-        )
+    config, text = configure(installed, tmp_path, cb_sim, pymap_server)
     program = str(prefix / "bin" / "scorefetch")
-    clean_env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
     for command in ("check-config", "doctor"):
         checked = subprocess.run(
             [str(RUNUSER), "-u", USER, "--", program, command, "-c", str(config)],
             capture_output=True,
             text=True,
-            env=clean_env,
+            env=CLEAN_ENV,
             timeout=120,
         )
         assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -223,22 +273,8 @@ def test_readme_install_path_lands_a_file(
         )
 
     # The unit as systemd would run it.
-    settings = unit_settings(installed["UNITDIR"] / "scorefetch.service")
-    assert "ExecStartPre" not in settings
-    # Like /run/credentials/scorefetch.service: inside the (world-traversable) test root.
-    credentials = prefix.parents[1] / "run" / "credentials" / "scorefetch.service"
-    credentials.mkdir(parents=True)
-    user = pwd.getpwnam(USER)
-    for spec in settings["LoadCredential"]:
-        name, source = spec.split(":", 1)
-        shutil.copyfile(source, credentials / name)
-        (credentials / name).chmod(0o400)
-        os.chown(credentials / name, user.pw_uid, user.pw_gid)
-    credentials.chmod(0o500)
-    os.chown(credentials, user.pw_uid, user.pw_gid)
-    env = clean_env | {"CREDENTIALS_DIRECTORY": str(credentials)}
-    (exec_start,) = settings["ExecStart"]
-    daemon = Started(as_service(settings, exec_start), env)
+    argv, env = as_the_unit(installed)
+    daemon = Started(argv, env)
     try:
         daemon.wait_event("daemon.ready")
         cb_sim.publish("4300_20261121_120000.csv", b"id,score\r\n1,1400\r\n")
@@ -254,9 +290,7 @@ def test_readme_install_path_lands_a_file(
     assert_no_secrets(daemon.lines, [pymap_server.password, cb_sim.password])
 
     config.write_text(text.replace("formats: [csv]", "formats: [xls]"))
-    broken = subprocess.run(
-        as_service(settings, exec_start), env=env, capture_output=True, text=True, timeout=60
-    )
+    broken = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     assert broken.returncode == 78, broken.stderr
     assert "collegeboard.formats[0]" in broken.stderr
 
@@ -272,3 +306,138 @@ def test_installed_units_verify(installed: dict[str, Path]) -> None:
             [analyze, "verify", str(unitdir / unit)], capture_output=True, text=True, timeout=60
         )
         assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+
+
+def test_upgrade_keeps_edits_and_a_failed_one_changes_nothing(
+    installed: dict[str, Path], tmp_path: Path
+) -> None:
+    """A second install keeps the admin's edited unit (the new one beside it as .new, and
+    says so) and the drop-in; one whose pip cannot reach any index fails and leaves the
+    installed program as it was, running."""
+    prefix, unitdir, bindir = installed["PREFIX"], installed["UNITDIR"], installed["BINDIR"]
+    program = prefix / "bin" / "scorefetch"
+    assert prefix.is_symlink() and (bindir / "scorefetch").resolve() == program.resolve()
+    dropin = unitdir / "scorefetch.service.d" / "local.conf"
+    assert "LoadCredential=" in dropin.read_text()  # documented there, commented out
+    unit = unitdir / "scorefetch.service"
+    edited = unit.read_text() + "# the admin's own line\n"
+    unit.write_text(edited)
+    dropin.write_text("[Service]\nLoadCredential=encoura_api_key:/etc/scorefetch/encoura_api_key\n")
+    site = dropin.read_text()
+    template = (unitdir / "scorefetch@.service").read_text()
+
+    upgraded = make_install(installed)
+    assert upgraded.returncode == 0, upgraded.stdout[-3000:] + upgraded.stderr[-3000:]
+    assert unit.read_text() == edited and dropin.read_text() == site
+    assert (unitdir / "scorefetch.service.new").read_text() + "# the admin's own line\n" == edited
+    assert f"kept your edited {unit}" in upgraded.stdout
+    assert (unitdir / "scorefetch@.service").read_text() == template  # unedited: replaced as is
+    assert not (unitdir / "scorefetch@.service.new").exists()
+    assert "Next:" in upgraded.stdout.splitlines()[-2]
+
+    release = prefix.resolve()
+    nowhere = tmp_path / "no-wheels"
+    nowhere.mkdir()
+    offline = {"PIP_NO_INDEX": "1", "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": str(nowhere)}
+    failed = make_install(installed, offline)
+    assert failed.returncode != 0
+    assert "is unchanged" in failed.stderr
+    assert prefix.resolve() == release
+    assert sorted(p.name for p in prefix.parent.glob("scorefetch*")) == sorted(
+        ["scorefetch", "scorefetch.releases"]
+    )
+    version = subprocess.run(
+        [str(program), "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert version.returncode == 0 and version.stdout.startswith("scorefetch ")
+
+
+# main before issue 21: `make install` made /opt/scorefetch a plain virtualenv (venv --clear)
+# and overwrote the units every time.
+PREVIOUS_RELEASE = "dc1c0cb11efa06f0eca8a550fea147a491502e62"
+
+
+def install_previous_release(paths: dict[str, Path], tmp_path: Path) -> None:
+    """The previous release's own `make install`, from its tree in git history."""
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", PREVIOUS_RELEASE], capture_output=True, timeout=120
+    )
+    if archive.returncode != 0:
+        pytest.skip("the previous release is not in this clone's history")
+    old = tmp_path / "previous"
+    old.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True, timeout=120)
+    done = subprocess.run(
+        ["make", "--no-print-directory", "install", *make_vars(paths)],
+        cwd=old,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def test_upgrade_from_the_previous_release(
+    temp_root: dict[str, Path],
+    tmp_path: Path,
+    cb_sim: CollegeBoardSimulator,
+    pymap_server: PymapServer,
+) -> None:
+    """The previous release lands a file; the admin edits the unit and adds a drop-in;
+    this checkout's `make install` keeps both (the edit reported, the new unit as .new),
+    swaps the plain folder for a release; the new program does not fetch the first file
+    again, lands a second, and `status --json` shows both."""
+    install_previous_release(temp_root, tmp_path)
+    prefix, unitdir = temp_root["PREFIX"], temp_root["UNITDIR"]
+    assert prefix.is_dir() and not prefix.is_symlink()
+    configure(temp_root, tmp_path, cb_sim, pymap_server)
+    first, second = "4300_20261121_120000.csv", "4300_20261122_120000.csv"
+    daemon = Started(*as_the_unit(temp_root))
+    try:
+        daemon.wait_event("daemon.ready")
+        cb_sim.publish(first, b"first\r\n")
+        pymap_server.deliver(mail.notification(first))
+        daemon.wait_event("delivery.downloaded", filename=first)
+    finally:
+        daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(timeout=60) == 0
+    asked = cb_sim.stats.file_url_names.count(first)  # the session's mailbox may hold older mail
+
+    unit = unitdir / "scorefetch.service"
+    edited = unit.read_text().replace("RestartSec=10s", "RestartSec=30s")
+    unit.write_text(edited)
+    override = unitdir / "scorefetch.service.d" / "override.conf"
+    override.parent.mkdir()
+    override.write_text("[Service]\nEnvironment=TZ=America/Chicago\n")
+
+    upgraded = make_install(temp_root)
+    assert upgraded.returncode == 0, upgraded.stdout[-3000:] + upgraded.stderr[-3000:]
+    assert prefix.is_symlink() and prefix.resolve().parent.name == "scorefetch.releases"
+    assert unit.read_text() == edited and f"kept your edited {unit}" in upgraded.stdout
+    assert "RestartSec=10s" in (unitdir / "scorefetch.service.new").read_text()
+    assert override.read_text() == "[Service]\nEnvironment=TZ=America/Chicago\n"
+    assert (unitdir / "scorefetch.service.d" / "local.conf").exists()
+
+    daemon = Started(*as_the_unit(temp_root))
+    try:
+        daemon.wait_event("daemon.ready")
+        cb_sim.publish(second, b"second\r\n")
+        pymap_server.deliver(mail.notification(first))  # a repeat of the old notification
+        pymap_server.deliver(mail.notification(second))
+        daemon.wait_event("delivery.downloaded", filename=second)
+    finally:
+        daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(timeout=60) == 0
+    assert cb_sim.stats.file_url_names.count(first) == asked  # never asked for again
+
+    program, config = prefix / "bin" / "scorefetch", temp_root["CONFDIR"] / "config.yaml"
+    status = subprocess.run(
+        [str(RUNUSER), "-u", USER, "--", str(program), "status", "--json", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        env=CLEAN_ENV,
+        timeout=60,
+    )
+    assert status.returncode == 0, status.stderr
+    recent = {r["filename"]: r["state"] for r in json.loads(status.stdout)["recent"]}
+    assert recent == {first: "downloaded", second: "downloaded"}

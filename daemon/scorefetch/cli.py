@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import pwd
+import shlex
 import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -27,10 +31,21 @@ from scorefetch.sources import SOURCES
 EX_OK, EX_FAILURE, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 EX_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C in an interactive command
 SYNC_DEFAULT_DAYS = 30
+WRITERS = ("run", "fetch", "sync")  # commands that create files in state_dir and download_dir
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose usage errors under journald are one JSON line like every other."""
+
+    def error(self, message: str) -> NoReturn:
+        if logs.under_journald(sys.stderr):
+            logs.fatal("command.refused", f"{self.prog}: {message}")
+            raise SystemExit(EX_USAGE)
+        super().error(message)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scorefetch", description=__doc__)
+    parser = _Parser(prog="scorefetch", description=__doc__)
     parser.add_argument("--version", action="version", version=f"scorefetch {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -55,7 +70,12 @@ def _parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="download again even when the file is on disk"
     )
     sync = command("sync", "one listing-based catch-up pass, then exit")
-    sync.add_argument("--vendor", choices=list(SOURCES), default="collegeboard")
+    sync.add_argument(
+        "--vendor",
+        choices=list(SOURCES),
+        default=None,
+        help="only this one (default: every enabled)",
+    )
     sync.add_argument(
         "--since",
         metavar="DATE",
@@ -65,12 +85,18 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     doctor = command("doctor", "prove this deployment works: config, folders, mailbox, vendors")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.add_argument(
+        "--test-alert",
+        action="store_true",
+        help="also run hooks.on_failure once with SCOREFETCH_EVENT=test",
+    )
     demo = command("demo", "run everything against the built-in sandbox and show what landed")
     demo.add_argument("--keep", action="store_true", help="keep the sandbox folder afterwards")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    logs.journal_excepthook()
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse: --help is 0, a usage error 2
@@ -80,10 +106,10 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 from scorefetch.demo import run_demo  # the sandbox loads only for the demo
             except ModuleNotFoundError as exc:
-                print(
-                    f"scorefetch: the demo needs the 'demo' extra ({exc.name} is missing): "
+                logs.fatal(
+                    "command.failed",
+                    f"the demo needs the 'demo' extra ({exc.name} is missing): "
                     "pip install 'scorefetch[demo]', or run `make demo` in a clone",
-                    file=sys.stderr,
                 )
                 return EX_FAILURE
 
@@ -100,17 +126,61 @@ def main(argv: list[str] | None = None) -> int:
             "sync": _sync,
             "status": _status,
         }
+        if args.command in WRITERS and (refusal := _wrong_user(config, path, argv)):
+            logs.fatal("command.refused", refusal)
+            return EX_FAILURE
         interactive = args.command in ("fetch", "sync")
         logs.configure(None if interactive else config.log.format, config.log.level)
-        return handlers[args.command](config, args)
+        code = handlers[args.command](config, args)
+        sys.stdout.flush()  # here, so that a closed pipe is met below, not at exit
+        return code
     except ConfigError as exc:
-        print(f"scorefetch: configuration error:\n{exc}", file=sys.stderr)
+        logs.fatal("config.invalid", f"configuration error:\n{exc}")
         return EX_CONFIG
     except ScorefetchError as exc:
-        print(f"scorefetch: {exc}", file=sys.stderr)
+        logs.fatal("command.failed", str(exc))
         return EX_FAILURE
+    except BrokenPipeError:  # `scorefetch status | head -1`: the reader has all it wanted
+        with contextlib.suppress(OSError, ValueError):  # no more writes, not even at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EX_OK
     except KeyboardInterrupt:  # `run` handles SIGINT itself and exits 0 (a clean stop)
         return EX_OK if args.command == "run" else EX_INTERRUPTED
+
+
+def _owner(path: Path) -> int:
+    """The owner of `path`, or of its nearest existing parent (what a new file would join)."""
+    for folder in (path, *path.parents):
+        try:
+            return folder.stat().st_uid
+        except FileNotFoundError:
+            continue
+    return 0
+
+
+def _wrong_user(config: Config, path: Path, argv: list[str] | None) -> str | None:
+    """Root writing into another user's folders leaves files the service cannot open (a
+    root-owned ledger, a 0600 file the forwarder cannot read): say whose they are instead."""
+    if os.geteuid() != 0:
+        return None
+    for folder in (config.state_dir, config.download_dir):
+        uid = _owner(folder)
+        if uid != 0:
+            try:
+                name = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                name = f"#{uid}"
+            words = list(sys.argv[1:] if argv is None else argv)
+            if not {"-c", "--config"} & set(words) and not any(
+                w.startswith("--config=") for w in words
+            ):
+                words[1:1] = ["-c", str(path)]
+            line = f"sudo -u {name} scorefetch {shlex.join(words)}"
+            return (
+                f"{folder} belongs to {name}, not root: files made by root there would stop "
+                f"the service. Run it as that user:\n  {line}"
+            )
+    return None
 
 
 def _run(config: Config, _args: argparse.Namespace) -> int:
@@ -180,7 +250,7 @@ def _fetch(config: Config, args: argparse.Namespace) -> int:
         try:
             check_name(key)
         except RefusedError as exc:
-            print(f"scorefetch: {key!r}: {exc}", file=sys.stderr)
+            logs.fatal("command.refused", f"{key!r}: {exc}")
             return EX_USAGE
     source = _source(config, args.vendor)
     return _deliver_now(source.deliveries, source.fetch(keys, print, force=args.force))
@@ -197,7 +267,10 @@ def _doctor(path: Path, args: argparse.Namespace) -> int:
         checks = [doctor.config_check(path, exc)]
         code = EX_CONFIG
     else:
-        checks = [doctor.config_check(path, None), *doctor.run(config)]
+        checks = [
+            doctor.config_check(path, None),
+            *doctor.run(config, test_alert=args.test_alert),
+        ]
         code = EX_OK if all(c.ok for c in checks) else EX_FAILURE
     print(json.dumps(doctor.as_json(checks), indent=2) if args.json else doctor.render(checks))
     return code
@@ -211,90 +284,33 @@ def _sync(config: Config, args: argparse.Namespace) -> int:
             else datetime.now() - timedelta(days=SYNC_DEFAULT_DAYS)
         ).astimezone()
     except ValueError:
-        print(f"scorefetch: --since {args.since!r} is not a date (YYYY-MM-DD)", file=sys.stderr)
+        logs.fatal("command.refused", f"--since {args.since!r} is not a date (YYYY-MM-DD)")
         return EX_USAGE
-    source = _source(config, args.vendor)
-    return _deliver_now(source.deliveries, source.sync(since, print))
+    vendors = [args.vendor] if args.vendor else _enabled_vendors(config)
+    if not vendors:
+        raise ConfigError("no vendor is enabled: nothing to sync")
+    code = EX_OK
+    for vendor in vendors:  # one after the other, each with its own ledger connection
+        source = _source(config, vendor)
+        code = max(code, _deliver_now(source.deliveries, source.sync(since, print)))
+    return code
+
+
+def _enabled_vendors(config: Config) -> list[str]:
+    """The vendors the config enables, in registry order."""
+    return [
+        vendor
+        for vendor in SOURCES
+        if (section := getattr(config, vendor, None)) is not None and section.enabled
+    ]
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
-    report = _status_report(config)
+    from scorefetch import status
+
+    facts = status.report(config)
     if args.json:  # monitoring parses it: the same shape before the first run, empty
-        print(json.dumps(report, indent=2))
-    elif not report["ledger_exists"]:
-        print(f"ledger   {config.ledger_path} does not exist yet: the daemon has never run")
+        print(json.dumps(facts, indent=2))
     else:
-        _print_status(report)
+        print("\n".join(status.render(facts)))
     return EX_OK
-
-
-def _status_report(config: Config) -> dict[str, Any]:
-    report: dict[str, Any] = {
-        "ledger": str(config.ledger_path),
-        "ledger_exists": config.ledger_path.exists(),
-        "counts": {},
-        "watcher": {},
-        "mailbox": None,
-        "positions": {},
-        "unfinished": [],
-        "recent": [],
-        "forward": {},
-    }
-    if not report["ledger_exists"]:
-        return report
-    ledger = Ledger(config.ledger_path, readonly=True)  # the operator need not own it
-    try:
-        position = ledger.mailbox_position(config.imap.folder) if config.imap else None
-        report |= {
-            "counts": ledger.counts(),
-            "watcher": {k: {"value": v, "at": at} for k, (v, at) in ledger.watcher().items()},
-            "mailbox": (
-                dict(zip(("uidvalidity", "last_uid"), position, strict=True)) if position else None
-            ),
-            "positions": {k: {"value": v, "at": at} for k, (v, at) in ledger.positions().items()},
-            "unfinished": [vars(d) for vendor in SOURCES for d in ledger.unfinished(vendor)],
-            "recent": [vars(d) for d in ledger.recent(20)],
-            "forward": _forward_report(config, ledger),
-        }
-    finally:
-        ledger.close()
-    return report
-
-
-def _print_status(report: dict[str, Any]) -> None:
-    print(f"ledger   {report['ledger']}")
-    print("counts   " + (", ".join(f"{k}={v}" for k, v in report["counts"].items()) or "empty"))
-    for key, item in report["watcher"].items():
-        print(f"watcher  {key}={item['value']} (at {item['at']})")
-    for key, item in report["positions"].items():
-        print(f"position {key}={item['value']} (at {item['at']})")
-    if report["mailbox"]:
-        print(
-            f"mailbox  uidvalidity={report['mailbox']['uidvalidity']} "
-            f"last_uid={report['mailbox']['last_uid']}"
-        )
-    for row in report["unfinished"]:
-        print(
-            f"pending  {row['vendor']:<12} {row['state']:<10} {row['key']}  "
-            f"{row['filename'] or ''}  {row['error'] or ''}".rstrip()
-        )
-    for name, item in report["forward"].items():
-        last = item["last_error"]
-        print(
-            f"forward  {name:<12} backlog={item['backlog']} "
-            + " ".join(f"{k}={v}" for k, v in item["counts"].items())
-            + (f"  last error ({last['at']}, {last['filename']}): {last['error']}" if last else "")
-        )
-    for row in report["recent"]:
-        where = row["path"] or row["error"] or ""
-        print(
-            f"{row['updated_at']}  {row['vendor']:<12} {row['state']:<10} "
-            f"{row['filename']}  {where}"
-        )
-
-
-def _forward_report(config: Config, ledger: Ledger) -> dict[str, Any]:
-    """Each configured destination: backlog, rows by state, last error, last upload."""
-    found = ledger.forwards.report()
-    empty = {"counts": {}, "backlog": 0, "last_error": None, "last_uploaded_at": None}
-    return {name: found.get(name, empty) for name in config.forward}

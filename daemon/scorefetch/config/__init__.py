@@ -8,9 +8,10 @@ outputs.py: forward, retention, hooks, metrics.
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, SecretStr, ValidationError, model_validator
 
@@ -41,6 +42,7 @@ from scorefetch.config.values import (
     DEFAULT_MAX_FILE_SIZE,
     S3_HOSTS,
     Model,
+    format_duration,
     is_loopback,
     parse_duration,
     parse_size,
@@ -144,7 +146,39 @@ def load(path: Path, environ: dict[str, str] | None = None) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError("\n".join(configfile.describe(path, e) for e in exc.errors())) from None
+        raise ConfigError("\n".join(_describe(path, e) for e in exc.errors())) from None
+
+
+def _describe(path: Path, error: Any) -> str:
+    """configfile.describe, plus "did you mean" for a misspelt key."""
+    line = configfile.describe(path, error)
+    if error["type"] == "extra_forbidden":
+        *parents, key = (p for p in error["loc"] if not (isinstance(p, str) and "[" in p))
+        guess = difflib.get_close_matches(str(key), _keys_at(tuple(parents)), n=1, cutoff=0.7)
+        if guess:
+            line += f"; did you mean {guess[0]!r}?"
+    return line
+
+
+def _models(annotation: Any) -> list[type[BaseModel]]:
+    """The models an annotation can hold (through Optional, unions, lists and dicts)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models(arg)]
+
+
+def _keys_at(loc: tuple[str | int, ...]) -> list[str]:
+    """The keys allowed at a key path (every branch of a union), for suggestions."""
+    models: list[type[BaseModel]] = [Config]
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = [m.model_fields[part] for m in models if part in m.model_fields]
+        found = [m for f in fields for m in _models(f.annotation)]
+        if found:
+            models = found
+        # else a dict key (a destination's name): the models stay those of the values
+    return sorted({name for m in models for name in m.model_fields})
 
 
 def masked(config: Config) -> dict[str, Any]:
@@ -154,7 +188,14 @@ def masked(config: Config) -> dict[str, Any]:
         if isinstance(node, SecretStr):
             return "********"
         if isinstance(node, BaseModel):
-            return {name: walk(getattr(node, name)) for name in type(node).model_fields}
+            return {
+                name: (
+                    _as_duration(walk(getattr(node, name)))
+                    if _is_duration(field.metadata, field.annotation)
+                    else walk(getattr(node, name))
+                )
+                for name, field in type(node).model_fields.items()
+            }
         if isinstance(node, dict):
             return {key: walk(value) for key, value in node.items()}
         if isinstance(node, tuple | list):
@@ -165,3 +206,20 @@ def masked(config: Config) -> dict[str, Any]:
 
     result: dict[str, Any] = walk(config)
     return result
+
+
+def _is_duration(metadata: list[Any], annotation: Any) -> bool:
+    """A field declared as Duration (or a union or tuple of them): echoed as `5m`."""
+    if any(getattr(m, "func", None) is parse_duration for m in metadata):
+        return True
+    if get_origin(annotation) is Annotated:
+        return _is_duration(list(get_args(annotation)[1:]), get_args(annotation)[0])
+    return any(_is_duration([], arg) for arg in get_args(annotation))
+
+
+def _as_duration(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_as_duration(v) for v in value]
+    if isinstance(value, float | int) and not isinstance(value, bool):
+        return format_duration(value)
+    return value

@@ -37,6 +37,15 @@ def parse_duration(value: object) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
+def format_duration(seconds: float) -> str:
+    """Seconds as the config would say them: 300.0 → `5m`, 3600 → `1h`, 45 → `45s`."""
+    for unit in ("d", "h", "m", "s"):
+        count = seconds / _UNITS[unit]
+        if count >= 1 and count == int(count):
+            return f"{int(count)}{unit}"
+    return "0" if seconds == 0 else f"{seconds:g}s"
+
+
 def is_loopback(host: str) -> bool:
     """True for localhost and addresses in 127.0.0.0/8 or ::1."""
     if host.lower() in {"localhost", "localhost.localdomain"}:

@@ -3,14 +3,23 @@
 The event names are an interface (README: "Log events"). A last processor
 scrubs what must never be logged, as a net under the callers' own care:
 secret-named fields are masked and URLs lose their query strings.
+
+Under journald (`$JOURNAL_STREAM` names the stream's device and inode) every line is JSON
+and starts with its syslog priority, `<3>` for an error, which journald reads and strips
+(`SyslogLevelPrefix=`, on by default): `journalctl -p warning` then shows what it says.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import sys
+import traceback
 from collections.abc import MutableMapping
+from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any, TextIO, cast
 
 import structlog
@@ -40,6 +49,8 @@ _LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+# syslog priorities (sd-daemon.h): what journald stores and `journalctl -p` filters on.
+_PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
 
 
 def strip_query(text: str) -> str:
@@ -85,13 +96,44 @@ class _CurrentStdout:
         sys.stdout.flush()
 
 
+def under_journald(stream: TextIO) -> bool:
+    """True when `stream` is the journal's own stream socket: `$JOURNAL_STREAM` is
+    `device:inode` of it (systemd sets it for StandardOutput=/StandardError=journal)."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(stream.fileno())
+        return (st.st_dev, st.st_ino) == (int(device), int(inode))
+    except (ValueError, OSError, AttributeError):  # unset, malformed, or no file behind it
+        return False
+
+
+def priority(level: str) -> int:
+    """The syslog priority of a level name (unknown names count as info)."""
+    return _PRIORITIES.get(level.lower(), 6)
+
+
+class JournalRenderer:
+    """structlog renderer: the JSON line, prefixed by its `<priority>` for journald."""
+
+    def __init__(self) -> None:
+        self._json = structlog.processors.JSONRenderer()
+
+    def __call__(self, logger: Any, name: str, event: MutableMapping[str, Any]) -> str:
+        line = str(self._json(logger, name, event))
+        return f"<{priority(str(event.get('level', 'info')))}>{line}"
+
+
 def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None = None) -> None:
-    """Set up structlog for the process. `fmt` None: console on a TTY, JSON otherwise."""
+    """Set up structlog for the process. `fmt` None: console on a TTY, JSON otherwise.
+    Under journald, JSON with priority prefixes whatever `fmt` says."""
     out = stream or sys.stdout
+    journal = under_journald(out)
     if fmt is None:
         fmt = "console" if out.isatty() else "json"
     renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=out.isatty())
+        JournalRenderer()
+        if journal
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
         if fmt == "console"
         else structlog.processors.JSONRenderer()
     )
@@ -136,7 +178,11 @@ def _configure_stdlib() -> None:
     for old in [h for h in root.handlers if getattr(h, "_scorefetch", False)]:
         root.removeHandler(old)  # configured again (tests): stderr may be another file now
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    handler.setFormatter(
+        _JournalFormatter()
+        if under_journald(sys.stderr)
+        else logging.Formatter("%(name)s: %(message)s")
+    )
     handler._scorefetch = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     for other in root.handlers:
@@ -152,3 +198,49 @@ def _configure_stdlib() -> None:
 def get(**bound: Any) -> Any:
     """A logger with `bound` context (vendor, filename, uid …)."""
     return structlog.get_logger("scorefetch").bind(**bound)
+
+
+class _JournalFormatter(logging.Formatter):
+    """A library's record as a prefixed JSON line (event `library.log`), for journald."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = record.levelname.lower()
+        return _journal_line(
+            level, "library.log", {"logger": record.name, "message": record.getMessage()}
+        )
+
+
+def _journal_line(level: str, event: str, fields: dict[str, Any]) -> str:
+    body = {
+        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "level": level,
+        "event": event,
+    } | {k: _scrub_value(v) for k, v in fields.items()}
+    return f"<{priority(level)}>{json.dumps(body, default=str)}"
+
+
+def fatal(event: str, message: str, **fields: Any) -> None:
+    """What ends a command, on stderr: plain `scorefetch: message` for a person, or under
+    journald one JSON error line (works before and without configure())."""
+    message = scrub_text(message)
+    if under_journald(sys.stderr):
+        print(_journal_line("error", event, {"error": message, **fields}), file=sys.stderr)
+    else:
+        print(f"scorefetch: {message}", file=sys.stderr)
+    sys.stderr.flush()
+
+
+def journal_excepthook() -> None:
+    """Under journald, a crash's traceback becomes one JSON line (`daemon.crashed`) instead
+    of thirty plain ones that `jq` chokes on and `journalctl -p err` cannot see."""
+    if not under_journald(sys.stderr):
+        return
+
+    def hook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        text = "".join(traceback.format_exception(kind, exc, tb))
+        print(
+            _journal_line("critical", "daemon.crashed", {"error": scrub_text(text)}),
+            file=sys.stderr,
+        )
+
+    sys.excepthook = hook

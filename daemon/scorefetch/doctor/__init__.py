@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
-from scorefetch.config import Config
+from scorefetch.config import Config, HooksConfig
 from scorefetch.core.errors import ConfigError
 from scorefetch.doctor.checks import (
     Check,
@@ -40,9 +40,11 @@ def run(
     config: Config,
     destinations: Sequence[Destination] | None = None,
     clock: Clock | None = None,
+    *,
+    test_alert: bool = False,
 ) -> list[Check]:
     """Every check that applies to `config`, in order (the config itself was valid);
-    `destinations` default to the ones under `forward:`."""
+    `destinations` default to the ones under `forward:`; `test_alert` runs on_failure once."""
     clock = clock or Clock()
     if destinations is None:
         from scorefetch.forward.sftp import SftpTarget
@@ -63,11 +65,34 @@ def run(
         steps.append((f"forward.{destination.name}", partial(check_forward, destination)))
     if config.hooks.on_delivery or config.hooks.on_failure:
         steps.append(("hooks", lambda: check_hooks(config.hooks)))
+    if test_alert:
+        steps.append(("test-alert", lambda: send_test_alert(config.hooks)))
     checks = [_guarded(name, step) for name, step in steps]
     if clock.samples:
         checks.append(check_clock(clock))
     secrets = list(_secrets(config))
     return [_masked(check, secrets) for check in checks]
+
+
+def send_test_alert(hooks: HooksConfig) -> Check:
+    """hooks.on_failure run once, as the daemon runs it, with SCOREFETCH_EVENT=test."""
+    from scorefetch.observers.hooks import Hooks
+
+    if not hooks.on_failure:
+        return Check("test-alert", False, "hooks.on_failure is not set", "set it (README, Hooks)")
+    runner = Hooks(hooks)
+    try:
+        sent = runner.run(hooks.on_failure, {"EVENT": "test"})
+    finally:
+        runner.close(timeout=0)
+    if sent:
+        return Check("test-alert", True, f"{hooks.on_failure[0]} ran with SCOREFETCH_EVENT=test")
+    return Check(
+        "test-alert",
+        False,
+        f"{hooks.on_failure[0]} failed with SCOREFETCH_EVENT=test",
+        "run it by hand with that variable set to see why",
+    )
 
 
 def _guarded(name: str, step: Callable[[], Check]) -> Check:

@@ -1,0 +1,134 @@
+"""`scorefetch status` for a person (plain words, local time) and for monitoring (--json),
+read from a real ledger file written through the ledger's own API."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scorefetch.cli import main
+from scorefetch.core.ledger import Ledger
+
+
+@pytest.fixture
+def new_york(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process's local zone is America/New_York (EST in November)."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    """A config whose ledger has a listing pass, a mailbox, an alarm and a failed file."""
+    path = tmp_path / "config.yaml"
+    path.write_text(f"download_dir: {tmp_path / 'files'}\nstate_dir: {tmp_path / 'state'}\n")
+    ledger = Ledger(tmp_path / "state" / "ledger.sqlite3")
+    ledger.set_position("encoura.pass.score-reporter.started", "2026-11-21T15:42:00+00:00")
+    ledger.set_position("encoura.pass.score-reporter.completed", "2026-11-21T15:42:00+00:00")
+    ledger.set_position("collegeboard.last_listing", "2026-11-21T15:40:00+00:00")
+    ledger.set_watcher("connected", "yes")
+    ledger.set_watcher("last_round_trip", "2026-11-21T15:43:00+00:00")
+    ledger.set_watcher("auth.collegeboard", "failing: HTTP 401")
+    ledger.claim("collegeboard", "4300_1.csv", "4300_1.csv", "notification")
+    ledger.failed("collegeboard", "4300_1.csv", "the vendor has no such file", will_retry=False)
+    ledger.close()
+    return path
+
+
+def test_human_view_has_plain_words_and_local_time(
+    config: Path, new_york: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No ledger keys in the human view: each part in words, times local with the zone."""
+    assert main(["status", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "Encoura score-reporter: last listed 2026-11-21 10:42 EST" in out
+    assert "College Board: last listed 2026-11-21 10:40 EST" in out
+    assert "College Board login: failing: HTTP 401" in out
+    assert "Mailbox  connected" in out
+    assert "is the daemon running?" in out  # a "connected" from long ago: a dead daemon
+    for internal in ("encoura.pass", "auth.collegeboard", "last_listing", "uidvalidity", "=yes"):
+        assert internal not in out
+
+
+def test_human_view_names_the_last_error_per_part(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each vendor's newest error is one sentence with the file it belongs to."""
+    assert main(["status", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "College Board last error: the vendor has no such file (4300_1.csv," in out
+
+
+def test_json_keeps_every_fact(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--json keeps the ledger's own keys (monitoring reads them) and adds last_errors."""
+    assert main(["status", "-c", str(config), "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["positions"]["encoura.pass.score-reporter.started"]["value"].startswith("2026")
+    assert facts["watcher"]["auth.collegeboard"]["value"] == "failing: HTTP 401"
+    assert facts["last_errors"]["collegeboard"]["filename"] == "4300_1.csv"
+    for key in ("ledger", "ledger_exists", "counts", "mailbox", "unfinished", "recent", "forward"):
+        assert key in facts
+
+
+@pytest.mark.parametrize("flag", [[], ["--json"]])
+def test_closed_pipe_is_a_quiet_exit(config: Path, flag: list[str]) -> None:
+    """`scorefetch status | head -1` after head has gone: exit 0, nothing on stderr."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first byte is written
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "scorefetch", "status", "-c", str(config), *flag],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (0, b"")
+
+
+def test_next_listing_is_the_last_plus_its_interval(
+    config: Path, new_york: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With Encoura enabled every 15m, a pass started 10:42 is next due about 10:57."""
+    config.write_text(
+        config.read_text()
+        + "encoura: {enabled: true, api_key: k, username: u, password: p, poll_interval: 15m}\n"
+    )
+    assert main(["status", "-c", str(config)]) == 0
+    assert (
+        "Encoura score-reporter: last listed 2026-11-21 10:42 EST, next about 2026-11-21 10:57 EST"
+        in (capsys.readouterr().out)
+    )
+    assert main(["status", "-c", str(config), "--json"]) == 0
+    due = json.loads(capsys.readouterr().out)["next_listing"]
+    assert due == {"encoura.score-reporter": "2026-11-21T15:57:00+00:00"}
+
+
+def test_a_download_under_way_shows_its_bytes(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A hidden `.NAME.part` in the download folder is a download under way, with its size."""
+    folder = config.parent / "files" / "collegeboard"
+    folder.mkdir(parents=True)
+    with (folder / ".4300_2.csv.part").open("wb") as part:
+        part.truncate(2 * 1048576)
+    assert main(["status", "-c", str(config)]) == 0
+    assert "Downloading now  College Board 4300_2.csv: 2.0 MiB so far" in capsys.readouterr().out
+    assert main(["status", "-c", str(config), "--json"]) == 0
+    (item,) = json.loads(capsys.readouterr().out)["in_flight"]
+    assert (item["vendor"], item["filename"], item["bytes"]) == (
+        "collegeboard",
+        "4300_2.csv",
+        2 * 1048576,
+    )

@@ -321,7 +321,7 @@ def test_status_lists_exports_listed_but_not_landed(
     ledger.close()
     assert main(["status", "-c", str(config)]) == 0
     out = capsys.readouterr().out
-    assert f"pending  encoura      pending    {uid}" in out
+    assert f"waiting  Encoura       pending    {uid}" in out
 
 
 def test_an_export_not_generated_yet_is_deferred_then_lands_on_a_later_poll(

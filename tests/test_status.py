@@ -132,3 +132,53 @@ def test_a_download_under_way_shows_its_bytes(
         "4300_2.csv",
         2 * 1048576,
     )
+
+
+def test_a_dead_daemon_is_said_dead_and_its_connected_mailbox_is_not_believed(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After kill -9 the ledger still says `connected=yes`; the heartbeat is old, so status
+    says the daemon is not running and the mailbox is not connected."""
+    ledger = Ledger(tmp_path / "state" / "ledger.sqlite3")
+    ledger.set_watcher("daemon.heartbeat", json.dumps({"pid": 4242, "inflight": []}))
+    ledger.close()
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "state" / "ledger.sqlite3") as db:
+        db.execute(
+            "UPDATE watcher SET updated_at = '2026-11-21T15:00:00.000+00:00'"
+            " WHERE name = 'daemon.heartbeat'"
+        )
+    assert main(["status", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "Daemon   NOT RUNNING" in out
+    assert "Mailbox  not connected (the daemon is not running)" in out
+    assert main(["status", "-c", str(config), "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["daemon"]["alive"] is False and facts["daemon"]["pid"] == 4242
+
+
+def test_a_live_daemon_shows_what_it_moves_and_each_files_way(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A fresh heartbeat with a download in flight: running, bytes and rate; a landed file
+    shows announced → landed → each destination."""
+    ledger = Ledger(tmp_path / "state" / "ledger.sqlite3")
+    inflight = [
+        {
+            "lane": "collegeboard",
+            "job": ["big.csv"],
+            "elapsed_s": 4.0,
+            "bytes": 8 * 1048576,
+            "total": 40 * 1048576,
+        }
+    ]
+    ledger.set_watcher("daemon.heartbeat", json.dumps({"pid": 77, "inflight": inflight}))
+    ledger.claim("collegeboard", "a.csv", "a.csv", "notification")
+    ledger.downloaded("collegeboard", "a.csv", tmp_path / "a.csv", 3, "ab" * 32, ("slate",))
+    ledger.close()
+    assert main(["status", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "Daemon   running, pid 77" in out
+    assert "collegeboard: big.csv, 4s, 8.0 of 40.0 MiB at 2.0 MiB/s" in out
+    assert "a.csv: announced" in out and "→ slate pending" in out

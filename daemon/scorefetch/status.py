@@ -11,6 +11,7 @@ from scorefetch.collegeboard.reconciliation import CURSOR as CB_LISTING
 from scorefetch.config import Config
 from scorefetch.core.ledger import Ledger
 from scorefetch.encoura.poller import LISTING_PASS
+from scorefetch.observers.journey import journeys, liveness
 from scorefetch.sources import SOURCES
 
 # The watcher records an answer from the mail server at least every IDLE renewal (minutes):
@@ -35,6 +36,9 @@ def report(config: Config) -> dict[str, Any]:
         "last_errors": {},
         "next_listing": {},
         "in_flight": in_flight(config.download_dir),
+        "daemon": {"alive": None, "pid": None, "last_heartbeat": None, "inflight": []},
+        "files": [],
+        "orphaned_destinations": {},
     }
     if not result["ledger_exists"]:
         return result
@@ -51,6 +55,9 @@ def report(config: Config) -> dict[str, Any]:
             "unfinished": [vars(d) for vendor in SOURCES for d in ledger.unfinished(vendor)],
             "recent": [vars(d) for d in ledger.recent(20)],
             "forward": _forward_report(config, ledger),
+            "daemon": liveness(ledger),
+            "files": journeys(ledger, list(config.forward)),
+            "orphaned_destinations": ledger.forwards.orphans(list(config.forward)),
         }
     finally:
         ledger.close()
@@ -148,7 +155,8 @@ def render(facts: dict[str, Any]) -> list[str]:
     if not facts["ledger_exists"]:
         return [f"Ledger {facts['ledger']} does not exist yet: the daemon has never run"]
     lines = [f"Ledger   {facts['ledger']}  (times are local)"]
-    lines += _mailbox(facts["watcher"])
+    lines += _daemon(facts["daemon"])
+    lines += _mailbox(facts["watcher"], alive=facts["daemon"]["alive"] is not False)
     lines += _vendors(facts)
     lines += _forwards(facts["forward"])
     for item in facts.get("in_flight", []):
@@ -156,6 +164,12 @@ def render(facts: dict[str, Any]) -> list[str]:
         lines.append(
             f"Downloading now  {vendor} {item['filename']}: {item['bytes'] / 1048576:.1f} MiB "
             f"so far (last grew {local_time(item['at'])})"
+        )
+    lines += _journeys(facts["files"])
+    for name, n in facts["orphaned_destinations"].items():
+        lines.append(
+            f"Forward to {name}: no longer configured, {n} files never sent there "
+            "(add it back, or send them by hand)"
         )
     counts = facts["counts"]
     lines.append(
@@ -179,11 +193,62 @@ def render(facts: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _mailbox(watcher: dict[str, dict[str, str]]) -> list[str]:
+def _daemon(daemon: dict[str, Any]) -> list[str]:
+    """Alive or not, from the heartbeat the daemon's engine writes every few seconds; and
+    what it is moving now, with its rate."""
+    if daemon["last_heartbeat"] is None:
+        return ["Daemon   no heartbeat recorded (not started since the upgrade?)"]
+    if not daemon["alive"]:
+        how = "stopped" if daemon.get("stopped") else "NOT RUNNING"
+        return [
+            f"Daemon   {how} (last heartbeat {local_time(daemon['last_heartbeat'])}); "
+            "systemctl status scorefetch"
+        ]
+    lines = [f"Daemon   running, pid {daemon['pid']} (heartbeat {daemon['age_s']:.0f}s ago)"]
+    for job in daemon["inflight"]:
+        name = " ".join(str(part) for part in job["job"])
+        line = f"  now    {job['lane']}: {name}, {job['elapsed_s']:.0f}s"
+        if job.get("bytes"):
+            mib = job["bytes"] / 1048576
+            rate = mib / job["elapsed_s"] if job["elapsed_s"] else 0.0
+            total = f" of {job['total'] / 1048576:.1f}" if job.get("total") else ""
+            line += f", {mib:.1f}{total} MiB at {rate:.1f} MiB/s"
+        lines.append(line)
+    return lines
+
+
+def _journeys(files: list[dict[str, Any]]) -> list[str]:
+    """Recent files end to end: announced → landed → each destination."""
+    if not files:
+        return []
+    lines = ["Files end to end (announced → landed → destinations)"]
+    for item in files[:10]:
+        vendor = VENDOR_NAMES.get(item["vendor"], item["vendor"])
+        landed = (
+            f"landed {local_time(item['landed_at'])}"
+            if item["state"] == "downloaded"
+            else f"{item['state']} since {local_time(item['since'])}"
+            + (f" ({item['error']})" if item["error"] else "")
+        )
+        at = "; ".join(
+            f"{dest} {info['state']}" + (f" ({info['error']})" if info.get("error") else "")
+            for dest, info in item["destinations"].items()
+        )
+        late = "  LATE" if item["overdue"] else ""
+        lines.append(
+            f"  {vendor:<13} {item['filename']}: announced {local_time(item['announced_at'])}"
+            f" → {landed}" + (f" → {at}" if at else "") + late
+        )
+    return lines
+
+
+def _mailbox(watcher: dict[str, dict[str, str]], *, alive: bool = True) -> list[str]:
     if "connected" not in watcher:
         return []
     connected = watcher["connected"]
-    state = "connected" if connected["value"] == "yes" else "not connected"
+    state = "connected" if connected["value"] == "yes" and alive else "not connected"
+    if not alive:
+        state += " (the daemon is not running)"
     line = f"Mailbox  {state} (recorded {local_time(connected['at'])})"
     heard = watcher.get("last_round_trip", {}).get("value")
     if heard:

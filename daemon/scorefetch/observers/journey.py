@@ -16,11 +16,12 @@ STALE_AFTER_S = 6 * HEARTBEAT_S  # no heartbeat for this long: the daemon is not
 
 
 def liveness(ledger: Ledger, now: datetime | None = None) -> dict[str, Any]:
-    """`alive` (bool), `pid`, `last_heartbeat`, `age_s`, and what runs now (`inflight`)."""
+    """`alive` (True, False, or None before any heartbeat was written: a daemon of an
+    older release), `pid`, `last_heartbeat`, `age_s`, and what runs now (`inflight`)."""
     now = now or datetime.now(UTC)
     found = ledger.watcher().get(HEARTBEAT)
     if found is None:
-        return {"alive": False, "pid": None, "last_heartbeat": None, "age_s": None, "inflight": []}
+        return {"alive": None, "pid": None, "last_heartbeat": None, "age_s": None, "inflight": []}
     value, at = found
     try:
         beat = json.loads(value)

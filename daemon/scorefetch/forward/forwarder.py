@@ -92,17 +92,17 @@ class Uploads:
             fields["reason"] = outcome.reason
         if outcome.kind == Failure.INTERNAL:
             fields["exc_info"] = outcome.exc
-        # Given up is loud: the file will not reach the CRM unless someone acts.
-        level = self._log.warning if outcome.will_retry else self._log.error
-        level(
-            "forward.failed",
+        fields.update(
             vendor=vendor,
             filename=filename,
             attempt=outcome.attempt,
             error=outcome.error,
             will_retry=outcome.will_retry,
-            **fields,
         )
+        if outcome.will_retry:
+            self._log.warning("forward.failed", **fields)
+        else:  # given up is loud: the file will not reach the CRM unless someone acts
+            self._log.error("forward.failed", **fields)
         self.events.publish(
             ForwardFailed(
                 self.destination.name,

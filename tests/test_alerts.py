@@ -1,0 +1,105 @@
+"""Alerts with no failure to point at, over a real ledger and an injected clock: overdue
+once per file (and where it waits), recovered once, a quiet vendor once per silence, the
+daily digest once a day at its local time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from scorefetch.config import Config
+from scorefetch.core.events import Digest, Event, Events, Overdue, Quiet, Recovered
+from scorefetch.core.ledger import Ledger
+from scorefetch.observers.alerts import Alerts
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
+    opened = Ledger(tmp_path / "ledger.sqlite3")
+    yield opened
+    opened.close()
+
+
+def alerts(ledger: Ledger, tmp_path: Path, **sections: object) -> tuple[Alerts, list[Event]]:
+    config = Config.model_validate(
+        {
+            "download_dir": tmp_path / "files",
+            "state_dir": tmp_path,
+            "forward": {
+                "slate": {
+                    "type": "sftp",
+                    "host": "sftp.example.edu",
+                    "username": "u",
+                    "password": "p",
+                    "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
+                    "remote_dir": "/in/{vendor}",
+                }
+            },
+            "hooks": {"on_digest": ["/bin/true"]},
+            **sections,
+        }
+    )
+    events = Events()
+    seen: list[Event] = []
+    events.subscribe(seen.append)
+    return Alerts(config, ledger, events, ["collegeboard", "encoura"]), seen
+
+
+def test_overdue_once_at_the_stage_it_waits_then_recovered_once(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """Landed but not uploaded after overdue_after: overdue (stage slate) once however often
+    it is checked; uploaded: recovered once."""
+    checker, seen = alerts(ledger, tmp_path, alerts={"overdue_after": "1h"})
+    ledger.claim("collegeboard", "a.csv", "a.csv", "notification")
+    ledger.downloaded("collegeboard", "a.csv", tmp_path / "a.csv", 1, "ab" * 32, ("slate",))
+    now = datetime.now(UTC)
+    checker.check(now + timedelta(minutes=30))
+    assert seen == []
+    for minutes in (61, 62, 120):
+        checker.check(now + timedelta(minutes=minutes))
+    overdue = [e for e in seen if isinstance(e, Overdue)]
+    assert len(overdue) == 1 and overdue[0].stage == "slate"
+    ledger.forwards.uploaded("slate", "collegeboard", "a.csv", "/in/collegeboard/a.csv")
+    checker.check(now + timedelta(minutes=130))
+    checker.check(now + timedelta(minutes=131))
+    recovered = [e for e in seen if isinstance(e, Recovered)]
+    assert len(recovered) == 1 and recovered[0].late_s > 3600
+
+
+def test_a_quiet_vendor_is_told_once_per_silence(ledger: Ledger, tmp_path: Path) -> None:
+    """No College Board announcement for quiet_after: source.quiet once; a new file then a
+    new silence: once more."""
+    checker, seen = alerts(ledger, tmp_path, alerts={"quiet_after": {"collegeboard": "3d"}})
+    now = datetime.now(UTC)
+    checker.check(now)
+    checker.check(now + timedelta(days=2))
+    assert seen == []
+    checker.check(now + timedelta(days=4))
+    checker.check(now + timedelta(days=5))
+    assert [type(e) for e in seen] == [Quiet]
+    ledger.claim("collegeboard", "b.csv", "b.csv", "notification")  # it speaks again
+    checker.check(datetime.now(UTC) + timedelta(days=1))
+    checker.check(datetime.now(UTC) + timedelta(days=4))
+    checker.check(datetime.now(UTC) + timedelta(days=4, hours=1))
+    assert [type(e) for e in seen if isinstance(e, Quiet)] == [Quiet, Quiet]
+
+
+def test_the_digest_runs_once_a_day_at_its_local_time(ledger: Ledger, tmp_path: Path) -> None:
+    """At digest_at (local time) once, with per-vendor counts; not again the same day."""
+    checker, seen = alerts(ledger, tmp_path, alerts={"digest_at": "07:30"})
+    ledger.claim("collegeboard", "a.csv", "a.csv", "notification")
+    ledger.downloaded("collegeboard", "a.csv", tmp_path / "a.csv", 1, "ab" * 32, ("slate",))
+    day = datetime.now().astimezone().replace(hour=7, minute=0, second=0, microsecond=0)
+    checker.check(day)  # before the time, first check of the run: nothing
+    checker.check(day + timedelta(minutes=31))
+    checker.check(day + timedelta(minutes=45))
+    digests = [e for e in seen if isinstance(e, Digest)]
+    assert len(digests) == 1
+    assert digests[0].counts["collegeboard"]["landed"] == 1
+    assert "collegeboard: landed 1" in digests[0].summary
+    checker.check(day + timedelta(days=1, minutes=31))
+    assert len([e for e in seen if isinstance(e, Digest)]) == 2

@@ -16,6 +16,9 @@ from scorefetch.core.ledger import Ledger
 from scorefetch.observers.alerts import Alerts
 
 
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+
+
 @pytest.fixture
 def ledger(tmp_path: Path) -> Iterator[Ledger]:
     opened = Ledger(tmp_path / "ledger.sqlite3")
@@ -34,7 +37,7 @@ def alerts(ledger: Ledger, tmp_path: Path, **sections: object) -> tuple[Alerts, 
                     "host": "sftp.example.edu",
                     "username": "u",
                     "password": "p",
-                    "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
+                    "host_key": HOST_KEY,
                     "remote_dir": "/in/{vendor}",
                 }
             },

@@ -15,7 +15,6 @@ from scorefetch.core.events import Digest, Event, Events, Overdue, Quiet, Recove
 from scorefetch.core.ledger import Ledger
 from scorefetch.observers.alerts import Alerts
 
-
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 
 

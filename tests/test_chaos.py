@@ -2,10 +2,15 @@
 Board notifications with csv/txt twins, large throttled files and Encoura exports on
 several product keys keep arriving; the vendors answer 503 now and then, the IMAP server
 restarts (losing its mail: the listing must catch up) and the disk fills up and frees.
+Every file is also forwarded to a real sshd behind a fault proxy: links are reset
+mid-upload, the server goes silent, its disk fills up; and `scorefetch fetch` / `sync` run
+by hand beside the daemon.
 
-At the end every wanted file is on disk exactly once with the right bytes: no unwanted
-twin, no `NAME-1` copy, nothing partial, no secret in any output, and every Encoura export
-landed without a manual `sync`. Prints the figures.
+At the end every wanted file is on disk exactly once with the right bytes — and on the
+SFTP server exactly once with the right bytes, no dot-named part left: no unwanted twin,
+no `NAME-1` copy, nothing partial, no secret in any output, every Encoura export landed
+without a manual `sync`, and each file that was late told of once (`delivery.overdue`)
+and its arrival once (`delivery.recovered`). Prints the figures.
 
 `make test` runs it for CHAOS_SECONDS (default 75); `make chaos` for CHAOS_MINUTES (10).
 The disk faults need root (a small tmpfs as download_dir); without root they are skipped.
@@ -18,11 +23,13 @@ import hashlib
 import os
 import random
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,12 +38,14 @@ from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, write_config
 from scorefetch.sandbox.encoura import EncouraSimulator
 from scorefetch.sandbox.imapserver import PymapServer
+from scorefetch.sandbox.sshd import forward_config
 from tests.standins.proxy import FaultProxy
 from tests.support import assert_no_secrets
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
 
 SECONDS = float(os.environ.get("CHAOS_SECONDS", "75"))
+OVERDUE_S = 20
 SETTLE_LIMIT_S = 240.0
 KEYS = ("score-reporter", "prospect", "inquiry")
 LARGE = 3 * 1024 * 1024
@@ -68,26 +77,32 @@ def sha(data: bytes) -> str:
 class World:
     """The simulators, the mail server behind a proxy, the disk, and what must land."""
 
-    def __init__(self, tmp_path: Path, files: Path, disk: bool, seed: int) -> None:
+    def __init__(
+        self, tmp_path: Path, files: Path, disk: bool, seed: int, sshd: Any, remote: Path
+    ) -> None:
         self.tmp, self.files, self.disk = tmp_path, files, disk
+        self.sshd, self.remote = sshd, remote  # the SFTP root of this run's files
         self.rng = random.Random(seed)
         self.cb, self.enc = CollegeBoardSimulator(), EncouraSimulator()
         self.imap = PymapServer()
         self.cb.start(), self.enc.start(), self.imap.start()
         self.proxy = FaultProxy(self.imap.host, self.imap.port)
         self.proxy.start()
+        self.sftp = FaultProxy(sshd.host, sshd.port)
+        self.sftp.start()
         self.want: dict[str, str] = {}  # path under download_dir → sha256
         self.figures: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._n = 0
 
     def close(self) -> None:
+        self.sftp.stop()
         self.proxy.stop()
         for part in (self.imap, self.enc, self.cb):
             part.stop()
 
     def config(self) -> Path:
-        return write_config(
+        path = write_config(
             self.tmp,
             self.cb,
             self.imap,
@@ -99,6 +114,28 @@ class World:
             imap_address=(self.proxy.host, self.proxy.port),
             extra_imap=FAST_IMAP,
         )
+        common = {"port": self.sftp.port, "retry_schedule": ("1s", "2s", "4s", "8s")}
+        forward = forward_config(
+            self.sshd,
+            self.tmp,
+            remote_dir=f"{self.remote}/{{vendor}}",
+            vendors=("collegeboard",),
+            timeout="5s",
+            **common,
+        )
+        encoura = forward_config(  # {product_key} is Encoura's alone: a destination of its own
+            self.sshd,
+            self.tmp,
+            name="slate-encoura",
+            remote_dir=f"{self.remote}/{{vendor}}/{{product_key}}",
+            vendors=("encoura",),
+            timeout="5s",
+            **common,
+        )
+        forward += encoura.split("\n", 1)[1]  # the same `forward:` mapping
+        with path.open("a") as out:
+            out.write(forward + f"alerts:\n  overdue_after: {OVERDUE_S}s\n")
+        return path
 
     # arrivals
     def arrive(self) -> None:
@@ -144,7 +181,9 @@ class World:
     # faults
     def fault(self) -> None:
         """One fault, chosen at random."""
-        kind = self.rng.choice(["503", "503", "imap", "disk", "throttle"])
+        kind = self.rng.choice(
+            ["503", "503", "imap", "disk", "throttle", "sftp_reset", "sftp_silent", "remote_full"]
+        )
         if kind == "503":
             sim, endpoint = self.rng.choice(
                 [
@@ -159,6 +198,12 @@ class World:
             self.fill_disk()
         elif kind == "throttle":
             self.cb.throttle_bps = self.enc.throttle_bps = 4 * 1024 * 1024
+        elif kind == "sftp_reset":
+            self.sftp.cut(reset=True)  # every upload under way loses its link
+        elif kind == "sftp_silent":
+            self.sftp.blackhole()  # the server says nothing until heal()
+        elif kind == "remote_full" and self.disk:
+            self.fill(self.remote)
         else:
             return
         self.figures[f"fault_{kind}"] += 1
@@ -171,38 +216,68 @@ class World:
         self.proxy.cut()
 
     def fill_disk(self) -> None:
-        ballast = self.files / f"ballast-{time.monotonic_ns()}"
+        self.fill(self.files)
+
+    def fill(self, where: Path) -> None:
+        ballast = where / f"ballast-{time.monotonic_ns()}"
         with contextlib.suppress(OSError), ballast.open("wb") as out:
             while True:
                 out.write(b"\0" * 1024 * 1024)
 
     def heal(self) -> None:
         """Free the disk, stop throttling and failing."""
-        for ballast in self.files.glob("ballast-*"):
-            ballast.unlink()
+        for folder in (self.files, self.remote):
+            for ballast in folder.glob("ballast-*"):
+                ballast.unlink()
+        self.sftp.restore()
         self.cb.throttle_bps = self.enc.throttle_bps = None
         self.cb.clear_faults(), self.enc.clear_faults()
 
     # the verdict
     def on_disk(self) -> dict[str, str]:
         """Every file under the vendor folders (hidden ones included), with its sha256."""
-        found = {}
-        for vendor in ("collegeboard", "encoura"):
-            for path in (self.files / vendor).rglob("*"):
-                if path.is_file():
-                    found[str(path.relative_to(self.files))] = path
-        return {name: hashlib.sha256(p.read_bytes()).hexdigest() for name, p in found.items()}
+        return _digests(self.files)
+
+    def on_server(self) -> dict[str, str]:
+        """Every file on the SFTP server under this run's root (dot-named parts included)."""
+        return _digests(self.remote)
 
     def settled(self) -> bool:
+        """Every wanted file is here and on the SFTP server."""
         with self._lock:
             want = set(self.want)
-        have = {
-            str(p.relative_to(self.files))
-            for v in ("collegeboard", "encoura")
-            for p in (self.files / v).rglob("*")
-            if p.is_file()
-        }
-        return want <= have
+        return all(want <= set(_files(where)) for where in (self.files, self.remote))
+
+    # by hand, beside the daemon
+    def by_hand(self, config: Path) -> None:
+        """`scorefetch fetch` of a file College Board posted, or `sync`, in its own process."""
+        with self._lock:
+            names = [p.split("/", 1)[1] for p in self.want if p.startswith("collegeboard/")]
+        if self.rng.random() < 0.7 and names:
+            argv = ["fetch", "-c", str(config), "collegeboard", self.rng.choice(names)]
+        else:
+            argv = ["sync", "-c", str(config), "--vendor", "collegeboard"]
+        done = subprocess.run(
+            [sys.executable, "-m", "scorefetch", *argv],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        self.figures[f"by_hand_{argv[0]}"] += 1
+        self.figures["by_hand_failed"] += done.returncode not in (0, 1)
+
+
+def _digests(where: Path) -> dict[str, str]:
+    return {name: hashlib.sha256((where / name).read_bytes()).hexdigest() for name in _files(where)}
+
+
+def _files(where: Path) -> list[str]:
+    return [
+        str(p.relative_to(where))
+        for vendor in ("collegeboard", "encoura")
+        for p in (where / vendor).rglob("*")
+        if p.is_file()
+    ]
 
 
 def _start(world: World, config: Path, daemons: list[DaemonProcess]) -> DaemonProcess:
@@ -254,22 +329,30 @@ def _settle(world: World, config: Path, daemons: list[DaemonProcess]) -> float:
             raise AssertionError(f"not settled after {SETTLE_LIMIT_S}s; missing {missing[:10]}")
         time.sleep(0.2)
     settle_s = time.monotonic() - began
+    while not set(_lateness(daemons)["overdue"]) <= set(_lateness(daemons)["recovered"]):
+        if time.monotonic() - began > SETTLE_LIMIT_S:  # each late file told of its arrival
+            raise AssertionError(f"overdue never recovered: {_lateness(daemons)}")
+        time.sleep(0.2)
     time.sleep(3)  # a few more polls and listings: still nothing twice
     assert final.stop(timeout=45) == 0
     return settle_s
 
 
-def test_chaos_every_file_lands_exactly_once(tmp_path: Path) -> None:
-    """Kills, restarts, 503s, IMAP restarts and a full disk: every wanted file exactly once."""
+def test_chaos_every_file_lands_exactly_once(tmp_path: Path, sshd_server: Any) -> None:
+    """Kills, restarts, 503s, IMAP restarts, link resets, a silent and a full SFTP server,
+    a full disk and commands run by hand: every wanted file exactly once, here and there."""
     seed = int(os.environ.get("CHAOS_SEED", str(int(time.time()))))
-    with tmpfs(tmp_path / "files", "256m") as disk:
-        world = World(tmp_path, tmp_path / "files", disk, seed)
+    remote = sshd_server.root / f"chaos{os.getpid()}x{seed}"
+    with tmpfs(tmp_path / "files", "256m") as disk, tmpfs(remote, "256m"):
+        remote.chmod(0o777)  # the SFTP user writes there
+        world = World(tmp_path, tmp_path / "files", disk, seed, sshd_server, remote)
         stop = threading.Event()
         try:
             config = world.config()
             _keep_doing(stop, (0.3, 1.2), world.arrive, random.Random(seed + 1))
             _keep_doing(stop, (2.0, 6.0), world.fault, random.Random(seed + 2))
             _keep_doing(stop, (3.0, 8.0), world.heal, random.Random(seed + 3))
+            _keep_doing(stop, (4.0, 10.0), lambda: world.by_hand(config), random.Random(seed + 4))
             began = time.monotonic()
             daemons = _kill_loop(world, config, SECONDS)
             stop.set()
@@ -281,8 +364,17 @@ def test_chaos_every_file_lands_exactly_once(tmp_path: Path) -> None:
                 )
                 recovered = daemon.named("listing.recovered")
                 world.figures["recovered"] += sum(int(e.get("new", 0)) for e in recovered)
+            late = _lateness(daemons)
+            world.figures["overdue"], world.figures["recovered_late"] = (
+                len(late["overdue"]),
+                len(late["recovered"]),
+            )
             _report(world, seed, time.monotonic() - began, settle_s, disk)
             assert world.on_disk() == world.want
+            assert world.on_server() == world.want  # once each, the right bytes, no parts
+            assert max(Counter(late["overdue"]).values(), default=0) <= 1
+            assert max(Counter(late["recovered"]).values(), default=0) <= 1
+            assert set(late["recovered"]) == set(late["overdue"])
             secrets = [world.imap.password, world.cb.password, world.enc.password]
             assert_no_secrets(
                 [line for d in daemons for line in d.lines], [*secrets, world.enc.api_key]
@@ -291,6 +383,16 @@ def test_chaos_every_file_lands_exactly_once(tmp_path: Path) -> None:
         finally:
             stop.set()
             world.close()
+
+
+def _lateness(daemons: list[DaemonProcess]) -> dict[str, list[str]]:
+    """The files each run said were overdue, and recovered (a name per event)."""
+    return {
+        kind: [
+            f"{e['vendor']}/{e['filename']}" for d in daemons for e in d.named(f"delivery.{kind}")
+        ]
+        for kind in ("overdue", "recovered")
+    }
 
 
 def _report(world: World, seed: int, total_s: float, settle_s: float, disk: bool) -> None:
@@ -307,5 +409,8 @@ def _report(world: World, seed: int, total_s: float, settle_s: float, disk: bool
         f"{f['exports']} Encoura exports; {f['mails']} emails, {f['mails_lost']} lost\n"
         f"  seen       {f['local_failures']} local failures retried, {f['recovered']} exports "
         "recovered from cut-off passes\n"
+        f"  by hand    {f['by_hand_fetch']} fetch, {f['by_hand_sync']} sync "
+        f"({f['by_hand_failed']} crashed)\n"
+        f"  late       {f['overdue']} delivery.overdue, {f['recovered_late']} delivery.recovered\n"
         f"  settled in {settle_s:.1f} s after the last fault"
     )

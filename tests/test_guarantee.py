@@ -260,3 +260,42 @@ def test_check_config_refuses_two_product_keys_in_one_remote_folder(
     assert main(["check-config", "-c", str(path)]) == 78
     err = capsys.readouterr().err
     assert "encoura/score-reporter and encoura/prospects" in err and "{product_key}" in err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_disk_full_for_longer_than_overdue_after_reaches_a_person_once(
+    cb_sim: CollegeBoardSimulator,
+    imap_server: ImapServer,
+    sshd_server: Any,
+    remote_dir: str,
+    tmp_path: Path,
+) -> None:
+    """The download folder is full: a local failure is retried for ever and never 'given
+    up', so only overdue_after tells a person — once, stage download; freed, the file
+    lands and delivery.recovered says so."""
+    from tests.test_local_faults import tmpfs
+
+    files = tmp_path / "files"
+    with tmpfs(files, "256k"):
+        (files / "ballast").write_bytes(b"\0" * (256 * 1024 - 4096 * 2))
+        path = configure(
+            tmp_path,
+            cb_sim,
+            imap_server,
+            sshd_server,
+            remote_dir,
+            extra="alerts:\n  overdue_after: 3s\n",
+        )
+        cb_sim.publish("4300_20261201_140000.csv", os.urandom(64 * 1024))
+        with running(path) as daemon:
+            deliver(imap_server, mail.notification("4300_20261201_140000.csv"))
+            failed = daemon.wait_event("delivery.failed", filename="4300_20261201_140000.csv")
+            assert failed["kind"] == "local" and failed["will_retry"] is True
+            overdue = daemon.wait_event("delivery.overdue", filename="4300_20261201_140000.csv")
+            assert overdue["stage"] == "download" and "ENOSPC" in overdue["error"]
+            (files / "ballast").unlink()
+            daemon.wait_event(
+                "delivery.downloaded", filename="4300_20261201_140000.csv", timeout=60
+            )
+            daemon.wait_event("delivery.recovered", filename="4300_20261201_140000.csv")
+        assert len(daemon.named("delivery.overdue", filename="4300_20261201_140000.csv")) == 1

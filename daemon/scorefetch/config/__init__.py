@@ -125,7 +125,8 @@ class Config(Model):
                 if remote in seen:
                     raise ValueError(
                         f"forward.{name}.remote_dir: {seen[remote]} and {here} would both go "
-                        f"to {remote!r}; use {{vendor}} and {{product_key}} to keep them apart"
+                        f"to {remote!r}; keep them apart with {{vendor}}, and for Encoura's "
+                        "product keys a destination of vendors: [encoura] with {product_key}"
                     )
                 seen[remote] = here
         return self

@@ -26,7 +26,7 @@ from scorefetch.core.pool import WorkPool
 from scorefetch.core.work import Job, WorkRows, now_iso
 
 POLL_S = 1.0  # how often the ledger is asked for rows other processes made due
-HEARTBEAT_S = 5.0  # how often a daemon's engine says it is alive (status reads it)
+HEARTBEAT_S = 15.0  # how often a daemon's engine says it is alive (status reads it)
 HEARTBEAT = "daemon.heartbeat"
 TRANSIENT_DELAYS = (1.0, 5.0)  # then the lane's retry_schedule
 LOCAL_FIRST_S = 5.0  # a full disk is often freed within minutes: look again soon

@@ -99,16 +99,6 @@ class WorkRows:
         ]
         return [tuple(row[: len(self._columns)]) for row in free[:limit]]
 
-    def held_by_dead(self) -> list[Job]:
-        """Rows whose lease holder is no longer running (it crashed or was killed)."""
-        columns = ", ".join(self._columns)
-        rows = self._execute(
-            f"SELECT {columns}, lease FROM {self.table} WHERE {self._lane[0]} = ?"  # noqa: S608
-            " AND state IN ('pending', 'retrying') AND lease IS NOT NULL",
-            (self._lane[1],),
-        ).fetchall()
-        return [tuple(r[: len(self._columns)]) for r in rows if not holder_alive(r[-1])]
-
     def take(self, job: Job, lease_s: float) -> bool:
         """Hold `job` for this process if it is unfinished and free (or its holder died)."""
         now = now_iso()

@@ -158,3 +158,43 @@ def test_status_reads_the_ledger_without_changing_it(
     assert main(["status", "-c", str(config_path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["counts"] == {"retrying": 1}
     assert (ledger.stat().st_mode, ledger.read_bytes()) == before
+
+
+def test_backup_is_a_consistent_copy_while_another_process_writes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`scorefetch backup FILE` while a writer keeps committing: the copy opens, passes
+    SQLite's integrity check, holds the rows written before it, is 0600, and an existing
+    FILE is refused."""
+    import sqlite3
+    import threading
+
+    from scorefetch.core.ledger import Ledger
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f"download_dir: {tmp_path / 'files'}\nstate_dir: {tmp_path / 'state'}\n")
+    ledger = Ledger(tmp_path / "state" / "ledger.sqlite3")
+    ledger.claim("collegeboard", "first.csv", "first.csv", "notification")
+    stop = threading.Event()
+
+    def write() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            ledger.claim("collegeboard", f"w{n}.csv", f"w{n}.csv", "listing")
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert main(["backup", "-c", str(config), str(tmp_path / "copy.sqlite3")]) == 0
+    finally:
+        stop.set()
+        writer.join()
+        ledger.close()
+    assert "schema version" in capsys.readouterr().out
+    copy = tmp_path / "copy.sqlite3"
+    assert copy.stat().st_mode & 0o777 == 0o600
+    with sqlite3.connect(copy) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert db.execute("SELECT count(*) FROM deliveries WHERE key = 'first.csv'").fetchone()
+    assert main(["backup", "-c", str(config), str(copy)]) == 1

@@ -83,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     status = command("status", "recent deliveries, failures and watcher state, from the ledger")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    backup = command("backup", "a consistent copy of the ledger (safe while the daemon runs)")
+    backup.add_argument("file", type=Path, metavar="FILE", help="where the copy goes (new file)")
     doctor = command("doctor", "prove this deployment works: config, folders, mailbox, vendors")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
     doctor.add_argument(
@@ -125,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             "fetch": _fetch,
             "sync": _sync,
             "status": _status,
+            "backup": _backup,
         }
         if args.command in WRITERS and (refusal := _wrong_user(config, path, argv)):
             logs.fatal("command.refused", refusal)
@@ -303,6 +306,30 @@ def _enabled_vendors(config: Config) -> list[str]:
         for vendor in SOURCES
         if (section := getattr(config, vendor, None)) is not None and section.enabled
     ]
+
+
+def _backup(config: Config, args: argparse.Namespace) -> int:
+    """SQLite's online backup of the ledger into a new file (0600): consistent under WAL
+    while the daemon writes. Restore: stop the daemon, put the copy at state_dir's
+    ledger.sqlite3 (owned by the service user), start it."""
+    if args.file.exists():
+        raise ScorefetchError(f"{args.file} exists: give a new file name")
+    if not config.ledger_path.exists():
+        raise ScorefetchError(f"{config.ledger_path} does not exist yet: nothing to back up")
+    ledger = Ledger(config.ledger_path, readonly=True)
+    try:
+        ledger.backup(args.file)
+    finally:
+        ledger.close()
+    print(f"ledger copied to {args.file} (schema version {ledger_version(args.file)})")
+    return EX_OK
+
+
+def ledger_version(path: Path) -> int:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:

@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
+from scorefetch.core import logs
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, write_config
 from scorefetch.sandbox.imapserver import ImapServer, PymapServer
-from tests.support import assert_no_secrets
+from tests.support import LogLines, assert_no_secrets
 
 # Property tests: a quick `dev` run by default, a thorough `ci` one where .ci/run asks for it
 # (HYPOTHESIS_PROFILE=ci). No deadline: a busy machine must not turn slowness into failure.
@@ -54,6 +55,17 @@ def dovecot_or_skip(workdir: Path) -> Any:
             pytest.fail("SCOREFETCH_REQUIRE_DOVECOT=1 but dovecot is not installed")
         pytest.skip("dovecot is not installed (apt-get install dovecot-imapd)")
     return DovecotServer(workdir)
+
+
+@pytest.fixture
+def log_lines() -> Iterator[LogLines]:
+    """What this process logs during the test (JSON, debug and up), read back with
+    `.events(name, **fields)`; logging goes back to stdout afterwards (an in-process
+    `main()` may otherwise leave it pointed at a stream that is closed by then)."""
+    stream = LogLines()
+    logs.configure("json", "debug", stream)
+    yield stream
+    logs.configure("json", "info")
 
 
 @pytest.fixture(scope="session")

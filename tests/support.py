@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import json
 import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # What must never reach a log line: presigned query parameters and their signature.
 PRESIGNED = re.compile(r"X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Expires=\d", re.I)
@@ -34,3 +37,17 @@ def files_under(folder: Path) -> dict[str, bytes]:
     if not folder.is_dir():
         return {}
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+class LogLines(io.StringIO):
+    """The JSON lines logged in this process during one test (the `log_lines` fixture)."""
+
+    def events(self, name: str | None = None, **fields: Any) -> list[dict[str, Any]]:
+        """Every line so far as a dict, or only those called `name` whose fields match."""
+        found = [json.loads(line) for line in self.getvalue().splitlines() if line.strip()]
+        return [
+            e
+            for e in found
+            if (name is None or e.get("event") == name)
+            and all(e.get(k) == v for k, v in fields.items())
+        ]

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 from scorefetch.config import SftpDestination
-from scorefetch.core import logs
 from scorefetch.core.events import Downloaded, Event, Events, ForwardFailed, ForwardUploaded
 from scorefetch.core.ledger import Ledger
 from scorefetch.core.retention import Retention
@@ -27,15 +26,8 @@ from tests.standins.proxy import FaultProxy
 from tests.support import wait_until
 
 _folders = itertools.count(1)
-
-
-@pytest.fixture(autouse=True)
-def log_lines() -> io.StringIO:
-    """The forwarder's log lines, in a stream of this test's own (an earlier in-process
-    `main()` may have left logging pointed at a captured stream that is closed now)."""
-    stream = io.StringIO()
-    logs.configure("json", stream=stream)
-    return stream
+# The forwarder's log lines go to a stream of each test's own (conftest.log_lines).
+pytestmark = pytest.mark.usefixtures("log_lines")
 
 
 @pytest.fixture

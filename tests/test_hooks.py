@@ -3,19 +3,17 @@ logged and never holds up a delivery; end to end with the real daemon."""
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from scorefetch.config import HooksConfig
-from scorefetch.core import logs
 from scorefetch.core.errors import Failure
 from scorefetch.core.events import (
     AuthFailing,
@@ -30,7 +28,7 @@ from scorefetch.sandbox import mail
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, write_config
 from scorefetch.sandbox.imapserver import PymapServer
-from tests.support import wait_until
+from tests.support import LogLines, wait_until
 
 DUMP_ENV = f"""#!{sys.executable}
 # Appends one JSON line per run: the arguments and the whole environment.
@@ -38,19 +36,6 @@ import json, os, sys
 with open(sys.argv[1], "a") as out:
     out.write(json.dumps({{"argv": " ".join(sys.argv[2:]), "env": dict(os.environ)}}) + "\\n")
 """
-
-
-@pytest.fixture
-def stream() -> Iterator[io.StringIO]:
-    out = io.StringIO()
-    logs.configure("json", "debug", out)
-    yield out
-    logs.configure("json", "info")
-
-
-def events(stream: io.StringIO, name: str) -> list[dict[str, Any]]:
-    found = [json.loads(line) for line in stream.getvalue().splitlines()]
-    return [e for e in found if e["event"] == name]
 
 
 @pytest.fixture
@@ -163,7 +148,7 @@ def test_hook_runs_with_its_arguments_and_facts(
     assert not {k for k in env if k.startswith(("CREDENTIALS", "NOTIFY", "IMAP"))}
 
 
-def test_failing_hook_is_logged(tmp_path: Path, stream: io.StringIO) -> None:
+def test_failing_hook_is_logged(tmp_path: Path, log_lines: LogLines) -> None:
     """A non-zero exit and a program that cannot start are `hook.failed` lines with the
     exit status and the output's tail."""
     failing = tmp_path / "fails"
@@ -173,7 +158,7 @@ def test_failing_hook_is_logged(tmp_path: Path, stream: io.StringIO) -> None:
     hooks(landed(tmp_path))
     hooks(DeliveryFailed("encoura", "u1", "e.csv", 4, "gone", Failure.FATAL, False))
     assert hooks.close(10)
-    failures = {e["hook"]: e for e in events(stream, "hook.failed")}
+    failures = {e["hook"]: e for e in log_lines.events("hook.failed")}
     assert failures[str(failing)]["error"] == "exit status 3"
     assert failures[str(failing)]["output"] == "no route to mail server"
     assert failures[str(failing)]["hook_event"] == "delivery.downloaded"
@@ -181,7 +166,7 @@ def test_failing_hook_is_logged(tmp_path: Path, stream: io.StringIO) -> None:
     assert failures["/nonexistent/hook"]["filename"] == "e.csv"
 
 
-def test_hanging_hook_is_killed_whole_and_never_blocks(tmp_path: Path, stream: io.StringIO) -> None:
+def test_hanging_hook_is_killed_whole_and_never_blocks(tmp_path: Path, log_lines: LogLines) -> None:
     """The publisher returns at once; a hook past its timeout is killed with everything it
     started (its process group), and logged."""
     child_pid = tmp_path / "child.pid"
@@ -193,8 +178,8 @@ def test_hanging_hook_is_killed_whole_and_never_blocks(tmp_path: Path, stream: i
     for _ in range(3):
         hooks(landed(tmp_path))
     assert time.monotonic() - started < 0.5
-    wait_until(lambda: len(events(stream, "hook.failed")) == 3, timeout=15)
-    assert all(e["error"] == "timeout after 1s (killed)" for e in events(stream, "hook.failed"))
+    wait_until(lambda: len(log_lines.events("hook.failed")) == 3, timeout=15)
+    assert all(e["error"] == "timeout after 1s (killed)" for e in log_lines.events("hook.failed"))
     pid = int(child_pid.read_text())
     wait_until(lambda: not Path(f"/proc/{pid}").exists() or "Z" in _state(pid), timeout=5)
     hooks.close(1)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
+import os
 import re
+import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,3 +54,27 @@ class LogLines(io.StringIO):
             if (name is None or e.get("event") == name)
             and all(e.get(k) == v for k, v in fields.items())
         ]
+
+
+class ServerOutsideE2e(RuntimeError):
+    """A test not marked e2e tried to start a server or the daemon (see conftest.py)."""
+
+
+def starts_a_server(argv: object) -> str | None:
+    """What a command line would start that only an `e2e` test may: Dovecot, sshd, pymap,
+    or the daemon (`scorefetch run`, `scorefetch demo`); None for anything else."""
+    if isinstance(argv, str | bytes | os.PathLike):
+        args = shlex.split(os.fsdecode(argv))
+    else:
+        args = [os.fsdecode(a) if isinstance(a, bytes | os.PathLike) else str(a) for a in argv]
+    if not args:
+        return None
+    program = Path(args[0]).name
+    if program in ("dovecot", "sshd"):
+        return program
+    if any("pymap.main" in a for a in args):
+        return "pymap"
+    for here, following in itertools.pairwise(args):
+        if Path(here).name == "scorefetch" and following in ("run", "demo"):
+            return f"scorefetch {following}"
+    return None

@@ -192,6 +192,8 @@ valid_chroot_dirs = {mail}
 mail_location = maildir:~/Maildir
 # IDLE is pushed by inotify; this poll only matters if inotify instances run out.
 mailbox_idle_check_interval = 1 secs
+# The imap processes' titles name the command running ("[user ip IDLE]"): see idling().
+verbose_proctitle = yes
 passdb {{
   driver = passwd-file
   mechanisms = plain login
@@ -213,6 +215,19 @@ service imap-login {{
 }}
 {extra}""")
         return conf
+
+    def idling(self) -> bool:
+        """Whether a session of this instance is waiting in IDLE (its imap process's title
+        says so), for a test that must deliver mail while the client idles, TLS or not."""
+        prefix = f"dovecot-sandbox-{self.port}/imap [".encode()
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                title = cmdline.read_bytes().rstrip(b"\0")
+            except OSError:
+                continue  # the process is gone
+            if title.startswith(prefix) and title.endswith(b" IDLE]"):
+                return True
+        return False
 
     def _log_tail(self, lines: int = 30) -> str:
         try:

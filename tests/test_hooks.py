@@ -233,6 +233,7 @@ hooks:
   on_delivery: ["{script}", "{out}", "delivered"]
   on_failure: ["{script}", "{out}", "failed"]
   timeout: 10s
+  max_parallel: 1
 """
     daemon = start_with(
         tmp_path, cb_sim, imap_server, imap_folder, start_daemon, hooks, retry_schedule=()
@@ -252,19 +253,21 @@ hooks:
         imap_server.deliver(mail.notification(name), imap_folder)
         daemon.wait_event("delivery.failed", filename=name, will_retry=False)
     daemon.wait_event("auth.failing", vendor="collegeboard")
-    wait_until(lambda: len(runs(out)) == 2)
-    time.sleep(0.5)
-    failed = [r for r in runs(out) if r["argv"] == "failed"]
-    assert len(failed) == 1, "one page per run of credential failures"
-    assert failed[0]["env"]["SCOREFETCH_EVENT"] == "auth.failing"
-    assert "401" in failed[0]["env"]["SCOREFETCH_ERROR"]
     assert len(daemon.named("auth.failing")) == 1
 
     cb_sim.clear_faults()  # someone reset the password
     cb_sim.publish("ok_2.csv", b"c\n")
     imap_server.deliver(mail.notification("ok_2.csv"), imap_folder)
     daemon.wait_event("auth.recovered", vendor="collegeboard")
-    wait_until(lambda: len(runs(out)) == 3)
+    ok_2 = str(tmp_path / "files" / "collegeboard" / "ok_2.csv")
+    # One hook at a time, in order: once ok_2's has run, any page for the failures has too.
+    wait_until(lambda: runs(out)[-1:] != [] and runs(out)[-1]["env"].get("SCOREFETCH_PATH") == ok_2)
+    assert [r["argv"] for r in runs(out)] == ["delivered", "failed", "delivered"], (
+        "one page per run of credential failures"
+    )
+    failed = runs(out)[1]
+    assert failed["env"]["SCOREFETCH_EVENT"] == "auth.failing"
+    assert "401" in failed["env"]["SCOREFETCH_ERROR"]
     assert not daemon.named("hook.failed")
 
 

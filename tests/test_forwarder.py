@@ -142,7 +142,7 @@ def test_start_resumes_unfinished_rows_and_claims_what_it_missed(
     time.sleep(0.01)  # the ledger's clock counts milliseconds: "old" is strictly older
     dest = destination(sshd_server, remote)
     Forwarder([dest], ledger).start()  # the destination's first start: "since" is now
-    time.sleep(0.01)
+    time.sleep(0.01)  # and what lands next is strictly newer
     pending = land(ledger, tmp_path, "pending.csv", b"p")
     ledger.forwards.claim("slate", "collegeboard", "pending.csv", pending.path, pending.size)
     land(ledger, tmp_path, "missed.csv", b"m")

@@ -10,7 +10,6 @@ import errno
 import os
 import resource
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -251,7 +250,7 @@ def test_full_disk_is_recorded_retried_and_lands_once_freed(
             assert failed["kind"] == "local" and failed["will_retry"] is True
             row = ledger.get("collegeboard", "full.csv")
             assert row is not None and row.state == "retrying" and "ENOSPC" in (row.error or "")
-            time.sleep(1.0)  # a few more rounds fail too
+            wait_until(lambda: len(log_lines.events("delivery.failed")) >= 3)  # more rounds fail
             ballast.unlink()
             wait_until(lambda: (root / "collegeboard" / "full.csv").exists(), timeout=30)
             assert visible(root / "collegeboard") == {"full.csv": data}

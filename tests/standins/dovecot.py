@@ -43,7 +43,7 @@ class DovecotServer(_ServerBase):
 
     With `introspection_url`, the user may also log in with XOAUTH2 or OAUTHBEARER: an oauth2
     passdb asks that URL (RFC 7662, token POSTed as a form) whether the token is active and
-    whose it is (sandbox/oauth.py answers it).
+    whose it is (tests/standins/oauth.py answers it).
     """
 
     name = "dovecot"

@@ -43,10 +43,12 @@ bench: venv
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
+# The import contract (no loop between the packages of daemon/scorefetch) is tests/test_layers.py.
 lint: venv
 	$(BIN)/ruff check daemon tests bench
 	$(BIN)/ruff format --check daemon tests bench
 	$(BIN)/mypy
+	$(BIN)/pytest -q -p no:cacheprovider tests/test_layers.py
 
 # The service user must be able to run the program and read its config and secrets:
 # /etc/scorefetch is root:scorefetch 0750, files in it 0640 root:scorefetch.

@@ -123,8 +123,7 @@ def write(root: Path, files: dict[str, str]) -> Path:
 
 
 def test_the_contract_catches_a_loop_added_to_a_tree(tmp_path: Path) -> None:
-    """In a small package tree, a loop closed by a lazy relative import is found and named;
-    the same tree without it passes."""
+    """In a small package tree a loop closed by a lazy relative import is found and named."""
     tree = {
         "shop/__init__.py": "",
         "shop/low/__init__.py": "",

@@ -42,8 +42,7 @@ def test_a_test_not_marked_e2e_cannot_start_a_server(tmp_path: Path) -> None:
 
 
 def test_fixtures_that_start_servers_make_their_tests_e2e() -> None:
-    """Collected with -m "not e2e", no test of the modules built on sshd, Dovecot, pymap and
-    the daemon uses a fixture that starts one; their other tests stay."""
+    """With -m "not e2e" no test left uses a fixture that starts a server or the daemon."""
     modules = [
         "tests/test_forwarder.py",  # sshd_server
         "tests/test_forward_sftp.py",  # sshd_server

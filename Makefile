@@ -28,12 +28,16 @@ $(BIN)/scorefetch: pyproject.toml requirements.lock
 demo: venv
 	$(BIN)/scorefetch demo
 
+# Tests run in JOBS processes (pytest-xdist; each has its own servers on free ports): most
+# of a test's time is spent waiting for a server or the daemon. JOBS=0 runs them in one.
+JOBS ?= 2
 test: venv
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(JOBS) --dist worksteal
 
-# No test that starts a server or the daemon (marked e2e): about a minute, for the edit-test loop.
+# No test that starts a server or the daemon (marked e2e; one that does fails): under a
+# minute, for the edit-test loop.
 test-fast: venv
-	$(BIN)/pytest -m "not e2e" -q
+	$(BIN)/pytest -m "not e2e" -q -n $(JOBS) --dist worksteal
 
 # Kill the real daemon at random under faults for CHAOS_MINUTES, then check every file
 # landed exactly once (tests/test_chaos.py; `make test` runs it for 75 s). Disk faults
@@ -47,10 +51,12 @@ bench: venv
 	$(BIN)/pip install --quiet -c $(VENV)/constraints.txt -e '.[dev,bench]'
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
+# The import contract (no loop between the packages of daemon/scorefetch) is tests/test_layers.py.
 lint: venv
 	$(BIN)/ruff check daemon tests bench
 	$(BIN)/ruff format --check daemon tests bench
 	$(BIN)/mypy
+	$(BIN)/pytest -q -p no:cacheprovider tests/test_layers.py
 
 # requirements.lock: what `make install` installs, every file's hash pinned. Resolved by the
 # interpreter make install uses (a newer python3 would pick versions the system one refuses).

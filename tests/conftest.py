@@ -9,28 +9,81 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
+from scorefetch.core import logs
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, write_config
 from scorefetch.sandbox.imapserver import ImapServer, PymapServer
-from tests.support import assert_no_secrets
+from tests.support import LogLines, ServerOutsideE2e, assert_no_secrets, starts_a_server
+
+# Property tests: a quick `dev` run by default, a thorough `ci` one where .ci/run asks for it
+# (HYPOTHESIS_PROFILE=ci). No deadline: a busy machine must not turn slowness into failure.
+settings.register_profile(
+    "dev", max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "ci", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 REQUIRE_DOVECOT = os.environ.get("SCOREFETCH_REQUIRE_DOVECOT") == "1"
 _folders = itertools.count(1)
-# A test that uses any of these talks to real servers or runs the real daemon: `e2e`,
-# left out of `make test-fast`.
-_E2E_FIXTURES = frozenset({"pymap_server", "dovecot_server", "imap_server", "start_daemon"})
+# Every fixture that starts a server (pymap, Dovecot, sshd) or the real daemon, here or in a
+# test module: a test that uses one, directly or through another fixture, is `e2e`, left out
+# of `make test-fast`. A test that starts one in its body carries the marker itself; one that
+# forgets fails at once (`_servers_only_in_e2e`).
+E2E_FIXTURES = frozenset(
+    {
+        "pymap_server",
+        "dovecot_server",
+        "imap_server",
+        "start_daemon",
+        "sshd_server",
+        "oauth_dovecot",  # test_oauth.py
+        "start_encoura_daemon",  # test_exports.py
+        "silent_sftp",  # test_attack_sftp.py
+    }
+)
+_running_e2e = True  # outside a test (collection, session teardown) nothing is refused
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if _E2E_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        if E2E_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Before any fixture of this test, session-scoped ones included, is set up."""
+    global _running_e2e
+    _running_e2e = item.get_closest_marker("e2e") is not None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _servers_only_in_e2e() -> Iterator[None]:
+    """A test not marked e2e that starts a server or the daemon (a fixture missing from
+    E2E_FIXTURES, a server started in a test's body) fails with ServerOutsideE2e, so
+    `make test-fast` starts none."""
+    real_init = subprocess.Popen.__init__
+
+    def guarded(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> None:
+        what = starts_a_server(args)
+        if what is not None and not _running_e2e:
+            raise ServerOutsideE2e(f"{what} started by a test not marked e2e")
+        real_init(self, args, *rest, **kwargs)
+
+    subprocess.Popen.__init__ = guarded  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        subprocess.Popen.__init__ = real_init  # type: ignore[method-assign]
 
 
 def dovecot_or_skip(workdir: Path) -> Any:
@@ -43,6 +96,17 @@ def dovecot_or_skip(workdir: Path) -> Any:
             pytest.fail("SCOREFETCH_REQUIRE_DOVECOT=1 but dovecot is not installed")
         pytest.skip("dovecot is not installed (apt-get install dovecot-imapd)")
     return DovecotServer(workdir)
+
+
+@pytest.fixture
+def log_lines() -> Iterator[LogLines]:
+    """What this process logs during the test (JSON, debug and up), read back with
+    `.events(name, **fields)`; logging goes back to stdout afterwards (an in-process
+    `main()` may otherwise leave it pointed at a stream that is closed by then)."""
+    stream = LogLines()
+    logs.configure("json", "debug", stream)
+    yield stream
+    logs.configure("json", "info")
 
 
 @pytest.fixture(scope="session")

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import itertools
+import json
+import os
 import re
+import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # What must never reach a log line: presigned query parameters and their signature.
 PRESIGNED = re.compile(r"X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Expires=\d", re.I)
@@ -34,3 +40,41 @@ def files_under(folder: Path) -> dict[str, bytes]:
     if not folder.is_dir():
         return {}
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+class LogLines(io.StringIO):
+    """The JSON lines logged in this process during one test (the `log_lines` fixture)."""
+
+    def events(self, name: str | None = None, **fields: Any) -> list[dict[str, Any]]:
+        """Every line so far as a dict, or only those called `name` whose fields match."""
+        found = [json.loads(line) for line in self.getvalue().splitlines() if line.strip()]
+        return [
+            e
+            for e in found
+            if (name is None or e.get("event") == name)
+            and all(e.get(k) == v for k, v in fields.items())
+        ]
+
+
+class ServerOutsideE2e(RuntimeError):
+    """A test not marked e2e tried to start a server or the daemon (see conftest.py)."""
+
+
+def starts_a_server(argv: object) -> str | None:
+    """What a command line would start that only an `e2e` test may: Dovecot, sshd, pymap,
+    or the daemon (`scorefetch run`, `scorefetch demo`); None for anything else."""
+    if isinstance(argv, str | bytes | os.PathLike):
+        args = shlex.split(os.fsdecode(argv))
+    else:
+        args = [os.fsdecode(a) if isinstance(a, bytes | os.PathLike) else str(a) for a in argv]
+    if not args:
+        return None
+    program = Path(args[0]).name
+    if program in ("dovecot", "sshd"):
+        return program
+    if any("pymap.main" in a for a in args):
+        return "pymap"
+    for here, following in itertools.pairwise(args):
+        if Path(here).name == "scorefetch" and following in ("run", "demo"):
+            return f"scorefetch {following}"
+    return None

@@ -3,13 +3,10 @@ next file, the state kept in the ledger across restarts."""
 
 from __future__ import annotations
 
-import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from scorefetch.core import logs
 from scorefetch.core.errors import Failure
 from scorefetch.core.events import (
     AuthFailing,
@@ -24,13 +21,8 @@ from scorefetch.core.events import (
 from scorefetch.core.ledger import Ledger
 from scorefetch.observers.alarms import AuthAlarm
 
-
-@pytest.fixture(autouse=True)
-def quiet_logs() -> Iterator[None]:
-    """The alarm logs; into a buffer of this test's own."""
-    logs.configure("json", "info", io.StringIO())
-    yield
-    logs.configure("json", "info")
+# The alarm logs; into a stream of each test's own (conftest.log_lines).
+pytestmark = pytest.mark.usefixtures("log_lines")
 
 
 def refused(name: str, vendor: str = "collegeboard") -> DeliveryFailed:

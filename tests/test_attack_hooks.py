@@ -6,29 +6,18 @@ thread (and the daemon's exit, which joins them) hung as long as that child live
 from __future__ import annotations
 
 import contextlib
-import io
-import json
 import os
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from scorefetch.config import HooksConfig
-from scorefetch.core import logs
 from scorefetch.core.events import Downloaded
 from scorefetch.observers.hooks import Hooks
-
-
-@pytest.fixture
-def stream() -> Iterator[io.StringIO]:
-    out = io.StringIO()
-    logs.configure("json", "debug", out)
-    yield out
-    logs.configure("json", "info")
+from tests.support import LogLines
 
 
 @pytest.fixture
@@ -49,28 +38,23 @@ def _hook(tmp_path: Path, pid_file: Path, then: str) -> str:
     return str(script)
 
 
-def _failures(stream: io.StringIO) -> list[dict[str, Any]]:
-    found = [json.loads(line) for line in stream.getvalue().splitlines()]
-    return [e for e in found if e["event"] == "hook.failed"]
-
-
 def _landed(tmp_path: Path) -> Downloaded:
     return Downloaded("collegeboard", "a.csv", tmp_path / "a.csv", 12, "ab" * 32, 0.1)
 
 
 def test_a_hook_that_exits_0_leaving_a_detached_child_succeeds_at_once(
-    tmp_path: Path, pid_file: Path, stream: io.StringIO
+    tmp_path: Path, pid_file: Path, log_lines: LogLines
 ) -> None:
     """A hook is over when its own process exits, even if a detached child holds its output."""
     hooks = Hooks(HooksConfig(timeout=3.0))
     started = time.monotonic()
     assert hooks.run((_hook(tmp_path, pid_file, "exit 0"),), {"EVENT": "delivery.downloaded"})
     assert time.monotonic() - started < 2
-    assert _failures(stream) == []
+    assert log_lines.events("hook.failed") == []
 
 
 def test_a_hanging_hook_with_a_detached_child_is_still_over_at_its_timeout(
-    tmp_path: Path, pid_file: Path, stream: io.StringIO
+    tmp_path: Path, pid_file: Path, log_lines: LogLines
 ) -> None:
     """A hook that hangs is killed at its timeout; its detached child cannot hold the daemon."""
     hooks = Hooks(HooksConfig(on_delivery=(_hook(tmp_path, pid_file, "sleep 60"),), timeout=1.0))
@@ -78,6 +62,6 @@ def test_a_hanging_hook_with_a_detached_child_is_still_over_at_its_timeout(
     hooks(_landed(tmp_path))
     assert hooks.close(10), "the hook thread is still waiting"
     assert time.monotonic() - started < 6
-    (failure,) = _failures(stream)
+    (failure,) = log_lines.events("hook.failed")
     assert failure["error"] == "timeout after 1s (killed)"
     assert failure["output"] == "starting the uploader"

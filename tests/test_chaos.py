@@ -40,7 +40,7 @@ from scorefetch.sandbox.encoura import EncouraSimulator
 from scorefetch.sandbox.imapserver import PymapServer
 from scorefetch.sandbox.sshd import forward_config
 from tests.standins.proxy import FaultProxy
-from tests.support import assert_no_secrets
+from tests.support import assert_no_secrets, wait_until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
 
@@ -210,7 +210,7 @@ class World:
 
     def restart_imap(self) -> None:
         self.imap.stop()
-        time.sleep(self.rng.uniform(0.2, 2.0))
+        time.sleep(self.rng.uniform(0.2, 2.0))  # the fault: the server is away a random while
         self.imap.start()  # a new, empty server on a new port: mail since the last look is lost
         self.proxy.target = (self.imap.host, self.imap.port)
         self.proxy.cut()
@@ -305,11 +305,14 @@ def _kill_loop(world: World, config: Path, seconds: float) -> list[DaemonProcess
     deadline = time.monotonic() + seconds
     daemon = _start(world, config, daemons)
     while time.monotonic() < deadline:
-        time.sleep(world.rng.uniform(1.0, 6.0))
+        time.sleep(world.rng.uniform(1.0, 6.0))  # the fault: a kill at a random moment
         if world.rng.random() < 0.5:
             daemon.kill()
             world.figures["sigkill"] += 1
         else:
+            # Until the daemon installs its handler (before its first log line) SIGTERM is
+            # Python's default, exit -15; on a busy machine the random moment may come first.
+            daemon.wait_for(lambda e: e.get("event") != "output", timeout=60)
             code = daemon.stop(timeout=45)
             assert code == 0, f"SIGTERM exit {code}: {daemon.lines[-5:]}"
             world.figures["sigterm"] += 1
@@ -323,17 +326,21 @@ def _settle(world: World, config: Path, daemons: list[DaemonProcess]) -> float:
     world.heal()
     began = time.monotonic()
     final = _start(world, config, daemons)
-    while not world.settled():
-        if time.monotonic() - began > SETTLE_LIMIT_S:
-            missing = sorted(set(world.want) - set(world.on_disk()))
-            raise AssertionError(f"not settled after {SETTLE_LIMIT_S}s; missing {missing[:10]}")
-        time.sleep(0.2)
+    try:
+        wait_until(world.settled, timeout=SETTLE_LIMIT_S)
+    except AssertionError:
+        missing = sorted(set(world.want) - set(world.on_disk()))
+        raise AssertionError(
+            f"not settled after {SETTLE_LIMIT_S}s; missing {missing[:10]}"
+        ) from None
     settle_s = time.monotonic() - began
     while not set(_lateness(daemons)["overdue"]) <= set(_lateness(daemons)["recovered"]):
         if time.monotonic() - began > SETTLE_LIMIT_S:  # each late file told of its arrival
             raise AssertionError(f"overdue never recovered: {_lateness(daemons)}")
         time.sleep(0.2)
-    time.sleep(3)  # a few more polls and listings: still nothing twice
+    # Another Encoura pass over every key (and what else lists meanwhile): nothing twice.
+    passes = len(final.named("listing.completed")) + len(KEYS)
+    wait_until(lambda: len(final.named("listing.completed")) >= passes, timeout=60)
     assert final.stop(timeout=45) == 0
     return settle_s
 
@@ -349,14 +356,20 @@ def test_chaos_every_file_lands_exactly_once(tmp_path: Path, sshd_server: Any) -
         stop = threading.Event()
         try:
             config = world.config()
-            _keep_doing(stop, (0.3, 1.2), world.arrive, random.Random(seed + 1))
-            _keep_doing(stop, (2.0, 6.0), world.fault, random.Random(seed + 2))
-            _keep_doing(stop, (3.0, 8.0), world.heal, random.Random(seed + 3))
-            _keep_doing(stop, (4.0, 10.0), lambda: world.by_hand(config), random.Random(seed + 4))
+            threads = [
+                _keep_doing(stop, (0.3, 1.2), world.arrive, random.Random(seed + 1)),
+                _keep_doing(stop, (2.0, 6.0), world.fault, random.Random(seed + 2)),
+                _keep_doing(stop, (3.0, 8.0), world.heal, random.Random(seed + 3)),
+                _keep_doing(
+                    stop, (4.0, 10.0), lambda: world.by_hand(config), random.Random(seed + 4)
+                ),
+            ]
             began = time.monotonic()
             daemons = _kill_loop(world, config, SECONDS)
             stop.set()
-            time.sleep(1.5)  # the arrival and fault threads finish their last step
+            for thread in threads:  # the arrival and fault threads finish their last step
+                thread.join(60)
+                assert not thread.is_alive()
             settle_s = _settle(world, config, daemons)
             for daemon in daemons:
                 world.figures["local_failures"] += len(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from scorefetch.cli import main
-from scorefetch.core import logs
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import write_config
 from scorefetch.sandbox.imapserver import PymapServer
@@ -97,6 +95,7 @@ def test_status_without_ledger(config_path: Path, capsys: pytest.CaptureFixture[
     assert not (config_path.parent / "state").exists()
 
 
+@pytest.mark.usefixtures("log_lines")  # the alarm logs; not into a closed capture
 def test_status_shows_credential_alarm(
     config_path: Path, cb_sim: CollegeBoardSimulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -107,7 +106,6 @@ def test_status_shows_credential_alarm(
     from scorefetch.core.ledger import Ledger
     from scorefetch.observers.alarms import AuthAlarm
 
-    logs.configure("json", "info", io.StringIO())  # the alarm logs; not into a closed capture
     ledger = Ledger(load(config_path).ledger_path)
     events = Events()
     events.subscribe(AuthAlarm(events, ledger))

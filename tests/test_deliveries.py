@@ -6,7 +6,6 @@ import io
 import json
 import random
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,21 +13,12 @@ import pytest
 from scorefetch.collegeboard.client import CollegeBoard
 from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
 from scorefetch.config import CollegeBoardConfig
-from scorefetch.core import logs
 from scorefetch.core.deliveries import retry_delay
 from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger
 from scorefetch.mailbox.watcher import backoff_delay, new_uids
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from tests.support import assert_no_secrets, wait_until
-
-
-@pytest.fixture
-def log_lines() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    logs.configure("json", "debug", stream)
-    yield stream
-    logs.configure("json", "info")
 
 
 def pipeline(

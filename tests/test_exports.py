@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from scorefetch.encoura.poller import EncouraDeliveries, recover
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, write_config
 from scorefetch.sandbox.encoura import EncouraSimulator
-from tests.support import assert_no_secrets, files_under
+from tests.support import assert_no_secrets, files_under, wait_until
 
 ORG = {"uid": "org-1", "name": "Sandbox University"}
 
@@ -106,12 +105,12 @@ def test_failed_download_is_redone_with_a_fresh_url(
     enc_sim.inject("download_url", 500)
     deliveries = exports(enc_sim, tmp_path)
     deliveries.poll()
-    for _ in range(100):
-        deliveries.wait_idle(5)
+
+    def landed_row() -> bool:
         row = deliveries.ledger.get("encoura", uid)
-        if row is not None and row.state == "downloaded":
-            break
-        time.sleep(0.1)
+        return row is not None and row.state == "downloaded"
+
+    wait_until(landed_row, timeout=60)
     deliveries.close(5)
     assert landed(tmp_path) == {"score-reporter/s.csv": b"scores\r\n"}
     assert enc_sim.stats.download_url_calls == 3
@@ -224,7 +223,9 @@ def test_daemon_sigkilled_between_listing_and_download_loses_nothing(
     again = start_encoura_daemon()
     again.wait_event("delivery.downloaded", uid=uid, timeout=30)
     again.wait_event("delivery.downloaded", uid=small, timeout=30)
-    time.sleep(3)  # let tokens expire and polls run: still nothing twice
+    # A token expires and is replaced, and both keys are listed twice more: still nothing twice.
+    logins, lists = enc_sim.stats.login_calls, enc_sim.stats.list_calls
+    wait_until(lambda: enc_sim.stats.login_calls > logins and enc_sim.stats.list_calls >= lists + 4)
     assert again.stop() == 0
     files = landed(tmp_path)
     assert sorted(files) == ["prospect/p.csv", "score-reporter/big.csv"]
@@ -244,10 +245,7 @@ def test_daemon_sigkilled_mid_download_redoes_it(
     enc_sim.throttle_bps = 1024 * 1024
     daemon = start_encoura_daemon()
     part = tmp_path / "files" / "encoura" / "score-reporter" / ".slow.csv.part"
-    deadline = time.monotonic() + 20
-    while not (part.exists() and part.stat().st_size > 0):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: part.exists() and part.stat().st_size > 0)  # the bytes are coming
     daemon.kill()
     assert not (part.parent / "slow.csv").exists()
     enc_sim.throttle_bps = None

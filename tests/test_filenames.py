@@ -7,7 +7,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from scorefetch.core.errors import RefusedError
@@ -17,9 +17,6 @@ from scorefetch.core.filenames import (
     file_format,
     name_from_url,
 )
-
-FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
 
 ACCEPTED = [
     pytest.param("4300_20180410_111604.csv", id="cb-current-csv"),
@@ -305,7 +302,6 @@ def download_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("downloads")
 
 
-@FAST
 @given(name=NAMES)
 @example(name="..")
 @example(name="../x")
@@ -327,7 +323,6 @@ def test_no_accepted_name_escapes_the_folder(download_dir: Path, name: str) -> N
     assert len(name.encode("utf-8")) <= MAX_NAME_BYTES
 
 
-@FAST
 @given(name=NAMES)
 def test_check_name_only_refuses(name: str) -> None:
     """check_name returns its argument or raises RefusedError, never anything else."""
@@ -337,7 +332,6 @@ def test_check_name_only_refuses(name: str) -> None:
         assert str(exc)
 
 
-@FAST
 @given(name=NAMES, query=st.text(max_size=30))
 def test_name_from_url_round_trip(name: str, query: str) -> None:
     """A percent-encoded segment decodes to exactly the name when, and only when, it is plain."""

@@ -3,19 +3,17 @@ logged and never holds up a delivery; end to end with the real daemon."""
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from scorefetch.config import HooksConfig
-from scorefetch.core import logs
 from scorefetch.core.errors import Failure
 from scorefetch.core.events import (
     AuthFailing,
@@ -30,7 +28,7 @@ from scorefetch.sandbox import mail
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, write_config
 from scorefetch.sandbox.imapserver import PymapServer
-from tests.support import wait_until
+from tests.support import LogLines, wait_until
 
 DUMP_ENV = f"""#!{sys.executable}
 # Appends one JSON line per run: the arguments and the whole environment.
@@ -38,19 +36,6 @@ import json, os, sys
 with open(sys.argv[1], "a") as out:
     out.write(json.dumps({{"argv": " ".join(sys.argv[2:]), "env": dict(os.environ)}}) + "\\n")
 """
-
-
-@pytest.fixture
-def stream() -> Iterator[io.StringIO]:
-    out = io.StringIO()
-    logs.configure("json", "debug", out)
-    yield out
-    logs.configure("json", "info")
-
-
-def events(stream: io.StringIO, name: str) -> list[dict[str, Any]]:
-    found = [json.loads(line) for line in stream.getvalue().splitlines()]
-    return [e for e in found if e["event"] == name]
 
 
 @pytest.fixture
@@ -163,7 +148,7 @@ def test_hook_runs_with_its_arguments_and_facts(
     assert not {k for k in env if k.startswith(("CREDENTIALS", "NOTIFY", "IMAP"))}
 
 
-def test_failing_hook_is_logged(tmp_path: Path, stream: io.StringIO) -> None:
+def test_failing_hook_is_logged(tmp_path: Path, log_lines: LogLines) -> None:
     """A non-zero exit and a program that cannot start are `hook.failed` lines with the
     exit status and the output's tail."""
     failing = tmp_path / "fails"
@@ -173,7 +158,7 @@ def test_failing_hook_is_logged(tmp_path: Path, stream: io.StringIO) -> None:
     hooks(landed(tmp_path))
     hooks(DeliveryFailed("encoura", "u1", "e.csv", 4, "gone", Failure.FATAL, False))
     assert hooks.close(10)
-    failures = {e["hook"]: e for e in events(stream, "hook.failed")}
+    failures = {e["hook"]: e for e in log_lines.events("hook.failed")}
     assert failures[str(failing)]["error"] == "exit status 3"
     assert failures[str(failing)]["output"] == "no route to mail server"
     assert failures[str(failing)]["hook_event"] == "delivery.downloaded"
@@ -181,7 +166,7 @@ def test_failing_hook_is_logged(tmp_path: Path, stream: io.StringIO) -> None:
     assert failures["/nonexistent/hook"]["filename"] == "e.csv"
 
 
-def test_hanging_hook_is_killed_whole_and_never_blocks(tmp_path: Path, stream: io.StringIO) -> None:
+def test_hanging_hook_is_killed_whole_and_never_blocks(tmp_path: Path, log_lines: LogLines) -> None:
     """The publisher returns at once; a hook past its timeout is killed with everything it
     started (its process group), and logged."""
     child_pid = tmp_path / "child.pid"
@@ -193,8 +178,8 @@ def test_hanging_hook_is_killed_whole_and_never_blocks(tmp_path: Path, stream: i
     for _ in range(3):
         hooks(landed(tmp_path))
     assert time.monotonic() - started < 0.5
-    wait_until(lambda: len(events(stream, "hook.failed")) == 3, timeout=15)
-    assert all(e["error"] == "timeout after 1s (killed)" for e in events(stream, "hook.failed"))
+    wait_until(lambda: len(log_lines.events("hook.failed")) == 3, timeout=15)
+    assert all(e["error"] == "timeout after 1s (killed)" for e in log_lines.events("hook.failed"))
     pid = int(child_pid.read_text())
     wait_until(lambda: not Path(f"/proc/{pid}").exists() or "Z" in _state(pid), timeout=5)
     hooks.close(1)
@@ -248,6 +233,7 @@ hooks:
   on_delivery: ["{script}", "{out}", "delivered"]
   on_failure: ["{script}", "{out}", "failed"]
   timeout: 10s
+  max_parallel: 1
 """
     daemon = start_with(
         tmp_path, cb_sim, imap_server, imap_folder, start_daemon, hooks, retry_schedule=()
@@ -267,19 +253,21 @@ hooks:
         imap_server.deliver(mail.notification(name), imap_folder)
         daemon.wait_event("delivery.failed", filename=name, will_retry=False)
     daemon.wait_event("auth.failing", vendor="collegeboard")
-    wait_until(lambda: len(runs(out)) == 2)
-    time.sleep(0.5)
-    failed = [r for r in runs(out) if r["argv"] == "failed"]
-    assert len(failed) == 1, "one page per run of credential failures"
-    assert failed[0]["env"]["SCOREFETCH_EVENT"] == "auth.failing"
-    assert "401" in failed[0]["env"]["SCOREFETCH_ERROR"]
     assert len(daemon.named("auth.failing")) == 1
 
     cb_sim.clear_faults()  # someone reset the password
     cb_sim.publish("ok_2.csv", b"c\n")
     imap_server.deliver(mail.notification("ok_2.csv"), imap_folder)
     daemon.wait_event("auth.recovered", vendor="collegeboard")
-    wait_until(lambda: len(runs(out)) == 3)
+    ok_2 = str(tmp_path / "files" / "collegeboard" / "ok_2.csv")
+    # One hook at a time, in order: once ok_2's has run, any page for the failures has too.
+    wait_until(lambda: runs(out)[-1:] != [] and runs(out)[-1]["env"].get("SCOREFETCH_PATH") == ok_2)
+    assert [r["argv"] for r in runs(out)] == ["delivered", "failed", "delivered"], (
+        "one page per run of credential failures"
+    )
+    failed = runs(out)[1]
+    assert failed["env"]["SCOREFETCH_EVENT"] == "auth.failing"
+    assert "401" in failed["env"]["SCOREFETCH_ERROR"]
     assert not daemon.named("hook.failed")
 
 

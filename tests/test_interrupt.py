@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import write_config
+from tests.support import wait_until
 
 
 @pytest.mark.e2e
@@ -39,10 +39,8 @@ def test_ctrl_c_in_fetch_exits_130_with_nothing_partial(
         stderr=subprocess.PIPE,
     )
     folder = tmp_path / "files" / "collegeboard"
-    deadline = time.monotonic() + 20
-    while not (folder.is_dir() and any(folder.glob(".*.part"))):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.05)
+    wait_until(lambda: proc.poll() is not None or (folder.is_dir() and any(folder.glob(".*.part"))))
+    assert proc.poll() is None, "the fetch ended before its download started"
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=20) == 130
     assert list(folder.iterdir()) == []

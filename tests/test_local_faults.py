@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
-import json
 import os
 import resource
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,14 +18,14 @@ import pytest
 from scorefetch.collegeboard.client import CollegeBoard
 from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
 from scorefetch.config import CollegeBoardConfig
-from scorefetch.core import localfs, logs
+from scorefetch.core import localfs
 from scorefetch.core.deliveries import retry_delay
 from scorefetch.core.downloads import Landed, fetch_to_file
 from scorefetch.core.errors import Failure, LocalError
 from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
-from tests.support import files_under, wait_until
+from tests.support import LogLines, files_under, wait_until
 
 ROOT = os.geteuid() == 0
 
@@ -47,19 +44,6 @@ def tmpfs(where: Path, size: str = "1m", options: str = "") -> Iterator[Path]:
 
 
 needs_root = pytest.mark.skipif(not ROOT, reason="mounting a tmpfs needs root")
-
-
-@pytest.fixture
-def log_lines() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    logs.configure("json", "debug", stream)
-    yield stream
-    logs.configure("json", "info")
-
-
-def events(stream: io.StringIO, name: str) -> list[dict[str, object]]:
-    lines = [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
-    return [e for e in lines if e.get("event") == name]
 
 
 def client(sim: CollegeBoardSimulator, **overrides: object) -> CollegeBoard:
@@ -247,7 +231,7 @@ def test_each_local_fault_is_a_local_error_leaving_nothing(
 
 @needs_root
 def test_full_disk_is_recorded_retried_and_lands_once_freed(
-    cb_sim: CollegeBoardSimulator, tmp_path: Path, log_lines: io.StringIO
+    cb_sim: CollegeBoardSimulator, tmp_path: Path, log_lines: LogLines
 ) -> None:
     """ENOSPC: `delivery.failed` kind=local will_retry=true, the row `retrying` with the
     error; once space is freed the file lands by itself, once, with nothing partial."""
@@ -261,12 +245,12 @@ def test_full_disk_is_recorded_retried_and_lands_once_freed(
         deliveries = CollegeBoardDeliveries(client(cb_sim), ledger, root)
         try:
             deliveries.announce(["full.csv"], source="notification")
-            wait_until(lambda: bool(events(log_lines, "delivery.failed")))
-            failed = events(log_lines, "delivery.failed")[0]
+            wait_until(lambda: bool(log_lines.events("delivery.failed")))
+            failed = log_lines.events("delivery.failed")[0]
             assert failed["kind"] == "local" and failed["will_retry"] is True
             row = ledger.get("collegeboard", "full.csv")
             assert row is not None and row.state == "retrying" and "ENOSPC" in (row.error or "")
-            time.sleep(1.0)  # a few more rounds fail too
+            wait_until(lambda: len(log_lines.events("delivery.failed")) >= 3)  # more rounds fail
             ballast.unlink()
             wait_until(lambda: (root / "collegeboard" / "full.csv").exists(), timeout=30)
             assert visible(root / "collegeboard") == {"full.csv": data}

@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-import io
-import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from scorefetch.core import logs
+from tests.support import LogLines
 
 
-@pytest.fixture
-def stream() -> Iterator[io.StringIO]:
-    out = io.StringIO()
-    logs.configure("json", "debug", out)
-    yield out
-    logs.configure("json", "info")
-
-
-def lines(stream: io.StringIO) -> list[dict[str, object]]:
-    return [json.loads(line) for line in stream.getvalue().splitlines()]
-
-
-def test_json_line_has_timestamp_level_event_and_bound_fields(stream: io.StringIO) -> None:
+def test_json_line_has_timestamp_level_event_and_bound_fields(log_lines: LogLines) -> None:
     """One JSON object per line with an ISO UTC timestamp, the level, the event and bound fields."""
     logs.get(vendor="collegeboard").info("delivery.skipped", filename="a.txt", reason="format")
-    (event,) = lines(stream)
+    (event,) = log_lines.events()
     assert event["event"] == "delivery.skipped" and event["level"] == "info"
     assert event["vendor"] == "collegeboard" and event["reason"] == "format"
     assert str(event["timestamp"]).endswith("Z")
@@ -38,11 +24,11 @@ def test_json_line_has_timestamp_level_event_and_bound_fields(stream: io.StringI
     "field",
     ["password", "api_key", "apikey", "session_token", "secret", "Authorization", "x_api_key"],
 )
-def test_secret_named_fields_are_masked(stream: io.StringIO, field: str) -> None:
+def test_secret_named_fields_are_masked(log_lines: LogLines, field: str) -> None:
     """A field named like a secret never shows its value, whatever the caller passed."""
     logs.get().warning("oops", **{field: "hunter2-very-secret"})
-    assert "hunter2-very-secret" not in stream.getvalue()
-    assert lines(stream)[0][field] == "********"
+    assert "hunter2-very-secret" not in log_lines.getvalue()
+    assert log_lines.events()[0][field] == "********"
 
 
 @pytest.mark.parametrize(
@@ -57,35 +43,35 @@ def test_secret_named_fields_are_masked(stream: io.StringIO, field: str) -> None
         "client_assertion",
     ],
 )
-def test_oauth_secret_fields_are_masked(stream: io.StringIO, field: str) -> None:
+def test_oauth_secret_fields_are_masked(log_lines: LogLines, field: str) -> None:
     """The OAuth2 settings and values (imap.auth) are masked like passwords."""
     logs.get().info("imap.token_obtained", **{field: "ya29.very-secret"})
-    assert "ya29.very-secret" not in stream.getvalue()
-    assert lines(stream)[0][field] == "********"
+    assert "ya29.very-secret" not in log_lines.getvalue()
+    assert log_lines.events()[0][field] == "********"
 
 
-def test_token_event_fields_stay_readable(stream: io.StringIO) -> None:
+def test_token_event_fields_stay_readable(log_lines: LogLines) -> None:
     """The fields imap.token_* events do carry are not secrets and are not masked."""
     logs.get().info("imap.token_obtained", provider="microsoft", expires_in_s=3599)
-    assert lines(stream)[0]["provider"] == "microsoft"
-    assert lines(stream)[0]["expires_in_s"] == 3599
+    assert log_lines.events()[0]["provider"] == "microsoft"
+    assert log_lines.events()[0]["expires_in_s"] == 3599
 
 
-def test_url_queries_are_cut_everywhere(stream: io.StringIO) -> None:
+def test_url_queries_are_cut_everywhere(log_lines: LogLines) -> None:
     """Presigned URLs keep scheme, host and path; their query never reaches the line."""
     url = "https://bucket.s3.amazonaws.com/4300_1.csv?X-Amz-Signature=abc123&Expires=1700000000"
     logs.get().error("delivery.failed", error=f"403 for url: {url}", urls=[url], nested=(url,))
-    text = stream.getvalue()
+    text = log_lines.getvalue()
     assert "X-Amz-Signature" not in text and "abc123" not in text and "Expires=" not in text
-    assert "https://bucket.s3.amazonaws.com/4300_1.csv?…" in lines(stream)[0]["error"]
+    assert "https://bucket.s3.amazonaws.com/4300_1.csv?…" in log_lines.events()[0]["error"]
 
 
-def test_level_filter(stream: io.StringIO) -> None:
+def test_level_filter(log_lines: LogLines) -> None:
     """Below the configured level nothing is written."""
-    logs.configure("json", "warning", stream)
+    logs.configure("json", "warning", log_lines)
     logs.get().info("quiet")
     logs.get().warning("loud")
-    assert [e["event"] for e in lines(stream)] == ["loud"]
+    assert [e["event"] for e in log_lines.events()] == ["loud"]
 
 
 def test_strip_query_leaves_plain_text() -> None:

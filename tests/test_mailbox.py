@@ -7,7 +7,6 @@ import json
 import random
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, write_config
 from tests.conftest import dovecot_or_skip
 from tests.standins.proxy import FaultProxy
+from tests.support import wait_until
 
 pytestmark = pytest.mark.e2e
 Start = Callable[..., DaemonProcess]
@@ -124,9 +124,7 @@ def test_processed_folder_without_move_copies_and_expunges_only_that_message(
     message someone else marked \\Deleted in the folder is not expunged with it."""
 
     def expunged(_daemon: DaemonProcess, proxy: FaultProxy) -> None:
-        deadline = time.monotonic() + 10
-        while b"UID EXPUNGE" not in proxy.sent and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: b"UID EXPUNGE" in proxy.sent)
 
     done, inbox, sent = move_to_done(
         tmp_path, cb_sim, NO_MOVE, "4300_20261122_100000.csv", expunged
@@ -216,10 +214,7 @@ def test_other_mail_in_a_shared_inbox_costs_only_its_headers(
         daemon = start_daemon(imap_address=(proxy.host, proxy.port))
         daemon.wait_event("delivery.downloaded", filename="4300_20261122_110000.csv")
         imap_server.deliver(other_mail(32), imap_folder)  # steady state, under IDLE
-        deadline = time.monotonic() + 20
-        while len(daemon.named("notification.rejected", reason="sender")) < 4:
-            assert time.monotonic() < deadline, "not every transcript was handled"
-            time.sleep(0.05)
+        wait_until(lambda: len(daemon.named("notification.rejected", reason="sender")) >= 4)
         assert proxy.bytes_to_clients < 100_000, proxy.bytes_to_clients
         assert daemon.stop() == 0
 

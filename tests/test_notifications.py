@@ -14,7 +14,7 @@ from email.policy import SMTP
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from scorefetch.collegeboard.notifications import (
@@ -39,7 +39,6 @@ SENDERS = ("@collegeboard.org",)
 FROM = "College Board Reporting <reportingportal@collegeboard.org>"
 NAME = "4300_20180410_111604.csv"
 SPAN = f'<span id="fileName"> {NAME} </span>'
-FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def page(span: str = SPAN) -> str:
@@ -878,7 +877,6 @@ def _assert_result(result: object) -> None:
             assert check_name(name) == name
 
 
-@FAST
 @given(st.binary(max_size=4096))
 def test_any_bytes_never_raise(data: bytes) -> None:
     """read_notification returns a Notification or Rejection for any bytes at all."""
@@ -920,14 +918,12 @@ BODY_PIECES = st.sampled_from(
 )
 
 
-@FAST
 @given(HEADER_PREFIX, st.lists(st.one_of(BODY_PIECES, st.binary(max_size=16)), max_size=40))
 def test_any_body_after_allowed_sender_never_raises(prefix: bytes, pieces: list[bytes]) -> None:
     """Past the sender check, any MIME/HTML soup gives a result whose names are all safe."""
     _assert_result(read_notification(prefix + b"".join(pieces), SENDERS))
 
 
-@FAST
 @given(
     st.text(max_size=200),
     st.sampled_from(["quoted-printable", "base64", "8bit"]),
@@ -950,7 +946,6 @@ def hand_encoded(html: str, cte: str, charset: str) -> bytes:
     return raw(body, content_type=f"text/html; charset={charset}".encode(), cte=cte.encode())
 
 
-@FAST
 @given(
     st.text(
         alphabet=st.characters(categories=["L", "N"], include_characters="_-. "),

@@ -4,7 +4,6 @@ introspection, and the sandbox OAuth2 authority (Microsoft- and Google-style gra
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from tests.conftest import dovecot_or_skip
 from tests.standins.oauth import OAuthAuthority, Stats
 from tests.standins.proxy import FaultProxy
 from tests.standins.tls import make_client_certificate
+from tests.support import wait_until
 
 pytestmark = pytest.mark.e2e
 Start = Callable[..., DaemonProcess]
@@ -188,7 +188,7 @@ def test_unregistered_certificate_is_an_auth_failure(
     auth = microsoft_certificate_auth(tmp_path, authority, pem, thumbprint)
     daemon = start_daemon(imap_auth=auth, env=ca_env(authority), wait_ready=False)
     failed = daemon.wait_event("imap.auth_failed", timeout=30)
-    time.sleep(2)
+    daemon.wait_event("imap.reconnecting", delay_s=300.0)  # in the slow retry's wait now
     assert daemon.stop() == 0
     assert "AADSTS700027" in failed["error"]
     assert len(daemon.named("imap.auth_failed")) == 1
@@ -208,8 +208,10 @@ def test_short_lived_tokens_are_renewed_before_they_expire(
     in again with a new one; mail arriving after several expiries still lands."""
     authority.token_lifetime = 5.0
     daemon = start_daemon(imap_auth=google_auth(tmp_path, authority))
-    daemon.wait_for(lambda e: e.get("event") == "imap.token_renewal", timeout=15)
-    time.sleep(7)  # the first two tokens are dead by now
+    first = daemon.wait_event("imap.token_renewal")
+    daemon.wait_for(  # the second token comes to its end too
+        lambda e: e.get("event") == "imap.token_renewal", start=daemon.events.index(first) + 1
+    )
     data = deliver_and_wait(daemon, imap_server, imap_folder, cb_sim, "4300_20261122_090000")
     assert daemon.stop() == 0
     assert landed(tmp_path, "4300_20261122_090000.csv") == data
@@ -262,20 +264,19 @@ def test_bye_access_token_expired_gets_a_new_token_and_session_at_once(
     """Microsoft ends a session whose token it considers expired with `BYE Session
     invalidated - AccessTokenExpired`: the daemon drops its cached token and logs in again
     with a new one at once (no backoff, no refused login); mail sent meanwhile lands."""
-    with FaultProxy(imap_server.host, imap_server.port) as proxy:
+    with FaultProxy(imap_server.host, imap_server.port, transcript=True) as proxy:
         daemon = start_daemon(
             imap_auth=microsoft_auth(tmp_path, authority),
             env=ca_env(authority),
             imap_address=(proxy.host, proxy.port),
         )
         first = deliver_and_wait(daemon, imap_server, imap_folder, cb_sim, "4300_20261122_103000")
-        time.sleep(0.5)  # back in IDLE
+        wait_until(proxy.idling)
         proxy.say_bye(b"* BYE Session invalidated - AccessTokenExpired\r\n")
-        renewal = daemon.wait_event("imap.token_renewal", reason="expired", timeout=10)
+        daemon.wait_event("imap.token_renewal", reason="expired", timeout=10)
         second = deliver_and_wait(daemon, imap_server, imap_folder, cb_sim, "4300_20261122_104500")
         assert daemon.stop() == 0
-    connected = daemon.named("imap.connected")
-    assert len(connected) == 2 and connected[1]["_at"] - renewal["_at"] < 2.0
+    assert len(daemon.named("imap.connected")) == 2
     assert authority.stats.client_credentials == 2
     assert not daemon.named("imap.token_refused") and not daemon.named("imap.reconnecting")
     assert not daemon.named("imap.disconnected") and not daemon.named("imap.auth_failed")
@@ -294,7 +295,7 @@ def test_wrong_client_secret_is_an_auth_failure_retried_slowly(
     failed = daemon.wait_event("imap.auth_failed", timeout=30)
     assert "invalid_client" in failed["error"]
     assert failed["retry_in_s"] == 300.0
-    time.sleep(3)
+    daemon.wait_event("imap.reconnecting", delay_s=300.0)  # in the slow retry's wait now
     assert authority.stats.client_credentials == 1
     assert daemon.named("daemon.ready") and not daemon.named("imap.connected")
     assert daemon.stop() == 0

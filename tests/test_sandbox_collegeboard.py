@@ -112,7 +112,7 @@ def test_url_expiry_enforced_server_side(sim: CollegeBoardSimulator) -> None:
     """A presigned URL gets 403 AccessDenied once its (sub-second) lifetime has passed."""
     sim.url_lifetime = 0.3
     url = file_url(sim, "4300_20260410_111604.csv", CREDS).json()["fileUrl"]
-    time.sleep(0.5)
+    time.sleep(0.5)  # the behaviour: the simulator's URLs expire by its real clock
     resp = requests.get(url, timeout=10)
     assert resp.status_code == 403
     assert "<Code>AccessDenied</Code>" in resp.text and "Request has expired" in resp.text

@@ -11,6 +11,8 @@ import pytest
 
 from tests.standins.dovecot import DovecotServer, dovecot_binary
 
+pytestmark = pytest.mark.e2e  # every test here starts a Dovecot
+
 if dovecot_binary() is None:
     if os.environ.get("SCOREFETCH_REQUIRE_DOVECOT") == "1":
         pytest.fail("SCOREFETCH_REQUIRE_DOVECOT=1 but dovecot is not installed", pytrace=False)

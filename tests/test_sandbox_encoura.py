@@ -107,17 +107,19 @@ def test_bad_credentials_and_terms(sim: EncouraSimulator) -> None:
 
 def test_token_expiry_and_refresh(sim: EncouraSimulator) -> None:
     """Tokens die after token_lifetime; a refresh before then gives a fresh, longer-lived one."""
-    sim.token_lifetime = 0.5
+    # The behaviour is the simulator's real clock: tokens age while we sleep. Margins of
+    # 0.4 s or more either side, for a busy machine.
+    sim.token_lifetime = 1.0
     token = token_of(sim)
-    time.sleep(0.25)
+    time.sleep(0.5)
     resp = call(sim, "/refresh-token", token, org=None)
     assert resp.status_code == 200
     fresh = resp.json()["sessionToken"]
     assert fresh != token and len(fresh.split(".")) == 3
-    time.sleep(0.3)  # past the first token's lifetime, well within the fresh one's
+    time.sleep(0.6)  # past the first token's lifetime, within the fresh one's
     assert call(sim, "/datacenter/exports", token).status_code == 401
     assert call(sim, "/datacenter/exports", fresh).status_code == 200
-    time.sleep(0.5)
+    time.sleep(0.5)  # past the fresh one's lifetime too
     assert call(sim, "/datacenter/exports", fresh).status_code == 401
     assert call(sim, "/refresh-token", fresh, org=None).status_code == 401
     assert call(sim, "/datacenter/exports", "garbage").status_code == 401
@@ -209,7 +211,7 @@ def test_expired_url_403(sim: EncouraSimulator) -> None:
     """A URL used after url_lifetime gets 403 AccessDenied, checked server-side."""
     sim.url_lifetime = 0.2
     url = download_url(sim, token_of(sim), sim.add_export("inquiry", "late.csv", CSV))
-    time.sleep(0.3)
+    time.sleep(0.3)  # the behaviour: the simulator's URLs expire by its real clock
     resp = requests.get(url, timeout=10)
     assert resp.status_code == 403 and b"expired" in resp.content
     assert sim.stats.expired_rejections == 1 and sim.stats.downloads_started == 0

@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +23,9 @@ from scorefetch.sandbox import mail
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess
 from scorefetch.sandbox.ports import free_port
-from tests.support import PRESIGNED, assert_no_secrets
+from tests.support import PRESIGNED, LogLines, assert_no_secrets
 
 QUERY = "X-Amz-Credential=ASIA%2Fx&X-Amz-Security-Token=FwoGZXIvYXdzEKSECRET&X-Amz-Signature=f00d"
-
-
-@pytest.fixture
-def log_stream() -> Iterator[io.StringIO]:
-    out = io.StringIO()
-    logs.configure("json", "info", out)
-    yield out
-    logs.configure("json", "info")
 
 
 def dead_port_url(sim: CollegeBoardSimulator) -> Callable[[str], str]:
@@ -86,7 +77,7 @@ def test_dead_port_leaks_nowhere(
     cb_sim: CollegeBoardSimulator,
     tmp_path: Path,
     capfd: pytest.CaptureFixture[str],
-    log_stream: io.StringIO,
+    log_lines: LogLines,
 ) -> None:
     """A download to a dead port: the log line, stderr (urllib3's Retrying warnings) and
     the ledger's error column hold no signature, token or credential."""
@@ -112,13 +103,13 @@ def test_dead_port_leaks_nowhere(
     row = deliveries.ledger.get("collegeboard", name)
     assert row is not None and row.error and "ECONNREFUSED" in row.error
     out, err = capfd.readouterr()
-    lines = [*log_stream.getvalue().splitlines(), *out.splitlines(), *err.splitlines(), row.error]
+    lines = [*log_lines.getvalue().splitlines(), *out.splitlines(), *err.splitlines(), row.error]
     assert_no_secrets(lines, [cb_sim.password])
     assert "Retrying" not in err
 
 
 def test_stdlib_records_reaching_stderr_are_scrubbed(
-    capfd: pytest.CaptureFixture[str], log_stream: io.StringIO
+    capfd: pytest.CaptureFixture[str], log_lines: LogLines
 ) -> None:
     """Any library that logs at WARNING or above reaches stderr scrubbed."""
     logging.getLogger("some.library").warning("failed: GET /x.csv?%s", QUERY)

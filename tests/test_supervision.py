@@ -5,13 +5,10 @@ the systemd watchdog. Real simulators over loopback, a real ledger, real threads
 from __future__ import annotations
 
 import contextlib
-import io
-import json
 import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +18,7 @@ from scorefetch.collegeboard.client import CollegeBoard
 from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
 from scorefetch.collegeboard.reconciliation import CURSOR, Reconciler
 from scorefetch.config import CollegeBoardConfig
-from scorefetch.core import logs, loops
+from scorefetch.core import loops
 from scorefetch.core.downloads import Landed
 from scorefetch.core.errors import ScorefetchError
 from scorefetch.core.http import build_session
@@ -29,24 +26,9 @@ from scorefetch.core.ledger import Ledger
 from scorefetch.core.loops import Periodic, Supervised
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.service import Notifier, Service
-from tests.support import wait_until
+from tests.support import LogLines, wait_until
 
 BUGS = [TypeError("unsupported"), KeyError("fileName"), ValueError("bad"), ZeroDivisionError()]
-
-
-@pytest.fixture
-def log_lines() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    logs.configure("json", "debug", stream)
-    yield stream
-    logs.configure("json", "info")
-
-
-def events(stream: io.StringIO, name: str, **fields: Any) -> list[dict[str, Any]]:
-    lines = [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
-    return [
-        e for e in lines if e.get("event") == name and all(e.get(k) == v for k, v in fields.items())
-    ]
 
 
 def cb_config(sim: CollegeBoardSimulator, **overrides: object) -> CollegeBoardConfig:
@@ -76,7 +58,7 @@ class BuggyOnce(CollegeBoardDeliveries):
 
 @pytest.mark.parametrize("bug", BUGS, ids=lambda b: type(b).__name__)
 def test_a_bug_in_one_delivery_is_recorded_and_retried(
-    cb_sim: CollegeBoardSimulator, tmp_path: Path, log_lines: io.StringIO, bug: Exception
+    cb_sim: CollegeBoardSimulator, tmp_path: Path, log_lines: LogLines, bug: Exception
 ) -> None:
     """An unexpected exception: the row is `retrying` with a safe error text, the failure is
     logged with reason=internal_error and will_retry=true, and the file then lands."""
@@ -90,11 +72,11 @@ def test_a_bug_in_one_delivery_is_recorded_and_retried(
     )
     try:
         deliveries.announce(["a.csv"], "notification")
-        wait_until(lambda: bool(events(log_lines, "delivery.failed")))
+        wait_until(lambda: bool(log_lines.events("delivery.failed")))
         row = ledger.get("collegeboard", "a.csv")
         assert row is not None and row.state == "retrying"
         assert row.error == f"internal error ({type(bug).__name__})"
-        failed = events(log_lines, "delivery.failed")[0]
+        failed = log_lines.events("delivery.failed")[0]
         assert failed["reason"] == "internal_error" and failed["will_retry"] is True
         wait_until(lambda: (tmp_path / "files" / "collegeboard" / "a.csv").exists())
         wait_until(
@@ -106,7 +88,7 @@ def test_a_bug_in_one_delivery_is_recorded_and_retried(
 
 
 def test_reannounced_file_after_a_final_failure_gets_a_fresh_budget(
-    cb_sim: CollegeBoardSimulator, tmp_path: Path, log_lines: io.StringIO
+    cb_sim: CollegeBoardSimulator, tmp_path: Path, log_lines: LogLines
 ) -> None:
     """A file given up on (404 through the schedule) and announced again is retried on the
     whole schedule once more, not given up after one attempt."""
@@ -118,10 +100,10 @@ def test_reannounced_file_after_a_final_failure_gets_a_fresh_budget(
     )
     try:
         deliveries.announce(["late.csv"], "notification")
-        wait_until(lambda: len(events(log_lines, "delivery.failed", will_retry=False)) == 1)
+        wait_until(lambda: len(log_lines.events("delivery.failed", will_retry=False)) == 1)
         deliveries.announce(["late.csv"], "listing")
-        wait_until(lambda: len(events(log_lines, "delivery.failed")) == 3)
-        assert events(log_lines, "delivery.failed")[2]["will_retry"] is True
+        wait_until(lambda: len(log_lines.events("delivery.failed")) == 3)
+        assert log_lines.events("delivery.failed")[2]["will_retry"] is True
         cb_sim.publish("late.csv", b"late\r\n")
         wait_until(lambda: (tmp_path / "files" / "collegeboard" / "late.csv").exists())
     finally:
@@ -131,7 +113,7 @@ def test_reannounced_file_after_a_final_failure_gets_a_fresh_budget(
 
 @pytest.mark.parametrize("bug", BUGS, ids=lambda b: type(b).__name__)
 def test_periodic_loop_survives_a_bug_and_goes_on(
-    log_lines: io.StringIO, bug: Exception, monkeypatch: pytest.MonkeyPatch
+    log_lines: LogLines, bug: Exception, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A pass that raises something unexpected is logged once with reason=internal_error
     (the traceback the first time), and the loop keeps running its passes."""
@@ -150,7 +132,7 @@ def test_periodic_loop_survives_a_bug_and_goes_on(
     finally:
         stop.set()
     assert loop.thread.join(5)
-    failed = events(log_lines, "loop.failed", loop="test-loop")
+    failed = log_lines.events("loop.failed", loop="test-loop")
     assert len(failed) == 2
     assert all(e["reason"] == "internal_error" for e in failed)
     assert failed[0]["error"] == type(bug).__name__ and "exception" in failed[0]
@@ -158,7 +140,7 @@ def test_periodic_loop_survives_a_bug_and_goes_on(
 
 
 def test_reconciler_survives_a_hostile_listing(
-    tmp_path: Path, log_lines: io.StringIO, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, log_lines: LogLines, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`{"files": 1}` no longer kills reconciliation: the pass fails, a later one lands."""
     stop = threading.Event()
@@ -175,9 +157,7 @@ def test_reconciler_survives_a_hostile_listing(
         try:
             loop = Reconciler(deliveries, lookback_days=14).start(stop)
             wait_until(
-                lambda: bool(
-                    events(log_lines, "loop.failed") or events(log_lines, "listing.failed")
-                )
+                lambda: bool(log_lines.events("loop.failed") or log_lines.events("listing.failed"))
             )
             sim.hostile.answers.clear()
             wait_until(lambda: (tmp_path / "files" / "collegeboard" / "posted.csv").exists())
@@ -215,7 +195,7 @@ def test_watchdog_stops_when_a_loop_dies_or_hangs(
     pymap_server: Any,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    log_lines: io.StringIO,
+    log_lines: LogLines,
 ) -> None:
     """The main loop sends WATCHDOG=1 while every loop is alive, and stops once one is dead
     or stops its heartbeat (a call that never returns; systemd then restarts the service),
@@ -254,7 +234,7 @@ def test_watchdog_stops_when_a_loop_dies_or_hangs(
             doomed = Supervised("doomed", lambda: stop.wait(), stop, stale_after=0.5)
         monkeypatch.setattr(service.sources[0], "loops", lambda: [doomed])
         doomed.start()
-        wait_until(lambda: bool(events(log_lines, "daemon.unhealthy")))
+        wait_until(lambda: bool(log_lines.events("daemon.unhealthy")))
         while True:  # drain what was sent before it was seen dead
             try:
                 sock.recv(100)
@@ -262,7 +242,7 @@ def test_watchdog_stops_when_a_loop_dies_or_hangs(
                 break
         with pytest.raises(TimeoutError):
             sock.recv(100)
-        unhealthy = events(log_lines, "daemon.unhealthy")[0]
+        unhealthy = log_lines.events("daemon.unhealthy")[0]
         assert unhealthy[f"{fault}_loops"] == ["doomed"]
     finally:
         stop.set()
@@ -289,7 +269,7 @@ def test_old_ledger_moves_the_listing_cursor_to_positions(tmp_path: Path) -> Non
     ledger.close()
 
 
-def test_scorefetch_error_in_a_pass_is_the_vendor_failure_path(log_lines: io.StringIO) -> None:
+def test_scorefetch_error_in_a_pass_is_the_vendor_failure_path(log_lines: LogLines) -> None:
     """An expected failure (ScorefetchError) goes to `failed`, not to `loop.failed`."""
     stop = threading.Event()
     seen: list[int] = []
@@ -305,4 +285,4 @@ def test_scorefetch_error_in_a_pass_is_the_vendor_failure_path(log_lines: io.Str
 
     loop = Periodic("vendor-loop", work, stop, interval=1, failed=failed).start()
     assert loop.thread.join(5)
-    assert seen == [1, 2] and not events(log_lines, "loop.failed")
+    assert seen == [1, 2] and not log_lines.events("loop.failed")

@@ -17,7 +17,16 @@ from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from tests.conftest import dovecot_or_skip
 from tests.standins.proxy import FaultProxy
 from tests.standins.tls import LoopbackTls, make_loopback_tls
-from tests.test_faults import FAST, READ_TIMEOUT_S, Start, assert_each_once, deliver, post
+from tests.support import wait_until
+from tests.test_faults import (
+    FAST,
+    READ_TIMEOUT_S,
+    SLACK_S,
+    Start,
+    assert_each_once,
+    deliver,
+    post,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -80,7 +89,7 @@ def test_tls_with_records_split_mid_way_lands_every_file_on_one_connection(
             files[name] = post(cb_sim, name)
             deliver(imap_server, imap_folder, name)
             daemon.wait_event("delivery.downloaded", filename=name)
-            time.sleep(0.5)
+            wait_until(imap_server.idling)  # the next mail is an IDLE push
         assert daemon.stop() == 0
     assert not daemon.named("imap.disconnected")
     assert len(daemon.named("imap.connected")) == 1
@@ -103,14 +112,14 @@ def test_blackhole_over_tls_is_noticed_within_read_timeout(
         files = {first: post(cb_sim, first)}
         deliver(imap_server, imap_folder, first)
         daemon.wait_event("delivery.downloaded", filename=first)
-        time.sleep(0.5)
+        wait_until(imap_server.idling)  # silence falls mid-IDLE
         silenced = time.monotonic()
         proxy.blackhole()
         name = "4300_20261121_113000.csv"
         files[name] = post(cb_sim, name)
         deliver(imap_server, imap_folder, name)
         event = daemon.wait_event("imap.disconnected", timeout=READ_TIMEOUT_S + 10)
-        assert event["_at"] - silenced < READ_TIMEOUT_S + 0.5
+        assert event["_at"] - silenced < READ_TIMEOUT_S + SLACK_S
         assert "read_timeout" in event["error"]
         daemon.wait_event("delivery.downloaded", filename=name, timeout=20)
         assert daemon.stop() == 0

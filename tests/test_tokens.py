@@ -192,7 +192,7 @@ def test_command_failure_names_status_and_stderr_never_stdout() -> None:
 def test_command_timeout() -> None:
     """A command that hangs is stopped after command_timeout."""
     with pytest.raises(TokenError, match=r"did not finish within 0\.5s"):
-        command(script("import time; time.sleep(10)"), timeout=0.5).fetch()
+        command(script("import time; time.sleep(10)"), timeout=0.5).fetch()  # it hangs
 
 
 def test_command_missing_is_refused(tmp_path: Path) -> None:

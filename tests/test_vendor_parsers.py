@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from scorefetch.collegeboard.client import ListedFile, parse_file_url, parse_listing, parse_token
@@ -70,7 +70,6 @@ def outcome(parse: Callable[[Any], Any], value: Any) -> Any:
         return None
 
 
-@settings(max_examples=300, deadline=None)
 @given(JSON)
 def test_collegeboard_listing(value: Any) -> None:
     """/pascoredwnld/files/list: a list of ListedFile with typed fields, or VendorError."""
@@ -83,7 +82,6 @@ def test_collegeboard_listing(value: Any) -> None:
             assert item.delivered is None or isinstance(item.delivered, str)
 
 
-@settings(max_examples=200, deadline=None)
 @given(JSON)
 @pytest.mark.parametrize(
     "parse",
@@ -97,7 +95,6 @@ def test_string_answers(parse: Callable[[Any], str], value: Any) -> None:
     assert result is None or (isinstance(result, str) and result)
 
 
-@settings(max_examples=300, deadline=None)
 @given(JSON)
 def test_encoura_login(value: Any) -> None:
     """/login: (token, organizations as {uid: str, name: str}) or VendorError."""
@@ -109,7 +106,6 @@ def test_encoura_login(value: Any) -> None:
             assert isinstance(org["uid"], str) and org["uid"] and isinstance(org["name"], str)
 
 
-@settings(max_examples=300, deadline=None)
 @given(JSON, st.sampled_from([None, "score-reporter"]))
 def test_encoura_listing(value: Any, asked: str | None) -> None:
     """/datacenter/exports: Exports whose every field is a str and whose product key is
@@ -124,7 +120,6 @@ def test_encoura_listing(value: Any, asked: str | None) -> None:
             assert "/" not in export.uid and export.uid not in {".", ".."}
 
 
-@settings(max_examples=200, deadline=None)
 @given(
     st.lists(
         st.fixed_dictionaries(
@@ -140,7 +135,6 @@ def test_encoura_listing_never_spells_a_path(records: list[dict[str, Any]]) -> N
         assert export.uid.isascii() and "/" not in export.uid and export.uid[0] not in ".-"
 
 
-@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200) | JSON.map(lambda v: json.dumps(v).encode()))
 def test_answer_bytes_parse_or_value_error(raw: bytes) -> None:
     """Any answer body is a JSON value or a ValueError (bad UTF-8, NaN text, deep nesting)."""

@@ -43,7 +43,7 @@ class DovecotServer(_ServerBase):
 
     With `introspection_url`, the user may also log in with XOAUTH2 or OAUTHBEARER: an oauth2
     passdb asks that URL (RFC 7662, token POSTed as a form) whether the token is active and
-    whose it is (sandbox/oauth.py answers it).
+    whose it is (tests/standins/oauth.py answers it).
     """
 
     name = "dovecot"
@@ -110,13 +110,16 @@ class DovecotServer(_ServerBase):
         raise RuntimeError(f"dovecot did not start on {self.host}:{self.port}:\n{self._log_tail()}")
 
     def stop(self) -> None:
-        """Stop Dovecot (SIGTERM, then SIGKILL); the maildir stays for the next start()."""
+        """Stop Dovecot (SIGTERM, a second later SIGKILL); the maildir stays for the next
+        start()."""
         proc, self._proc = self._proc, None
         if proc is None:
             return
         proc.terminate()  # the master then stops its children and disconnects clients
         try:
-            proc.wait(timeout=10)
+            # It may then wait seconds for its log process (or an imap-login for the stats
+            # process already gone); its mail is on disk by then, so it need not be waited for.
+            proc.wait(timeout=1)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)  # the children too, so none keeps the port
             proc.wait()
@@ -192,6 +195,10 @@ valid_chroot_dirs = {mail}
 mail_location = maildir:~/Maildir
 # IDLE is pushed by inotify; this poll only matters if inotify instances run out.
 mailbox_idle_check_interval = 1 secs
+# The imap processes' titles name the command running ("[user ip IDLE]"): see idling().
+verbose_proctitle = yes
+# A refused login is answered at once, not after 2 s: the tests wait for events, not Dovecot.
+auth_failure_delay = 0
 passdb {{
   driver = passwd-file
   mechanisms = plain login
@@ -213,6 +220,19 @@ service imap-login {{
 }}
 {extra}""")
         return conf
+
+    def idling(self) -> bool:
+        """Whether a session of this instance is waiting in IDLE (its imap process's title
+        says so), for a test that must deliver mail while the client idles, TLS or not."""
+        prefix = f"dovecot-sandbox-{self.port}/imap [".encode()
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                title = cmdline.read_bytes().rstrip(b"\0")
+            except OSError:
+                continue  # the process is gone
+            if title.startswith(prefix) and title.endswith(b" IDLE]"):
+                return True
+        return False
 
     def _log_tail(self, lines: int = 30) -> str:
         try:

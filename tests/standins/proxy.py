@@ -64,6 +64,7 @@ class FaultProxy(Lifecycle):
         self.port = 0
         self.accepted = 0  # connections taken, for tests that count reconnects
         self.sent = bytearray()  # what clients sent upstream, when `transcript` is on
+        self.received = bytearray()  # and what the server sent them
         self.bytes_to_clients = 0  # everything the server sent through, for byte budgets
         self._transcript = transcript
         self.split_gap_s: float | None = None
@@ -120,6 +121,13 @@ class FaultProxy(Lifecycle):
                 link.client.sendall(text)
             link.close()
 
+    def idling(self) -> bool:
+        """With `transcript`: the client's last command is IDLE and the server's last line
+        is its go-ahead (`+`), so the client waits in IDLE (an IMAP client behind the proxy
+        that handed its last mail over)."""
+        last_line = bytes(self.received).rstrip(b"\r\n").rpartition(b"\r\n")[2]
+        return bytes(self.sent).endswith(b" IDLE\r\n") and last_line.startswith(b"+")
+
     def _take_links(self) -> list[_Link]:
         with self._lock:
             links, self._links = self._links, []
@@ -166,6 +174,8 @@ class FaultProxy(Lifecycle):
                         self._to_client(dst, data)
                     with self._lock:
                         self.bytes_to_clients += len(data)
+                    if self._transcript:
+                        self.received += data
                 else:
                     trigger = self.cut_when_client_sends
                     if trigger is not None and trigger in data:

@@ -40,7 +40,8 @@ def backoff_delay(failures: int, rng: random.Random) -> float:
 
 
 class MailboxWatcher:
-    """Runs in the main thread until `stop` is set; never returns on a server error.
+    """Runs on a supervised thread (core.loops.Supervised, started by the College Board
+    source) until `stop` is set; never returns on a server error.
 
     `screen` (header lines -> may it be a notification?) decides whose HTML is fetched;
     without one every message's HTML parts are. `connect` opens a `Connection` (tests).

@@ -1,0 +1,145 @@
+"""The import contract (`make lint` runs this file): no import loop between the packages of
+daemon/scorefetch, read from the source's AST — every import counts, lazy ones in functions
+and `TYPE_CHECKING` ones too, since each ties one package to another.
+
+Today's two loops are listed as known exceptions, so that no new one can appear; each is
+to go (issue 19), and the contract says so once it has."""
+
+from __future__ import annotations
+
+import ast
+import itertools
+from collections.abc import Iterable
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "daemon" / "scorefetch"
+PACKAGES = (
+    "core",
+    "config",
+    "forward",
+    "mailbox",
+    "collegeboard",
+    "encoura",
+    "observers",
+    "doctor",
+    "sandbox",
+)
+# The import (from, to) that closes each loop today, and where it is.
+KNOWN_LOOPS = {
+    ("core", "config"): "core/downloads.py, core/sources.py, core/retention.py use config models",
+    ("config", "forward"): "config/outputs.py uses forward's key checks",
+}
+
+Edges = dict[tuple[str, str], list[str]]
+
+
+def imported_modules(tree: ast.Module, module: list[str]) -> Iterable[tuple[str, int]]:
+    """Every module an AST imports, absolute, with its line; `module` is its dotted path
+    split (a package's __init__ included, so relative imports resolve)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module[: len(module) - node.level]
+                prefix = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                prefix = node.module or ""
+            yield prefix, node.lineno
+            for alias in node.names:  # `from scorefetch import core` imports a package
+                yield f"{prefix}.{alias.name}", node.lineno
+
+
+def package_imports(root: Path, packages: Iterable[str]) -> Edges:
+    """Which package under `root` imports which other one, and where (file:line)."""
+    top, inside = root.name, set(packages)
+    edges: Edges = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        if parts[0] not in inside:
+            continue
+        module = [top, *parts]  # package/__init__ stays: level 1 is the package itself
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for name, line in imported_modules(tree, module):
+            words = name.split(".")
+            if len(words) > 1 and words[0] == top and words[1] in inside and words[1] != parts[0]:
+                where = f"{path.relative_to(root)}:{line}"
+                found = edges.setdefault((parts[0], words[1]), [])
+                if where not in found:
+                    found.append(where)
+    return edges
+
+
+def find_loop(edges: Iterable[tuple[str, str]]) -> list[str] | None:
+    """One import loop as a path (a → b → a), or None when the graph has none."""
+    graph: dict[str, set[str]] = {}
+    for source, target in edges:
+        graph.setdefault(source, set()).add(target)
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        if node in path:
+            return [*path[path.index(node) :], node]
+        if node in done:
+            return None
+        for target in sorted(graph.get(node, ())):
+            if (loop := visit(target, [*path, node])) is not None:
+                return loop
+        done.add(node)
+        return None
+
+    for start in sorted(graph):
+        if (loop := visit(start, [])) is not None:
+            return loop
+    return None
+
+
+def test_no_new_import_loop_between_packages() -> None:
+    """Apart from today's known loops, the packages import each other without a loop."""
+    edges = package_imports(PACKAGE, PACKAGES)
+    loop = find_loop(set(edges) - set(KNOWN_LOOPS))
+    if loop is not None:
+        steps = itertools.pairwise(loop)
+        where = "; ".join(f"{a} -> {b}: {', '.join(edges[a, b])}" for a, b in steps)
+        raise AssertionError(f"import loop {' -> '.join(loop)} ({where})")
+
+
+def test_each_known_loop_is_still_there() -> None:
+    """A known loop that is gone leaves the list, so it cannot come back unnoticed."""
+    edges = package_imports(PACKAGE, PACKAGES)
+    for (source, target), why in KNOWN_LOOPS.items():
+        assert (source, target) in edges and (target, source) in edges, (
+            f"the {source} <-> {target} loop is gone ({why}): remove it from KNOWN_LOOPS"
+        )
+
+
+def write(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def test_the_contract_catches_a_loop_added_to_a_tree(tmp_path: Path) -> None:
+    """In a small package tree a loop closed by a lazy relative import is found and named."""
+    tree = {
+        "shop/__init__.py": "",
+        "shop/low/__init__.py": "",
+        "shop/low/errors.py": "class ShopError(Exception): ...\n",
+        "shop/high/__init__.py": "from shop.low.errors import ShopError\n",
+        "shop/high/app.py": "from shop import low\nimport shop.mid.parts\n",
+        "shop/mid/__init__.py": "",
+        "shop/mid/parts.py": "from ..low import errors\n",
+    }
+    root = write(tmp_path, tree) / "shop"
+    edges = package_imports(root, ("low", "mid", "high"))
+    assert set(edges) == {("high", "low"), ("high", "mid"), ("mid", "low")}
+    assert find_loop(edges) is None
+
+    write(tmp_path, {"shop/low/errors.py": "def hint():\n    from ..high import app\n"})
+    edges = package_imports(root, ("low", "mid", "high"))
+    assert edges["low", "high"] == ["low/errors.py:2"]
+    assert find_loop(edges) in (["high", "low", "high"], ["low", "high", "low"])
+    assert find_loop(set(edges) - {("low", "high")}) is None  # a known exception

@@ -74,7 +74,7 @@ def test_exports_of_a_key_are_queued_before_the_next_key_is_listed(
     uid = failing.add_export("score-reporter", "early.csv", b"early\r\n")
     deliveries = keys(failing, tmp_path, "score-reporter", "prospect")
     seen_before_second: list[bool] = []
-    original = deliveries.client.list_exports
+    original = deliveries.client.pages
 
     def watching(product_key: str | None, status: str) -> Any:
         if product_key == "prospect":
@@ -82,7 +82,7 @@ def test_exports_of_a_key_are_queued_before_the_next_key_is_listed(
             seen_before_second.append(True)
         return original(product_key, status)
 
-    deliveries.client.list_exports = watching  # type: ignore[method-assign]
+    deliveries.client.pages = watching  # type: ignore[method-assign]
     with pytest.raises(ListingFailed):
         deliveries.poll()
     assert deliveries.wait_idle(30)

@@ -27,9 +27,18 @@ pytestmark = pytest.mark.e2e
 _folders = itertools.count(1)
 
 
+FOLDER = ["INBOX"]  # this test's own folder (the imap_folder fixture), set per test
+
+
 @pytest.fixture
 def imap_server(pymap_server: ImapServer) -> ImapServer:
     return pymap_server
+
+
+@pytest.fixture(autouse=True)
+def own_folder(imap_folder: str) -> None:
+    """Each test reads and writes a fresh folder: the session's pymap is shared."""
+    FOLDER[0] = imap_folder
 
 
 @pytest.fixture
@@ -54,7 +63,8 @@ def configure(
     forward: dict[str, Any] | None = None,
     **config: Any,
 ) -> Path:
-    path = write_config(tmp_path, cb_sim, imap, **config)
+    """A sandbox config on this test's own mail folder (FOLDER), plus `forward` and `extra`."""
+    path = write_config(tmp_path, cb_sim, imap, imap_folder=FOLDER[0], **config)
     with path.open("a") as out:
         if forward is not None:
             out.write(forward_config(sshd, tmp_path, remote_dir=remote_dir, **forward))
@@ -81,7 +91,7 @@ def running(path: Path, ready: bool = True) -> Iterator[DaemonProcess]:
 
 def deliver(server: Any, raw: bytes) -> None:
     with server.client() as client:
-        client.append("INBOX", raw)
+        client.append(FOLDER[0], raw)
 
 
 def test_fetch_and_sync_while_the_daemon_runs_reach_the_sftp_server(

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import write_config
 from scorefetch.sandbox.imapserver import PymapServer
@@ -57,6 +59,7 @@ def wait_for_event(out: Path, name: str, proc: subprocess.Popen[bytes]) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.e2e  # it starts `scorefetch run` (which stops at once, exit 78)
 def test_config_error_is_one_prefixed_json_line(tmp_path: Path) -> None:
     """Exit 78's message is a `<3>` JSON line naming the file and key, not plain text."""
     config = tmp_path / "config.yaml"

@@ -11,6 +11,7 @@ from typing import Any
 
 from scorefetch.core.engine import HEARTBEAT, HEARTBEAT_S
 from scorefetch.core.ledger import Ledger
+from scorefetch.core.logs import scrub_text
 
 STALE_AFTER_S = 6 * HEARTBEAT_S  # no heartbeat for this long: the daemon is not running
 
@@ -54,7 +55,7 @@ def journeys(ledger: Ledger, destinations: Sequence[str], limit: int = 20) -> li
             (vendor, key),
         )
         at = {
-            dest: {"state": fstate, "error": ferror, "since": fat}
+            dest: {"state": fstate, "error": _clean(ferror), "since": fat}
             for dest, fstate, ferror, fat in forwards
         }
         for dest in destinations:
@@ -68,10 +69,15 @@ def journeys(ledger: Ledger, destinations: Sequence[str], limit: int = 20) -> li
                 "announced_at": announced,
                 "state": state,
                 "landed_at": landed,
-                "error": error if state != "downloaded" else None,
+                "error": _clean(error) if state != "downloaded" else None,
                 "since": updated,
                 "overdue": overdue is not None and state != "downloaded",
                 "destinations": at,
             }
         )
     return found
+
+
+def _clean(error: str | None) -> str | None:
+    """Rows an older release wrote may hold a presigned query or a token: scrubbed here."""
+    return scrub_text(error) if error else None

@@ -18,10 +18,11 @@ from scorefetch.collegeboard.notifications import (
 )
 from scorefetch.config import ImapConfig
 from scorefetch.core import logs
-from scorefetch.core.errors import MailboxAuthError
+from scorefetch.core.errors import MailboxAuthError, MailboxError
 from scorefetch.core.ledger import Ledger
 from scorefetch.mailbox import catchup, messages
 from scorefetch.mailbox.catchup import CatchUp, Refusal
+from scorefetch.mailbox.connection import FetchFailed
 from scorefetch.mailbox.watcher import AUTH_BACKOFF_S, MailboxWatcher
 from scorefetch.sandbox import mail
 from tests.standins.fakeimap import FakeConnection
@@ -292,3 +293,53 @@ def test_assembled_message_keeps_several_html_parts() -> None:
     ]
     found = read_notification(messages.assemble(head, parts), SENDERS)
     assert isinstance(found, Notification) and found.filenames == ("i.csv", "i.txt")
+
+
+class _Failing(FakeConnection):
+    """Fails every FETCH that includes `bad` (as `FetchFailed`, in step or not)."""
+
+    def __init__(self, box: dict[int, bytes], bad: int, in_sync: bool) -> None:
+        super().__init__(box)
+        self.bad, self.in_sync = bad, in_sync
+
+    def fetch(self, uids: Any, items: Any) -> Any:
+        if self.bad in uids and (self.in_sync or "BODYSTRUCTURE" in items):
+            self.commands.append(("fetch", (list(uids), list(items))))
+            raise FetchFailed("fetch failed: NO [SERVERBUG] broken", in_sync=self.in_sync)
+        return super().fetch(uids, items)
+
+
+def test_a_fetch_the_server_refuses_for_one_message_refuses_only_that_one(tmp_path: Path) -> None:
+    """A NO for one message fails its batch: each is then read alone, the bad one is
+    `unreadable` with the server's words, and every other notification is read."""
+    box = {u: mail.notification(f"{u}.csv") for u in range(1, 6)}
+    conn = _Failing(box, bad=3, in_sync=True)
+    handler = Recorder()
+    runner, ledger, _ = make(tmp_path, conn, handler)
+    assert runner.catch_up(7, 0) == 5
+    assert handler.names() == ["1.csv", "2.csv", "4.csv", "5.csv"]
+    refusal = handler.refusals[2]
+    assert refusal is not None and refusal.reason == "unreadable"
+    assert "SERVERBUG" in refusal.detail
+    assert ledger.mailbox_position("INBOX") == (7, 5)
+
+
+def test_a_line_over_the_limit_loses_the_connection_and_then_only_that_message(
+    tmp_path: Path,
+) -> None:
+    """Out of step: the run's unread messages become suspects and the session ends; the
+    next session reads them one by one and refuses only the bad one."""
+    box = {u: mail.notification(f"{u}.csv") for u in range(1, 6)}
+    conn = _Failing(box, bad=3, in_sync=False)
+    handler = Recorder()
+    runner, ledger, _ = make(tmp_path, conn, handler)
+    with pytest.raises(MailboxError):
+        runner.catch_up(7, 0)
+    assert set(runner.suspects) >= {3}
+    position = ledger.mailbox_position("INBOX")
+    last = position[1] if position else 0
+    with pytest.raises(MailboxError):  # the bad one alone: refused, then reconnect
+        runner.catch_up(7, last)
+    assert runner.catch_up(7, 3) == 5
+    assert handler.names() == ["1.csv", "2.csv", "4.csv", "5.csv"]
+    assert [u for u, _, reason in handler.seen if reason == "unreadable"] == [3]

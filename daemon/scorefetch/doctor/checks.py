@@ -24,6 +24,7 @@ from scorefetch.collegeboard.client import CollegeBoard
 from scorefetch.config import CollegeBoardConfig, Config, EncouraConfig, HooksConfig, ImapConfig
 from scorefetch.core.errors import ConfigError, Failure, ScorefetchError, TokenError, VendorError
 from scorefetch.core.http import build_session
+from scorefetch.core.logs import untrusted
 from scorefetch.encoura.client import Encoura
 from scorefetch.encoura.poller import KNOWN_PRODUCT_KEYS
 from scorefetch.mailbox.tokens import token_cache
@@ -289,7 +290,8 @@ def check_encoura(cfg: EncouraConfig, clock: Clock) -> Check:
     return Check(
         "encoura",
         True,
-        f"{cfg.base_url}: logged in, organization {organization}; {'; '.join(counts)}{note}",
+        f"{cfg.base_url}: logged in, organization {untrusted(organization, 100)}; "
+        f"{'; '.join(counts)}{note}",
     )
 
 

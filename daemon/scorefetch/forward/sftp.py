@@ -26,7 +26,7 @@ from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
 from scorefetch.config import SftpDestination
 from scorefetch.core.errors import Failure, RefusedError
 from scorefetch.core.filenames import check_name
-from scorefetch.core.logs import scrub_text
+from scorefetch.core.logs import untrusted
 from scorefetch.forward import ForwardError, Placed, keys
 
 # Larger than paramiko's defaults (2 MiB window, 32 KiB packets): a long fat pipe to Slate
@@ -195,7 +195,10 @@ class SftpTarget:
             raise self._error(exc, doing) from None
 
     def _error(self, exc: BaseException, doing: str) -> ForwardError:
-        """A library error as a ForwardError: class, host and reason only."""
+        """A library error as a ForwardError: class, host and reason only. The reason may be
+        the server's own words (an SFTP status message arrives as OSError.strerror), so
+        every branch's is cleaned by logs.untrusted before it reaches a log, the ledger,
+        `status` or a hook's environment."""
         name = type(exc).__name__
         if isinstance(exc, paramiko.AuthenticationException):
             return ForwardError(
@@ -209,7 +212,8 @@ class SftpTarget:
         elif isinstance(exc, EOFError):
             reason = "connection closed"
         else:
-            reason = scrub_text(str(exc))[:200] or "error"  # paramiko's protocol words
+            reason = str(exc)  # paramiko's protocol words
+        reason = untrusted(reason, 200) or "error"
         kind = Failure.TRANSIENT
         if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EACCES:
             kind = Failure.AUTH  # a folder we may not write: a person must act

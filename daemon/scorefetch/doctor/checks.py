@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from imapclient.imapclient import SocketTimeout
 
 from scorefetch.collegeboard.client import CollegeBoard
 from scorefetch.config import CollegeBoardConfig, Config, EncouraConfig, HooksConfig, ImapConfig
+from scorefetch.core import files
 from scorefetch.core.errors import ConfigError, Failure, ScorefetchError, TokenError, VendorError
 from scorefetch.core.http import build_session
 from scorefetch.core.logs import untrusted
@@ -117,12 +117,8 @@ def probe_folder(folder: Path) -> str | None:
             made.append(path)
         if not folder.is_dir():
             return f"{folder} is not a folder"
-        fd, name = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=folder)
-        probe = Path(name)
+        probe = files.write_new(folder, PROBE_PREFIX, b"probe\n")  # gone again if it fails
         try:
-            os.write(fd, b"probe\n")
-            os.fsync(fd)
-            os.close(fd)
             link = probe.with_name(probe.name + ".link")
             try:
                 os.link(probe, link)

@@ -7,8 +7,6 @@ Needs the `metrics` extra (prometheus-client); imported only when `metrics:` is 
 
 from __future__ import annotations
 
-import contextlib
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -26,7 +24,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from scorefetch.config import MetricsConfig
-from scorefetch.core import logs
+from scorefetch.core import files, logs
 from scorefetch.core.errors import ScorefetchError
 from scorefetch.core.events import (
     DeliveryFailed,
@@ -220,21 +218,14 @@ class Metrics:
             self._stop.wait(TEXTFILE_MIN_GAP_S)
 
     def write_textfile(self) -> None:
-        """Replace the textfile atomically (node_exporter must never read half of one);
-        0644, since node_exporter runs as another user. A failure is logged once."""
+        """Replace the textfile atomically (node_exporter must never read half of one) with
+        a file of our own (files.replace_file: never through a planted symlink); 0644, since
+        node_exporter runs as another user. A failure is logged once."""
         path = self.config.textfile
         assert path is not None
-        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            data = self.exposition()
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            with os.fdopen(fd, "wb") as out:
-                os.fchmod(out.fileno(), 0o644)  # whatever the umask
-                out.write(data)
-            temp.replace(path)
+            files.replace_file(path, self.exposition(), 0o644)
         except (OSError, ScorefetchError) as exc:  # a full disk, a folder not ours; the ledger
-            with contextlib.suppress(OSError):
-                temp.unlink(missing_ok=True)
             error = str(exc)
             if error != self._last_error:
                 self._log.warning("metrics.write_failed", path=str(path), error=error)

@@ -11,15 +11,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Any
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-    start_http_server,
-)
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -36,6 +29,7 @@ from scorefetch.core.events import (
 )
 from scorefetch.core.ledger import Ledger
 from scorefetch.observers.alarms import FAILING, watcher_key
+from scorefetch.observers.listener import MetricsListener
 
 # Notification → file: seconds on loopback, minutes on a retry, hours after an outage.
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86400)
@@ -158,7 +152,7 @@ class Metrics:
             for outcome in ("uploaded", "failed"):
                 self.forwards.labels(destination, outcome)
         self.registry.register(_LedgerCollector(ledger, vendors, imap, backlog))
-        self._server: Any = None
+        self._server: MetricsListener | None = None
         self._stop = threading.Event()
         self._dirty = threading.Event()
         self._writer: threading.Thread | None = None
@@ -195,7 +189,7 @@ class Metrics:
         if address is not None:
             host, port = address
             try:
-                self._server, _ = start_http_server(port, host, registry=self.registry)
+                self._server = MetricsListener(host, port, self.exposition).start()
             except OSError as exc:
                 raise ScorefetchError(
                     f"metrics.listen {self.config.listen}: {exc.strerror or exc}"
@@ -241,5 +235,4 @@ class Metrics:
             self._writer.join(timeout=5)
             self.write_textfile()
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.close()

@@ -203,9 +203,12 @@ def read_notification(
     except Exception as exc:  # noqa: BLE001 - a hostile message must not stop the loop
         return Rejection("", "malformed", f"unparseable message: {type(exc).__name__}")
     try:
-        return _read(message, message_id, senders, authserv_id)
+        found = _read(message, message_id, senders, authserv_id)
     except Exception as exc:  # noqa: BLE001 - the email package raises many kinds on junk
         return Rejection(message_id, "malformed", f"unparseable message: {type(exc).__name__}")
+    if isinstance(found, Rejection):  # its detail may quote the sender's words
+        return Rejection(found.message_id, found.reason, untrusted(found.detail))
+    return found
 
 
 def _read(

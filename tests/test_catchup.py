@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import imaplib
 import random
 import threading
 from pathlib import Path
@@ -343,3 +344,35 @@ def test_a_line_over_the_limit_loses_the_connection_and_then_only_that_message(
     assert runner.catch_up(7, 3) == 5
     assert handler.names() == ["1.csv", "2.csv", "4.csv", "5.csv"]
     assert [u for u, _, reason in handler.seen if reason == "unreadable"] == [3]
+
+
+class _Dropping(FakeConnection):
+    """Loses the connection (imaplib's abort) whenever the structure of `bad` is asked."""
+
+    def __init__(self, box: dict[int, bytes], bad: int) -> None:
+        super().__init__(box)
+        self.bad = bad
+
+    def fetch(self, uids: Any, items: Any) -> Any:
+        if self.bad in uids and "BODYSTRUCTURE" in items:
+            raise imaplib.IMAP4.abort("socket error: unterminated line")
+        return super().fetch(uids, items)
+
+
+def test_a_message_that_drops_the_connection_twice_alone_is_refused(tmp_path: Path) -> None:
+    """A server that drops the connection at one message: after the run's messages are
+    read one by one, that message losing it twice on its own is `unreadable`."""
+    box = {u: mail.notification(f"{u}.csv") for u in range(1, 5)}
+    conn = _Dropping(box, bad=2)
+    handler = Recorder()
+    runner, ledger, _ = make(tmp_path, conn, handler)
+    last = 0
+    for _ in range(3):  # the run; 2 alone (strike one); 2 alone again (refused)
+        with pytest.raises(imaplib.IMAP4.abort):
+            runner.catch_up(7, last)
+        position = ledger.mailbox_position("INBOX")
+        last = position[1] if position else 0
+    assert last == 2
+    assert runner.catch_up(7, last) == 4
+    assert handler.names() == ["1.csv", "3.csv", "4.csv"]
+    assert [u for u, _, reason in handler.seen if reason == "unreadable"] == [2]

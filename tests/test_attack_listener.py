@@ -80,6 +80,9 @@ def test_a_flood_of_idle_connections_leaves_the_daemon_working(
 ) -> None:
     """1,100 idle connections held open against a daemon whose soft limit is 1,024: the
     file lands, the daemon holds few descriptors, and a scrape is answered."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < FLOOD + 512:
+        pytest.skip(f"the hard RLIMIT_NOFILE ({hard}) leaves this process no room for the flood")
     port = free_port()
     path = write_config(tmp_path, cb_sim, imap_server, imap_folder=imap_folder)
     with path.open("a") as out:

@@ -130,3 +130,22 @@ def test_the_listener_closes_a_silent_or_oversized_client_and_serves_others() ->
             sock.close()
     finally:
         listener.close()
+
+
+def test_a_failing_render_is_a_500_and_the_listener_goes_on() -> None:
+    """An exception while rendering answers 500; the next scrape is served again."""
+    calls: list[int] = []
+
+    def render() -> bytes:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("ledger locked")
+        return b"scorefetch_up 1\n"
+
+    listener = MetricsListener("127.0.0.1", 0, render).start()
+    try:
+        url = f"http://127.0.0.1:{listener.address[1]}/metrics"
+        assert requests.get(url, timeout=10).status_code == 500
+        assert requests.get(url, timeout=10).text == "scorefetch_up 1\n"
+    finally:
+        listener.close()

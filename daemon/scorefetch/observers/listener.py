@@ -101,8 +101,12 @@ class MetricsListener:
     def _answer(self, sock: socket.socket, request: bytes) -> None:
         method = request.split(b" ", 1)[0]
         if method in (b"GET", b"HEAD"):
-            body = self._render()
-            head = b"HTTP/1.0 200 OK\r\nContent-Type: " + CONTENT_TYPE + b"\r\n"
+            try:
+                body = self._render()
+                head = b"HTTP/1.0 200 OK\r\nContent-Type: " + CONTENT_TYPE + b"\r\n"
+            except Exception:  # noqa: BLE001 - a failed scrape must not end the listener
+                body = b"metrics unavailable\n"
+                head = b"HTTP/1.0 500 Internal Server Error\r\nContent-Type: text/plain\r\n"
         else:
             body = b"GET only\n"
             head = b"HTTP/1.0 405 Method Not Allowed\r\nContent-Type: text/plain\r\n"

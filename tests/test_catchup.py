@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import imaplib
 import random
 import threading
 from pathlib import Path
@@ -18,10 +19,11 @@ from scorefetch.collegeboard.notifications import (
 )
 from scorefetch.config import ImapConfig
 from scorefetch.core import logs
-from scorefetch.core.errors import MailboxAuthError
+from scorefetch.core.errors import MailboxAuthError, MailboxError
 from scorefetch.core.ledger import Ledger
 from scorefetch.mailbox import catchup, messages
-from scorefetch.mailbox.catchup import CatchUp
+from scorefetch.mailbox.catchup import CatchUp, Refusal
+from scorefetch.mailbox.connection import FetchFailed
 from scorefetch.mailbox.watcher import AUTH_BACKOFF_S, MailboxWatcher
 from scorefetch.sandbox import mail
 from tests.standins.fakeimap import FakeConnection
@@ -52,11 +54,13 @@ class Recorder:
     def __init__(self, conn: FakeConnection | None = None) -> None:
         self.seen: list[tuple[int, Any, str]] = []
         self.timeline: list[tuple[str, int]] = []
+        self.refusals: list[Refusal | None] = []
         self.conn = conn
 
-    def __call__(self, uid: int, raw: bytes | None, reason: str) -> bool:
+    def __call__(self, uid: int, raw: bytes | None, refused: Refusal | None) -> bool:
         result = read_notification(raw, SENDERS) if raw is not None else None
-        self.seen.append((uid, result, reason))
+        self.seen.append((uid, result, refused.reason if refused else ""))
+        self.refusals.append(refused)
         self.timeline.append(("handle", uid))
         return isinstance(result, Notification)
 
@@ -93,7 +97,8 @@ def test_other_mail_costs_its_headers_and_notifications_only_their_html(tmp_path
     assert runner.catch_up(7, 0) == 4
     for uid in (1, 3):
         assert all("HEADER.FIELDS" in i for i in conn.fetched_items(uid)), uid
-    assert "BODY.PEEK[2]" in conn.fetched_items(2) and "BODY.PEEK[1]" not in conn.fetched_items(2)
+    sections = [i.split("<")[0] for i in conn.fetched_items(2)]
+    assert "BODY.PEEK[2]" in sections and "BODY.PEEK[1]" not in sections
     assert conn.answered < 30_000  # two transcripts weigh ~2.8 MB
     assert handler.names() == ["a.csv"]
     assert [(u, r.reason if r else None) for u, r, _ in handler.seen if u != 2] == [
@@ -289,3 +294,85 @@ def test_assembled_message_keeps_several_html_parts() -> None:
     ]
     found = read_notification(messages.assemble(head, parts), SENDERS)
     assert isinstance(found, Notification) and found.filenames == ("i.csv", "i.txt")
+
+
+class _Failing(FakeConnection):
+    """Fails every FETCH that includes `bad` (as `FetchFailed`, in step or not)."""
+
+    def __init__(self, box: dict[int, bytes], bad: int, in_sync: bool) -> None:
+        super().__init__(box)
+        self.bad, self.in_sync = bad, in_sync
+
+    def fetch(self, uids: Any, items: Any) -> Any:
+        if self.bad in uids and (self.in_sync or "BODYSTRUCTURE" in items):
+            self.commands.append(("fetch", (list(uids), list(items))))
+            raise FetchFailed("fetch failed: NO [SERVERBUG] broken", in_sync=self.in_sync)
+        return super().fetch(uids, items)
+
+
+def test_a_fetch_the_server_refuses_for_one_message_refuses_only_that_one(tmp_path: Path) -> None:
+    """A NO for one message fails its batch: each is then read alone, the bad one is
+    `unreadable` with the server's words, and every other notification is read."""
+    box = {u: mail.notification(f"{u}.csv") for u in range(1, 6)}
+    conn = _Failing(box, bad=3, in_sync=True)
+    handler = Recorder()
+    runner, ledger, _ = make(tmp_path, conn, handler)
+    assert runner.catch_up(7, 0) == 5
+    assert handler.names() == ["1.csv", "2.csv", "4.csv", "5.csv"]
+    refusal = handler.refusals[2]
+    assert refusal is not None and refusal.reason == "unreadable"
+    assert "SERVERBUG" in refusal.detail
+    assert ledger.mailbox_position("INBOX") == (7, 5)
+
+
+def test_a_line_over_the_limit_loses_the_connection_and_then_only_that_message(
+    tmp_path: Path,
+) -> None:
+    """Out of step: the run's unread messages become suspects and the session ends; the
+    next session reads them one by one and refuses only the bad one."""
+    box = {u: mail.notification(f"{u}.csv") for u in range(1, 6)}
+    conn = _Failing(box, bad=3, in_sync=False)
+    handler = Recorder()
+    runner, ledger, _ = make(tmp_path, conn, handler)
+    with pytest.raises(MailboxError):
+        runner.catch_up(7, 0)
+    assert set(runner.suspects) >= {3}
+    position = ledger.mailbox_position("INBOX")
+    last = position[1] if position else 0
+    with pytest.raises(MailboxError):  # the bad one alone: refused, then reconnect
+        runner.catch_up(7, last)
+    assert runner.catch_up(7, 3) == 5
+    assert handler.names() == ["1.csv", "2.csv", "4.csv", "5.csv"]
+    assert [u for u, _, reason in handler.seen if reason == "unreadable"] == [3]
+
+
+class _Dropping(FakeConnection):
+    """Loses the connection (imaplib's abort) whenever the structure of `bad` is asked."""
+
+    def __init__(self, box: dict[int, bytes], bad: int) -> None:
+        super().__init__(box)
+        self.bad = bad
+
+    def fetch(self, uids: Any, items: Any) -> Any:
+        if self.bad in uids and "BODYSTRUCTURE" in items:
+            raise imaplib.IMAP4.abort("socket error: unterminated line")
+        return super().fetch(uids, items)
+
+
+def test_a_message_that_drops_the_connection_twice_alone_is_refused(tmp_path: Path) -> None:
+    """A server that drops the connection at one message: after the run's messages are
+    read one by one, that message losing it twice on its own is `unreadable`."""
+    box = {u: mail.notification(f"{u}.csv") for u in range(1, 5)}
+    conn = _Dropping(box, bad=2)
+    handler = Recorder()
+    runner, ledger, _ = make(tmp_path, conn, handler)
+    last = 0
+    for _ in range(3):  # the run; 2 alone (strike one); 2 alone again (refused)
+        with pytest.raises(imaplib.IMAP4.abort):
+            runner.catch_up(7, last)
+        position = ledger.mailbox_position("INBOX")
+        last = position[1] if position else 0
+    assert last == 2
+    assert runner.catch_up(7, last) == 4
+    assert handler.names() == ["1.csv", "3.csv", "4.csv"]
+    assert [u for u, _, reason in handler.seen if reason == "unreadable"] == [2]

@@ -781,11 +781,12 @@ def test_missing_message_id_is_empty() -> None:
 
 
 def test_too_large() -> None:
-    """A 6 MB message is refused unread: too_large with message_id ''."""
+    """A 6 MB message is refused unparsed: too_large, with its size and its Message-ID."""
     data = raw(page().encode() + b"\r\n<!--" + b"x" * (6 * 1024 * 1024) + b"-->")
     result = read_notification(data, SENDERS)
     assert isinstance(result, Rejection)
-    assert (result.reason, result.message_id) == ("too_large", "")
+    assert (result.reason, result.message_id) == ("too_large", "<raw@cb>")
+    assert str(len(data)) in result.detail
 
 
 def test_size_limit_boundary() -> None:

@@ -21,6 +21,7 @@ from scorefetch.core.engine import HEARTBEAT, HEARTBEAT_S, Engine, heartbeat_val
 from scorefetch.core.errors import ScorefetchError, describe
 from scorefetch.core.events import Events
 from scorefetch.core.ledger import Ledger
+from scorefetch.core.limits import raise_open_files_limit
 from scorefetch.core.retention import Retention
 from scorefetch.core.sources import Source
 from scorefetch.forward.forwarder import Forwarder
@@ -107,6 +108,7 @@ class Service:
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
+        raise_open_files_limit()  # a flood of idle sockets must not starve the vendor calls
         self.observers.start()
         self.forwarder.start()
         self.retention.start()

@@ -17,7 +17,7 @@ from email.message import Message
 from typing import Any
 
 _HEADER_FIELDS = re.compile(r"BODY\.PEEK\[HEADER\.FIELDS \(([^)]*)\)\](?:<0\.(\d+)>)?")
-_SECTION = re.compile(r"BODY\.PEEK\[([\d.]+|TEXT)(\.MIME)?\]")
+_SECTION = re.compile(r"BODY\.PEEK\[([\d.]+|TEXT)(\.MIME)?\](?:<0\.(\d+)>)?")
 
 
 def _header_and_body(raw: bytes) -> tuple[bytes, bytes]:
@@ -143,8 +143,11 @@ class FakeConnection:
         section = _SECTION.fullmatch(item)
         assert section, f"the fake does not answer {item}"
         data = self._section(raw, section.group(1), bool(section.group(2)))
+        if section.group(3):
+            data = data[: int(section.group(3))]
         self.answered += len(data)
-        return {item.replace(".PEEK", "").encode(): data}
+        key = item.replace(".PEEK", "").split("<")[0] + ("<0>" if section.group(3) else "")
+        return {key.encode(): data}
 
     def _section(self, raw: bytes, section: str, mime: bool) -> bytes:
         if section == "TEXT":

@@ -10,7 +10,7 @@ import email.utils
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from email import errors, policy
+from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import cast
@@ -19,6 +19,7 @@ from bs4 import BeautifulSoup, Tag
 
 from scorefetch.core.errors import RefusedError
 from scorefetch.core.filenames import check_name
+from scorefetch.core.logs import untrusted
 
 MAX_MESSAGE_BYTES = 5 * 1024 * 1024  # real notifications are a few KB
 MAX_HTML_CHARS = 256 * 1024  # decoded HTML fed to the parser, all parts (~1 s of parsing)
@@ -26,6 +27,8 @@ MAX_HTML_CHARS = 256 * 1024  # decoded HTML fed to the parser, all parts (~1 s o
 # is not a notification: one spoofed email must not turn into thousands of ledger rows,
 # authenticated vendor calls (and their retries) and a log line of megabytes.
 MAX_NAMES = 10
+MAX_HEADER_BYTES = 64 * 1024  # read for the Message-ID of a message too large to parse
+MAX_ID_CHARS = 200  # of a Message-ID, as logged (someone else wrote it)
 _SHOWN_NAME = 80  # characters of a refused name quoted in `detail`
 _RESULT = re.compile(r"\s*(dkim|dmarc)\s*=\s*(\w+)", re.I)
 
@@ -143,14 +146,14 @@ def _sender(message: EmailMessage) -> str | None:
 
     The modern header parser quietly drops what it cannot parse (`a@good <x@evil>`
     becomes `a@good`), so the raw value is also read by the legacy parser and both
-    must agree on exactly one address, with no parse defect.
+    must agree on exactly one address. A defect the parser notes in the display name
+    alone is no doubt about the address: real College Board mail has been seen with an
+    encoded word inside quotes (`"=?utf-8?q?College_Board_Reporting?=" <…>`).
     """
     raw = [str(value) for key, value in message.raw_items() if key.lower() == "from"]
     if len(raw) != 1:
         return None
     header = message["From"]
-    if any(isinstance(d, errors.InvalidHeaderDefect) for d in getattr(header, "defects", ())):
-        return None
     modern = [a.addr_spec for a in getattr(header, "addresses", ())]
     legacy = [addr for _, addr in email.utils.getaddresses(raw) if addr]
     if len(legacy) != 1 or [a.lower() for a in modern] != [legacy[0].lower()]:
@@ -175,21 +178,37 @@ def may_be_notification(
         return False
 
 
+def _message_id(raw: bytes) -> str:
+    """The Message-ID among the first MAX_HEADER_BYTES of `raw` (headers only), or ''."""
+    try:
+        head = BytesParser(policy=policy.compat32).parsebytes(
+            raw[:MAX_HEADER_BYTES], headersonly=True
+        )
+        return untrusted(str(head.get("Message-ID", "") or ""), MAX_ID_CHARS)
+    except Exception:  # noqa: BLE001 - junk headers have no id worth more than ''
+        return ""
+
+
 def read_notification(
     raw: bytes, senders: Sequence[str], authserv_id: str | None = None
 ) -> Notification | Rejection:
     """Decide what one email announces; never raises on any input."""
     if len(raw) > MAX_MESSAGE_BYTES:
-        return Rejection("", "too_large", f"message is {len(raw)} bytes; notifications are small")
+        return Rejection(
+            _message_id(raw), "too_large", f"message is {len(raw)} bytes; notifications are small"
+        )
     try:
         message = BytesParser(policy=policy.default).parsebytes(raw)
-        message_id = str(message.get("Message-ID", "") or "").strip()
+        message_id = untrusted(str(message.get("Message-ID", "") or ""), MAX_ID_CHARS)
     except Exception as exc:  # noqa: BLE001 - a hostile message must not stop the loop
         return Rejection("", "malformed", f"unparseable message: {type(exc).__name__}")
     try:
-        return _read(message, message_id, senders, authserv_id)
+        found = _read(message, message_id, senders, authserv_id)
     except Exception as exc:  # noqa: BLE001 - the email package raises many kinds on junk
         return Rejection(message_id, "malformed", f"unparseable message: {type(exc).__name__}")
+    if isinstance(found, Rejection):  # its detail may quote the sender's words
+        return Rejection(found.message_id, found.reason, untrusted(found.detail))
+    return found
 
 
 def _read(

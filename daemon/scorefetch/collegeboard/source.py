@@ -24,7 +24,7 @@ from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger
 from scorefetch.core.loops import Periodic, Supervised
 from scorefetch.core.sources import Say, SourceBase, again
-from scorefetch.mailbox.watcher import MailboxWatcher
+from scorefetch.mailbox.watcher import MailboxWatcher, Refusal
 
 
 class CollegeBoardSource(SourceBase[CollegeBoardDeliveries]):
@@ -89,12 +89,18 @@ class CollegeBoardSource(SourceBase[CollegeBoardDeliveries]):
         trust = cb.require_authentication_results
         return may_be_notification(headers, cb.senders, trust.authserv_id if trust else None)
 
-    def handle_message(self, uid: int, raw: bytes | None, reason: str) -> bool:
+    def handle_message(self, uid: int, raw: bytes | None, refused: Refusal | None) -> bool:
         """One email: announce its files (True once the ledger holds them), or say in one
         line why not (False). Never raises."""
         log = self._log.bind(uid=uid)
         if raw is None:
-            log.warning("notification.rejected", message_id=None, reason=reason or "disabled")
+            refused = refused or Refusal("disabled")
+            log.warning(
+                "notification.rejected",
+                message_id=refused.message_id,
+                reason=refused.reason,
+                detail=refused.detail,
+            )
             return False
         try:
             cb = self.deliveries.config

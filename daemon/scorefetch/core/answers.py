@@ -17,7 +17,7 @@ import requests
 
 from scorefetch.core.errors import Failure, VendorError, describe
 from scorefetch.core.http import deadline, redirect_target
-from scorefetch.core.logs import scrub_text
+from scorefetch.core.logs import untrusted
 
 MAX_ANSWER_BYTES = 16 * 1024 * 1024  # a year of listings is well under 1 MiB
 READ_CHUNK = 64 * 1024
@@ -61,16 +61,11 @@ def parse_json(raw: bytes) -> Any:
 
 
 def message_of(body: Any, reason: str | None) -> str:
-    """The vendor's JSON `message`, shortened and scrubbed; never the whole body."""
+    """The vendor's JSON `message`, cleaned (logs.untrusted); never the whole body."""
     message = body.get("message") if isinstance(body, dict) else None
-    if isinstance(message, str) and _printable(message):
-        return scrub_text(_printable(message))[:200]
-    return scrub_text(_printable(reason or ""))[:100] or "no message"
-
-
-def _printable(text: str) -> str:
-    """`text` on one line without control characters (no escape sequence reaches a terminal)."""
-    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    if isinstance(message, str) and untrusted(message):
+        return untrusted(message, 200)
+    return untrusted(reason, 100) or "no message"
 
 
 def read_bounded(response: requests.Response, path: str) -> bytes:

@@ -43,6 +43,15 @@ _SECRET_MEMBER = re.compile(rf"(['\"](?:{_MASKED_WORDS})['\"]\s*:\s*)(['\"])(?:(
 _SECRET_HEADER = re.compile(
     r"\b(authorization|x-api-key|cookie)(['\"]?\s*[:=]\s*['\"]?)[^'\",}\r\n]+", re.I
 )
+# Terminal escapes whole (CSI, OSC and the two-byte ones), then every other control
+# character: C0 (NUL included), DEL, C1.
+_ESCAPES = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]?|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[ -~]?|\x9b[0-?]*[ -/]*[@-~]?"
+)
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+# Invisible characters that reorder or hide what is shown: bidi controls, zero-width ones.
+_INVISIBLE = re.compile(r"[\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+UNTRUSTED_MAX = 300  # characters: enough for a server's reason, not for a flood
 _LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -65,6 +74,25 @@ def scrub_text(text: str) -> str:
     text = _SECRET_PARAM.sub(r"\1=…", text)
     text = _SECRET_MEMBER.sub(r"\1\2…\2", text)
     return _SECRET_HEADER.sub(r"\1\2…", text)
+
+
+def untrusted(text: str | bytes | None, limit: int = UNTRUSTED_MAX) -> str:
+    """Text someone else wrote (a server's error, a vendor's message, a name), made fit for
+    every sink we have: logs, ledger, `status`, `doctor`, hook environments. Terminal
+    escapes and control characters (NUL included) go, line breaks become spaces,
+    invisible reordering characters go, secrets are scrubbed, and at most `limit`
+    characters are kept. The one function for it: apply it where such text comes in."""
+    if text is None:
+        return ""
+    if isinstance(text, bytes):
+        text = text[: limit * 4 + 1024].decode("utf-8", "replace")
+    # A bound before the regular expressions: the input may be megabytes.
+    text = text[: limit * 4 + 1024]
+    text = _ESCAPES.sub("", text)
+    text = _CONTROLS.sub(" ", text)
+    text = _INVISIBLE.sub("", text)
+    text = scrub_text(" ".join(text.split()))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _scrub_value(value: Any) -> Any:

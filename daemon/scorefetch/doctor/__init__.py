@@ -19,6 +19,7 @@ from pydantic import BaseModel, SecretStr
 
 from scorefetch.config import Config, HooksConfig
 from scorefetch.core.errors import ConfigError
+from scorefetch.core.logs import untrusted
 from scorefetch.doctor.checks import (
     Check,
     Clock,
@@ -135,14 +136,21 @@ def _secrets(config: Config) -> Iterable[str]:
         elif isinstance(node, tuple | list):
             for item in node:
                 yield from walk(item)
+        elif isinstance(node, dict):  # forward destinations, by name
+            for item in node.values():
+                yield from walk(item)
 
     return (s for s in walk(config) if s)
 
 
 def _masked(check: Check, secrets: list[str]) -> Check:
+    """Every secret masked (longest first: one may contain another), then the line cleaned
+    as untrusted text: a server's words must not rewrite what the terminal shows."""
+    ordered = sorted(set(secrets), key=len, reverse=True)
+
     def mask(text: str) -> str:
-        for secret in secrets:
+        for secret in ordered:
             text = text.replace(secret, "********")
-        return text
+        return untrusted(text, 2000)
 
     return Check(check.name, check.ok, mask(check.detail), mask(check.advice))

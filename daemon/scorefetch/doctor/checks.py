@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -23,8 +22,10 @@ from imapclient.imapclient import SocketTimeout
 
 from scorefetch.collegeboard.client import CollegeBoard
 from scorefetch.config import CollegeBoardConfig, Config, EncouraConfig, HooksConfig, ImapConfig
+from scorefetch.core import files
 from scorefetch.core.errors import ConfigError, Failure, ScorefetchError, TokenError, VendorError
 from scorefetch.core.http import build_session
+from scorefetch.core.logs import untrusted
 from scorefetch.encoura.client import Encoura, token_lifetime
 from scorefetch.encoura.poller import KNOWN_PRODUCT_KEYS
 from scorefetch.mailbox.tokens import token_cache
@@ -117,12 +118,8 @@ def probe_folder(folder: Path) -> str | None:
             made.append(path)
         if not folder.is_dir():
             return f"{folder} is not a folder"
-        fd, name = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=folder)
-        probe = Path(name)
+        probe = files.write_new(folder, PROBE_PREFIX, b"probe\n")  # gone again if it fails
         try:
-            os.write(fd, b"probe\n")
-            os.fsync(fd)
-            os.close(fd)
             link = probe.with_name(probe.name + ".link")
             try:
                 os.link(probe, link)
@@ -292,8 +289,8 @@ def check_encoura(cfg: EncouraConfig, clock: Clock) -> Check:
     return Check(
         "encoura",
         True,
-        f"{cfg.base_url}: logged in with {client.login_field}, organization {organization}; "
-        f"{'; '.join(counts)}; {_observed(client)}{note}",
+        f"{cfg.base_url}: logged in with {client.login_field}, organization "
+        f"{untrusted(organization, 100)}; {'; '.join(counts)}; {_observed(client)}{note}",
     )
 
 

@@ -28,6 +28,7 @@ from scorefetch.config import EncouraConfig
 from scorefetch.core import logs
 from scorefetch.core.answers import json_answer
 from scorefetch.core.errors import ConfigError, Failure, VendorError
+from scorefetch.core.logs import untrusted
 from scorefetch.core.throttle import honouring_retry_after
 
 REFRESH_AFTER_S = 15 * 60  # the vendor's tokens live 20 minutes
@@ -69,7 +70,9 @@ def choose_organization(configured: str | None, organizations: list[dict[str, An
     """The configured organization uid (it must be the account's), or the only one."""
     uids = [str(org.get("uid")) for org in organizations if isinstance(org, dict)]
     listing = ", ".join(
-        f"{org.get('uid')} ({org.get('name')})" for org in organizations if isinstance(org, dict)
+        f"{untrusted(str(org.get('uid')), 100)} ({org.get('name')})"
+        for org in organizations
+        if isinstance(org, dict)
     )
     if configured is not None:
         if configured not in uids:
@@ -130,7 +133,10 @@ def parse_login(answer: Any) -> tuple[str, list[dict[str, str]]]:
     user = answer.get("user")
     listed = user.get("organizations") if isinstance(user, dict) else None
     organizations = [
-        {"uid": org["uid"], "name": org["name"] if isinstance(org.get("name"), str) else ""}
+        {
+            "uid": org["uid"],
+            "name": untrusted(org["name"], 100) if isinstance(org.get("name"), str) else "",
+        }
         for org in (listed if isinstance(listed, list) else [])
         if isinstance(org, dict) and isinstance(org.get("uid"), str) and org["uid"]
     ]

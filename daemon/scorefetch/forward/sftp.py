@@ -27,7 +27,7 @@ from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
 from scorefetch.config import SftpDestination
 from scorefetch.core.errors import Failure, RefusedError
 from scorefetch.core.filenames import check_name
-from scorefetch.core.logs import scrub_text
+from scorefetch.core.logs import untrusted
 from scorefetch.forward import ForwardError, Placed, keys
 
 # Larger than paramiko's defaults (2 MiB window, 32 KiB packets): a long fat pipe to Slate
@@ -132,8 +132,11 @@ class SftpTarget:
             for folder in folders:
                 self._call(_makedirs, sftp, folder)
                 probe = posixpath.join(folder, f".scorefetch-probe.{secrets.token_hex(4)}")
-                self._call(_write_small, sftp, probe, b"scorefetch probe\n")
-                self._call(sftp.remove, probe)
+                try:
+                    self._call(_write_small, sftp, probe, b"scorefetch probe\n")
+                finally:  # never a dot-file left in Slate's import folder, written or not
+                    with contextlib.suppress(Exception):
+                        sftp.remove(probe)
         pinned = ", ".join(keys.fingerprint(k) for k in self._pinned)
         return (
             f"{self._where}: host key verified ({pinned}), logged in as "
@@ -226,7 +229,10 @@ class SftpTarget:
             raise self._error(exc, doing) from None
 
     def _error(self, exc: BaseException, doing: str) -> ForwardError:
-        """A library error as a ForwardError: class, host and reason only."""
+        """A library error as a ForwardError: class, host and reason only. The reason may be
+        the server's own words (an SFTP status message arrives as OSError.strerror), so
+        every branch's is cleaned by logs.untrusted before it reaches a log, the ledger,
+        `status` or a hook's environment."""
         name = type(exc).__name__
         if isinstance(exc, paramiko.AuthenticationException):
             return ForwardError(
@@ -240,7 +246,8 @@ class SftpTarget:
         elif isinstance(exc, EOFError):
             reason = "connection closed"
         else:
-            reason = scrub_text(str(exc))[:200] or "error"  # paramiko's protocol words
+            reason = str(exc)  # paramiko's protocol words
+        reason = untrusted(reason, 200) or "error"
         kind = Failure.TRANSIENT
         if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EACCES:
             kind = Failure.AUTH  # a folder we may not write: a person must act

@@ -1,33 +1,59 @@
 """Catching up by UID: every message above the last one handled, headers first.
 
-For each new UID the server is asked for its size and the few headers a notification
-is judged by. Only a candidate — a From that may be a notification (`screen`) — has
-its structure fetched, and then only its `text/html` parts; other mail costs its
-headers and nothing more. Fetches are batched by bytes, so memory stays flat
-whatever the other mail weighs. Each message is then handed over in UID order and
-the folder's position advances past it (persisted in the ledger with UIDVALIDITY).
+For each new UID the server is asked for the few headers a notification is judged by.
+Only a candidate — a From that may be a notification (`screen`) — has its structure
+fetched (one message at a time), and then only its `text/html` parts, each with its
+own headers in a partial range; other mail costs its headers and nothing more. Bodies
+are fetched in runs bounded by bytes, so memory stays flat whatever the other mail
+weighs. Each message is then handed over in UID order and the folder's position
+advances past it (persisted in the ledger with UIDVALIDITY).
+
+One message never stops the others. A FETCH that fails (the server's NO or BAD, an
+answer imapclient cannot parse, a line over imaplib's 1,000,000-byte limit) is tried
+again message by message; the one that fails alone is handed over refused
+(`unreadable`, with the server's words) and the position moves past it. A line over
+the limit loses the connection: the messages not yet handed over are remembered as
+suspects and, after the reconnect, read one by one. A lone message at which the
+connection drops MAX_STRIKES times is refused too.
+
+Limits: MAX_HEADER_BYTES of judged headers, one BODYSTRUCTURE line (imaplib's limit),
+MAX_HTML_PARTS parts of MAX_HTML_BYTES each with MAX_PART_HEADER_BYTES of part headers
+(messages.py); BODY_BATCH_BYTES of parts held at once.
 """
 
 from __future__ import annotations
 
 import imaplib
 import threading
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
 from scorefetch.config import ImapConfig
+from scorefetch.core.errors import MailboxError
 from scorefetch.core.ledger import Ledger
 from scorefetch.mailbox import messages
-from scorefetch.mailbox.connection import Answer, Connection, describe
+from scorefetch.mailbox.connection import Answer, Connection, FetchFailed, describe
 from scorefetch.mailbox.messages import Part
 
 HEADER_BATCH = 200  # UIDs per header FETCH: at most 200 × 64 KiB of headers held
-BODY_BATCH_BYTES = 4 * 1024 * 1024  # HTML parts held at once
+BODY_BATCH_BYTES = 4 * 1024 * 1024  # HTML parts (and their header bounds) held at once
+MAX_STRIKES = 2  # connections lost at one lone message before it is refused
 
-# (uid, message as far as it was fetched, or None with a reason) -> whether acted on
-Handler = Callable[[int, bytes | None, str], bool]
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a message is handed over unread: a short `reason` people grep, and a `detail`."""
+
+    reason: str  # too_large, unreadable, gone
+    detail: str = ""
+    message_id: str | None = None
+
+
+# (uid, message as far as it was fetched, or None with a refusal) -> whether acted on
+Handler = Callable[[int, bytes | None, Refusal | None], bool]
 # header lines -> whether the message can be a notification (its body is worth fetching)
 Screen = Callable[[bytes], bool]
 
@@ -45,11 +71,14 @@ class _Item:
     uid: int
     headers: bytes | None
     parts: list[Part]
-    refused: str = ""  # a reason not to read it at all (too_large, gone)
+    refused: Refusal | None = None  # a reason not to read it at all
 
 
 class CatchUp:
-    """Hands each message above the folder's position to `handle`, in UID order."""
+    """Hands each message above the folder's position to `handle`, in UID order.
+
+    `suspects` (uid -> connections lost at it alone) outlives a session: the watcher
+    keeps it, so the messages of a run that lost the connection are read one by one."""
 
     def __init__(
         self,
@@ -62,6 +91,7 @@ class CatchUp:
         stop: threading.Event,
         tick: Callable[[], None],
         log: Any,
+        suspects: dict[int, int] | None = None,
     ) -> None:
         self.conn = conn
         self.config = config
@@ -72,6 +102,8 @@ class CatchUp:
         self._tick = tick
         self._log = log
         self._warned_no_expunge = False
+        self.suspects = suspects if suspects is not None else {}
+        self._handed = 0  # the last UID handed over by process()
 
     def starting_uid(self, validity: int) -> int:
         """The last handled UID; on a first start (or a new UIDVALIDITY) handle the
@@ -86,6 +118,7 @@ class CatchUp:
                 new=validity,
                 lookback_days=self.config.lookback_days,
             )
+            self.suspects.clear()  # other messages now
         # The top first: anything arriving during the scan is above it and caught up after.
         top = max(self.conn.search(["ALL"]), default=0)
         since = date.today() - timedelta(days=self.config.lookback_days)
@@ -104,82 +137,160 @@ class CatchUp:
     def process(self, validity: int, uids: list[int]) -> int:
         """Judge and hand over each message in UID order; the position advances per
         message. Returns the last UID handled (0 if none)."""
-        last = 0
-        for start in range(0, len(uids), HEADER_BATCH):
-            items = self._envelopes(uids[start : start + HEADER_BATCH])
-            pending: list[_Item] = []
-            held = 0
-            for item in items:
-                size = sum(p.size for p in item.parts)
-                if pending and held + size > BODY_BATCH_BYTES:
-                    last = self._hand_over(validity, pending) or last
-                    pending, held = [], 0
-                    if self._stop.is_set():
-                        return last
-                pending.append(item)
-                held += size
-            last = self._hand_over(validity, pending) or last
-            if self._stop.is_set():
-                return last
-        return last
+        self._handed = 0
+        work = deque(self._runs(uids))
+        while work and not self._stop.is_set():
+            run = work.popleft()
+            try:
+                self._run(validity, run)
+            except FetchFailed as exc:
+                left = [u for u in run if u > self._handed]
+                if len(left) > 1:  # whose doing? each alone will tell
+                    for uid in left:
+                        self.suspects.setdefault(uid, 0)
+                    work.extendleft([uid] for uid in reversed(left))
+                elif left:
+                    self._refuse(validity, left[0], Refusal("unreadable", exc.detail))
+                if not exc.in_sync:
+                    raise MailboxError(f"connection lost in a FETCH: {exc.detail}") from None
+            except (imaplib.IMAP4.abort, OSError):
+                self._strike([u for u in run if u > self._handed], validity)
+                raise
+        return self._handed
+
+    def _runs(self, uids: list[int]) -> Iterator[list[int]]:
+        """Runs of at most HEADER_BATCH UIDs; a suspect is a run of its own."""
+        run: list[int] = []
+        for uid in uids:
+            if uid in self.suspects or len(run) >= HEADER_BATCH:
+                if run:
+                    yield run
+                run = []
+            if uid in self.suspects:
+                yield [uid]
+            else:
+                run.append(uid)
+        if run:
+            yield run
+
+    def _strike(self, left: list[int], validity: int) -> None:
+        """The connection was lost while reading `left`: remember them as suspects; one
+        alone at which this happened MAX_STRIKES times is refused."""
+        if len(left) != 1:
+            for uid in left:
+                self.suspects.setdefault(uid, 0)
+            return
+        uid = left[0]
+        self.suspects[uid] = self.suspects.get(uid, 0) + 1
+        if self.suspects[uid] >= MAX_STRIKES:
+            detail = f"the connection was lost {MAX_STRIKES} times reading this message"
+            self._refuse(validity, uid, Refusal("unreadable", detail))
+
+    def _refuse(self, validity: int, uid: int, refusal: Refusal) -> None:
+        self._hand_over(validity, [_Item(uid, None, [], refusal)])
+
+    def _run(self, validity: int, uids: list[int]) -> None:
+        """One run: headers, then per candidate its structure; bodies in byte-bounded
+        batches, each handed over before the next is fetched."""
+        items = self._envelopes(uids)
+        pending: list[_Item] = []
+        held = 0
+        for item in items:
+            if item.parts:
+                self._structure(item)
+            size = messages.fetch_cost(item.parts)
+            if pending and held + size > BODY_BATCH_BYTES:
+                self._hand_over(validity, pending)
+                pending, held = [], 0
+                if self._stop.is_set():
+                    return
+            pending.append(item)
+            held += size
+        self._hand_over(validity, pending)
 
     def _envelopes(self, uids: list[int]) -> list[_Item]:
-        """Size and judged headers of every UID; then the structure of the candidates."""
+        """The judged headers of every UID (a partial range each)."""
         fields = " ".join(messages.HEADER_FIELDS)
         answer = self.conn.fetch(
             uids, [f"BODY.PEEK[HEADER.FIELDS ({fields})]<0.{messages.MAX_HEADER_BYTES}>"]
         )
-        items = [self._item(uid, answer.get(uid)) for uid in uids]
-        wanted = [i.uid for i in items if i.headers is not None and not i.refused and i.parts]
-        structures = self.conn.fetch(wanted, ["BODYSTRUCTURE"]) if wanted else {}
-        for item in items:
-            if item.uid in wanted:
-                self._structure(item, structures.get(item.uid, {}).get(b"BODYSTRUCTURE"))
-        return items
+        return [self._item(uid, answer.get(uid)) for uid in uids]
 
     def _item(self, uid: int, found: dict[bytes, Any] | None) -> _Item:
         headers = messages.header_block(found) if found else None
         if headers is None:
-            return _Item(uid, None, [], "gone")  # expunged meanwhile
+            return _Item(uid, None, [], Refusal("gone", "expunged while being read"))
         if len(headers) >= messages.MAX_HEADER_BYTES:
-            return _Item(uid, None, [], "too_large")
+            detail = f"over {messages.MAX_HEADER_BYTES} bytes of From/Message-ID headers"
+            refusal = Refusal("too_large", detail, messages.message_id(headers))
+            return _Item(uid, None, [], refusal)
         candidate = self._screen is None or self._screen(headers)
         # A placeholder part marks a candidate until its structure is known.
         return _Item(uid, headers, [Part(messages.TOP, 0)] if candidate else [])
 
-    def _structure(self, item: _Item, structure: Any) -> None:
-        parts = messages.html_parts(structure)
+    def _structure(self, item: _Item) -> None:
+        """A candidate's BODYSTRUCTURE, alone: one line, bounded by imaplib's limit."""
+        assert item.headers is not None
+        try:
+            answer = self.conn.fetch([item.uid], ["BODYSTRUCTURE"])
+        except FetchFailed as exc:
+            if not exc.in_sync:
+                raise
+            item.parts = []
+            item.refused = self._refusal(item, "unreadable", exc.detail)
+            return
+        finally:
+            self._tick()
+        parts = messages.html_parts(answer.get(item.uid, {}).get(b"BODYSTRUCTURE"))
         if parts is None:
             item.parts = []  # not understood: read from the headers alone (no_filename)
             return
-        if messages.too_large(parts) is not None:
-            item.refused, item.parts = "too_large", []
+        why = messages.too_large(parts)
+        if why is not None:
+            item.refused, item.parts = self._refusal(item, "too_large", why), []
             return
         item.parts = parts
 
-    def _hand_over(self, validity: int, items: Sequence[_Item]) -> int:
+    @staticmethod
+    def _refusal(item: _Item, reason: str, detail: str) -> Refusal:
+        return Refusal(reason, detail, messages.message_id(item.headers or b""))
+
+    def _hand_over(self, validity: int, items: Sequence[_Item]) -> None:
         """Fetch the HTML parts of the candidates among `items`, then hand each over."""
-        wanted = [i for i in items if i.parts]
         bodies: dict[int, Answer] = {}
-        for item in wanted:
-            bodies[item.uid] = self.conn.fetch([item.uid], messages.fetch_items(item.parts))
-            self._tick()
-        last = 0
+        for item in items:
+            if item.parts and item.refused is None:
+                bodies[item.uid] = self._bodies(item)
+                self._tick()
         for item in items:
             if self._stop.is_set():
                 break
             raw = self._message(item, bodies.get(item.uid, {}).get(item.uid))
-            reason = "" if raw is not None else (item.refused or "gone")
-            acted = self._handle(item.uid, raw, reason)
+            refusal = None if raw is not None else item.refused or Refusal("gone", "expunged")
+            acted = self._handle(item.uid, raw, refusal)
             self.ledger.save_mailbox_position(self.config.folder, validity, item.uid)
-            last = item.uid
+            self.suspects.pop(item.uid, None)
+            self._handed = item.uid
             self._tick()  # legitimate work: the watchdog hears of it message by message
             if acted and self.config.processed_folder is not None:
                 self.move(item.uid, self.config.processed_folder)
-        return last
+
+    def _bodies(self, item: _Item) -> Answer:
+        try:
+            answer = self.conn.fetch([item.uid], messages.fetch_items(item.parts))
+        except FetchFailed as exc:
+            if not exc.in_sync:
+                raise
+            item.refused = self._refusal(item, "unreadable", exc.detail)
+            return {}
+        if messages.oversized_head(answer.get(item.uid, {})):
+            detail = f"a part's headers are over {messages.MAX_PART_HEADER_BYTES} bytes"
+            item.refused = self._refusal(item, "too_large", detail)
+            return {}
+        return answer
 
     def _message(self, item: _Item, answer: dict[bytes, Any] | None) -> bytes | None:
-        if item.headers is None or item.refused:
+        if item.headers is None or item.refused is not None:
             return None
         parts = [messages.part_bytes(answer or {}, part) for part in item.parts]
         if any(p is None for p in parts):

@@ -21,11 +21,24 @@ from imapclient.imapclient import SocketTimeout
 from scorefetch.config import ImapConfig
 from scorefetch.core.errors import MailboxAuthError, MailboxError, TokenError
 from scorefetch.core.errors import describe as describe_error
-from scorefetch.core.logs import scrub_text
+from scorefetch.core.logs import untrusted
 from scorefetch.mailbox import imapwire
 from scorefetch.mailbox.tokens import token_cache
 
 Answer = dict[int, dict[bytes, Any]]  # a FETCH answer: uid -> item -> value
+# imaplib's words when a response line is over its limit (`_MAXLINE`, 1,000,000 bytes): the
+# rest of the line is still unread, so the connection cannot go on.
+LINE_LIMIT = "got more than"
+
+
+class FetchFailed(Exception):
+    """A FETCH the server refused, or answered in a way that cannot be read: perhaps the
+    doing of one of the messages asked for. `in_sync`: the connection can still be used."""
+
+    def __init__(self, detail: str, *, in_sync: bool) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.in_sync = in_sync
 
 
 class Connection(Protocol):
@@ -99,7 +112,17 @@ class ImapConnection:
         return found
 
     def fetch(self, uids: Sequence[int], items: Sequence[str]) -> Answer:
-        answer: Answer = self.client.fetch(list(uids), list(items))
+        """The answer, or FetchFailed when it cannot be had; a lost connection (abort,
+        OSError) is raised as it is: that is not the messages' doing."""
+        try:
+            answer: Answer = self.client.fetch(list(uids), list(items))
+        except imaplib.IMAP4.abort:
+            raise
+        except imaplib.IMAP4.error as exc:  # NO, BAD, a parse error, a line over the limit
+            raise FetchFailed(describe(exc), in_sync=LINE_LIMIT not in str(exc)) from None
+        except (ValueError, LookupError, TypeError, RecursionError) as exc:
+            # imapclient's parser on an answer it read whole: the connection is in step.
+            raise FetchFailed(f"unreadable answer ({type(exc).__name__})", in_sync=True) from None
         self._heard()
         return answer
 
@@ -236,5 +259,5 @@ def describe(exc: BaseException) -> str:
     """An IMAP server's own answer (its words, scrubbed and short: operators need
     `AUTHENTICATIONFAILED`), else the one error formatter of core/errors.py."""
     if isinstance(exc, imaplib.IMAP4.error):
-        return scrub_text(f"{type(exc).__name__}: {exc}")[:300]
+        return untrusted(f"{type(exc).__name__}: {exc}")
     return describe_error(exc)

@@ -20,6 +20,7 @@ from imapclient import IMAPClient
 from imapclient.imapclient import _parse_untagged_response
 
 from scorefetch.core.errors import MailboxError
+from scorefetch.core.logs import untrusted
 
 
 def tune(sock: socket.socket) -> None:
@@ -87,8 +88,10 @@ def take_new_mail_signals(client: IMAPClient) -> bool:
 
 
 def words(parts: Any) -> str:
-    """A parsed response's atoms as text again, e.g. for a BYE's reason."""
-    return " ".join(p.decode("ascii", "replace") if isinstance(p, bytes) else str(p) for p in parts)
+    """A parsed response's atoms as text again, e.g. for a BYE's reason: the server's words,
+    so cleaned as untrusted text."""
+    text = " ".join(p.decode("ascii", "replace") if isinstance(p, bytes) else str(p) for p in parts)
+    return untrusted(text)
 
 
 def is_bye(response: Any) -> bool:

@@ -12,7 +12,11 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from email import policy
+from email.parser import BytesParser
 from typing import Any
+
+from scorefetch.core.logs import untrusted
 
 # The headers a notification is judged by (sender, authentication, the id for the log).
 HEADER_FIELDS = ("FROM", "MESSAGE-ID", "AUTHENTICATION-RESULTS")
@@ -21,6 +25,8 @@ BODY_FIELDS = ("CONTENT-TYPE", "CONTENT-TRANSFER-ENCODING", "CONTENT-DISPOSITION
 MAX_HEADER_BYTES = 64 * 1024  # of the fields above; real ones are well under 4 KiB
 MAX_HTML_BYTES = 1024 * 1024  # one encoded HTML part; a notification's is ~2 KiB
 MAX_HTML_PARTS = 4
+MAX_PART_HEADER_BYTES = 16 * 1024  # one part's own headers; a notification's are ~100 bytes
+MAX_DEPTH = 16  # multipart nesting followed; notifications nest two deep
 TOP = "TEXT"  # the section of a single-part message's body
 
 
@@ -39,11 +45,11 @@ def _text(value: Any) -> str:
 
 
 def _is_attachment(disposition: Any) -> bool:
-    return (
-        isinstance(disposition, tuple)
-        and bool(disposition)
-        and _text(disposition[0]) == "attachment"
-    )
+    """A BODYSTRUCTURE disposition: `("attachment" (…))` as RFC 3501 has it, or the flat
+    string some servers send (pymap: `"attachment; filename=…"`)."""
+    if isinstance(disposition, tuple | list):
+        disposition = disposition[0] if disposition else ""
+    return _text(disposition).split(";", 1)[0].strip() == "attachment"
 
 
 def html_parts(structure: Any) -> list[Part] | None:
@@ -63,6 +69,8 @@ def _is_multipart(structure: tuple[Any, ...]) -> bool:
 
 
 def _multipart(structure: tuple[Any, ...], prefix: str) -> list[Part] | None:
+    if prefix.count(".") >= MAX_DEPTH:
+        return None
     children = structure[0]
     if len(structure) > 3 and _is_attachment(structure[3]):
         return []
@@ -106,27 +114,55 @@ def too_large(parts: Sequence[Part]) -> str | None:
 
 
 def fetch_items(parts: Iterable[Part]) -> list[str]:
-    """The FETCH items that bring each part's own headers and its (encoded) body."""
+    """The FETCH items that bring each part's own headers and its (encoded) body, each a
+    partial range: a server's word on a part's size is not trusted with our memory."""
+    head, body = f"<0.{MAX_PART_HEADER_BYTES}>", f"<0.{MAX_HTML_BYTES}>"
     items: list[str] = []
     for part in parts:
         if part.section == TOP:
-            items += [f"BODY.PEEK[HEADER.FIELDS ({' '.join(BODY_FIELDS)})]", "BODY.PEEK[TEXT]"]
+            fields = " ".join(BODY_FIELDS)
+            items += [f"BODY.PEEK[HEADER.FIELDS ({fields})]{head}", f"BODY.PEEK[TEXT]{body}"]
         else:
-            items += [f"BODY.PEEK[{part.section}.MIME]", f"BODY.PEEK[{part.section}]"]
+            items += [f"BODY.PEEK[{part.section}.MIME]{head}", f"BODY.PEEK[{part.section}]{body}"]
     return items
+
+
+def fetch_cost(parts: Sequence[Part]) -> int:
+    """The most bytes fetching these parts can bring: bodies and their header bounds."""
+    return sum(min(p.size, MAX_HTML_BYTES) + MAX_PART_HEADER_BYTES for p in parts)
 
 
 def part_bytes(answer: dict[bytes, Any], part: Part) -> bytes | None:
     """One part (its headers, a blank line, its body) out of a FETCH answer, or None."""
     if part.section == TOP:
         head = header_block(answer, b"BODY[HEADER.FIELDS")
-        body = answer.get(b"BODY[TEXT]")
+        body = header_block(answer, b"BODY[TEXT]")
     else:
-        head = answer.get(f"BODY[{part.section}.MIME]".encode())
-        body = answer.get(f"BODY[{part.section}]".encode())
-    if not isinstance(head, bytes) or not isinstance(body, bytes):
+        head = _exact(answer, f"BODY[{part.section}.MIME]".encode())
+        body = _exact(answer, f"BODY[{part.section}]".encode())
+    if head is None or body is None:
         return None
     return content_headers(head) + b"\r\n" + body
+
+
+def _exact(answer: dict[bytes, Any], key: bytes) -> bytes | None:
+    """The value of `key`, with or without the `<0>` a partial fetch adds."""
+    for found in (key, key + b"<0>"):
+        value = answer.get(found)
+        if isinstance(value, bytes):
+            return value
+    return None
+
+
+def oversized_head(answer: dict[bytes, Any]) -> bool:
+    """Whether a part's headers filled their whole partial range (so were cut)."""
+    return any(
+        isinstance(key, bytes)
+        and (key.endswith(b".MIME]<0>") or key.startswith(b"BODY[HEADER.FIELDS"))
+        and isinstance(value, bytes)
+        and len(value) >= MAX_PART_HEADER_BYTES
+        for key, value in answer.items()
+    )
 
 
 def content_headers(head: bytes) -> bytes:
@@ -152,6 +188,16 @@ def header_block(answer: dict[bytes, Any], prefix: bytes = b"BODY[HEADER.FIELDS"
         if isinstance(key, bytes) and key.startswith(prefix) and isinstance(value, bytes):
             return value
     return None
+
+
+def message_id(headers: bytes) -> str | None:
+    """The Message-ID among these header lines (cleaned: someone else wrote it), or None."""
+    try:
+        found = BytesParser(policy=policy.compat32).parsebytes(headers, headersonly=True)
+        value = found.get("Message-ID")
+    except Exception:  # noqa: BLE001 - junk headers have no id worth a traceback
+        return None
+    return untrusted(str(value), 200) or None if value is not None else None
 
 
 def _ending(head: bytes) -> bytes:

@@ -20,6 +20,7 @@ from scorefetch.config import CommandOAuth, GoogleOAuth, ImapAuth, MicrosoftOAut
 from scorefetch.core.answers import parse_json, read_bounded
 from scorefetch.core.errors import TokenError, VendorError, describe
 from scorefetch.core.http import build_session
+from scorefetch.core.logs import untrusted
 
 MARGIN_S = 300.0  # a token is replaced this long before it expires …
 MARGIN_SHARE = 0.2  # … or, for a short-lived one, when this share of its life is left
@@ -139,7 +140,7 @@ class MicrosoftTokens:
             ) from None
         except ValueError as exc:  # msal: the tenant's discovery document was refused
             raise TokenError(
-                f"microsoft authority refused: {str(exc)[:200]}", refused=True
+                f"microsoft authority refused: {untrusted(str(exc), 200)}", refused=True
             ) from None
         return _grant("microsoft", result)
 
@@ -260,7 +261,9 @@ def _grant(provider: str, answer: dict[str, Any]) -> Grant:
     error = str(answer.get("error") or "no access_token in the answer")
     description = str(answer.get("error_description") or "").splitlines()
     detail = f"{error}: {description[0]}" if description else error
-    raise TokenError(f"{provider} refused a token: {detail[:300]}", refused=error in REFUSED_ERRORS)
+    raise TokenError(
+        f"{provider} refused a token: {untrusted(detail)}", refused=error in REFUSED_ERRORS
+    )
 
 
 def _http_error(exc: requests.RequestException) -> str:

@@ -22,7 +22,7 @@ from scorefetch.core import logs
 from scorefetch.core.errors import MailboxAuthError, MailboxError
 from scorefetch.core.events import CredentialsAccepted, CredentialsRefused, Events
 from scorefetch.core.ledger import Ledger
-from scorefetch.mailbox.catchup import CatchUp, Handler, Screen, new_uids
+from scorefetch.mailbox.catchup import CatchUp, Handler, Refusal, Screen, new_uids
 from scorefetch.mailbox.connection import Connection, Connector, describe
 from scorefetch.mailbox.idle import TICK_S, wait_in_idle
 
@@ -30,7 +30,7 @@ BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 300.0
 EXPIRED_MARK = "AccessTokenExpired"  # in Microsoft's BYE for a session past its token
 AUTH_BACKOFF_S = 300.0  # a refused password is retried slowly: never lock the account
 
-__all__ = ["Handler", "MailboxWatcher", "Screen", "backoff_delay", "new_uids"]
+__all__ = ["Handler", "MailboxWatcher", "Refusal", "Screen", "backoff_delay", "new_uids"]
 
 
 def backoff_delay(failures: int, rng: random.Random) -> float:
@@ -77,6 +77,7 @@ class MailboxWatcher:
         self._healthy = False  # whether this session caught up and the server then idled
         self.reconnects = 0
         self.history: list[tuple[float, int]] = []  # (delay_s, attempt) of each reconnect
+        self._suspects: dict[int, int] = {}  # read one by one after a lost connection
 
     def run(self) -> None:
         failures = 0
@@ -167,6 +168,7 @@ class MailboxWatcher:
             stop=self._stop,
             tick=self._tick,
             log=self._log,
+            suspects=self._suspects,
         )
         last_uid = catch_up.starting_uid(validity)
         idle = conn.has_capability("IDLE")

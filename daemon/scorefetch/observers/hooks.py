@@ -32,6 +32,7 @@ from scorefetch.core.events import (
     Quiet,
     Recovered,
 )
+from scorefetch.core.logs import untrusted
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PASSED_THROUGH = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")  # nothing that can hold a secret
@@ -123,9 +124,8 @@ MAX_FACT = 4096  # characters of one hook value
 
 def clean_fact(value: str) -> str:
     """A hook value that can break no hook: no NUL (it would stop the exec), no control
-    characters or terminal escapes, at most MAX_FACT characters."""
-    text = "".join(ch if ch.isprintable() or ch == " " else " " for ch in value)
-    return text[:MAX_FACT]
+    characters or terminal escapes, no secret, at most MAX_FACT characters."""
+    return untrusted(value, MAX_FACT)
 
 
 def hook_environment(variables: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, str]:

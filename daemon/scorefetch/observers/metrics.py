@@ -7,26 +7,17 @@ Needs the `metrics` extra (prometheus-client); imported only when `metrics:` is 
 
 from __future__ import annotations
 
-import contextlib
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Any
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-    start_http_server,
-)
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from scorefetch.config import MetricsConfig
-from scorefetch.core import logs
+from scorefetch.core import files, logs
 from scorefetch.core.errors import ScorefetchError
 from scorefetch.core.events import (
     DeliveryFailed,
@@ -38,6 +29,7 @@ from scorefetch.core.events import (
 )
 from scorefetch.core.ledger import Ledger
 from scorefetch.observers.alarms import FAILING, watcher_key
+from scorefetch.observers.listener import MetricsListener
 
 # Notification → file: seconds on loopback, minutes on a retry, hours after an outage.
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86400)
@@ -160,7 +152,7 @@ class Metrics:
             for outcome in ("uploaded", "failed"):
                 self.forwards.labels(destination, outcome)
         self.registry.register(_LedgerCollector(ledger, vendors, imap, backlog))
-        self._server: Any = None
+        self._server: MetricsListener | None = None
         self._stop = threading.Event()
         self._dirty = threading.Event()
         self._writer: threading.Thread | None = None
@@ -197,7 +189,7 @@ class Metrics:
         if address is not None:
             host, port = address
             try:
-                self._server, _ = start_http_server(port, host, registry=self.registry)
+                self._server = MetricsListener(host, port, self.exposition).start()
             except OSError as exc:
                 raise ScorefetchError(
                     f"metrics.listen {self.config.listen}: {exc.strerror or exc}"
@@ -220,21 +212,14 @@ class Metrics:
             self._stop.wait(TEXTFILE_MIN_GAP_S)
 
     def write_textfile(self) -> None:
-        """Replace the textfile atomically (node_exporter must never read half of one);
-        0644, since node_exporter runs as another user. A failure is logged once."""
+        """Replace the textfile atomically (node_exporter must never read half of one) with
+        a file of our own (files.replace_file: never through a planted symlink); 0644, since
+        node_exporter runs as another user. A failure is logged once."""
         path = self.config.textfile
         assert path is not None
-        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            data = self.exposition()
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            with os.fdopen(fd, "wb") as out:
-                os.fchmod(out.fileno(), 0o644)  # whatever the umask
-                out.write(data)
-            temp.replace(path)
+            files.replace_file(path, self.exposition(), 0o644)
         except (OSError, ScorefetchError) as exc:  # a full disk, a folder not ours; the ledger
-            with contextlib.suppress(OSError):
-                temp.unlink(missing_ok=True)
             error = str(exc)
             if error != self._last_error:
                 self._log.warning("metrics.write_failed", path=str(path), error=error)
@@ -250,5 +235,4 @@ class Metrics:
             self._writer.join(timeout=5)
             self.write_textfile()
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.close()

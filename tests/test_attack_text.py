@@ -139,7 +139,7 @@ def test_doctor_lines_are_clean_and_every_secret_is_masked(
                 username: "example@ft.technolutions.net"
                 password_file: credentials/slate_password
                 host_key: "{HOST_KEY}"
-                remote_dir: /incoming
+                remote_dir: /incoming/{{vendor}}
             """)
         )
     config = config_module.load(path)

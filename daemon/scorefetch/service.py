@@ -29,7 +29,7 @@ from scorefetch.observers import attach
 from scorefetch.observers.alerts import ALERTS_S, Alerts
 
 SHUTDOWN_GRACE_S = 30.0  # in-flight downloads get this long after SIGTERM
-TICK_S = 0.2  # how often the main loop looks at the sources and the stop flag
+TICK_S = 1.0  # how often the main loop looks at the loops' health (the stop flag wakes it)
 
 
 class Notifier:
@@ -156,7 +156,9 @@ class Service:
         shown = self._status_line(watching)
         self.notifier.send(f"READY=1\nSTATUS={shown}")
         unhealthy: tuple[list[str], list[str]] = ([], [])
-        while not self.stop.wait(TICK_S):
+        interval = self.notifier.watchdog_interval
+        tick = min(TICK_S, interval / 2) if interval else TICK_S
+        while not self.stop.wait(tick):
             line = self._status_line(watching)
             if line != shown:
                 shown = line

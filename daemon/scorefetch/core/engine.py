@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from scorefetch.core import logs
@@ -25,7 +26,8 @@ from scorefetch.core.errors import Failure, ScorefetchError
 from scorefetch.core.pool import WorkPool
 from scorefetch.core.work import Job, WorkRows, now_iso
 
-POLL_S = 1.0  # how often the ledger is asked for rows other processes made due
+POLL_S = 1.0  # how often the ledger is asked whether another process wrote (one PRAGMA)
+FULL_LOOK_S = 30.0  # and a full look at every lane this often, whatever it says
 HEARTBEAT_S = 15.0  # how often a daemon's engine says it is alive (status reads it)
 HEARTBEAT = "daemon.heartbeat"
 TRANSIENT_DELAYS = (1.0, 5.0)  # then the lane's retry_schedule
@@ -114,6 +116,8 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._tasks: list[_Every] = []
         self._idle = threading.Condition(self._lock)
+        self._seen_version: int | None = None
+        self._next_look = 0.0  # epoch seconds of the next full look
         self._log = logs.get()
 
     def add(self, lane: Lane) -> None:
@@ -165,15 +169,34 @@ class Engine:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            woken = self._wake.is_set()
+            self._wake.clear()  # before looking: a wake-up from now on is seen next time
             try:
-                self._dispatch()
+                self._look(woken)
                 for task in self._tasks:
                     task.maybe()
             except Exception as exc:  # noqa: BLE001 - the engine goes on; the ledger may heal
                 self._log.error("engine.failed", error=type(exc).__name__, exc_info=exc)
+                self._next_look = 0.0
                 self._stop.wait(self._poll_s)
             self._wake.wait(self._poll_s)
-            self._wake.clear()
+
+    def _look(self, woken: bool) -> None:
+        """Dispatch when something may have become due: a wake-up in this process, a commit
+        by another (`fetch`, `sync`), a retry's due time, or FULL_LOOK_S gone by. At rest
+        this is one PRAGMA a second."""
+        lanes = list(self._lanes.values())
+        if not lanes:
+            return
+        version = lanes[0].rows.data_version()
+        now = time.time()
+        if not woken and version == self._seen_version and now < self._next_look:
+            return
+        self._seen_version = version
+        self._dispatch()
+        upcoming = [due for lane in lanes if (due := lane.rows.next_due()) is not None]
+        next_due = min((_epoch(due) for due in upcoming), default=now + FULL_LOOK_S)
+        self._next_look = min(now + FULL_LOOK_S, next_due)
 
     def _dispatch(self) -> None:
         for lane in list(self._lanes.values()):
@@ -245,14 +268,19 @@ class Engine:
         except ScorefetchError as write:
             self._log.error("ledger.write_failed", lane=lane.name, job=list(job), error=str(write))
         lane.failed(job, outcome)
+        self.wake()  # its next due time counts from now
 
     def wait_idle(self, timeout: float) -> bool:
         """Until nothing runs here and no row is due now (retries later may be pending)."""
         deadline = time.monotonic() + timeout
         while True:
-            with self._lock:
-                busy = bool(self._running or self._queued)
-            if not busy and not any(lane.rows.due(1) for lane in self._lanes.values()):
+            # Busy, then due, then busy again: a job counts as queued before its lease hides
+            # it from `due`, so one taken in between is seen by the second look.
+            if (
+                not self._busy()
+                and not any(lane.rows.due(1) for lane in self._lanes.values())
+                and not self._busy()
+            ):
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -260,6 +288,10 @@ class Engine:
             self.wake()
             with self._lock:
                 self._idle.wait(min(remaining, 0.05))
+
+    def _busy(self) -> bool:
+        with self._lock:
+            return bool(self._running or self._queued)
 
     def close(self, timeout: float) -> bool:
         """Take no more work; let running jobs finish for up to `timeout` seconds. What did
@@ -292,6 +324,13 @@ class _Every:
             logs.get().error(
                 "engine.task_failed", task=self.name, error=type(exc).__name__, exc_info=exc
             )
+
+
+def _epoch(iso: str) -> float:
+    try:
+        return datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return 0.0  # unreadable: look now
 
 
 def heartbeat_value(engine: Engine) -> str:

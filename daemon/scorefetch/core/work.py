@@ -120,6 +120,21 @@ class WorkRows:
         )
         return bool(cursor.rowcount == 1)
 
+    def next_due(self) -> str | None:
+        """When the earliest row waiting on its schedule is due (ISO, UTC), if any."""
+        row = self._execute(
+            f"SELECT min(due_at) FROM {self.table} WHERE {self._lane[0]} = ?"  # noqa: S608
+            " AND state = 'retrying' AND due_at IS NOT NULL",
+            (self._lane[1],),
+        ).fetchone()
+        return str(row[0]) if row and row[0] else None
+
+    def data_version(self) -> int:
+        """SQLite's count of commits by other connections: the cheap "did another process
+        write?" that spares a query per lane and poll while nothing happens."""
+        row = self._execute("PRAGMA data_version").fetchone()
+        return int(row[0]) if row else 0
+
     def holder(self, job: Job) -> str | None:
         row = self._execute(
             f"SELECT lease FROM {self.table} WHERE {self._where}",  # noqa: S608

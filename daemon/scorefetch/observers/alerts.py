@@ -16,7 +16,7 @@ from scorefetch.core import logs
 from scorefetch.core.events import Digest, Events, Overdue, Quiet, Recovered
 from scorefetch.core.ledger import Ledger
 
-ALERTS_S = 2.0
+ALERTS_S = 5.0
 HORIZON = timedelta(days=30)  # older rows were told of (or not) long ago
 STARTED = "alerts.started"
 # SQL: the delivery row `d` still owes an upload to a configured destination (a JSON list).

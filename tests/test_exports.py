@@ -385,3 +385,22 @@ def test_sync_without_vendor_does_every_enabled_vendor(
         "collegeboard/4300_20261120_000001.csv": b"cb\r\n",
         "encoura/score-reporter/act.csv": b"act\r\n",
     }, capsys.readouterr()
+
+
+def test_an_export_whose_quantity_disagrees_is_suspect_and_one_that_agrees_is_not(
+    enc_sim: EncouraSimulator, tmp_path: Path, log_lines: Any
+) -> None:
+    """Encoura's `quantity` is the rows of the csv less its header: off by two, the export
+    lands and is delivery.suspect (kept, not retried); the sandbox's own files agree."""
+    good = enc_sim.add_export("score-reporter", "good.csv", b"id\r\n1\r\n2\r\n")
+    enc_sim.with_dialect(quantity_off=2)
+    odd = enc_sim.add_export("score-reporter", "odd.csv", b"id\r\n1\r\n")
+    deliveries = exports(enc_sim, tmp_path, product_keys=["score-reporter"])
+    deliveries.poll()
+    assert deliveries.wait_idle(30)
+    deliveries.close(5)
+    (suspect,) = log_lines.events("delivery.suspect")
+    assert suspect["uid"] == odd and suspect["rows"] == 1 and suspect["expected_rows"] == 3
+    rows = {uid: deliveries.ledger.get("encoura", uid) for uid in (good, odd)}
+    assert all(r is not None and r.state == "downloaded" for r in rows.values())
+    assert rows[good].suspect == ""  # type: ignore[union-attr]

@@ -166,3 +166,34 @@ def test_lost_email_and_late_file_are_caught_by_the_listing(
     assert (folder / "4300_20261121_050000.csv").read_bytes() == b"no email for me\r\n"
     assert (folder / "4300_20261121_060000.csv").read_bytes() == b"posted late\r\n"
     assert daemon.named("listing.completed")
+
+
+def test_a_file_that_disagrees_with_the_listing_is_suspect_kept_and_not_retried(
+    cb_sim: CollegeBoardSimulator, tmp_path: Path, log_lines: Any
+) -> None:
+    """recordCount off by one: the file lands and stays, delivery.suspect names both
+    counts, the ledger remembers why, nothing is downloaded again; a file that agrees
+    (csv less its header, fixed-width txt every line) is not suspect."""
+    cb_sim.with_dialect(records_off=1)
+    cb_sim.publish("odd.csv", b"h1,h2\r\n1,2\r\n3,4\r\n")
+    deliveries = pipeline(cb_sim, tmp_path)
+    Reconciler(deliveries, lookback_days=1).run_once()
+    assert deliveries.wait_idle(30)
+    cb_sim.with_dialect(records_off=0)
+    cb_sim.publish("fine.csv", b"h\r\n1\r\n2")  # the last line without its newline counts
+    Reconciler(deliveries, lookback_days=1).run_once()
+    assert deliveries.wait_idle(30)
+    deliveries.close(5)
+    (suspect,) = log_lines.events("delivery.suspect")
+    assert suspect["filename"] == "odd.csv" and suspect["rows"] == 2
+    assert suspect["expected_rows"] == 3 and suspect["bytes"] == suspect["expected_bytes"]
+    row = deliveries.ledger.get("collegeboard", "odd.csv")
+    assert row is not None and row.state == "downloaded" and "3" in (row.suspect or "")
+    assert (tmp_path / "files" / "collegeboard" / "odd.csv").exists()
+    fine = deliveries.ledger.get("collegeboard", "fine.csv")
+    assert fine is not None and fine.suspect == ""
+    from scorefetch.core.completeness import data_rows
+
+    txt = tmp_path / "fine.txt"  # fixed width: no header, every line a record
+    txt.write_bytes(b"0001JANE\r\n0002JOHN\r\n")
+    assert data_rows(txt) == 2

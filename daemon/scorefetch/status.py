@@ -235,6 +235,8 @@ def _journeys(files: list[dict[str, Any]]) -> list[str]:
             for dest, info in item["destinations"].items()
         )
         late = "  LATE" if item["overdue"] else ""
+        if item.get("suspect"):
+            late += f"  SUSPECT: {item['suspect']}"
         lines.append(
             f"  {vendor:<13} {item['filename']}: announced {local_time(item['announced_at'])}"
             f" → {landed}" + (f" → {at}" if at else "") + late

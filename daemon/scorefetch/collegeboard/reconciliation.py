@@ -50,6 +50,16 @@ def missing(deliveries: CollegeBoardDeliveries, listed: list[ListedFile]) -> lis
     return names
 
 
+def expect(deliveries: CollegeBoardDeliveries, listed: list[ListedFile]) -> None:
+    """Remember what the listing says each known file holds (`fileSize`, `recordCount`),
+    and check the ones already landed against it."""
+    for entry in listed:
+        if entry.size is None and entry.records is None:
+            continue
+        deliveries.ledger.expect(deliveries.vendor, entry.name, entry.size, entry.records)
+        deliveries.verify(entry.name)
+
+
 class Reconciler:
     """Listing passes: `run_once`, or `start` them on a supervised periodic thread."""
 
@@ -88,6 +98,7 @@ class Reconciler:
         events.publish(CredentialsAccepted(self.deliveries.vendor))
         new = missing(self.deliveries, listed)
         self.deliveries.announce(new, source="listing")
+        expect(self.deliveries, listed)
         ledger.set_position(CURSOR, started.isoformat())
         self._log.info(
             "listing.completed", since=since.isoformat(), files=len(listed), new=len(new)

@@ -15,7 +15,7 @@ from scorefetch.collegeboard.notifications import (
     may_be_notification,
     read_notification,
 )
-from scorefetch.collegeboard.reconciliation import CURSOR, Reconciler, missing
+from scorefetch.collegeboard.reconciliation import CURSOR, Reconciler, expect, missing
 from scorefetch.config import Config, ImapConfig
 from scorefetch.core.downloads import Progress
 from scorefetch.core.engine import Engine
@@ -132,11 +132,14 @@ class CollegeBoardSource(SourceBase[CollegeBoardDeliveries]):
     def sync(self, since: datetime, say: Say) -> list[str]:
         listed = self.deliveries.client.list_files(since)
         names = missing(self.deliveries, listed)
+        expect(self.deliveries, [e for e in listed if e.name not in names])
         say(
             f"collegeboard: {len(listed)} files listed since {since.date().isoformat()}, "
             f"{len(names)} to download"
         )
-        return self._claim(names, "listing", say)
+        claimed = self._claim(names, "listing", say)
+        expect(self.deliveries, [e for e in listed if e.name in names])
+        return claimed
 
     def _claim(self, names: list[str], source: str, say: Say, force: bool = False) -> list[str]:
         """The names to download now; says why each other one is left."""

@@ -12,12 +12,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-from scorefetch.core import logs
+from scorefetch.core import completeness, logs
 from scorefetch.core.downloads import Landed, Progress
 from scorefetch.core.engine import Engine, Outcome
 from scorefetch.core.engine import retry_delay as retry_delay  # the one failure policy
 from scorefetch.core.errors import Failure, ScorefetchError
-from scorefetch.core.events import DeliveryFailed, Downloaded, Events
+from scorefetch.core.events import DeliveryFailed, Downloaded, Events, Suspect
 from scorefetch.core.ledger import Ledger
 from scorefetch.core.work import Job
 
@@ -161,6 +161,45 @@ class Deliveries(Generic[ClientT]):
             )
         )
         self.engine.wake()  # its uploads are due now
+        self.verify(name)
+
+    def verify(self, name: str) -> None:
+        """Compare a landed file with the vendor's own figures, once, when it gave any (its
+        listing may come before or after the file): a mismatch is `delivery.suspect` — the
+        file is kept and not retried (the vendor may count differently), a person is told."""
+        row = self.ledger.get(self.vendor, name)
+        if row is None or row.state != "downloaded" or row.suspect is not None or not row.path:
+            return
+        expected_bytes, expected_rows = self.ledger.expected(self.vendor, name)
+        path = Path(row.path)
+        if path.suffix.lower() not in (".csv", ".txt"):
+            expected_rows = None  # rows mean nothing in a zip
+        if (expected_bytes is None and expected_rows is None) or not path.is_file():
+            return
+        found = completeness.check(path, row.bytes or 0, expected_bytes, expected_rows)
+        self.ledger.suspect(self.vendor, name, found.describe() if found else "")
+        if found is None:
+            return
+        self._log.warning(
+            "delivery.suspect",
+            **(self._ids(name) | {"filename": path.name}),
+            bytes=found.bytes,
+            expected_bytes=found.expected_bytes,
+            rows=found.rows,
+            expected_rows=found.expected_rows,
+            detail=found.describe(),
+        )
+        self.events.publish(
+            Suspect(
+                self.vendor,
+                path.name,
+                path,
+                found.bytes,
+                found.expected_bytes,
+                found.rows,
+                found.expected_rows,
+            )
+        )
 
     def progress_for(self, key: str, label: str | None = None) -> Progress:
         """The progress callback of one download: the terminal's bar (named `label`), and

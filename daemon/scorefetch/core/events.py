@@ -132,6 +132,20 @@ class Recovered:
 
 
 @dataclass(frozen=True)
+class Suspect:
+    """A landed file disagrees with the vendor's own figures (`delivery.suspect`): kept, not
+    retried (the vendor may count differently), and a person is told."""
+
+    vendor: str
+    filename: str
+    path: Path
+    bytes: int
+    expected_bytes: int | None
+    rows: int | None
+    expected_rows: int | None
+
+
+@dataclass(frozen=True)
 class Quiet:
     """A vendor announced nothing for longer than alerts.quiet_after (`source.quiet`)."""
 
@@ -158,6 +172,7 @@ Event = (
     | CredentialsRefused
     | CredentialsAccepted
     | Overdue
+    | Suspect
     | Recovered
     | Quiet
     | Digest

@@ -62,6 +62,7 @@ class Delivery:
     due_at: str | None = None  # when a retrying row is tried again
     lease: str | None = None  # the process working on it now (pid:start)
     overdue_at: str | None = None  # a person was told it is late (delivery.overdue)
+    suspect: str | None = None  # how it disagrees with the vendor's figures (delivery.suspect)
 
 
 def _now() -> str:
@@ -196,6 +197,28 @@ class Ledger:
                 if cursor.rowcount == 1:
                     claimed.append(key)
         return claimed
+
+    def expect(self, vendor: str, key: str, size: int | None, rows: int | None) -> None:
+        """What the vendor's listing says the file holds (bytes, data rows), when it says."""
+        self._execute(
+            "UPDATE deliveries SET expected_bytes = coalesce(?, expected_bytes),"
+            " expected_rows = coalesce(?, expected_rows) WHERE vendor = ? AND key = ?",
+            (size, rows, vendor, key),
+        )
+
+    def expected(self, vendor: str, key: str) -> tuple[int | None, int | None]:
+        row = self._execute(
+            "SELECT expected_bytes, expected_rows FROM deliveries WHERE vendor = ? AND key = ?",
+            (vendor, key),
+        ).fetchone()
+        return (row[0], row[1]) if row else (None, None)
+
+    def suspect(self, vendor: str, key: str, why: str) -> None:
+        """The landed file disagrees with the vendor's own figures (kept, not retried)."""
+        self._execute(
+            "UPDATE deliveries SET suspect = ? WHERE vendor = ? AND key = ?",
+            (why, vendor, key),
+        )
 
     def get(self, vendor: str, key: str) -> Delivery | None:
         row = self._execute(
@@ -375,4 +398,4 @@ def _delivery(row: sqlite3.Row) -> Delivery:
     )
 
 
-_LATER = ("landed_at", "due_at", "lease", "overdue_at")  # columns of schema version 2
+_LATER = ("landed_at", "due_at", "lease", "overdue_at", "suspect")  # columns of schema version 2

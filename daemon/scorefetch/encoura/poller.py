@@ -73,8 +73,14 @@ class EncouraDeliveries(Deliveries[Encoura]):
         return (row.product if row else None) or "unknown"
 
     def remember(self, exports: Iterable[Export], source: str) -> list[str]:
-        """Write every listed uid to the ledger (one transaction); returns the new ones."""
-        return self.ledger.claim_all(self.vendor, [(e.uid, e.product_key) for e in exports], source)
+        """Write every listed uid to the ledger (one transaction), and the vendor's count of
+        records where it gives one; returns the new ones."""
+        exports = list(exports)
+        new = self.ledger.claim_all(self.vendor, [(e.uid, e.product_key) for e in exports], source)
+        for export in exports:
+            if export.quantity is not None:
+                self.ledger.expect(self.vendor, export.uid, None, export.quantity)
+        return new
 
     def poll(self, stop: threading.Event | None = None) -> list[str]:
         """One pass: every product key is listed whatever the others answer, and each key's

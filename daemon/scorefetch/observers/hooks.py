@@ -31,6 +31,7 @@ from scorefetch.core.events import (
     Overdue,
     Quiet,
     Recovered,
+    Suspect,
 )
 from scorefetch.core.logs import untrusted
 
@@ -103,6 +104,17 @@ def facts(event: Event) -> tuple[str, dict[str, str]] | None:
                 "VENDOR": event.vendor,
                 "FILENAME": event.filename,
                 "LATE_S": str(round(event.late_s)),
+            }
+        case Suspect():
+            return "on_failure", {
+                "EVENT": "delivery.suspect",
+                "VENDOR": event.vendor,
+                "FILENAME": event.filename,
+                "PATH": str(event.path),
+                "BYTES": str(event.bytes),
+                "EXPECTED_BYTES": "" if event.expected_bytes is None else str(event.expected_bytes),
+                "ROWS": "" if event.rows is None else str(event.rows),
+                "EXPECTED_ROWS": "" if event.expected_rows is None else str(event.expected_rows),
             }
         case Quiet():
             return "on_failure", {

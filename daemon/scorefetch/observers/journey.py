@@ -44,11 +44,11 @@ def journeys(ledger: Ledger, destinations: Sequence[str], limit: int = 20) -> li
     """The most recently announced files: announced, landed, and each destination's state."""
     rows = ledger.query(
         "SELECT vendor, key, filename, state, created_at, landed_at, error, updated_at,"
-        " overdue_at FROM deliveries ORDER BY created_at DESC LIMIT ?",
+        " overdue_at, suspect FROM deliveries ORDER BY created_at DESC LIMIT ?",
         (limit,),
     )
     found = []
-    for vendor, key, filename, state, announced, landed, error, updated, overdue in rows:
+    for vendor, key, filename, state, announced, landed, error, updated, overdue, odd in rows:
         forwards = ledger.query(
             "SELECT destination, state, error, updated_at FROM forwards"
             " WHERE vendor = ? AND key = ?",
@@ -72,6 +72,7 @@ def journeys(ledger: Ledger, destinations: Sequence[str], limit: int = 20) -> li
                 "error": _clean(error) if state != "downloaded" else None,
                 "since": updated,
                 "overdue": overdue is not None and state != "downloaded",
+                "suspect": odd or None,  # how it disagrees with the vendor's figures
                 "destinations": at,
             }
         )

@@ -26,6 +26,7 @@ from scorefetch.core.events import (
     ForwardFailed,
     ForwardUploaded,
     Skipped,
+    Suspect,
 )
 from scorefetch.core.ledger import Ledger
 from scorefetch.observers.alarms import FAILING, watcher_key
@@ -144,8 +145,15 @@ class Metrics:
             ["destination", "outcome"],
             registry=self.registry,
         )
+        self.suspect = Counter(
+            "scorefetch_suspect_files",
+            "Files landed that disagree with the vendor's own size or record count",
+            ["vendor"],
+            registry=self.registry,
+        )
         for vendor in vendors:  # every series exists from the start, at 0: rate() works
             self.bytes.labels(vendor)
+            self.suspect.labels(vendor)
             for outcome in ("downloaded", "failed", "skipped"):
                 self.deliveries.labels(vendor, outcome)
         for destination in destinations:
@@ -177,6 +185,8 @@ class Metrics:
             self.forwards.labels(event.destination, "uploaded").inc()
         elif isinstance(event, ForwardFailed):
             self.forwards.labels(event.destination, "failed").inc()
+        elif isinstance(event, Suspect):
+            self.suspect.labels(event.vendor).inc()
         self._dirty.set()
 
     def exposition(self) -> bytes:

@@ -270,7 +270,9 @@ class CollegeBoardSimulator(Simulator):
                 "fileName": e.file.name,
                 "fileSize": max(e.file.size + dialect.size_off, 0),
                 "deliveryDate": e.file.posted_at.strftime(_DATE_FMT),
-                "recordCount": max(e.blob.records() + dialect.records_off, 0),
+                "recordCount": _count(
+                    e.blob.records(header=e.file.name.endswith(".csv")), dialect.records_off
+                ),
                 "fileType": e.file_type,
                 "assessment": "SAT",
             }
@@ -278,3 +280,8 @@ class CollegeBoardSimulator(Simulator):
             if since is None or e.file.posted_at >= since
         ]
         return 200, {"files": rows or None}
+
+
+def _count(records: int | None, off: int) -> int | None:
+    """The listing's recordCount: the real one shifted by the dialect's `records_off`."""
+    return None if records is None else max(records + off, 0)

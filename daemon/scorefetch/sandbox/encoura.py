@@ -169,7 +169,8 @@ class EncouraSimulator(Simulator):
         fice = next((o.get("fice", "") for o in self.organizations if o["uid"] == org), "")
         uid, stamp = str(uuid.uuid4()), _ms(at or datetime.now(UTC))
         dialect = self.dialect
-        quantity = max(entry.blob.records() + dialect.quantity_off, 0)
+        records = entry.blob.records(header=entry.filename.endswith(".csv"))
+        quantity = None if records is None else max(records + dialect.quantity_off, 0)
         entry.not_generated = dialect.generated_after
         created_by = {"uid": self.user_uid, "name": "", "type": ""}
         record = entry.record

@@ -196,3 +196,16 @@ def test_backup_is_a_consistent_copy_while_another_process_writes(
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert db.execute("SELECT count(*) FROM deliveries WHERE key = 'first.csv'").fetchone()
     assert main(["backup", "-c", str(config), str(copy)]) == 1
+
+
+def test_demo_without_its_extra_says_so_at_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An installed scorefetch without the 'demo' extra: `demo` exits 1 at once naming
+    what is missing, instead of waiting for an IMAP server that cannot start."""
+    from scorefetch import cli
+
+    monkeypatch.setattr(cli, "DEMO_NEEDS", ("scorefetch_no_such_module",))
+    assert main(["demo"]) == 1
+    err = capsys.readouterr().err
+    assert "demo" in err and "scorefetch_no_such_module is missing" in err

@@ -4,6 +4,7 @@ and each kind of breakage is one FAIL line saying what to do, with no secret sho
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,6 +79,7 @@ def test_good_deployment_passes_every_check(
         "config",
         "folders",
         "ledger",
+        "disk",
         "imap",
         "collegeboard",
         "encoura",
@@ -154,6 +156,50 @@ def test_folder_that_cannot_be_written(
     assert code == 1
     assert not checks["folders"]["ok"]
     assert str(tmp_path / "blocked" / "files") in str(checks["folders"]["detail"])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_disk_nearly_full_fails_doctor(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    cb_sim: CollegeBoardSimulator,
+    pymap_server: PymapServer,
+) -> None:
+    """A download folder on a 64 MiB file system (less than the 1 GiB doctor wants free, and
+    than the largest file College Board may send) fails `disk` and names the folder."""
+    from tests.test_local_faults import tmpfs
+
+    cfg = write_config(tmp_path, cb_sim, pymap_server)
+    with tmpfs(tmp_path / "files", "64m"):
+        code, checks, text = doctor_run(capsys, cfg)
+    assert code == 1 and not checks["disk"]["ok"]
+    assert str(tmp_path / "files") in str(checks["disk"]["detail"]) and "free" in text
+
+
+def test_a_metrics_port_another_process_holds_fails_doctor(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    cb_sim: CollegeBoardSimulator,
+    pymap_server: PymapServer,
+) -> None:
+    """metrics.listen on a port another process listens on: `metrics` fails (else `run`
+    would exit 1 and be restarted for ever); once free, it passes."""
+    import socket
+
+    cfg = write_config(tmp_path, cb_sim, pymap_server)
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    cfg.write_text(cfg.read_text() + f"metrics:\n  listen: 127.0.0.1:{port}\n")
+    try:
+        code, checks, _ = doctor_run(capsys, cfg)
+    finally:
+        holder.close()
+    assert code == 1 and not checks["metrics"]["ok"]
+    assert "second instance" in str(checks["metrics"]["advice"])
+    _, checks, _ = doctor_run(capsys, cfg)
+    assert checks["metrics"]["ok"]
 
 
 def test_existing_ledger_is_checked(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import pwd
@@ -29,6 +30,7 @@ from scorefetch.core.sources import Source
 from scorefetch.sources import SOURCES
 
 EX_OK, EX_FAILURE, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
+DEMO_NEEDS = ("pymap",)  # the 'demo' extra
 EX_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C in an interactive command
 SYNC_DEFAULT_DAYS = 30
 WRITERS = ("run", "fetch", "sync")  # commands that create files in state_dir and download_dir
@@ -106,7 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo":
             try:
-                from scorefetch.demo import run_demo  # the sandbox loads only for the demo
+                # The sandbox loads only for the demo; its IMAP server runs in a process of
+                # its own, so a missing pymap would show only as a timeout: ask first.
+                missing = next((m for m in DEMO_NEEDS if importlib.util.find_spec(m) is None), None)
+                if missing is not None:
+                    raise ModuleNotFoundError(name=missing)
+                from scorefetch.demo import run_demo
             except ModuleNotFoundError as exc:
                 logs.fatal(
                     "command.failed",

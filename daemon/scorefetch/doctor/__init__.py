@@ -26,12 +26,14 @@ from scorefetch.doctor.checks import (
     Destination,
     check_clock,
     check_collegeboard,
+    check_disk,
     check_encoura,
     check_folders,
     check_forward,
     check_hooks,
     check_imap,
     check_ledger,
+    check_metrics_port,
 )
 
 __all__ = ["Check", "Clock", "Destination", "as_json", "config_check", "render", "run"]
@@ -54,7 +56,11 @@ def run(
     steps: list[tuple[str, Callable[[], Check]]] = [
         ("folders", lambda: check_folders(config)),
         ("ledger", lambda: check_ledger(config.ledger_path)),
+        ("disk", lambda: check_disk(config)),
     ]
+    metrics = config.metrics.address if config.metrics is not None else None
+    if metrics is not None:
+        steps.append(("metrics", lambda: check_metrics_port(metrics)))
     imap, cb, enc = config.imap, config.collegeboard, config.encoura
     if imap is not None:
         steps.append(("imap", lambda: check_imap(imap)))

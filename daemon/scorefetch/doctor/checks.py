@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import socket
 import ssl
 import time
 from collections import Counter
@@ -105,6 +107,56 @@ def check_folders(config: Config) -> Check:
         True,
         f"{config.download_dir} and {config.state_dir} writable, hard links work{note}",
     )
+
+
+MIN_FREE = 1024**3  # below this much free space a season's files may not fit
+
+
+def check_disk(config: Config) -> Check:
+    """Free space where files land and where the ledger lives: at least MIN_FREE, and more
+    than the largest file a vendor may send (`max_file_size`)."""
+    largest = max(
+        [s.max_file_size for s in (config.collegeboard, config.encoura) if s and s.enabled],
+        default=0,
+    )
+    wanted = max(MIN_FREE, largest)
+    found = []
+    for folder in (config.download_dir, config.state_dir):
+        place = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
+        free = shutil.disk_usage(place).free
+        found.append(f"{folder}: {_gib(free)} free")
+        if free < wanted:
+            return Check(
+                "disk",
+                False,
+                f"{folder} has {_gib(free)} free, less than {_gib(wanted)}",
+                "free space there or move download_dir/state_dir; a full disk delays every "
+                "file (retried until it fits, delivery.overdue after alerts.overdue_after)",
+            )
+    return Check("disk", True, "; ".join(found))
+
+
+def _gib(size: int) -> str:
+    return f"{size / 1024**3:.1f} GiB"
+
+
+def check_metrics_port(address: tuple[str, int]) -> Check:
+    """metrics.listen can be bound: another instance holding the port makes `run` exit 1
+    and systemd restart it for ever."""
+    host, port = address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return Check(
+                "metrics",
+                False,
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                "another process (a second instance?) holds the port: give each instance "
+                "its own metrics.listen",
+            )
+    return Check("metrics", True, f"{host}:{port} is free to listen on")
 
 
 def probe_folder(folder: Path) -> str | None:

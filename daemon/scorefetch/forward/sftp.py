@@ -130,13 +130,16 @@ class SftpTarget:
         folders = sorted({template.format(vendor=v) or "." for v in self.config.vendors})
         with self._session() as sftp:
             for folder in folders:
-                self._call(_makedirs, sftp, folder)
+                made = self._call(_makedirs, sftp, folder)
                 probe = posixpath.join(folder, f".scorefetch-probe.{secrets.token_hex(4)}")
                 try:
                     self._call(_write_small, sftp, probe, b"scorefetch probe\n")
                 finally:  # never a dot-file left in Slate's import folder, written or not
                     with contextlib.suppress(Exception):
                         sftp.remove(probe)
+                    for path in reversed(made):  # doctor changes nothing: folders it made go
+                        with contextlib.suppress(Exception):
+                            sftp.rmdir(path)
         pinned = ", ".join(keys.fingerprint(k) for k in self._pinned)
         return (
             f"{self._where}: host key verified ({pinned}), logged in as "
@@ -280,8 +283,8 @@ def _start_sftp(transport: paramiko.Transport, timeout: float) -> paramiko.SFTPC
         watchdog.cancel()
 
 
-def _makedirs(sftp: paramiko.SFTPClient, folder: str) -> None:
-    """mkdir -p, one stat when the folder is there (the usual case)."""
+def _makedirs(sftp: paramiko.SFTPClient, folder: str) -> list[str]:
+    """mkdir -p, one stat when the folder is there (the usual case); the folders it made."""
     missing: list[str] = []
     path = folder
     while path not in ("", "/", "."):
@@ -292,12 +295,15 @@ def _makedirs(sftp: paramiko.SFTPClient, folder: str) -> None:
         except FileNotFoundError:
             missing.append(path)
             path = posixpath.dirname(path)
+    made = []
     for path in reversed(missing):
         try:
             sftp.mkdir(path, 0o755)
+            made.append(path)
         except OSError:
             if not stat.S_ISDIR(sftp.stat(path).st_mode or 0):  # raced by another writer
                 raise
+    return made
 
 
 def _size_of(sftp: paramiko.SFTPClient, path: str) -> int | None:

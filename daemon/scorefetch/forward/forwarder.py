@@ -166,13 +166,8 @@ class Forwarder:
             wanted = tuple(v for v in self.vendors if destination.wants(v))
             self.ledger.forwards.backfill(name, wanted)
             for row in self.ledger.forwards.unfinished(name):
-                self._log.info(
-                    "forward.resumed",
-                    destination=row.destination,
-                    vendor=row.vendor,
-                    filename=row.filename,
-                    state=row.state,
-                )
+                facts = ("destination", "vendor", "filename", "state")
+                self._log.info("forward.resumed", **{k: getattr(row, k) for k in facts})
                 if row.state == "failed":
                     self.ledger.forwards.retry(name, row.vendor, row.key)
                 self.lanes[name].rows.again((row.vendor, row.key))

@@ -309,3 +309,29 @@ def test_a_disk_full_for_longer_than_overdue_after_reaches_a_person_once(
             )
             daemon.wait_event("delivery.recovered", filename="4300_20261201_140000.csv")
         assert len(daemon.named("delivery.overdue", filename="4300_20261201_140000.csv")) == 1
+
+
+def test_fetch_of_a_file_the_daemon_is_downloading_waits_for_it(
+    cb_sim: CollegeBoardSimulator,
+    imap_server: ImapServer,
+    sshd_server: Any,
+    remote_dir: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`fetch NAME` while the daemon holds NAME's row (mid-download): no second download;
+    fetch says so, waits for the daemon's outcome and exits 0 with the file."""
+    data = os.urandom(3 * 1024 * 1024)
+    cb_sim.publish("4300_20261201_150000.csv", data)
+    cb_sim.throttle_bps = 1024 * 1024
+    path = configure(tmp_path, cb_sim, imap_server, sshd_server, remote_dir)
+    folder = tmp_path / "files" / "collegeboard"
+    with running(path) as daemon:
+        deliver(imap_server, mail.notification("4300_20261201_150000.csv"))
+        wait_until(lambda: any(folder.glob(".4300_20261201_150000.csv*")), 30)
+        assert main(["fetch", "-c", str(path), "collegeboard", "4300_20261201_150000.csv"]) == 0
+        daemon.wait_event("delivery.downloaded", filename="4300_20261201_150000.csv")
+    out = capsys.readouterr().out
+    assert "the running daemon is downloading it" in out and "3145728 bytes" in out
+    assert (folder / "4300_20261201_150000.csv").read_bytes() == data
+    assert cb_sim.stats.downloads_started == 1

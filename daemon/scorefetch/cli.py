@@ -241,7 +241,7 @@ def _deliver_now(deliveries: Deliveries[Any], keys: list[str]) -> int:
     failed = 0
     try:
         for key in keys:
-            landed = deliveries.deliver(key)
+            landed = deliveries.deliver(key, say=print)
             if landed is None:
                 failed += 1
                 continue

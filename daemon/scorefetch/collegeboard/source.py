@@ -141,6 +141,16 @@ class CollegeBoardSource(SourceBase[CollegeBoardDeliveries]):
         expect(self.deliveries, [e for e in listed if e.name in names])
         return claimed
 
+    def _now_not_later(self, name: str, say: Say) -> bool:
+        """A file asked for by hand that is still under way (waiting for its next retry, or
+        being downloaded by the daemon): tried now, not at its due time."""
+        row = self.deliveries.ledger.get(self.vendor, name)
+        if row is None or row.state not in ("pending", "retrying"):
+            return False
+        self.deliveries.rows.again((name,))
+        say(f"{name}: {row.state}" + (f" ({row.error})" if row.error else "") + "; trying now")
+        return True
+
     def _claim(self, names: list[str], source: str, say: Say, force: bool = False) -> list[str]:
         """The names to download now; says why each other one is left."""
         deliveries, claimed = self.deliveries, []
@@ -149,7 +159,10 @@ class CollegeBoardSource(SourceBase[CollegeBoardDeliveries]):
                 say(f"{name}: skipped, not one of the formats {list(deliveries.config.formats)}")
             elif deliveries.ledger.claim(deliveries.vendor, name, name, source) or (
                 source == "fetch"
-                and again(deliveries.ledger, self.vendor, name, source, force, say)
+                and (
+                    again(deliveries.ledger, self.vendor, name, source, force, say)
+                    or self._now_not_later(name, say)
+                )
             ):
                 claimed.append(name)
             else:

@@ -8,22 +8,24 @@ the download, so a 15-second URL never waits in a queue.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from scorefetch.core import completeness, logs
 from scorefetch.core.downloads import Landed, Progress
-from scorefetch.core.engine import Engine, Outcome
+from scorefetch.core.engine import HELD, Engine, Outcome
 from scorefetch.core.engine import retry_delay as retry_delay  # the one failure policy
 from scorefetch.core.errors import Failure, ScorefetchError
 from scorefetch.core.events import DeliveryFailed, Downloaded, Events, Suspect
 from scorefetch.core.ledger import Ledger
-from scorefetch.core.work import Job
+from scorefetch.core.work import Job, holder_alive
 
 URL_TRIES = 3  # fresh URLs asked for in a row after 403/expiry before backing off
 URL_MARGIN_S = 3.0  # a URL older than its lifetime minus this is not used
 LEASE_MARGIN_S = 300.0  # a download is held this much longer than its own deadline
+ELSEWHERE_POLL_S = 0.5  # how often `fetch` looks at a row the daemon is downloading
 
 
 class DeliverySettings(Protocol):
@@ -105,13 +107,33 @@ class Deliveries(Generic[ClientT]):
         """Block until no download runs and none is due now (retries may be scheduled)."""
         return self.engine.wait_idle(timeout)
 
-    def deliver(self, name: str) -> Landed | None:
+    def deliver(self, name: str, say: Callable[[str], None] | None = None) -> Landed | None:
         """One round for `name` on this thread; None when it failed (recorded, and due
-        again on the schedule for the daemon) or another process is downloading it."""
+        again on the schedule for the daemon). When another process (the running daemon)
+        is downloading it already, waits for that one's outcome instead (`say` tells)."""
         if self.ledger.get(self.vendor, name) is None:  # every unit of work is a row first
             self.ledger.claim(self.vendor, name, self._filename(name), "fetch")
         done, landed = self.engine.run_now(self, (name,))
+        if landed is HELD:
+            if say is not None:
+                say(f"{name}: the running daemon is downloading it; waiting for it")
+            return self._outcome_elsewhere(name)
         return landed if done and isinstance(landed, Landed) else None
+
+    def _outcome_elsewhere(self, name: str) -> Landed | None:
+        """The file as the process holding its row left it: landed, or None once that
+        process let go without landing it (it failed, or died)."""
+        deadline = time.monotonic() + self.lease_s
+        while time.monotonic() < deadline:
+            row = self.ledger.get(self.vendor, name)
+            if row is None:
+                return None
+            if row.state == "downloaded" and row.path:
+                return Landed(Path(row.path), row.bytes or 0, row.sha256 or "", 0.0)
+            if row.lease is None or not holder_alive(row.lease):
+                return None
+            time.sleep(ELSEWHERE_POLL_S)  # another process: only the ledger can tell us
+        return None
 
     def bytes_so_far(self, job: Job) -> dict[str, Any]:
         done, total = self._bytes.get(job[0], (0, None))

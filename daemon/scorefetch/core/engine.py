@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from scorefetch.core import logs
 from scorefetch.core.errors import Failure, ScorefetchError
 from scorefetch.core.pool import WorkPool
-from scorefetch.core.work import Job, WorkRows, now_iso
+from scorefetch.core.work import Job, WorkRows, holder_alive, now_iso
 
 POLL_S = 1.0  # how often the ledger is asked whether another process wrote (one PRAGMA)
 FULL_LOOK_S = 30.0  # and a full look at every lane this often, whatever it says
@@ -33,6 +33,9 @@ HEARTBEAT = "daemon.heartbeat"
 TRANSIENT_DELAYS = (1.0, 5.0)  # then the lane's retry_schedule
 LOCAL_FIRST_S = 5.0  # a full disk is often freed within minutes: look again soon
 MAX_RETRY_AFTER_S = 6 * 3600.0  # a vendor's Retry-After is honoured up to this
+
+
+HELD = object()  # run_now's result when another live process works on the job
 
 
 def retry_delay(kind: Failure, retries_done: int, schedule: Sequence[float]) -> float | None:
@@ -159,12 +162,12 @@ class Engine:
 
     def run_now(self, lane: Lane, job: Job) -> tuple[bool, object]:
         """One round of `job` on this thread (`fetch`, `sync`, tests): (done, result).
-        (False, None) when another live process holds it, or when it failed (recorded and
-        scheduled like any failure)."""
+        (False, HELD) when another live process holds it (the daemon is doing it);
+        (False, None) when it failed (recorded and scheduled like any failure)."""
         if not lane.rows.take(job, lane.lease_s):
             holder = lane.rows.holder(job)
             self._log.info("work.held", lane=lane.name, job=list(job), holder=holder)
-            return False, None
+            return False, HELD if holder is not None and holder_alive(holder) else None
         return self._run(lane, job)
 
     def _loop(self) -> None:

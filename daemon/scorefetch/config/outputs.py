@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 import string
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import ModuleType
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import paramiko
 from pydantic import (
     AfterValidator,
     BeforeValidator,
@@ -18,11 +18,21 @@ from pydantic import (
 )
 
 from scorefetch.config.values import Duration, Model
-from scorefetch.forward import keys
+
+if TYPE_CHECKING:
+    from paramiko import PKey
 
 Vendor = Literal["collegeboard", "encoura"]
 VENDORS: tuple[Vendor, ...] = ("collegeboard", "encoura")
 _PLACEHOLDERS = {"vendor", "product_key"}
+
+
+def _keys() -> ModuleType:
+    """forward/keys.py, imported when a destination is configured: paramiko (15 MB) is
+    not loaded by a daemon that forwards nothing."""
+    from scorefetch.forward import keys
+
+    return keys
 
 
 def _host_keys(value: object) -> object:
@@ -31,6 +41,8 @@ def _host_keys(value: object) -> object:
 
 
 def _check_host_key(line: str) -> str:
+    from scorefetch.forward import keys  # paramiko loads only with a forward destination
+
     keys.parse_host_key(line)
     return line
 
@@ -84,7 +96,7 @@ class SftpDestination(Model):
         if self.private_key is not None:
             passphrase = self.passphrase.get_secret_value() if self.passphrase else None
             try:
-                keys.load_private_key(self.private_key.get_secret_value(), passphrase)
+                _keys().load_private_key(self.private_key.get_secret_value(), passphrase)
             except ValueError as exc:
                 raise ValueError(f"private_key: {exc}") from None
         elif self.passphrase is not None:
@@ -97,7 +109,7 @@ class SftpDestination(Model):
             if not self.known_hosts_file.is_absolute():
                 raise ValueError("known_hosts_file: must be an absolute path")
             try:
-                keys.read_known_hosts(self.known_hosts_file, self.host, self.port)
+                _keys().read_known_hosts(self.known_hosts_file, self.host, self.port)
             except ValueError as exc:
                 raise ValueError(f"known_hosts_file: {exc}") from None
         if "{product_key}" in self.remote_dir and "collegeboard" in self.vendors:
@@ -107,7 +119,9 @@ class SftpDestination(Model):
             )
         return self
 
-    def pinned_keys(self) -> list[paramiko.PKey]:
+    def pinned_keys(self) -> list[PKey]:
+        from scorefetch.forward import keys
+
         if self.known_hosts_file is not None:
             return keys.read_known_hosts(self.known_hosts_file, self.host, self.port)
         return [keys.parse_host_key(line) for line in self.host_key]

@@ -108,3 +108,18 @@ def test_daemon_lines_carry_their_priority(
     seen = {(event["level"], prio) for prio, event in records(out)}
     assert ("warning", 4) in seen and ("info", 6) in seen
     assert {prio for level, prio in seen if level == "info"} == {6}
+
+
+@pytest.mark.e2e  # the College Board simulator answers over loopback
+def test_fetch_under_journald_writes_only_prefixed_json(
+    tmp_path: Path, cb_sim: CollegeBoardSimulator, pymap_server: PymapServer
+) -> None:
+    """`fetch` from a systemd timer: its progress lines are `<6>` JSON (command.progress),
+    like everything else on that stream, so `jq` and `journalctl -p` read them."""
+    config = write_config(tmp_path, cb_sim, pymap_server)
+    cb_sim.publish("4300_20261201_160000.csv", b"a,b\r\n")
+    out = tmp_path / "journal"
+    proc = start(["fetch", "-c", str(config), "collegeboard", "4300_20261201_160000.csv"], out)
+    assert proc.wait(timeout=60) == 0
+    progress = [e for prio, e in records(out) if e["event"] == "command.progress" and prio == 6]
+    assert any("4300_20261201_160000.csv" in e["message"] for e in progress)

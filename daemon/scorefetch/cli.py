@@ -241,13 +241,15 @@ def _deliver_now(deliveries: Deliveries[Any], keys: list[str]) -> int:
     failed = 0
     try:
         for key in keys:
-            landed = deliveries.deliver(key, say=print)
+            landed = deliveries.deliver(key, say=logs.say)
             if landed is None:
                 failed += 1
                 continue
-            print(f"{key}: {landed.size} bytes → {landed.path}")
+            logs.say(f"{key}: {landed.size} bytes → {landed.path}")
             if deliveries.forward_to:
-                print(f"{key}: queued for {', '.join(deliveries.forward_to)} (the daemon sends it)")
+                logs.say(
+                    f"{key}: queued for {', '.join(deliveries.forward_to)} (the daemon sends it)"
+                )
     finally:
         deliveries.close(timeout=0)
         deliveries.ledger.close()
@@ -263,7 +265,7 @@ def _fetch(config: Config, args: argparse.Namespace) -> int:
             logs.fatal("command.refused", f"{key!r}: {exc}")
             return EX_USAGE
     source = _source(config, args.vendor)
-    return _deliver_now(source.deliveries, source.fetch(keys, print, force=args.force))
+    return _deliver_now(source.deliveries, source.fetch(keys, logs.say, force=args.force))
 
 
 def _doctor(path: Path, args: argparse.Namespace) -> int:
@@ -302,7 +304,7 @@ def _sync(config: Config, args: argparse.Namespace) -> int:
     code = EX_OK
     for vendor in vendors:  # one after the other, each with its own ledger connection
         source = _source(config, vendor)
-        code = max(code, _deliver_now(source.deliveries, source.sync(since, print)))
+        code = max(code, _deliver_now(source.deliveries, source.sync(since, logs.say)))
     return code
 
 

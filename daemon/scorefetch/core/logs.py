@@ -247,6 +247,15 @@ def _journal_line(level: str, event: str, fields: dict[str, Any]) -> str:
     return f"<{priority(level)}>{json.dumps(body, default=str)}"
 
 
+def say(message: str) -> None:
+    """A line for the person running `fetch`/`sync`: plain on a terminal or in a file, one
+    JSON info line (`command.progress`) when stdout is the journal (a systemd timer)."""
+    if under_journald(sys.stdout):
+        print(_journal_line("info", "command.progress", {"message": scrub_text(message)}))
+    else:
+        print(message)
+
+
 def fatal(event: str, message: str, **fields: Any) -> None:
     """What ends a command, on stderr: plain `scorefetch: message` for a person, or under
     journald one JSON error line (works before and without configure())."""

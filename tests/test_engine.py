@@ -190,6 +190,8 @@ def test_a_ledger_of_the_previous_release_is_upgraded_once_with_a_backup(
         assert ledger.mailbox_position("INBOX") == (1234, 57)
         failed = ledger.get("collegeboard", "4300_20261101_091500.csv")
         assert failed is not None and failed.overdue_at  # told the old way: no alert flood
+        waiting = ledger.get("encoura", "e-uid-1")
+        assert waiting is not None and waiting.overdue_at is None  # still watched
     finally:
         ledger.close()
     backup = path.with_name("ledger.sqlite3.v1.bak")
@@ -254,3 +256,71 @@ def test_a_vendors_retry_after_is_honoured_by_the_schedule(ledger: Ledger) -> No
     wait = datetime.fromisoformat(row.due_at) - datetime.now(UTC)
     assert wait.total_seconds() > 100 and lane.outcomes[0].retry_in_s == 120.0
     assert retry_delay(Failure.DEFERRED, 50, (30.0, 600.0)) == 600.0
+
+
+def test_a_failed_ledger_write_does_not_hide_the_row_from_its_own_process(
+    ledger: Ledger,
+) -> None:
+    """The round fails and so does the write that records it (a full disk under the
+    ledger): the row keeps this process's lease, yet the engine takes it up again itself."""
+    lane = Lane(ledger, ScorefetchError("disk full"))
+    real_failed, real_release = lane.rows.failed, lane.rows.release
+    broken = {"n": 1}
+
+    def failing_write(*args: object, **kwargs: object) -> None:
+        if broken["n"]:
+            broken["n"] -= 1
+            raise ScorefetchError("database or disk is full")
+        real_failed(*args, **kwargs)  # type: ignore[arg-type]
+
+    def failing_release(job: Job) -> None:
+        raise ScorefetchError("database or disk is full")
+
+    lane.rows.failed = failing_write  # type: ignore[method-assign]
+    lane.rows.release = failing_release  # type: ignore[method-assign]
+    engine = Engine(poll_s=0.1)
+    engine.add(lane)
+    ledger.claim("collegeboard", "a.csv", "a.csv", "notification")
+    engine.start()
+    try:
+        assert lane.landed.wait(10)
+    finally:
+        engine.close(5)
+        lane.rows.release = real_release  # type: ignore[method-assign]
+    assert [o.error for o in lane.outcomes] == ["disk full"]
+
+
+def test_a_ledger_error_while_dispatching_loses_no_slot(ledger: Ledger) -> None:
+    """`take` raising (a locked or full ledger) leaves nothing counted as queued: a lane of
+    one still runs its files afterwards."""
+    lane = Lane(ledger)
+    lane.capacity = 1
+    real_take = lane.rows.take
+    once = {"n": 1}
+
+    def flaky_take(job: Job, lease_s: float) -> bool:
+        if once["n"]:
+            once["n"] -= 1
+            raise ScorefetchError("database is locked")
+        return real_take(job, lease_s)
+
+    lane.rows.take = flaky_take  # type: ignore[method-assign]
+    engine = Engine(poll_s=0.1)
+    engine.add(lane)
+    ledger.claim("collegeboard", "a.csv", "a.csv", "notification")
+    ledger.claim("collegeboard", "b.csv", "b.csv", "notification")
+    engine.start()
+    try:
+        assert engine.wait_idle(10)
+    finally:
+        engine.close(5)
+    assert sorted(lane.done) == [("a.csv",), ("b.csv",)]
+
+
+def test_an_empty_schedule_still_retries() -> None:
+    """retry_schedule [] is refused by the config; the policy itself never stalls on it."""
+    from scorefetch.core.engine import retry_delay
+
+    assert retry_delay(Failure.LOCAL, 3, ()) == 30.0
+    assert retry_delay(Failure.DEFERRED, 0, ()) == 30.0
+    assert retry_delay(Failure.NOT_FOUND, 0, ()) == 30.0

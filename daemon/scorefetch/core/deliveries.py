@@ -17,7 +17,7 @@ from scorefetch.core import completeness, logs
 from scorefetch.core.downloads import Landed, Progress
 from scorefetch.core.engine import HELD, Engine, Outcome
 from scorefetch.core.engine import retry_delay as retry_delay  # the one failure policy
-from scorefetch.core.errors import Failure, ScorefetchError
+from scorefetch.core.errors import Failure, ScorefetchError, describe
 from scorefetch.core.events import DeliveryFailed, Downloaded, Events, Suspect
 from scorefetch.core.ledger import Ledger
 from scorefetch.core.work import Job, holder_alive
@@ -118,7 +118,17 @@ class Deliveries(Generic[ClientT]):
             if say is not None:
                 say(f"{name}: the running daemon is downloading it; waiting for it")
             return self._outcome_elsewhere(name)
-        return landed if done and isinstance(landed, Landed) else None
+        if done and isinstance(landed, Landed):
+            return landed
+        return self._landed_meanwhile(name)
+
+    def _landed_meanwhile(self, name: str) -> Landed | None:
+        """The row as it is now: landed by another process between our look and our try
+        (the daemon was quicker), or None (this round failed; recorded)."""
+        row = self.ledger.get(self.vendor, name)
+        if row is not None and row.state == "downloaded" and row.path:
+            return Landed(Path(row.path), row.bytes or 0, row.sha256 or "", 0.0)
+        return None
 
     def _outcome_elsewhere(self, name: str) -> Landed | None:
         """The file as the process holding its row left it: landed, or None once that
@@ -126,12 +136,8 @@ class Deliveries(Generic[ClientT]):
         deadline = time.monotonic() + self.lease_s
         while time.monotonic() < deadline:
             row = self.ledger.get(self.vendor, name)
-            if row is None:
-                return None
-            if row.state == "downloaded" and row.path:
-                return Landed(Path(row.path), row.bytes or 0, row.sha256 or "", 0.0)
-            if row.lease is None or not holder_alive(row.lease):
-                return None
+            if row is None or row.lease is None or not holder_alive(row.lease):
+                return self._landed_meanwhile(name)
             time.sleep(ELSEWHERE_POLL_S)  # another process: only the ledger can tell us
         return None
 
@@ -183,7 +189,10 @@ class Deliveries(Generic[ClientT]):
             )
         )
         self.engine.wake()  # its uploads are due now
-        self.verify(name)
+        try:
+            self.verify(name)
+        except Exception as exc:  # noqa: BLE001 - the file landed: a check must not undo that
+            self._log.warning("delivery.verify_failed", **self._ids(name), error=describe(exc))
 
     def verify(self, name: str) -> None:
         """Compare a landed file with the vendor's own figures, once, when it gave any (its

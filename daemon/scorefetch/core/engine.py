@@ -12,6 +12,7 @@ raised — is here, once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -27,12 +28,13 @@ from scorefetch.core.pool import WorkPool
 from scorefetch.core.work import Job, WorkRows, holder_alive, now_iso
 
 POLL_S = 1.0  # how often the ledger is asked whether another process wrote (one PRAGMA)
-FULL_LOOK_S = 30.0  # and a full look at every lane this often, whatever it says
+FULL_LOOK_S = 10.0  # and a full look at every lane this often (a dead holder's rows, …)
 HEARTBEAT_S = 15.0  # how often a daemon's engine says it is alive (status reads it)
 HEARTBEAT = "daemon.heartbeat"
 TRANSIENT_DELAYS = (1.0, 5.0)  # then the lane's retry_schedule
 LOCAL_FIRST_S = 5.0  # a full disk is often freed within minutes: look again soon
 MAX_RETRY_AFTER_S = 6 * 3600.0  # a vendor's Retry-After is honoured up to this
+DEFAULT_SCHEDULE = (30.0,)  # what an empty retry_schedule means
 
 
 HELD = object()  # run_now's result when another live process works on the job
@@ -45,11 +47,13 @@ def retry_delay(kind: Failure, retries_done: int, schedule: Sequence[float]) -> 
     ours to land once someone frees the disk, so after the schedule its last step repeats."""
     if kind in (Failure.FATAL, Failure.REFUSED):
         return None
+    schedule = tuple(schedule) or DEFAULT_SCHEDULE
     if kind == Failure.LOCAL:
         delays = (min(LOCAL_FIRST_S, *schedule[:1]), *schedule)
         return delays[min(retries_done, len(delays) - 1)]
     if kind == Failure.DEFERRED:  # the vendor has not made it yet: never given up
         return schedule[min(retries_done, len(schedule) - 1)]
+    schedule = tuple(schedule) or DEFAULT_SCHEDULE  # an empty one is no reason to stall
     quick = kind in (Failure.TRANSIENT, Failure.EXPIRED)
     delays = (*TRANSIENT_DELAYS, *schedule) if quick else tuple(schedule)
     return delays[retries_done] if retries_done < len(delays) else None
@@ -112,7 +116,7 @@ class Engine:
         self._pools: dict[str, WorkPool] = {}
         self._poll_s = poll_s
         self._lock = threading.Lock()
-        self._running: dict[tuple[str, Job], float] = {}  # taken here: start time
+        self._running: dict[tuple[str, Job], tuple[object, float]] = {}  # token, start
         self._queued: set[tuple[str, Job]] = set()  # taken, not started yet
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -148,7 +152,7 @@ class Engine:
         """The jobs running here now: lane, job, seconds so far (and bytes, if the lane
         counts them)."""
         with self._lock:
-            running = dict(self._running)
+            running = {key: started for key, (_, started) in self._running.items()}
         now = time.monotonic()
         found = []
         for (lane_name, job), started in running.items():
@@ -164,24 +168,42 @@ class Engine:
         """One round of `job` on this thread (`fetch`, `sync`, tests): (done, result).
         (False, HELD) when another live process holds it (the daemon is doing it);
         (False, None) when it failed (recorded and scheduled like any failure)."""
-        if not lane.rows.take(job, lane.lease_s):
+        key = (lane.name, job)
+        with self._lock:  # this process's engine may be about to run it: one of the two
+            here = key in self._running or key in self._queued
+            if not here:
+                self._queued.add(key)
+        taken = False
+        try:
+            taken = not here and lane.rows.take(job, lane.lease_s)
+        finally:
+            if not taken and not here:
+                with self._lock:
+                    self._queued.discard(key)
+        if not taken:
             holder = lane.rows.holder(job)
             self._log.info("work.held", lane=lane.name, job=list(job), holder=holder)
-            return False, HELD if holder is not None and holder_alive(holder) else None
-        return self._run(lane, job)
+            held = here or (holder is not None and holder_alive(holder))
+            return False, HELD if held else None
+        token = object()
+        with self._lock:
+            self._queued.discard(key)
+            self._running[key] = (token, time.monotonic())
+        return self._run(lane, job, token)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             woken = self._wake.is_set()
-            self._wake.clear()  # before looking: a wake-up from now on is seen next time
+            if woken:  # cleared only when seen: a wake-up after this is seen next time
+                self._wake.clear()
             try:
                 self._look(woken)
-                for task in self._tasks:
-                    task.maybe()
             except Exception as exc:  # noqa: BLE001 - the engine goes on; the ledger may heal
                 self._log.error("engine.failed", error=type(exc).__name__, exc_info=exc)
                 self._next_look = 0.0
                 self._stop.wait(self._poll_s)
+            for task in self._tasks:  # the heartbeat and the alerts, whatever dispatch did
+                task.maybe()
             self._wake.wait(self._poll_s)
 
     def _look(self, woken: bool) -> None:
@@ -208,14 +230,24 @@ class Engine:
             free = lane.capacity - busy
             if free <= 0 or self._stop.is_set():
                 continue
-            for job in lane.rows.due(free):
+            for job in lane.rows.due(free + busy):
+                if free <= 0:
+                    break
+                key = (lane.name, job)
                 with self._lock:  # counted as busy before the lease hides it (wait_idle)
-                    self._queued.add((lane.name, job))
-                if lane.rows.take(job, lane.lease_s):
-                    self._submit(lane, job)
-                else:
-                    with self._lock:
-                        self._queued.discard((lane.name, job))
+                    if key in self._running or key in self._queued:
+                        continue  # still finishing its last round here
+                    self._queued.add(key)
+                taken = False
+                try:
+                    taken = lane.rows.take(job, lane.lease_s)
+                    if taken:
+                        free -= 1
+                        self._submit(lane, job)
+                finally:
+                    if not taken:  # refused, or the ledger raised: never a slot lost
+                        with self._lock:
+                            self._queued.discard(key)
 
     def _submit(self, lane: Lane, job: Job) -> None:
         if not self._pools[lane.name].submit(lambda: self._start(lane, job)):
@@ -234,23 +266,33 @@ class Engine:
         if self._stop.is_set():
             self._unqueue(lane, job)
             return
+        token = object()
         with self._lock:  # from queued to running in one step (wait_idle never sees a gap)
             self._queued.discard((lane.name, job))
-            self._running[(lane.name, job)] = time.monotonic()
-        self._run(lane, job)
-        self.wake()  # a slot is free; what it landed may be due elsewhere (uploads)
+            self._running[(lane.name, job)] = (token, time.monotonic())
+        try:
+            self._run(lane, job, token)
+        finally:
+            self.wake()  # a slot is free; what it landed may be due elsewhere (uploads)
 
-    def _run(self, lane: Lane, job: Job) -> tuple[bool, object]:
+    def _run(self, lane: Lane, job: Job, token: object) -> tuple[bool, object]:
+        key = (lane.name, job)
         with self._lock:
-            self._running.setdefault((lane.name, job), time.monotonic())
+            self._running.setdefault(key, (token, time.monotonic()))
         try:
             return True, lane.run(job)
         except Exception as exc:  # noqa: BLE001 - every failure is recorded and retried
             self._failed(lane, job, exc)
             return False, None
         finally:
+            # Normally a no-op: the outcome's write let go already. After a failed write the
+            # row stays ours, which the next look takes up again (a row this process holds
+            # but does not run is free to it).
+            with contextlib.suppress(ScorefetchError):
+                lane.rows.release(job)
             with self._lock:
-                self._running.pop((lane.name, job), None)
+                if self._running.get(key, (None,))[0] is token:
+                    del self._running[key]
                 self._idle.notify_all()
 
     def _failed(self, lane: Lane, job: Job, exc: Exception) -> None:
@@ -270,7 +312,12 @@ class Engine:
             lane.rows.failed(job, error, delay, kind)
         except ScorefetchError as write:
             self._log.error("ledger.write_failed", lane=lane.name, job=list(job), error=str(write))
-        lane.failed(job, outcome)
+        try:
+            lane.failed(job, outcome)
+        except Exception as told:  # noqa: BLE001 - the row is written; telling must not stall it
+            self._log.error(
+                "engine.failed", error=type(told).__name__, lane=lane.name, exc_info=told
+            )
         self.wake()  # its next due time counts from now
 
     def wait_idle(self, timeout: float) -> bool:
@@ -301,9 +348,12 @@ class Engine:
         not start is released (due again at the next start)."""
         self._stop.set()
         self._wake.set()
+        deadline = time.monotonic() + timeout  # one grace for every lane, not one each
         if self._thread is not None:
-            self._thread.join(timeout=10)
-        finished = all([pool.close(timeout) for pool in self._pools.values()])
+            self._thread.join(timeout=min(10.0, timeout))
+        finished = all(
+            [pool.close(max(0.0, deadline - time.monotonic())) for pool in self._pools.values()]
+        )
         with self._lock:
             queued = list(self._queued)
         for lane_name, job in queued:

@@ -174,6 +174,7 @@ class Ledger:
             " VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)"
             " ON CONFLICT (vendor, key) DO UPDATE SET state = 'pending', attempts = 0,"
             "   rounds = 0, due_at = NULL, lease = NULL, lease_until = NULL, error = NULL,"
+            "   overdue_at = NULL, recovered_at = NULL,"
             "   source = excluded.source, updated_at = excluded.updated_at"
             " WHERE deliveries.state = 'failed'",
             (vendor, key, filename, product, source, now, now),

@@ -64,7 +64,15 @@ class Retention:
             return []
         now = time.time() if now is None else now
         removed = []
-        for row in self.ledger.kept():
+        kept = self.ledger.kept()
+        # Two rows may share one file (two exports of one name with the same bytes): it is
+        # deleted only when every row of that path is done everywhere.
+        owed = {
+            r.path
+            for r in kept
+            if not self._everywhere(r.vendor, r.key, r.landed_at or r.updated_at)
+        }
+        for row in kept:
             path = Path(str(row.path))
             try:
                 age_days = (now - path.stat().st_mtime) / DAY_S
@@ -73,7 +81,7 @@ class Retention:
                 continue
             if age_days < self.keep_days:
                 continue
-            if not self._everywhere(row.vendor, row.key, row.landed_at or row.updated_at):
+            if row.path in owed:
                 continue
             path.unlink(missing_ok=True)
             self.ledger.removed(row.vendor, row.key)

@@ -8,6 +8,7 @@ it was, and the backup is there for a person if the new release must be rolled b
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 from pathlib import Path
@@ -99,9 +100,12 @@ ALTER TABLE forwards ADD COLUMN kind TEXT;
 UPDATE deliveries SET landed_at = updated_at WHERE state = 'downloaded';
 UPDATE forwards SET sha256 = (SELECT d.sha256 FROM deliveries d
     WHERE d.vendor = forwards.vendor AND d.key = forwards.key);
--- What was late before this release was reported the old way: no flood of alerts now.
-UPDATE deliveries SET overdue_at = updated_at, recovered_at = updated_at
-    WHERE state != 'downloaded';
+-- A file given up before this release was told of then (on_failure): no second alert for it.
+-- Files still under way are watched like any other.
+UPDATE deliveries SET overdue_at = updated_at, recovered_at = updated_at WHERE state = 'failed';
+-- Uploads the previous release began: it counted a same-size file at the final name as
+-- its own; its rename was never recorded, so a file with these very bytes there is ours.
+UPDATE forwards SET renaming = 'legacy' WHERE state != 'uploaded';
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (vendor, state, due_at);
 CREATE INDEX IF NOT EXISTS forwards_due ON forwards (destination, state, due_at);
 """
@@ -136,20 +140,31 @@ def migrate(db: sqlite3.Connection, path: Path) -> list[int]:
     if have == 1:
         _fix_version_1(db)
     for number in range(have + 1, CURRENT + 1):
+        # The copy is taken before the write lock (SQLite cannot copy from a connection
+        # holding it) under a name of this process's own; it becomes the backup only if
+        # this process then applies the step, so a racing opener never overwrites it.
+        taken = None
         if number > 1 and have > 0:
-            backup(db, path.with_name(f"{path.name}.v{number - 1}.bak"))
+            taken = path.with_name(f"{path.name}.v{number - 1}.bak.{os.getpid()}")
+            backup(db, taken)
         db.execute("BEGIN IMMEDIATE")
         try:
             if version(db) >= number:  # another process got here first
                 db.execute("ROLLBACK")
+                if taken is not None:
+                    taken.unlink(missing_ok=True)
                 continue
             for statement in _statements(MIGRATIONS[number - 1]):
                 if not _already(db, statement):
                     db.execute(statement)
             db.execute(f"PRAGMA user_version = {number}")
+            if taken is not None:
+                taken.replace(path.with_name(f"{path.name}.v{number - 1}.bak"))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
+            if taken is not None:
+                taken.unlink(missing_ok=True)
             raise
         applied.append(number)
     if have == 1 and not applied:

@@ -83,19 +83,22 @@ class WorkRows:
         return (self._lane[1], *job)
 
     def due(self, limit: int) -> list[Job]:
-        """Rows to start now, oldest first, that no live process holds."""
+        """Rows to start now, oldest first, that no other live process holds. Rows this
+        process holds are included: the engine knows which of them it is running (a lease
+        left behind by a write that failed must not hide a row from its own process)."""
         now = now_iso()
         columns = ", ".join(self._columns)
         mine = me()
         rows = self._execute(
             f"SELECT {columns}, lease, lease_until FROM {self.table}"  # noqa: S608
             f" WHERE {self._lane[0]} = ? AND state IN ('pending', 'retrying')"
-            " AND (due_at IS NULL OR due_at <= ?) AND (lease IS NULL OR lease != ?)"
-            " ORDER BY created_at LIMIT ?",
-            (self._lane[1], now, mine, limit + 16),
+            " AND (due_at IS NULL OR due_at <= ?) ORDER BY created_at LIMIT ?",
+            (self._lane[1], now, limit + 16),
         ).fetchall()
         free = [
-            row for row in rows if row[-2] is None or row[-1] < now or not holder_alive(row[-2])
+            row
+            for row in rows
+            if row[-2] is None or row[-2] == mine or row[-1] < now or not holder_alive(row[-2])
         ]
         return [tuple(row[: len(self._columns)]) for row in free[:limit]]
 
@@ -105,8 +108,8 @@ class WorkRows:
         cursor = self._execute(
             f"UPDATE {self.table} SET lease = ?, lease_until = ?"  # noqa: S608
             f" WHERE {self._where} AND state IN ('pending', 'retrying')"
-            " AND (lease IS NULL OR lease_until < ?)",
-            (me(), now_iso(lease_s), *self._key(job), now),
+            " AND (lease IS NULL OR lease = ? OR lease_until < ?)",
+            (me(), now_iso(lease_s), *self._key(job), me(), now),
         )
         if cursor.rowcount == 1:
             return True

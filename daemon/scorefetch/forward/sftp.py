@@ -36,6 +36,7 @@ WINDOW = 16 * 1024 * 1024
 PACKET = 256 * 1024
 READ_CHUNK = 1024 * 1024
 PART_SUFFIX = ".part"
+LEGACY = "legacy"  # an upload the previous release began (its rename was not recorded)
 MIN_WRITE = 32768  # every SFTP server takes writes this large
 MAX_WRITE = 1024 * 1024
 P = ParamSpec("P")
@@ -94,7 +95,8 @@ class SftpTarget:
             size = os.fstat(source.fileno()).st_size
             self._call(_makedirs, sftp, folder)
             if self._call(_size_of, sftp, final) is not None:
-                return self._existing(sftp, final, size, sha256, mine=ours == final)
+                mine = ours in (final, LEGACY)
+                return self._existing(sftp, final, size, sha256, mine=mine)
             self._call(_remove_stale_parts, sftp, folder, filename)
             temp = posixpath.join(folder, f".{filename}.{secrets.token_hex(4)}{PART_SUFFIX}")
             try:
@@ -366,13 +368,11 @@ def _write_length(sftp: paramiko.SFTPClient) -> int:
 
 
 def _fsync(sftp: paramiko.SFTPClient, handle: paramiko.SFTPFile) -> None:
-    """OpenSSH's fsync extension, so a renamed file survives the server's power cut; a
-    server without it says "unsupported", which is fine."""
-    try:
+    """OpenSSH's fsync extension, so a renamed file survives the server's power cut. A
+    server without it refuses it in words of its own, which is fine: the size is confirmed
+    next (a dead link fails there too) and the rename stays atomic."""
+    with contextlib.suppress(OSError):
         sftp._request(CMD_EXTENDED, "fsync@openssh.com", handle.handle)  # type: ignore[attr-defined]
-    except OSError as exc:
-        if "nsupported" not in str(exc):
-            raise
 
 
 def _write_small(sftp: paramiko.SFTPClient, path: str, data: bytes) -> None:

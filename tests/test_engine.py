@@ -51,6 +51,11 @@ class Lane:
         self.outcomes.append(outcome)
 
 
+@pytest.fixture(autouse=True)
+def _logging(log_lines: object) -> None:
+    """The engine logs failures: to a live stream (not one an earlier test closed)."""
+
+
 @pytest.fixture
 def ledger(tmp_path: Path) -> Iterator[Ledger]:
     opened = Ledger(tmp_path / "ledger.sqlite3")
@@ -317,10 +322,12 @@ def test_a_ledger_error_while_dispatching_loses_no_slot(ledger: Ledger) -> None:
     assert sorted(lane.done) == [("a.csv",), ("b.csv",)]
 
 
-def test_an_empty_schedule_still_retries() -> None:
-    """retry_schedule [] is refused by the config; the policy itself never stalls on it."""
+def test_an_empty_schedule_gives_up_but_never_on_what_is_never_given_up() -> None:
+    """retry_schedule [] means "do not retry" (as before), yet a full disk or an export not
+    generated yet is still looked at again; no kind makes the policy raise (a stall)."""
     from scorefetch.core.engine import retry_delay
 
     assert retry_delay(Failure.LOCAL, 3, ()) == 30.0
     assert retry_delay(Failure.DEFERRED, 0, ()) == 30.0
-    assert retry_delay(Failure.NOT_FOUND, 0, ()) == 30.0
+    assert retry_delay(Failure.NOT_FOUND, 0, ()) is None
+    assert len([retry_delay(k, 0, ()) for k in Failure]) == len(Failure)

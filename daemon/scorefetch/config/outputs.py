@@ -64,9 +64,7 @@ class SftpDestination(Model):
     known_hosts_file: Path | None = None
     remote_dir: str = Field(min_length=1)
     vendors: tuple[Vendor, ...] = VENDORS
-    retry_schedule: tuple[Duration, ...] = Field(
-        (30.0, 120.0, 600.0, 3600.0, 21600.0), min_length=1
-    )
+    retry_schedule: tuple[Duration, ...] = (30.0, 120.0, 600.0, 3600.0, 21600.0)
     timeout: Duration = Field(30.0, gt=0)
 
     @field_validator("remote_dir")

@@ -169,7 +169,7 @@ class CollegeBoardConfig(Model):
     listing_overlap: Duration = 24 * 3600.0  # one cheap call; the ledger deduplicates
     timezone: str = "America/New_York"
     max_parallel: int = Field(4, ge=1, le=32)
-    retry_schedule: tuple[Duration, ...] = Field((30.0, 120.0, 600.0, 3600.0), min_length=1)
+    retry_schedule: tuple[Duration, ...] = (30.0, 120.0, 600.0, 3600.0)
     download_timeout: Duration = Field(3600.0, gt=0)
 
     @field_validator("formats")

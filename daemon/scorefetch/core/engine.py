@@ -34,7 +34,7 @@ HEARTBEAT = "daemon.heartbeat"
 TRANSIENT_DELAYS = (1.0, 5.0)  # then the lane's retry_schedule
 LOCAL_FIRST_S = 5.0  # a full disk is often freed within minutes: look again soon
 MAX_RETRY_AFTER_S = 6 * 3600.0  # a vendor's Retry-After is honoured up to this
-DEFAULT_SCHEDULE = (30.0,)  # what an empty retry_schedule means
+DEFAULT_SCHEDULE = (30.0,)  # a local or deferred failure's step under an empty schedule
 
 
 HELD = object()  # run_now's result when another live process works on the job
@@ -47,13 +47,13 @@ def retry_delay(kind: Failure, retries_done: int, schedule: Sequence[float]) -> 
     ours to land once someone frees the disk, so after the schedule its last step repeats."""
     if kind in (Failure.FATAL, Failure.REFUSED):
         return None
-    schedule = tuple(schedule) or DEFAULT_SCHEDULE
+    if kind in (Failure.LOCAL, Failure.DEFERRED):  # never given up: an empty schedule too
+        schedule = tuple(schedule) or DEFAULT_SCHEDULE
     if kind == Failure.LOCAL:
         delays = (min(LOCAL_FIRST_S, *schedule[:1]), *schedule)
         return delays[min(retries_done, len(delays) - 1)]
     if kind == Failure.DEFERRED:  # the vendor has not made it yet: never given up
         return schedule[min(retries_done, len(schedule) - 1)]
-    schedule = tuple(schedule) or DEFAULT_SCHEDULE  # an empty one is no reason to stall
     quick = kind in (Failure.TRANSIENT, Failure.EXPIRED)
     delays = (*TRANSIENT_DELAYS, *schedule) if quick else tuple(schedule)
     return delays[retries_done] if retries_done < len(delays) else None

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import resource
 import socket
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, write_config
 from scorefetch.sandbox.imapserver import PymapServer
 from scorefetch.sandbox.ports import free_port
+from tests.support import wait_until
 
 FLOOD = 1_100
 
@@ -99,10 +99,7 @@ def test_a_flood_of_idle_connections_leaves_the_daemon_working(
         daemon.wait_event("delivery.downloaded", filename="4300_20261201_120000.csv", timeout=60)
         held = len(list(Path(f"/proc/{daemon.proc.pid}/fd").iterdir()))
         assert held < 200, held
-        deadline = time.monotonic() + 60
-        while not _answers(port):
-            assert time.monotonic() < deadline, "the listener never answered"
-            time.sleep(0.5)
+        wait_until(lambda: _answers(port), timeout=60)  # the listener answers, flood or not
     finally:
         for sock in flood:
             sock.close()

@@ -6,10 +6,12 @@ masks the secrets of every section, the forward destinations' included."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,7 +33,7 @@ HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9ok
 HOSTILE = "\x1b[2K\r\x1b[32mok\x1b[0m  all fine\x00\x07\x9b1A\u202egnp.exe \x1b]0;owned\x07"
 
 # An SFTP server (run by a real sshd as its subsystem) that answers every request after
-# INIT with a failure status whose message is hostile: escapes, NUL, 300 KB.
+# INIT with a failure status whose message is TEXT (set by failing_sftp).
 _SERVER = r"""
 import struct, sys
 inp, out = sys.stdin.buffer, sys.stdout.buffer
@@ -44,7 +46,7 @@ def send(body):
     out.write(struct.pack(">I", len(body)) + body); out.flush()
 packet()
 send(b"\x02" + struct.pack(">I", 3))
-text = (b"\x1b[2K\rok \x00 password=hunter2 " + b"E" * 300_000)
+text = TEXT
 while True:
     request = packet()
     send(b"\x65" + request[1:5] + struct.pack(">I", 4)
@@ -71,13 +73,14 @@ def test_a_vendor_message_is_cleaned() -> None:
     _clean(message_of({"message": HOSTILE}, "Not Found"))
 
 
-@pytest.fixture
-def hostile_sftp(tmp_path: Path) -> Iterator[SshServer]:
-    """A real sshd whose sftp subsystem fails every request with a hostile message."""
+@contextlib.contextmanager
+def failing_sftp(tmp_path: Path, text: bytes) -> Iterator[SshServer]:
+    """A real sshd whose sftp subsystem fails every request with the status message
+    `text` (any bytes: escapes, NUL, not UTF-8)."""
     if sshd_binary() is None:
         pytest.skip("sshd is not installed")
-    script = tmp_path / "hostile_sftp.py"
-    script.write_text(_SERVER)
+    script = tmp_path / "failing_sftp.py"
+    script.write_text(f"TEXT = {text!r}\n" + _SERVER)
     server = SshServer(tmp_path / "sshd", sftp_subsystem=f"{sys.executable} {script}")
     server.start()
     try:
@@ -86,21 +89,33 @@ def hostile_sftp(tmp_path: Path) -> Iterator[SshServer]:
         server.stop()
 
 
+def destination(server: SshServer, **extra: Any) -> SftpDestination:
+    return SftpDestination.model_validate(
+        {
+            "type": "sftp",
+            "host": server.host,
+            "port": server.port,
+            "username": server.username,
+            "private_key": server.client_key,
+            "host_key": server.host_key,
+            "remote_dir": "/incoming",
+            "timeout": "5s",
+            **extra,
+        }
+    )
+
+
+@pytest.fixture
+def hostile_sftp(tmp_path: Path) -> Iterator[SshServer]:
+    """A real sshd whose sftp subsystem fails every request with a hostile message."""
+    with failing_sftp(tmp_path, b"\x1b[2K\rok \x00 password=hunter2 " + b"E" * 300_000) as server:
+        yield server
+
+
 def test_an_sftp_servers_error_text_is_cleaned(hostile_sftp: SshServer, tmp_path: Path) -> None:
     """forward.failed's error from a server that answers with escapes, NUL, a password and
     300 KB: one short clean line, nothing of the secret."""
-    config = SftpDestination.model_validate(
-        {
-            "type": "sftp",
-            "host": hostile_sftp.host,
-            "port": hostile_sftp.port,
-            "username": hostile_sftp.username,
-            "private_key": hostile_sftp.client_key,
-            "host_key": hostile_sftp.host_key,
-            "remote_dir": "/incoming",
-            "timeout": "5s",
-        }
-    )
+    config = destination(hostile_sftp)
     landed = tmp_path / "4300_20261201_000001.csv"
     landed.write_bytes(b"a,b\r\n")
     with pytest.raises(ForwardError) as caught:
@@ -166,31 +181,8 @@ def test_a_non_utf8_sftp_status_is_a_recorded_retried_failure(tmp_path: Path) ->
     from scorefetch.core.ledger import Ledger
     from scorefetch.forward.forwarder import Forwarder
 
-    if sshd_binary() is None:
-        pytest.skip("sshd is not installed")
-    script = tmp_path / "latin1_sftp.py"
-    script.write_text(
-        _SERVER.replace(
-            'text = (b"\\x1b[2K\\rok \\x00 password=hunter2 " + b"E" * 300_000)',
-            'text = b"\\xe9chec: disque \\xff plein"',
-        )
-    )
-    server = SshServer(tmp_path / "sshd", sftp_subsystem=f"{sys.executable} {script}")
-    server.start()
-    try:
-        config = SftpDestination.model_validate(
-            {
-                "type": "sftp",
-                "host": server.host,
-                "port": server.port,
-                "username": server.username,
-                "private_key": server.client_key,
-                "host_key": server.host_key,
-                "remote_dir": "/incoming/{vendor}",
-                "retry_schedule": ["1h"],
-                "timeout": "5s",
-            }
-        )
+    with failing_sftp(tmp_path, b"\xe9chec: disque \xff plein") as server:
+        config = destination(server, remote_dir="/incoming/{vendor}", retry_schedule=["1h"])
         ledger = Ledger(tmp_path / "state" / "ledger.sqlite3")
         path = tmp_path / "4300_20261201_000002.csv"
         path.write_bytes(b"a,b\r\n")
@@ -202,8 +194,6 @@ def test_a_non_utf8_sftp_status_is_a_recorded_retried_failure(tmp_path: Path) ->
         forwarder.close(5)
         row = ledger.forwards.get("slate", "collegeboard", path.name)
         ledger.close()
-    finally:
-        server.stop()
     assert row is not None and row.state == "retrying" and row.due_at and row.lease is None
     assert row.error is not None and row.kind == "transient"
     _clean(row.error)

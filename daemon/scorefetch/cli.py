@@ -337,8 +337,10 @@ def _backup(config: Config, args: argparse.Namespace) -> int:
 def ledger_version(path: Path) -> int:
     import sqlite3
 
+    from scorefetch.core import schema
+
     with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
-        return int(db.execute("PRAGMA user_version").fetchone()[0])
+        return schema.version(db)
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:

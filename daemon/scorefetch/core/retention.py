@@ -46,12 +46,12 @@ class Retention:
     def wanted_by(self, vendor: str) -> list[str]:
         return [name for name, vendors in self.destinations.items() if vendor in vendors]
 
-    def _everywhere(self, vendor: str, key: str, landed_at: str) -> bool:
+    def _everywhere(self, vendor: str, key: str, landed_at: str, since: dict[str, str]) -> bool:
         """Every destination that owes this file has confirmed it: each one configured
-        when it landed (or whose row exists, however it came), and any row of a destination
-        no longer configured that was not finished (a person decides those)."""
+        when it landed (`since`: when each destination was first configured) or whose row
+        exists, however it came, and any row of a destination no longer configured that
+        was not finished (a person decides those)."""
         states = self.ledger.forwards.states(vendor, key)
-        since = self.ledger.forwards.since()
         for name in self.wanted_by(vendor):
             owed = name in states or since.get(name, landed_at) <= landed_at
             if owed and states.get(name) != "uploaded":
@@ -65,12 +65,13 @@ class Retention:
         now = time.time() if now is None else now
         removed = []
         kept = self.ledger.kept()
+        since = self.ledger.forwards.since()
         # Two rows may share one file (two exports of one name with the same bytes): it is
         # deleted only when every row of that path is done everywhere.
         owed = {
             r.path
             for r in kept
-            if not self._everywhere(r.vendor, r.key, r.landed_at or r.updated_at)
+            if not self._everywhere(r.vendor, r.key, r.landed_at or r.updated_at, since)
         }
         for row in kept:
             path = Path(str(row.path))

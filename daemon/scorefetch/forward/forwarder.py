@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from scorefetch.config import Config
+from scorefetch.config import VENDORS, Config
 from scorefetch.core import logs
 from scorefetch.core.engine import Engine, Outcome
 from scorefetch.core.errors import Failure
@@ -127,8 +127,10 @@ class Forwarder:
         ledger: Ledger,
         events: Events | None = None,
         engine: Engine | None = None,
+        vendors: Sequence[str] = VENDORS,
     ) -> None:
         self.destinations = {d.name: d for d in destinations}
+        self.vendors = tuple(vendors)  # every vendor there is: a destination takes some
         self.ledger = ledger
         self.events = events if events is not None else Events()
         self._own_engine = engine is None
@@ -145,17 +147,13 @@ class Forwarder:
         ledger: Ledger,
         events: Events | None = None,
         engine: Engine | None = None,
-        vendors: Sequence[str] = (),
+        vendors: Sequence[str] = VENDORS,
     ) -> Forwarder:
         """The destinations under `forward:` (none: a forwarder that does nothing)."""
         from scorefetch.forward.sftp import SftpTarget  # paramiko only with a forward
 
         targets = [SftpTarget(name, dest) for name, dest in config.forward.items()]
-        forwarder = cls(targets, ledger, events, engine)
-        forwarder.vendors = tuple(vendors)
-        return forwarder
-
-    vendors: tuple[str, ...] = ("collegeboard", "encoura")
+        return cls(targets, ledger, events, engine, vendors)
 
     def start(self) -> int:
         """Claim what landed while this destination was configured but no row was written

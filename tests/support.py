@@ -78,3 +78,21 @@ def starts_a_server(argv: object) -> str | None:
         if Path(here).name == "scorefetch" and following in ("run", "demo"):
             return f"scorefetch {following}"
     return None
+
+
+def encoura_config(sim: Any, **overrides: Any) -> Any:
+    """An EncouraConfig for the Encoura simulator `sim` (its account, its download host),
+    with `overrides` on top."""
+    from scorefetch.config import EncouraConfig
+
+    return EncouraConfig.model_validate(
+        {
+            "enabled": True,
+            "base_url": sim.base_url,
+            "api_key": sim.api_key,
+            "username": sim.username,
+            "password": sim.password,
+            "download_hosts": [sim.download_host],
+            **overrides,
+        }
+    )

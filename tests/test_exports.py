@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from scorefetch.config import EncouraConfig
 from scorefetch.core import logs
 from scorefetch.core.errors import ConfigError, VendorError
 from scorefetch.core.http import build_session
@@ -21,7 +20,7 @@ from scorefetch.encoura.poller import EncouraDeliveries, recover
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, write_config
 from scorefetch.sandbox.encoura import EncouraSimulator
-from tests.support import assert_no_secrets, files_under, wait_until
+from tests.support import assert_no_secrets, encoura_config, files_under, wait_until
 
 ORG = {"uid": "org-1", "name": "Sandbox University"}
 
@@ -33,19 +32,8 @@ def enc_sim() -> Iterator[EncouraSimulator]:
 
 
 def exports(sim: EncouraSimulator, tmp_path: Path, **overrides: Any) -> EncouraDeliveries:
-    config = EncouraConfig.model_validate(
-        {
-            "enabled": True,
-            "base_url": sim.base_url,
-            "api_key": sim.api_key,
-            "username": sim.username,
-            "password": sim.password,
-            "product_keys": ["score-reporter", "prospect"],
-            "download_hosts": [sim.download_host],
-            "retry_schedule": [0.2, 0.2],
-            **overrides,
-        }
-    )
+    defaults = {"product_keys": ["score-reporter", "prospect"], "retry_schedule": [0.2, 0.2]}
+    config = encoura_config(sim, **(defaults | overrides))
     return EncouraDeliveries(
         Encoura(config, build_session()), Ledger(tmp_path / "l.sqlite3"), tmp_path / "files"
     )

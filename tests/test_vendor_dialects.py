@@ -16,7 +16,7 @@ import pytest
 from scorefetch.collegeboard.client import CollegeBoard
 from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
 from scorefetch.collegeboard.reconciliation import Reconciler
-from scorefetch.config import CollegeBoardConfig, EncouraConfig
+from scorefetch.config import CollegeBoardConfig
 from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger
 from scorefetch.doctor.checks import Clock, check_encoura
@@ -24,7 +24,7 @@ from scorefetch.encoura.client import Encoura
 from scorefetch.encoura.poller import EncouraDeliveries, locate, recover
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.encoura import EncouraSimulator
-from tests.support import files_under, wait_until
+from tests.support import encoura_config, files_under, wait_until
 
 # Each reading the Encoura document leaves open (seed 000), as simulator switches.
 ENCOURA_DIALECTS: dict[str, dict[str, Any]] = {
@@ -63,18 +63,8 @@ def enc_dialect(request: pytest.FixtureRequest) -> Iterator[tuple[str, EncouraSi
 
 def encoura(sim: EncouraSimulator, tmp_path: Path, dialect: str) -> EncouraDeliveries:
     login_as = "userName" if dialect == "userName-login-only" else "auto"
-    config = EncouraConfig.model_validate(
-        {
-            "enabled": True,
-            "base_url": sim.base_url,
-            "api_key": sim.api_key,
-            "username": sim.username,
-            "password": sim.password,
-            "login_as": login_as,
-            "product_keys": list(CONFIGURED),
-            "download_hosts": [sim.download_host],
-            "retry_schedule": [0.1, 0.1],
-        }
+    config = encoura_config(
+        sim, login_as=login_as, product_keys=list(CONFIGURED), retry_schedule=[0.1, 0.1]
     )
     client = Encoura(config, build_session(), sleep=_recorded_sleep)
     client.page_limit = PAGE
@@ -172,17 +162,7 @@ def test_doctor_reports_what_encoura_showed(
     for n in range(3):
         sim.mark_delivered(sim.add_export("score-reporter", f"s-{n}.csv", b"id\n1\n"))
     login_as = "userName" if dialect == "userName-login-only" else "auto"
-    config = EncouraConfig.model_validate(
-        {
-            "enabled": True,
-            "base_url": sim.base_url,
-            "api_key": sim.api_key,
-            "username": sim.username,
-            "password": sim.password,
-            "login_as": login_as,
-            "download_hosts": [sim.download_host],
-        }
-    )
+    config = encoura_config(sim, login_as=login_as)
     check = check_encoura(config, Clock())
     assert check.ok, check
     assert f"logged in with {'userName' if login_as == 'userName' else 'email'}" in check.detail

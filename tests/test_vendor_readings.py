@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from scorefetch.collegeboard.client import CollegeBoard
-from scorefetch.config import CollegeBoardConfig, EncouraConfig
+from scorefetch.config import CollegeBoardConfig
 from scorefetch.core import logs
 from scorefetch.core.answers import retry_after
 from scorefetch.core.errors import Failure, VendorError
@@ -22,6 +22,7 @@ from scorefetch.encoura import client as encoura_client
 from scorefetch.encoura.client import Encoura, login_field, parse_download_url, token_lifetime
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.encoura import EncouraSimulator
+from tests.support import encoura_config
 
 NOW = datetime(2026, 12, 2, 15, 0, tzinfo=UTC)
 
@@ -45,17 +46,7 @@ def events(out: io.StringIO) -> list[dict[str, Any]]:
 
 
 def enc_client(sim: EncouraSimulator, waits: list[float] | None = None, **over: Any) -> Encoura:
-    config = EncouraConfig.model_validate(
-        {
-            "enabled": True,
-            "base_url": sim.base_url,
-            "api_key": sim.api_key,
-            "username": sim.username,
-            "password": sim.password,
-            "download_hosts": [sim.download_host],
-            **over,
-        }
-    )
+    config = encoura_config(sim, **over)
     return Encoura(config, build_session(), sleep=(waits if waits is not None else []).append)
 
 

@@ -49,6 +49,7 @@ E2E_FIXTURES = frozenset(
         "oauth_dovecot",  # test_oauth.py
         "start_encoura_daemon",  # test_exports.py
         "silent_sftp",  # test_attack_sftp.py
+        "refusing_sftp",  # test_attack_sftp.py
         "hostile_sftp",  # test_attack_text.py
     }
 )

@@ -19,10 +19,10 @@ import stat
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, ParamSpec, TypeVar
+from typing import BinaryIO, ParamSpec, TypeVar, cast
 
 import paramiko
-from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
+from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY, CMD_STATUS, CMD_WRITE, int64
 
 from scorefetch.config import SftpDestination
 from scorefetch.core.errors import Failure, RefusedError
@@ -39,6 +39,7 @@ PART_SUFFIX = ".part"
 LEGACY = "legacy"  # an upload the previous release began (its rename was not recorded)
 MIN_WRITE = 32768  # every SFTP server takes writes this large
 MAX_WRITE = 1024 * 1024
+IN_FLIGHT_BYTES = 8 * 1024 * 1024  # written and not yet answered, at most
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -335,21 +336,68 @@ def _remove_stale_parts(sftp: paramiko.SFTPClient, folder: str, filename: str) -
 
 
 def _put(sftp: paramiko.SFTPClient, source: BinaryIO, temp: str, size: int) -> None:
-    """Stream `source` to `temp` with pipelined writes, flush them to the server's disk
-    where it can (fsync@openssh.com), and confirm the size the server reports."""
+    """Stream `source` to `temp` with pipelined writes, every one of them answered OK, flush
+    them to the server's disk where it can (fsync@openssh.com), and confirm the size the
+    server reports."""
     request_size = _write_length(sftp)
+    in_flight = max(4, IN_FLIGHT_BYTES // request_size)
     with sftp.open(temp, "wb") as target:
-        target.MAX_REQUEST_SIZE = request_size
-        target.set_pipelined(True)
+        writes = _Writes(sftp, cast(bytes, target.handle))
         while chunk := source.read(READ_CHUNK):
-            target.write(chunk)
-        target.flush()
+            for start in range(0, len(chunk), request_size):
+                writes.send(chunk[start : start + request_size])
+                writes.wait(in_flight)
+        writes.wait(0)
         _fsync(sftp, target)
     got = _size_of(sftp, temp)
     if got != size:
         raise ForwardError(
             f"the server holds {got} bytes of {size} after the upload", kind=Failure.TRANSIENT
         )
+
+
+class _Writes:
+    """Pipelined writes to one open handle, whose every answer is read and checked.
+
+    paramiko's own pipelining (SFTPFile.set_pipelined) drops the status of a write it did
+    not wait for: a write the server refused (its disk full for a moment) left a hole of
+    zeros in a file of the right size, which then passed the size check and was renamed
+    into Slate's folder. Here each write is a request of ours; paramiko hands its answer
+    to `_async_response`, and the first refusal ends the upload."""
+
+    def __init__(self, sftp: paramiko.SFTPClient, handle: bytes) -> None:
+        self._sftp = sftp
+        self._handle = handle
+        self._offset = 0
+        self._pending: set[int] = set()
+        self._error: BaseException | None = None
+
+    def send(self, data: bytes) -> None:
+        num = self._sftp._async_request(  # type: ignore[attr-defined]
+            self, CMD_WRITE, self._handle, int64(self._offset), data
+        )
+        self._pending.add(num)
+        self._offset += len(data)
+
+    def wait(self, most: int) -> None:
+        """Read answers until at most `most` writes are unanswered; raise the first refusal."""
+        while len(self._pending) > most and self._error is None:
+            self._sftp._read_response()  # type: ignore[attr-defined]
+        if self._error is not None:
+            raise self._error
+
+    def _async_response(self, kind: int, msg: paramiko.Message, num: int) -> None:
+        """paramiko's callback for an answer to one of our requests."""
+        self._pending.discard(num)
+        if self._error is not None:
+            return
+        if kind != CMD_STATUS:
+            self._error = OSError(f"the server answered a write with message type {kind}")
+            return
+        try:
+            self._sftp._convert_status(msg)  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - paramiko's mapping of a refusal (OSError, EOFError, a bad text)
+            self._error = exc
 
 
 def _write_length(sftp: paramiko.SFTPClient) -> int:

@@ -97,3 +97,30 @@ def test_readme_lists_every_event_the_daemon_logs() -> None:
     assert len(logged) >= 25  # the pattern still finds the calls
     assert logged - documented == set(), "logged but not in the README"
     assert documented - logged == set(), "in the README but never logged"
+
+
+@pytest.mark.parametrize("name", ["stdout", "stderr"])
+def test_logging_writes_to_the_stream_of_the_moment(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """Configured for stdout or stderr, a line goes to whatever `sys.<name>` is when it is
+    written: a stream captured while logging was configured (doctor run in-process under
+    capture, a test's captured output) is closed afterwards and must not break the next line,
+    from structlog or from a library through the standard library."""
+    import io
+    import logging
+    import sys
+
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, name, first)
+    try:
+        logs.configure("json", "info", logs.STDOUT if name == "stdout" else logs.STDERR)
+        first.close()
+        monkeypatch.setattr(sys, name, second)
+        logs.get().warning("probe.line", n=1)
+        logging.getLogger("somelib").warning("library line")
+    finally:
+        logs.configure("json", "info")
+    text = second.getvalue()
+    assert '"probe.line"' in text
+    assert ("library line" in text) == (name == "stderr")  # libraries speak on stderr

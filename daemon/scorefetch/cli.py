@@ -272,7 +272,7 @@ def _doctor(path: Path, args: argparse.Namespace) -> int:
     """Every check, one line each (or JSON); 78 when the config itself is wrong."""
     from scorefetch import doctor
 
-    logs.configure("json", "error", sys.stderr)  # stdout is the report
+    logs.configure("json", "error", logs.STDERR)  # stdout is the report
     try:
         config = config_module.load(path)
     except ConfigError as exc:

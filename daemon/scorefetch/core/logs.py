@@ -113,15 +113,32 @@ def scrub(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableM
     return event
 
 
-class _CurrentStdout:
-    """Whatever `sys.stdout` is when a line is written, not when logging was configured
-    (a test's captured stdout is closed after it; the next test's is another file)."""
+class _Current:
+    """Whatever `sys.stdout` (or `sys.stderr`) is when a line is written, not when logging
+    was configured: a captured stream (a test's, an in-process `main()` under capture) is
+    closed after it, and the next one is another file."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def _stream(self) -> TextIO:
+        return cast(TextIO, getattr(sys, self._name))
 
     def write(self, text: str) -> int:
-        return sys.stdout.write(text)
+        return self._stream().write(text)
 
     def flush(self) -> None:
-        sys.stdout.flush()
+        self._stream().flush()
+
+    def isatty(self) -> bool:
+        return self._stream().isatty()
+
+    def fileno(self) -> int:
+        return self._stream().fileno()
+
+
+STDOUT: TextIO = cast(TextIO, _Current("stdout"))
+STDERR: TextIO = cast(TextIO, _Current("stderr"))
 
 
 def under_journald(stream: TextIO) -> bool:
@@ -154,7 +171,7 @@ class JournalRenderer:
 def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None = None) -> None:
     """Set up structlog for the process. `fmt` None: console on a TTY, JSON otherwise.
     Under journald, JSON with priority prefixes whatever `fmt` says."""
-    out = stream or sys.stdout
+    out = STDOUT if stream is None else stream
     journal = under_journald(out)
     if fmt is None:
         fmt = "console" if out.isatty() else "json"
@@ -175,7 +192,7 @@ def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or cast(TextIO, _CurrentStdout())),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
     _configure_stdlib()
@@ -205,10 +222,10 @@ def _configure_stdlib() -> None:
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_scorefetch", False)]:
         root.removeHandler(old)  # configured again (tests): stderr may be another file now
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(STDERR)
     handler.setFormatter(
         _JournalFormatter()
-        if under_journald(sys.stderr)
+        if under_journald(STDERR)
         else logging.Formatter("%(name)s: %(message)s")
     )
     handler._scorefetch = True  # type: ignore[attr-defined]

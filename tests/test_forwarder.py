@@ -18,9 +18,9 @@ import pytest
 from scorefetch.config import SftpDestination
 from scorefetch.core.events import Downloaded, Event, ForwardFailed, ForwardUploaded
 from scorefetch.core.ledger import Ledger
-from scorefetch.core.retention import Retention
 from scorefetch.forward.forwarder import Forwarder
 from scorefetch.forward.sftp import SftpTarget
+from scorefetch.retention import Retention
 from scorefetch.sandbox.ports import free_port
 from tests.standins.proxy import FaultProxy
 from tests.support import wait_until

@@ -26,7 +26,7 @@ from scorefetch.core.downloads import Progress
 from scorefetch.core.errors import ConfigError, RefusedError, ScorefetchError
 from scorefetch.core.filenames import check_name
 from scorefetch.core.ledger import Ledger
-from scorefetch.core.sources import Source
+from scorefetch.source import Source
 from scorefetch.sources import SOURCES
 
 EX_OK, EX_FAILURE, EX_USAGE, EX_CONFIG = 0, 1, 2, 78

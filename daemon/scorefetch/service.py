@@ -22,11 +22,11 @@ from scorefetch.core.errors import ScorefetchError, describe
 from scorefetch.core.events import Events
 from scorefetch.core.ledger import Ledger
 from scorefetch.core.limits import raise_open_files_limit
-from scorefetch.core.retention import Retention
-from scorefetch.core.sources import Source
 from scorefetch.forward.forwarder import Forwarder
 from scorefetch.observers import attach
 from scorefetch.observers.alerts import ALERTS_S, Alerts
+from scorefetch.retention import Retention
+from scorefetch.source import Source
 
 SHUTDOWN_GRACE_S = 30.0  # in-flight downloads get this long after SIGTERM
 TICK_S = 1.0  # how often the main loop looks at the loops' health (the stop flag wakes it)

@@ -10,8 +10,8 @@ from scorefetch.core.downloads import Progress
 from scorefetch.core.engine import Engine
 from scorefetch.core.events import Events
 from scorefetch.core.ledger import Ledger
-from scorefetch.core.sources import Source
 from scorefetch.encoura.source import EncouraSource
+from scorefetch.source import Source
 
 Build = Callable[
     [Config, Ledger, Callable[[str], Progress | None] | None, Events | None, Engine | None],

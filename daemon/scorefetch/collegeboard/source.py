@@ -23,8 +23,8 @@ from scorefetch.core.events import Events
 from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger
 from scorefetch.core.loops import Periodic, Supervised
-from scorefetch.core.sources import Say, SourceBase, again
 from scorefetch.mailbox.watcher import MailboxWatcher, Refusal
+from scorefetch.source import Say, SourceBase, again
 
 
 class CollegeBoardSource(SourceBase[CollegeBoardDeliveries]):

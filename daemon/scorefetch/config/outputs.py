@@ -28,9 +28,9 @@ _PLACEHOLDERS = {"vendor", "product_key"}
 
 
 def _keys() -> ModuleType:
-    """forward/keys.py, imported when a destination is configured: paramiko (15 MB) is
-    not loaded by a daemon that forwards nothing."""
-    from scorefetch.forward import keys
+    """config/keys.py (SSH keys, parsed and pinned), imported when a destination is
+    configured: paramiko (15 MB) is not loaded by a daemon that forwards nothing."""
+    from scorefetch.config import keys
 
     return keys
 
@@ -41,7 +41,7 @@ def _host_keys(value: object) -> object:
 
 
 def _check_host_key(line: str) -> str:
-    from scorefetch.forward import keys  # paramiko loads only with a forward destination
+    from scorefetch.config import keys  # paramiko loads only with a forward destination
 
     keys.parse_host_key(line)
     return line
@@ -120,7 +120,7 @@ class SftpDestination(Model):
         return self
 
     def pinned_keys(self) -> list[PKey]:
-        from scorefetch.forward import keys
+        from scorefetch.config import keys
 
         if self.known_hosts_file is not None:
             return keys.read_known_hosts(self.known_hosts_file, self.host, self.port)

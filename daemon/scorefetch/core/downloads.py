@@ -23,12 +23,11 @@ from typing import BinaryIO
 import requests
 import urllib3
 
-from scorefetch.config import is_loopback
 from scorefetch.core.errors import Failure, RefusedError, VendorError, describe
 from scorefetch.core.filenames import check_name
 from scorefetch.core.http import Deadline, deadline, redirect_target
 from scorefetch.core.localfs import local_faults, numbered_name, part_name, place_no_replace
-from scorefetch.core.urls import UrlError, connect_target, host_allowed
+from scorefetch.core.urls import UrlError, connect_target, host_allowed, is_loopback
 
 CHUNK = 1024 * 1024
 _DIGITS = re.compile(r"[0-9]{1,19}")

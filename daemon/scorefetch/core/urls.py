@@ -112,3 +112,13 @@ def _pattern(pattern: str) -> re.Pattern[str]:
         head, labels = r"(?:[a-z0-9-]+\.)+", labels[1:]
     parts = [r"[a-z0-9-]+".join(re.escape(piece) for piece in lab.split("*")) for lab in labels]
     return re.compile(head + r"\.".join(parts))
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and addresses in 127.0.0.0/8 or ::1."""
+    if host.lower() in {"localhost", "localhost.localdomain"}:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

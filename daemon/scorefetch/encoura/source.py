@@ -15,7 +15,6 @@ from scorefetch.core.errors import VendorError
 from scorefetch.core.events import Events
 from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger
-from scorefetch.core.sources import Say, SourceBase, again
 from scorefetch.encoura.client import Encoura
 from scorefetch.encoura.poller import (
     KNOWN_PRODUCT_KEYS,
@@ -25,6 +24,7 @@ from scorefetch.encoura.poller import (
     recover,
     start_poller,
 )
+from scorefetch.source import Say, SourceBase, again
 
 
 class EncouraSource(SourceBase[EncouraDeliveries]):

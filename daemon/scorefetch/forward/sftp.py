@@ -24,11 +24,11 @@ from typing import BinaryIO, ParamSpec, TypeVar, cast
 import paramiko
 from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY, CMD_STATUS, CMD_WRITE, int64
 
-from scorefetch.config import SftpDestination
+from scorefetch.config import SftpDestination, keys
 from scorefetch.core.errors import Failure, RefusedError
 from scorefetch.core.filenames import check_name
 from scorefetch.core.logs import untrusted
-from scorefetch.forward import ForwardError, Placed, keys
+from scorefetch.forward import ForwardError, Placed
 
 # Larger than paramiko's defaults (2 MiB window, 32 KiB packets): a long fat pipe to Slate
 # and fewer window adjustments on loopback.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -161,3 +163,53 @@ def test_remove_partials_only_touches_part_files(tmp_path: Path) -> None:
         path.write_bytes(b"x")
     assert sorted(remove_partials(tmp_path)) == sorted(gone)
     assert all(p.exists() for p in keep) and not any(p.exists() for p in gone)
+
+
+def _hidden(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_land_takes_bytes_from_any_source(tmp_path: Path) -> None:
+    """`land` is the landing without HTTP: chunks from anywhere become one complete file,
+    checksummed; the same bytes again are that file; other bytes take NAME-1."""
+    folder = tmp_path / "drop"
+    first = downloads.land(iter([b"id,score\n", b"1,1600\n"]), folder, "a.csv", expected=16)
+    assert first.path == folder / "a.csv" and first.size == 16
+    assert first.sha256 == hashlib.sha256(b"id,score\n1,1600\n").hexdigest()
+    again = downloads.land([b"id,score\n1,1600\n"], folder, "a.csv")
+    assert again.path == first.path
+    other = downloads.land([b"other\n"], folder, "a.csv")
+    assert other.path == folder / "a-1.csv" and other.path.read_bytes() == b"other\n"
+    assert (folder / "a.csv").stat().st_mode & 0o777 == 0o600 and _hidden(folder) == []
+
+
+class _Broken(Exception):
+    pass
+
+
+def _dies_after(data: bytes) -> Iterator[bytes]:
+    yield data
+    raise _Broken("the source went away")
+
+
+@pytest.mark.parametrize(
+    ("chunks", "kwargs", "error"),
+    [
+        (lambda: _dies_after(b"half"), {}, _Broken),
+        (lambda: iter([b"short"]), {"expected": 10}, VendorError),
+        (lambda: iter([b"x" * 11]), {"max_size": 10}, VendorError),
+        (lambda: iter([b"x"]), {"name": "../escape.csv"}, RefusedError),
+    ],
+    ids=["source-raises", "short", "too-large", "bad-name"],
+)
+def test_land_leaves_nothing_when_the_bytes_fail(
+    tmp_path: Path, chunks: Any, kwargs: dict[str, Any], error: type[Exception]
+) -> None:
+    """Whatever stops a landing (the source's own error, too few or too many bytes, a name
+    that would leave the folder), no file and no part stays behind."""
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    name = kwargs.pop("name", "a.csv")
+    with pytest.raises(error):
+        downloads.land(chunks(), folder, name, **kwargs)
+    assert list(folder.iterdir()) == []

@@ -33,6 +33,7 @@ CHUNK = 1024 * 1024
 _DIGITS = re.compile(r"[0-9]{1,19}")
 WRITE_BEHIND = 64 * 1024 * 1024
 Progress = Callable[[int, int | None], None]
+FOREVER_S = 365 * 24 * 3600.0  # `land` without a deadline
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,34 @@ def _place(part: Path, folder: Path, name: str, sha256: str) -> Path:
     return target
 
 
+def land(
+    chunks: Iterable[bytes],
+    folder: Path,
+    name: str,
+    *,
+    expected: int | None = None,
+    max_size: int | None = None,
+    progress: Progress | None = None,
+    deadline_s: float | None = None,
+    root: Path | None = None,
+) -> Landed:
+    """Any source's bytes as `folder/name`, complete or not at all: streamed to a hidden
+    `.NAME.part` (0600), checksummed, fsynced, then linked into place under a name that
+    never replaces a different file (NAME-1 …; the very same bytes already there are that
+    file). `expected` bytes when the source says how many, at most `max_size`, within
+    `deadline_s`, and only inside `root` (default: `folder`). The landing every source
+    shares, HTTP or not (`fetch_to_file` is it for a URL).
+
+    Raises RefusedError for a bad name, VendorError when the bytes fall short, overrun or
+    outlast the deadline, LocalError when the disk or the folder says no; whatever the
+    chunks raise goes through, and no part file stays in any case."""
+    check_name(name)
+    check_inside(root or folder, folder, name)
+    started = time.monotonic()
+    with local_faults(f"cannot save {name}"), deadline(deadline_s or FOREVER_S) as clock:
+        return _land(chunks, folder, name, started, clock, expected, max_size, progress)
+
+
 def fetch_to_file(
     session: requests.Session,
     url: str,
@@ -149,9 +178,9 @@ def fetch_to_file(
     max_size: int | None = None,
     root: Path | None = None,
 ) -> Landed:
-    """Stream `url` into `folder/name`, complete or not at all: the bytes exactly as the
-    server stores them (identity encoding), at most `max_size`, within `deadline_s`
-    however they arrive, and only inside `root` (default: `folder`).
+    """Stream `url` into `folder/name` (see `land`): the bytes exactly as the server stores
+    them (identity encoding), at most `max_size`, within `deadline_s` however they arrive
+    (the request included), and only inside `root` (default: `folder`).
 
     Raises RefusedError before any connection for a bad name or URL, VendorError whose
     `kind` says how to retry, and LocalError when the disk or the folder says no.
@@ -160,31 +189,32 @@ def fetch_to_file(
     check_url(url, hosts)
     check_inside(root or folder, folder, name)
     started = time.monotonic()
-    with local_faults(f"cannot save {name}"):
-        return _fetch(session, url, folder, name, started, deadline_s, progress, max_size)
+    with local_faults(f"cannot save {name}"), deadline(deadline_s) as clock:
+        ensure_folder(folder)  # a folder that cannot be made fails before any request
+        response = _get(session, url, clock)
+        with response:
+            _raise_for_download_status(response)
+            expected = _content_length(response)
+            _check_size(expected, max_size)
+            chunks = _raw_chunks(response, clock)
+            return _land(chunks, folder, name, started, clock, expected, max_size, progress)
 
 
-def _fetch(
-    session: requests.Session,
-    url: str,
+def _land(
+    chunks: Iterable[bytes],
     folder: Path,
     name: str,
     started: float,
-    deadline_s: float,
-    progress: Progress | None,
+    clock: Deadline,
+    expected: int | None,
     max_size: int | None,
+    progress: Progress | None,
 ) -> Landed:
     ensure_folder(folder)
     fd, part = open_part(folder, name)
     try:
-        with os.fdopen(fd, "wb") as out, deadline(deadline_s) as clock:
-            response = _get(session, url, clock)
-            with response:
-                _raise_for_download_status(response)
-                expected = _content_length(response)
-                _check_size(expected, max_size)
-                chunks = _raw_chunks(response, clock)
-                size, digest = _stream(chunks, out, clock, expected, max_size, progress)
+        with os.fdopen(fd, "wb") as out:
+            size, digest = _stream(chunks, out, clock, expected, max_size, progress)
         if expected is not None and size != expected:
             raise VendorError(
                 f"download truncated: {size} of {expected} bytes", kind=Failure.TRANSIENT

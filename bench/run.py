@@ -137,8 +137,8 @@ def streaming(folder: Path, size: int, rounds: int = 3) -> dict[str, float]:
     with CollegeBoardSimulator() as sim, PymapServer() as imap:
         sim.publish_generated("big.csv", size, seed=11)
         from scorefetch.collegeboard.client import CollegeBoard
-        from scorefetch.config import load
         from scorefetch.core.http import build_session
+        from scorefetch.sources import load
 
         rates: dict[str, list[float]] = {"curl": [], "same_work": [], "command": [], "stream": []}
         peaks = []
@@ -196,7 +196,7 @@ def write_behind(folder: Path, size: int, rounds: int = 4) -> tuple[float, float
     (forked, so the simulator keeps a core of its own): median seconds (on, off) per file,
     each side's first turn left out as warm-up."""
     from scorefetch.collegeboard.client import CollegeBoard
-    from scorefetch.config import CollegeBoardConfig
+    from scorefetch.collegeboard.settings import CollegeBoardConfig
     from scorefetch.core import downloads
     from scorefetch.core.http import build_session
 

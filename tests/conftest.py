@@ -50,6 +50,7 @@ E2E_FIXTURES = frozenset(
         "start_encoura_daemon",  # test_exports.py
         "silent_sftp",  # test_attack_sftp.py
         "refusing_sftp",  # test_attack_sftp.py
+        "drop_daemon",  # test_third_source.py
         "hostile_sftp",  # test_attack_text.py
     }
 )

@@ -83,7 +83,7 @@ def starts_a_server(argv: object) -> str | None:
 def encoura_config(sim: Any, **overrides: Any) -> Any:
     """An EncouraConfig for the Encoura simulator `sim` (its account, its download host),
     with `overrides` on top."""
-    from scorefetch.config import EncouraConfig
+    from scorefetch.encoura.settings import EncouraConfig
 
     return EncouraConfig.model_validate(
         {

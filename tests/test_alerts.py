@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scorefetch.config import Config
+from scorefetch import sources
 from scorefetch.core.events import Digest, Event, Events, Overdue, Quiet, Recovered
 from scorefetch.core.ledger import Ledger
 from scorefetch.observers.alerts import Alerts
@@ -26,7 +26,7 @@ def ledger(tmp_path: Path) -> Iterator[Ledger]:
 
 
 def alerts(ledger: Ledger, tmp_path: Path, **sections: object) -> tuple[Alerts, list[Event]]:
-    config = Config.model_validate(
+    config = sources.config_model().model_validate(
         {
             "download_dir": tmp_path / "files",
             "state_dir": tmp_path,

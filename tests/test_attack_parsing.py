@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from scorefetch import config
+from scorefetch import sources
 from scorefetch.cli import main
 from scorefetch.collegeboard.notifications import (
     Notification,
@@ -131,7 +131,7 @@ def test_every_key_of_every_type_is_pinned_and_revoked_ones_never(tmp_path: Path
         f"*.technolutions.net,!other.technolutions.net {wild}\nother.example {other}\n"
         f"{HOST} {bad}\n@revoked * {bad}\n"
     )
-    pinned = config.load(_config(tmp_path, known), environ={}).forward["slate"].pinned_keys()
+    pinned = sources.load(_config(tmp_path, known), environ={}).forward["slate"].pinned_keys()
     pinned_text = {f"{k.get_name()} {k.get_base64()}" for k in pinned}
     assert pinned_text == {" ".join(k.split()[:2]) for k in (old, new, hashed, wild)}
 
@@ -154,7 +154,7 @@ def test_a_bad_known_hosts_line_is_a_config_error_naming_file_and_line(
     known.write_text(f"{HOST} {_key()}\n{line}\n")
     path = _config(tmp_path, known)
     with pytest.raises(ConfigError, match=message):
-        config.load(path, environ={})
+        sources.load(path, environ={})
     assert main(["check-config", "-c", str(path)]) == 78
     err = capsys.readouterr().err
     assert f"{known}, line 2" in err and message in err and "Traceback" not in err
@@ -166,4 +166,4 @@ def test_only_revoked_keys_for_the_host_is_a_config_error(tmp_path: Path) -> Non
     known = tmp_path / "known_hosts"
     known.write_text(f"{HOST} {key}\n@revoked {HOST} {key}\n")
     with pytest.raises(ConfigError, match="that is not @revoked"):
-        config.load(_config(tmp_path, known), environ={})
+        sources.load(_config(tmp_path, known), environ={})

@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from scorefetch import config as config_module
-from scorefetch import doctor
+from scorefetch import doctor, sources
 from scorefetch.config import SftpDestination
 from scorefetch.core.answers import message_of
 from scorefetch.core.errors import ScorefetchError
@@ -157,7 +156,7 @@ def test_doctor_lines_are_clean_and_every_secret_is_masked(
                 remote_dir: /incoming/{{vendor}}
             """)
         )
-    config = config_module.load(path)
+    config = sources.load(path)
 
     class Echoing:
         name = "slate"
@@ -165,7 +164,7 @@ def test_doctor_lines_are_clean_and_every_secret_is_masked(
         def probe(self) -> str:
             raise ScorefetchError("server said: bad password forward-PASSWORD-42\x1b[2K")
 
-    checks = {c.name: c for c in doctor.run(config, [Echoing()])}
+    checks = {c.name: c for c in doctor.run(config, [Echoing()], sources=sources.SOURCES)}
     assert not checks["encoura"].ok
     assert "forward-PASSWORD-42" not in checks["forward.slate"].detail
     text = doctor.render(checks.values())

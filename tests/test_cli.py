@@ -100,11 +100,11 @@ def test_status_shows_credential_alarm(
     config_path: Path, cb_sim: CollegeBoardSimulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """After College Board refused the password, `status` says so (the alarm's ledger line)."""
-    from scorefetch.config import load
     from scorefetch.core.errors import Failure
     from scorefetch.core.events import DeliveryFailed, Events
     from scorefetch.core.ledger import Ledger
     from scorefetch.observers.alarms import AuthAlarm
+    from scorefetch.sources import load
 
     ledger = Ledger(load(config_path).ledger_path)
     events = Events()

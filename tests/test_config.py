@@ -1,6 +1,6 @@
 """The YAML configuration: loading, ${VAR} and x_file secrets, validation, error messages.
 
-Every test writes a real YAML file into tmp_path and calls `config.load(path, environ=...)`
+Every test writes a real YAML file into tmp_path and calls `sources.load(path, environ=...)`
 (or `scorefetch.cli.main` in-process for the `check-config` behaviour), so nothing here
 depends on the caller's environment or on /etc.
 """
@@ -18,7 +18,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from scorefetch import config
+from scorefetch import config, sources
 from scorefetch.cli import main
 from scorefetch.core.errors import ConfigError
 
@@ -121,7 +121,7 @@ def write_text(folder: Path, text: str, name: str = "config.yaml") -> Path:
 def load_error(path: Path, environ: dict[str, str] | None = None) -> str:
     """The ConfigError message `load` raises; every message starts with the file path."""
     with pytest.raises(ConfigError) as excinfo:
-        config.load(path, environ={} if environ is None else environ)
+        sources.load(path, environ={} if environ is None else environ)
     message = str(excinfo.value)
     assert message.startswith(f"{path}: "), message
     return message
@@ -132,7 +132,7 @@ def load_error(path: Path, environ: dict[str, str] | None = None) -> str:
 
 def test_minimal_config_loads_with_documented_defaults(tmp_path: Path) -> None:
     """A minimal config loads; every key it leaves out takes its documented default."""
-    loaded = config.load(write_yaml(tmp_path, minimal()), environ={})
+    loaded = sources.load(write_yaml(tmp_path, minimal()), environ={})
 
     assert loaded.download_dir == Path("/srv/scorefetch/files")
     assert loaded.state_dir == Path("/srv/scorefetch/state")
@@ -174,7 +174,7 @@ def test_minimal_config_loads_with_documented_defaults(tmp_path: Path) -> None:
 
 def test_secrets_do_not_show_in_repr(tmp_path: Path) -> None:
     """A loaded config's repr (what a stray log line would print) hides every password."""
-    loaded = config.load(write_yaml(tmp_path, minimal()), environ={})
+    loaded = sources.load(write_yaml(tmp_path, minimal()), environ={})
     assert "imap-pw" not in repr(loaded)
     assert "cb-pw" not in repr(loaded)
 
@@ -194,7 +194,7 @@ def test_loaded_config_is_frozen(
     tmp_path: Path, target: Callable[[Any], Any], attribute: str, value: Any
 ) -> None:
     """Assigning any attribute of a loaded config raises; the value stays as loaded."""
-    loaded = config.load(write_yaml(tmp_path, minimal()), environ={})
+    loaded = sources.load(write_yaml(tmp_path, minimal()), environ={})
     obj = target(loaded)
     before = getattr(obj, attribute)
     with pytest.raises(ValidationError, match="frozen"):
@@ -205,7 +205,7 @@ def test_loaded_config_is_frozen(
 def test_list_values_are_immutable_tuples(tmp_path: Path) -> None:
     """YAML lists load as tuples, so nothing can append to them after validation."""
     data = patched(minimal(), {"collegeboard.formats": ["csv", "txt"]})
-    cb = config.load(write_yaml(tmp_path, data), environ={}).collegeboard
+    cb = sources.load(write_yaml(tmp_path, data), environ={}).collegeboard
     assert cb is not None
     assert isinstance(cb.formats, tuple)
     assert isinstance(cb.senders, tuple)
@@ -220,7 +220,7 @@ def test_spec_example_loads(tmp_path: Path) -> None:
     (tmp_path / "encoura_api_key").write_text(ENCOURA_KEY + "\n")
     (tmp_path / "encoura_password").write_text(ENCOURA_SECRET + "\n")
 
-    loaded = config.load(path, environ={"IMAP_PASSWORD": IMAP_SECRET})
+    loaded = sources.load(path, environ={"IMAP_PASSWORD": IMAP_SECRET})
 
     assert loaded.download_dir == Path("/var/lib/scorefetch/files")
     assert loaded.ledger_path == Path("/var/lib/scorefetch/state/ledger.sqlite3")
@@ -254,7 +254,7 @@ def test_spec_example_loads(tmp_path: Path) -> None:
 def test_collegeboard_disabled_needs_no_imap(tmp_path: Path) -> None:
     """With collegeboard disabled, the imap section may be left out."""
     data = patched(minimal(), {"imap": DELETE, "collegeboard.enabled": False})
-    loaded = config.load(write_yaml(tmp_path, data), environ={})
+    loaded = sources.load(write_yaml(tmp_path, data), environ={})
     assert loaded.imap is None
     assert loaded.collegeboard is not None and loaded.collegeboard.enabled is False
 
@@ -263,11 +263,11 @@ def test_disabled_vendor_needs_no_credentials(tmp_path: Path) -> None:
     """`collegeboard: {enabled: false}` loads without username or password, and a disabled
     section's secret files are not even read (the credential need not exist)."""
     data = {"download_dir": "/srv/f", "state_dir": "/srv/s", "collegeboard": {"enabled": False}}
-    loaded = config.load(write_yaml(tmp_path, data), environ={})
+    loaded = sources.load(write_yaml(tmp_path, data), environ={})
     assert loaded.collegeboard is not None and loaded.collegeboard.password is None
     data["encoura"] = {"enabled": False, "api_key_file": "missing", "password_file": "missing"}
     data["collegeboard"] = {"enabled": False, "password_file": "missing"}
-    assert config.load(write_yaml(tmp_path, data), environ={}).encoura is not None
+    assert sources.load(write_yaml(tmp_path, data), environ={}).encoura is not None
 
 
 def test_enabled_collegeboard_still_needs_credentials(tmp_path: Path) -> None:
@@ -284,14 +284,14 @@ def test_hooks_need_absolute_programs(tmp_path: Path) -> None:
         write_yaml(tmp_path, data)
     )
     data = patched(minimal(), {"hooks.on_delivery": ["/usr/local/bin/x"], "hooks.timeout": "1m"})
-    loaded = config.load(write_yaml(tmp_path, data), environ={})
+    loaded = sources.load(write_yaml(tmp_path, data), environ={})
     assert loaded.hooks.on_delivery == ("/usr/local/bin/x",) and loaded.hooks.timeout == 60
 
 
 def test_directories_only_config_loads(tmp_path: Path) -> None:
     """download_dir and state_dir alone are a valid (if idle) configuration."""
     data = {"download_dir": "/srv/f", "state_dir": "/srv/s"}
-    loaded = config.load(write_yaml(tmp_path, data), environ={})
+    loaded = sources.load(write_yaml(tmp_path, data), environ={})
     assert (loaded.imap, loaded.collegeboard, loaded.encoura) == (None, None, None)
 
 
@@ -327,7 +327,7 @@ def test_variables_expand_anywhere_in_any_string(tmp_path: Path) -> None:
         "PW_B": "right",
         "YEAR": "2026",
     }
-    loaded = config.load(path, environ=environ)
+    loaded = sources.load(path, environ=environ)
     assert loaded.download_dir == Path("/srv/sf/files")
     assert loaded.state_dir == Path("/srv/sf/state")
     assert loaded.imap is not None
@@ -406,7 +406,7 @@ def _with_cb_password_file(value: str) -> dict[str, Any]:
 
 
 def _cb_password(path: Path, environ: dict[str, str]) -> str:
-    cb = config.load(path, environ=environ).collegeboard
+    cb = sources.load(path, environ=environ).collegeboard
     assert cb is not None
     return cb.password.get_secret_value()
 
@@ -497,7 +497,7 @@ def test_every_secret_accepts_a_file(tmp_path: Path) -> None:
             "encoura": {"api_key_file": "enc_key", "password_file": "enc_pw"},
         },
     )
-    loaded = config.load(write_yaml(tmp_path, data), environ={})
+    loaded = sources.load(write_yaml(tmp_path, data), environ={})
     assert loaded.imap is not None and loaded.imap.password.get_secret_value() == IMAP_SECRET
     assert loaded.collegeboard is not None
     assert loaded.collegeboard.password.get_secret_value() == CB_SECRET
@@ -581,7 +581,7 @@ def test_secret_file_not_utf8_is_a_config_error(tmp_path: Path) -> None:
 def test_duration_values_in_config(tmp_path: Path, value: Any, seconds: float) -> None:
     """collegeboard.poll_interval accepts 30s/15m/1h/2d forms and plain seconds."""
     data = patched(minimal(), {"collegeboard.poll_interval": value})
-    cb = config.load(write_yaml(tmp_path, data), environ={}).collegeboard
+    cb = sources.load(write_yaml(tmp_path, data), environ={}).collegeboard
     assert cb is not None
     assert cb.poll_interval == seconds
 
@@ -733,7 +733,7 @@ def test_is_loopback(host: str, expected: bool) -> None:
 def test_plain_imap_allowed_on_loopback(tmp_path: Path, host: str) -> None:
     """security: plain is accepted for loopback IMAP hosts."""
     data = patched(minimal(), {"imap.host": host, "imap.port": 1143})
-    imap = config.load(write_yaml(tmp_path, data), environ={}).imap
+    imap = sources.load(write_yaml(tmp_path, data), environ={}).imap
     assert imap is not None
     assert (imap.host, imap.security, imap.port) == (host, "plain", 1143)
 
@@ -762,7 +762,7 @@ def test_plain_imap_refused_off_loopback(tmp_path: Path, host: str) -> None:
 def test_encrypted_imap_allowed_anywhere(tmp_path: Path, security: str) -> None:
     """tls and starttls are accepted for any host."""
     data = patched(minimal(), {"imap.host": "imap.example.edu", "imap.security": security})
-    imap = config.load(write_yaml(tmp_path, data), environ={}).imap
+    imap = sources.load(write_yaml(tmp_path, data), environ={}).imap
     assert imap is not None and imap.security == security
 
 
@@ -781,7 +781,7 @@ def test_encrypted_imap_allowed_anywhere(tmp_path: Path, security: str) -> None:
 def test_base_url_accepted(tmp_path: Path, url: str, expected: str) -> None:
     """base_url may be https anywhere and http only on loopback; a trailing slash is dropped."""
     data = patched(minimal(), {"collegeboard.base_url": url, "encoura": {"base_url": url}})
-    loaded = config.load(write_yaml(tmp_path, data), environ={})
+    loaded = sources.load(write_yaml(tmp_path, data), environ={})
     assert loaded.collegeboard is not None and loaded.collegeboard.base_url == expected
     assert loaded.encoura is not None and loaded.encoura.base_url == expected
 
@@ -1034,7 +1034,7 @@ def secret_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_masked_replaces_every_secret(secret_config: Path) -> None:
     """masked() is plain data with every secret as ******** and nothing else hidden."""
-    data = config.masked(config.load(secret_config))
+    data = config.masked(sources.load(secret_config))
     assert data["imap"]["password"] == MASK
     assert data["collegeboard"]["password"] == MASK
     assert data["encoura"]["api_key"] == MASK
@@ -1200,7 +1200,7 @@ def test_duplicate_key_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text("download_dir: /a\ndownload_dir: /b\nstate_dir: /s\n")
     with pytest.raises(ConfigError, match="duplicate key 'download_dir'"):
-        config.load(path, environ={})
+        sources.load(path, environ={})
 
 
 # ---------------------------------------------------------------- imap.auth (XOAUTH2)
@@ -1223,7 +1223,7 @@ MICROSOFT = {
 
 def test_auth_defaults_to_password(tmp_path: Path) -> None:
     """Without imap.auth the method is password, as before."""
-    loaded = config.load(write_yaml(tmp_path, minimal()), environ={})
+    loaded = sources.load(write_yaml(tmp_path, minimal()), environ={})
     assert loaded.imap is not None and loaded.imap.auth.method == "password"
 
 
@@ -1231,7 +1231,7 @@ def test_microsoft_with_secret_file(tmp_path: Path) -> None:
     """client_secret_file is read (relative to the config) into client_secret; defaults apply."""
     (tmp_path / "entra_secret").write_text(ENTRA_SECRET + "\n")
     data = with_auth({**MICROSOFT, "client_secret_file": "entra_secret"})
-    loaded = config.load(write_yaml(tmp_path, data), environ={})
+    loaded = sources.load(write_yaml(tmp_path, data), environ={})
     assert loaded.imap is not None
     auth = loaded.imap.auth
     assert isinstance(auth, config.MicrosoftOAuth)
@@ -1246,7 +1246,7 @@ def test_microsoft_with_certificate_file(tmp_path: Path) -> None:
     """certificate_file + thumbprint instead of a secret."""
     (tmp_path / "entra.pem").write_text("-----BEGIN PRIVATE KEY-----\nx\n")
     data = with_auth({**MICROSOFT, "certificate_file": "entra.pem", "thumbprint": "AB12"})
-    loaded = config.load(write_yaml(tmp_path, data), environ={})
+    loaded = sources.load(write_yaml(tmp_path, data), environ={})
     assert loaded.imap is not None and isinstance(loaded.imap.auth, config.MicrosoftOAuth)
     assert loaded.imap.auth.certificate is not None and loaded.imap.auth.thumbprint == "AB12"
 

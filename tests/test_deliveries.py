@@ -12,7 +12,7 @@ import pytest
 
 from scorefetch.collegeboard.client import CollegeBoard
 from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
-from scorefetch.config import CollegeBoardConfig
+from scorefetch.collegeboard.settings import CollegeBoardConfig
 from scorefetch.core.deliveries import retry_delay
 from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger

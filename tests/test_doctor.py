@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scorefetch import config as config_module
-from scorefetch import doctor
+from scorefetch import doctor, sources
 from scorefetch.cli import main
 from scorefetch.core.errors import ScorefetchError
 from scorefetch.core.ledger import Ledger
@@ -245,8 +244,12 @@ class _Destination:
 def test_forward_destinations_are_probed(tmp_path: Path, cfg: Path) -> None:
     """Each destination is a `forward.<name>` line from its probe(); a failing probe is a
     FAIL that says where to look."""
-    config = config_module.load(cfg)
-    checks = doctor.run(config, [_Destination("slate", None), _Destination("dr", "refused")])
+    config = sources.load(cfg)
+    checks = doctor.run(
+        config,
+        [_Destination("slate", None), _Destination("dr", "refused")],
+        sources=sources.SOURCES,
+    )
     by_name = {c.name: c for c in checks}
     assert by_name["forward.slate"].ok
     assert not by_name["forward.dr"].ok and "host_key" in by_name["forward.dr"].advice
@@ -256,7 +259,7 @@ def test_missing_hook_program_fails(tmp_path: Path, cfg: Path) -> None:
     """A configured hook that is not an executable file fails `hooks` before it is needed."""
     with cfg.open("a") as out:
         out.write("hooks:\n  on_failure: [/nonexistent/mail-office, it@example.edu]\n")
-    checks = {c.name: c for c in doctor.run(config_module.load(cfg))}
+    checks = {c.name: c for c in doctor.run(sources.load(cfg), sources=sources.SOURCES)}
     assert not checks["hooks"].ok and "/nonexistent/mail-office" in checks["hooks"].detail
 
 

@@ -24,7 +24,7 @@ from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 
 
 def presigned(sim: CollegeBoardSimulator, name: str) -> str:
-    from scorefetch.config import CollegeBoardConfig
+    from scorefetch.collegeboard.settings import CollegeBoardConfig
 
     config = CollegeBoardConfig(
         base_url=sim.base_url,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from scorefetch import config
+from scorefetch import sources
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "scorefetch.example.yaml"
 
@@ -15,7 +15,7 @@ def test_example_config_loads(tmp_path: Path) -> None:
     shutil.copy(EXAMPLE, tmp_path / "config.yaml")
     for name in ("imap_password", "collegeboard_password", "encoura_api_key", "encoura_password"):
         (tmp_path / name).write_text("example-secret\n")
-    loaded = config.load(tmp_path / "config.yaml", environ={})
+    loaded = sources.load(tmp_path / "config.yaml", environ={})
     assert loaded.imap is not None and loaded.imap.security == "tls"
     assert loaded.collegeboard is not None and loaded.collegeboard.formats == ("csv",)
     assert loaded.encoura is not None and loaded.encoura.enabled is False
@@ -42,7 +42,7 @@ def test_example_oauth_blocks_load(tmp_path: Path) -> None:
         block += [ln.replace("#   ", "  ", 1) for ln in lines[start + 1 : end] if "#   #" not in ln]
         text = "\n".join(without_password).replace("imap:\n", "imap:\n" + "\n".join(block) + "\n")
         (tmp_path / "config.yaml").write_text(text)
-        loaded = config.load(tmp_path / "config.yaml", environ={})
+        loaded = sources.load(tmp_path / "config.yaml", environ={})
         assert loaded.imap is not None
         providers.append(getattr(loaded.imap.auth, "provider", None))
     assert providers == ["microsoft", "google", "command"]

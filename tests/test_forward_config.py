@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scorefetch import config
+from scorefetch import sources
 from scorefetch.cli import main
 from scorefetch.core.errors import ConfigError
 from scorefetch.sandbox.sshd import new_ed25519_key
@@ -45,7 +45,7 @@ forward:
 
 def test_the_spec_example_loads_with_defaults(tmp_path: Path) -> None:
     """A destination from the spec's example, with every default as documented."""
-    loaded = config.load(write(tmp_path, SLATE, "retention:\n  keep_days: 30\n"), environ={})
+    loaded = sources.load(write(tmp_path, SLATE, "retention:\n  keep_days: 30\n"), environ={})
     slate = loaded.forward["slate"]
     assert slate.port == 22 and slate.vendors == ("collegeboard", "encoura")
     assert slate.retry_schedule == (30.0, 120.0, 600.0, 3600.0, 21600.0)
@@ -59,7 +59,7 @@ def test_the_spec_example_loads_with_defaults(tmp_path: Path) -> None:
 
 def test_defaults_without_forward_or_retention(tmp_path: Path) -> None:
     """No forward: nothing forwarded; no retention: files are kept forever."""
-    loaded = config.load(write(tmp_path, ""), environ={})
+    loaded = sources.load(write(tmp_path, ""), environ={})
     assert loaded.forward == {} and loaded.retention.keep_days is None
 
 
@@ -91,7 +91,7 @@ def test_mistakes_name_the_key(tmp_path: Path, change: tuple[str, str], message:
     old, new = change
     text = SLATE.replace(old.replace("{HOST_KEY}", HOST_KEY), new)
     with pytest.raises(ConfigError) as caught:
-        config.load(write(tmp_path, text), environ={})
+        sources.load(write(tmp_path, text), environ={})
     assert message in str(caught.value)
     assert str(tmp_path / "config.yaml") in str(caught.value)
 
@@ -101,7 +101,7 @@ def test_password_instead_of_a_key(tmp_path: Path) -> None:
     text = SLATE.replace("private_key_file: credentials/slate_ed25519", "password_file: x")
     (tmp_path / "credentials").mkdir()
     (tmp_path / "credentials" / "x").write_text("pw\n")
-    loaded = config.load(
+    loaded = sources.load(
         write(tmp_path, text), environ={"CREDENTIALS_DIRECTORY": str(tmp_path / "credentials")}
     )
     slate = loaded.forward["slate"]
@@ -114,9 +114,9 @@ def test_known_hosts_file_must_hold_the_host(tmp_path: Path) -> None:
     known.write_text(f"other.example.org {HOST_KEY}\n")
     text = SLATE.replace(f'host_key: "{HOST_KEY}"', f"known_hosts_file: {known}")
     with pytest.raises(ConfigError, match=r"known_hosts_file: .* has no key for ft\.technolutions"):
-        config.load(write(tmp_path, text), environ={})
+        sources.load(write(tmp_path, text), environ={})
     known.write_text(f"ft.technolutions.net {HOST_KEY}\n")
-    assert config.load(write(tmp_path, text), environ={}).forward["slate"].pinned_keys()
+    assert sources.load(write(tmp_path, text), environ={}).forward["slate"].pinned_keys()
 
 
 def test_host_key_may_be_a_list_or_a_keyscan_line(tmp_path: Path) -> None:
@@ -126,7 +126,7 @@ def test_host_key_may_be_a_list_or_a_keyscan_line(tmp_path: Path) -> None:
         f'host_key: "{HOST_KEY}"',
         f'host_key:\n      - "{HOST_KEY}"\n      - "ft.technolutions.net {second}"',
     )
-    assert len(config.load(write(tmp_path, text), environ={}).forward["slate"].pinned_keys()) == 2
+    assert len(sources.load(write(tmp_path, text), environ={}).forward["slate"].pinned_keys()) == 2
 
 
 def test_check_config_masks_the_key_and_password(
@@ -143,4 +143,4 @@ def test_check_config_masks_the_key_and_password(
 def test_retention_keep_days_must_be_positive(tmp_path: Path) -> None:
     """keep_days: 0 would delete everything at once: refused."""
     with pytest.raises(ConfigError, match=r"retention\.keep_days"):
-        config.load(write(tmp_path, "retention:\n  keep_days: 0\n"), environ={})
+        sources.load(write(tmp_path, "retention:\n  keep_days: 0\n"), environ={})

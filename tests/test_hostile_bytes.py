@@ -11,7 +11,7 @@ import pytest
 
 from scorefetch.collegeboard.client import CollegeBoard
 from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
-from scorefetch.config import CollegeBoardConfig
+from scorefetch.collegeboard.settings import CollegeBoardConfig
 from scorefetch.core.downloads import Landed, fetch_to_file
 from scorefetch.core.errors import Failure, RefusedError, VendorError
 from scorefetch.core.http import build_session

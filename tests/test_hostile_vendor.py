@@ -13,12 +13,13 @@ import pytest
 
 from scorefetch.collegeboard.client import CollegeBoard
 from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
-from scorefetch.config import CollegeBoardConfig, EncouraConfig
+from scorefetch.collegeboard.settings import CollegeBoardConfig
 from scorefetch.core.errors import ConfigError, Failure, RefusedError, VendorError
 from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger
 from scorefetch.encoura.client import Encoura
 from scorefetch.encoura.poller import EncouraDeliveries, locate
+from scorefetch.encoura.settings import EncouraConfig
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.encoura import EncouraSimulator
 from tests.standins.recorder import Recorder

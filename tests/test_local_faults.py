@@ -17,7 +17,7 @@ import pytest
 
 from scorefetch.collegeboard.client import CollegeBoard
 from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
-from scorefetch.config import CollegeBoardConfig
+from scorefetch.collegeboard.settings import CollegeBoardConfig
 from scorefetch.core import localfs
 from scorefetch.core.deliveries import retry_delay
 from scorefetch.core.downloads import Landed, fetch_to_file

@@ -14,7 +14,7 @@ from scorefetch.collegeboard.client import CollegeBoard, format_from_date
 from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
 from scorefetch.collegeboard.notifications import Notification, Rejection, read_notification
 from scorefetch.collegeboard.reconciliation import Reconciler, listing_since
-from scorefetch.config import CollegeBoardConfig
+from scorefetch.collegeboard.settings import CollegeBoardConfig
 from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger
 from scorefetch.sandbox import mail

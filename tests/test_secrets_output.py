@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 import requests
 
+from scorefetch import sources
 from scorefetch.collegeboard.client import CollegeBoard
 from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
-from scorefetch.config import CollegeBoardConfig
+from scorefetch.collegeboard.settings import CollegeBoardConfig
 from scorefetch.core import logs
 from scorefetch.core.errors import describe
 from scorefetch.core.http import build_session
@@ -170,12 +171,11 @@ def test_daemon_dead_port_prints_no_secret(
 def test_yaml_syntax_errors_do_not_quote_the_line(tmp_path: Path, text: str) -> None:
     """PyYAML's message quotes the offending line, perhaps a password: the error names
     the line and column and the problem, not the text."""
-    from scorefetch import config as config_module
     from scorefetch.core.errors import ConfigError
 
     path = tmp_path / "config.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError) as caught:
-        config_module.load(path, {})
+        sources.load(path, {})
     assert "not valid YAML" in str(caught.value) and "line " in str(caught.value)
     assert "SECRET" not in str(caught.value)

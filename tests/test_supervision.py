@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
+from scorefetch import sources
 from scorefetch.collegeboard.client import CollegeBoard
 from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
 from scorefetch.collegeboard.reconciliation import CURSOR, Reconciler
-from scorefetch.config import CollegeBoardConfig
+from scorefetch.collegeboard.settings import CollegeBoardConfig
 from scorefetch.core import loops
 from scorefetch.core.downloads import Landed
 from scorefetch.core.errors import ScorefetchError
@@ -200,7 +201,6 @@ def test_watchdog_stops_when_a_loop_dies_or_hangs(
     """The main loop sends WATCHDOG=1 while every loop is alive, and stops once one is dead
     or stops its heartbeat (a call that never returns; systemd then restarts the service),
     saying which in `daemon.unhealthy`."""
-    from scorefetch import config as config_module
     from scorefetch.sandbox.daemon import write_config
 
     path = write_config(tmp_path, cb_sim, pymap_server, poll_interval="1h")
@@ -210,7 +210,7 @@ def test_watchdog_stops_when_a_loop_dies_or_hangs(
     sock.settimeout(0.5)
     monkeypatch.setenv("NOTIFY_SOCKET", sock_path)
     monkeypatch.setenv("WATCHDOG_USEC", "200000")
-    service = Service(config_module.load(path))
+    service = Service(sources.load(path))
     assert isinstance(service.notifier, Notifier)
     stop = service.stop
     runner = threading.Thread(

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from scorefetch.config import CollegeBoardConfig, EncouraConfig
+from scorefetch.collegeboard.settings import CollegeBoardConfig
 from scorefetch.core.downloads import check_url
 from scorefetch.core.errors import RefusedError
 from scorefetch.core.urls import UrlError, connect_target, host_allowed, plain_host
+from scorefetch.encoura.settings import EncouraConfig
 
 S3 = CollegeBoardConfig(username="u", password="p").download_hosts
 OBJECT = "/4300_20261121_101544.csv?X-Amz-Signature=abc&X-Amz-Security-Token=tok"

@@ -16,11 +16,12 @@ import pytest
 from scorefetch.collegeboard.client import CollegeBoard
 from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
 from scorefetch.collegeboard.reconciliation import Reconciler
-from scorefetch.config import CollegeBoardConfig
+from scorefetch.collegeboard.settings import CollegeBoardConfig
 from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger
-from scorefetch.doctor.checks import Clock, check_encoura
+from scorefetch.doctor.checks import Clock
 from scorefetch.encoura.client import Encoura
+from scorefetch.encoura.doctor import check as check_encoura
 from scorefetch.encoura.poller import EncouraDeliveries, locate, recover
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.encoura import EncouraSimulator

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from scorefetch.collegeboard.client import CollegeBoard
-from scorefetch.config import CollegeBoardConfig
+from scorefetch.collegeboard.settings import CollegeBoardConfig
 from scorefetch.core import logs
 from scorefetch.core.answers import retry_after
 from scorefetch.core.errors import Failure, VendorError

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from scorefetch import __version__
+from scorefetch import __version__, sources
 from scorefetch import config as config_module
 from scorefetch.config import Config
 from scorefetch.core import logs
@@ -27,7 +27,6 @@ from scorefetch.core.errors import ConfigError, RefusedError, ScorefetchError
 from scorefetch.core.filenames import check_name
 from scorefetch.core.ledger import Ledger
 from scorefetch.source import Source
-from scorefetch.sources import SOURCES
 
 EX_OK, EX_FAILURE, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 DEMO_NEEDS = ("pymap",)  # the 'demo' extra
@@ -66,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     command("run", "run the daemon in the foreground (what systemd runs)")
     command("check-config", "validate the config; print it with secrets masked")
     fetch = command("fetch", "download files by name, once, by hand")
-    fetch.add_argument("vendor", choices=list(SOURCES))
+    fetch.add_argument("vendor", choices=[source.vendor for source in sources.SOURCES])
     fetch.add_argument("names", nargs="+", metavar="NAME", help="file names, or export uids")
     fetch.add_argument(
         "--force", action="store_true", help="download again even when the file is on disk"
@@ -74,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     sync = command("sync", "one listing-based catch-up pass, then exit")
     sync.add_argument(
         "--vendor",
-        choices=list(SOURCES),
+        choices=[source.vendor for source in sources.SOURCES],
         default=None,
         help="only this one (default: every enabled)",
     )
@@ -127,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         path = args.config or config_module.default_path()
         if args.command == "doctor":
             return _doctor(path, args)
-        config = config_module.load(path)
+        config = sources.load(path)
         handlers: dict[str, Callable[[Config, argparse.Namespace], int]] = {
             "run": _run,
             "check-config": _check_config,
@@ -229,7 +228,8 @@ def _bar(name: str) -> Progress | None:
 
 def _source(config: Config, vendor: str) -> Source:
     """The source `vendor` with a progress bar, or a ConfigError when it is not enabled."""
-    source = SOURCES[vendor](config, Ledger(config.ledger_path), _bar, None, None)
+    found = [cls for cls in sources.SOURCES if cls.vendor == vendor]
+    source = found[0].build(config, Ledger(config.ledger_path), _bar) if found else None
     if source is None:
         raise ConfigError(f"{vendor}: not configured or not enabled")
     return source
@@ -274,14 +274,14 @@ def _doctor(path: Path, args: argparse.Namespace) -> int:
 
     logs.configure("json", "error", logs.STDERR)  # stdout is the report
     try:
-        config = config_module.load(path)
+        config = sources.load(path)
     except ConfigError as exc:
         checks = [doctor.config_check(path, exc)]
         code = EX_CONFIG
     else:
         checks = [
             doctor.config_check(path, None),
-            *doctor.run(config, test_alert=args.test_alert),
+            *doctor.run(config, sources=sources.SOURCES, test_alert=args.test_alert),
         ]
         code = EX_OK if all(c.ok for c in checks) else EX_FAILURE
     print(json.dumps(doctor.as_json(checks), indent=2) if args.json else doctor.render(checks))
@@ -310,11 +310,7 @@ def _sync(config: Config, args: argparse.Namespace) -> int:
 
 def _enabled_vendors(config: Config) -> list[str]:
     """The vendors the config enables, in registry order."""
-    return [
-        vendor
-        for vendor in SOURCES
-        if (section := getattr(config, vendor, None)) is not None and section.enabled
-    ]
+    return list(config.sections())
 
 
 def _backup(config: Config, args: argparse.Namespace) -> int:

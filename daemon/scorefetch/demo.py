@@ -17,14 +17,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from scorefetch import doctor
-from scorefetch.config import load as load_config
+from scorefetch import doctor, sources
 from scorefetch.sandbox import mail
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, Event, pretty, write_config
 from scorefetch.sandbox.encoura import EncouraSimulator
 from scorefetch.sandbox.imapserver import PymapServer
 from scorefetch.sandbox.sshd import SshServer, forward_config, sshd_binary
+from scorefetch.sources import load as load_config
 
 SHOWN = (
     "daemon.",
@@ -166,7 +166,10 @@ def _doctor_passes(config: Path) -> bool:
     """`scorefetch doctor` against the sandbox, before the first start, as an IT person
     would run it."""
     print("scorefetch doctor (before the first start):")
-    checks = [doctor.config_check(config, None), *doctor.run(load_config(config))]
+    checks = [
+        doctor.config_check(config, None),
+        *doctor.run(load_config(config), sources=sources.SOURCES),
+    ]
     print("\n".join(f"  {line}" for line in doctor.render(checks).splitlines()) + "\n")
     if not all(check.ok for check in checks):
         print("demo FAILED: doctor found a problem")

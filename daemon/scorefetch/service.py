@@ -80,9 +80,7 @@ class Service:
             config, self.ledger, events=self.events, engine=self.engine
         )
         self.observers = attach(config, self.events, self.ledger, self.names)
-        self.forwarder = Forwarder.from_config(
-            config, self.ledger, self.events, self.engine, vendors=list(sources.SOURCES)
-        )
+        self.forwarder = Forwarder.from_config(config, self.ledger, self.events, self.engine)
         self.retention = Retention.from_config(config, self.ledger)
         self.alerts = Alerts(config, self.ledger, self.events, self.names)
         self._signal: str | None = None

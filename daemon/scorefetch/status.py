@@ -7,18 +7,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from scorefetch.collegeboard.reconciliation import CURSOR as CB_LISTING
+from scorefetch import sources
 from scorefetch.config import Config
 from scorefetch.core.ledger import Ledger
-from scorefetch.encoura.poller import LISTING_PASS
 from scorefetch.observers.journey import journeys, liveness
-from scorefetch.sources import SOURCES
 
 # The watcher records an answer from the mail server at least every IDLE renewal (minutes):
 # far longer without one, a "connected" left in the ledger is a daemon that died.
 SILENT_AFTER = timedelta(hours=1)
-VENDOR_NAMES = {"collegeboard": "College Board", "encoura": "Encoura", "imap": "Mailbox"}
-_ENCOURA_PASS = f"{LISTING_PASS}."
+
+
+def vendor_name(vendor: str) -> str:
+    """A vendor's name for a person: its title in the registry ("College Board")."""
+    titles = {source.vendor: source.title for source in sources.SOURCES} | {"imap": "Mailbox"}
+    return titles.get(vendor, vendor)
 
 
 def report(config: Config) -> dict[str, Any]:
@@ -52,7 +54,9 @@ def report(config: Config) -> dict[str, Any]:
                 dict(zip(("uidvalidity", "last_uid"), position, strict=True)) if position else None
             ),
             "positions": {k: {"value": v, "at": at} for k, (v, at) in ledger.positions().items()},
-            "unfinished": [vars(d) for vendor in SOURCES for d in ledger.unfinished(vendor)],
+            "unfinished": [
+                vars(d) for vendor in config.vendors() for d in ledger.unfinished(vendor)
+            ],
             "recent": [vars(d) for d in ledger.recent(20)],
             "forward": _forward_report(config, ledger),
             "daemon": liveness(ledger),
@@ -89,16 +93,15 @@ def in_flight(download_dir: Path) -> list[dict[str, Any]]:
 
 def next_listings(config: Config, positions: dict[str, dict[str, str]]) -> dict[str, str]:
     """When each listing is next due (UTC): the last one's start plus its poll_interval.
-    Keys: `collegeboard`, `encoura.<product key>`; none for a disabled or unlisted one."""
+    Keys are the vendors' own (`collegeboard`, `encoura.<product key>`); none for a
+    disabled vendor or one never listed."""
     due: dict[str, str] = {}
-    cb, enc = config.collegeboard, config.encoura
-    if cb is not None and cb.enabled and cb.poll_interval and CB_LISTING in positions:
-        due["collegeboard"] = _plus(positions[CB_LISTING]["value"], cb.poll_interval)
-    if enc is not None and enc.enabled and enc.poll_interval:
-        for key, item in positions.items():
-            if key.startswith(_ENCOURA_PASS) and key.endswith(".started"):
-                product = key[len(_ENCOURA_PASS) : -len(".started")]
-                due[f"encoura.{product}"] = _plus(item["value"], enc.poll_interval)
+    sections = config.sections()
+    for source in sources.SOURCES:
+        interval = getattr(sections.get(source.vendor), "poll_interval", 0)
+        if interval:
+            for key, listing in source.listings(positions).items():
+                due[key] = _plus(listing.started, interval)
     return {k: v for k, v in due.items() if v}
 
 
@@ -160,7 +163,7 @@ def render(facts: dict[str, Any]) -> list[str]:
     lines += _vendors(facts)
     lines += _forwards(facts["forward"])
     for item in facts.get("in_flight", []):
-        vendor = VENDOR_NAMES.get(item["vendor"], item["vendor"])
+        vendor = vendor_name(item["vendor"])
         lines.append(
             f"Downloading now  {vendor} {item['filename']}: {item['bytes'] / 1048576:.1f} MiB "
             f"so far (last grew {local_time(item['at'])})"
@@ -177,7 +180,7 @@ def render(facts: dict[str, Any]) -> list[str]:
     )
     for row in facts["unfinished"]:
         lines.append(
-            f"  waiting  {VENDOR_NAMES.get(row['vendor'], row['vendor']):<13} {row['state']:<10} "
+            f"  waiting  {vendor_name(row['vendor']):<13} {row['state']:<10} "
             f"{row['filename'] or row['key']}  (tries: {row['attempts']})"
             + (f"  {row['error']}" if row["error"] else "")
         )
@@ -185,7 +188,7 @@ def render(facts: dict[str, Any]) -> list[str]:
         lines.append("Recent files")
     for row in facts["recent"]:
         where = row["path"] or row["error"] or ""
-        vendor = VENDOR_NAMES.get(row["vendor"], row["vendor"])
+        vendor = vendor_name(row["vendor"])
         lines.append(
             f"  {local_time(row['updated_at'])}  {vendor:<13} {row['state']:<10} "
             f"{row['filename'] or row['key']}  {where}".rstrip()
@@ -223,7 +226,7 @@ def _journeys(files: list[dict[str, Any]]) -> list[str]:
         return []
     lines = ["Files end to end (announced → landed → destinations)"]
     for item in files[:10]:
-        vendor = VENDOR_NAMES.get(item["vendor"], item["vendor"])
+        vendor = vendor_name(item["vendor"])
         landed = (
             f"landed {local_time(item['landed_at'])}"
             if item["state"] == "downloaded"
@@ -272,8 +275,8 @@ def _mailbox(watcher: dict[str, dict[str, str]], *, alive: bool = True) -> list[
 def _vendors(facts: dict[str, Any]) -> list[str]:
     lines = []
     positions: dict[str, dict[str, str]] = facts["positions"]
-    for vendor in SOURCES:
-        name = VENDOR_NAMES.get(vendor, vendor)
+    for vendor in (source.vendor for source in sources.SOURCES):
+        name = vendor_name(vendor)
         auth = facts["watcher"].get(f"auth.{vendor}")
         if auth:
             lines.append(f"{name} login: {auth['value']} (since {local_time(auth['at'])})")
@@ -283,23 +286,15 @@ def _vendors(facts: dict[str, Any]) -> list[str]:
                 f"{name} last error: {error['error']} ({error['filename']}, "
                 f"{local_time(error['at'])})"
             )
-    if CB_LISTING in positions:
-        line = f"College Board: last listed {local_time(positions[CB_LISTING]['value'])}"
-        if "collegeboard" in facts["next_listing"]:
-            line += f", next about {local_time(facts['next_listing']['collegeboard'])}"
-        lines.append(line)
-    passes: dict[str, dict[str, str]] = {}
-    for key, item in positions.items():
-        if key.startswith(_ENCOURA_PASS):
-            product, _, which = key[len(_ENCOURA_PASS) :].rpartition(".")
-            passes.setdefault(product, {})[which] = item["value"]
-    for product, moments in sorted(passes.items()):
-        line = f"Encoura {product}: last listed {local_time(moments.get('started'))}"
-        if moments.get("completed") != moments.get("started"):
-            line += f", last finished listing {local_time(moments.get('completed'))}"
-        if f"encoura.{product}" in facts["next_listing"]:
-            line += f", next about {local_time(facts['next_listing'][f'encoura.{product}'])}"
-        lines.append(line)
+    for source in sources.SOURCES:
+        for key, listing in source.listings(positions).items():
+            title = f"{source.title} {listing.label}".strip()
+            line = f"{title}: last listed {local_time(listing.started)}"
+            if listing.completed != listing.started:
+                line += f", last finished listing {local_time(listing.completed)}"
+            if key in facts["next_listing"]:
+                line += f", next about {local_time(facts['next_listing'][key])}"
+            lines.append(line)
     return lines
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import requests
 
-from scorefetch.config import CollegeBoardConfig
+from scorefetch.collegeboard.settings import CollegeBoardConfig
 from scorefetch.core.answers import json_answer
 from scorefetch.core.errors import Failure, VendorError
 from scorefetch.core.throttle import honouring_retry_after

@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 
 from scorefetch.collegeboard.client import URL_LIFETIME_S, CollegeBoard
-from scorefetch.config import CollegeBoardConfig
+from scorefetch.collegeboard.settings import CollegeBoardConfig
 from scorefetch.core.deliveries import URL_MARGIN_S, Deliveries
 from scorefetch.core.downloads import Landed, fetch_to_file
 from scorefetch.core.errors import Failure, VendorError

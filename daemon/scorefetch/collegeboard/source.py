@@ -4,31 +4,35 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any
 
 from scorefetch.collegeboard.client import CollegeBoard
 from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
+from scorefetch.collegeboard.doctor import check
 from scorefetch.collegeboard.notifications import (
     Notification,
     may_be_notification,
     read_notification,
 )
 from scorefetch.collegeboard.reconciliation import CURSOR, Reconciler, expect, missing
-from scorefetch.config import Config, ImapConfig
+from scorefetch.collegeboard.settings import CollegeBoardConfig
+from scorefetch.config import Config, ImapConfig, SourceSettings
 from scorefetch.core.downloads import Progress
 from scorefetch.core.engine import Engine
 from scorefetch.core.events import Events
 from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger
 from scorefetch.core.loops import Periodic, Supervised
+from scorefetch.doctor.checks import Check, Clock
 from scorefetch.mailbox.watcher import MailboxWatcher, Refusal
-from scorefetch.source import Say, SourceBase, again
+from scorefetch.source import Listing, Say, SourceBase, again
 
 
 class CollegeBoardSource(SourceBase[CollegeBoardDeliveries]):
     vendor = "collegeboard"
+    settings = CollegeBoardConfig
+    title = "College Board"
 
     def __init__(self, deliveries: CollegeBoardDeliveries, imap: ImapConfig | None) -> None:
         super().__init__(deliveries)
@@ -44,12 +48,25 @@ class CollegeBoardSource(SourceBase[CollegeBoardDeliveries]):
         events: Events | None,
         engine: Engine | None = None,
     ) -> CollegeBoardSource:
-        assert config.collegeboard is not None
-        client = CollegeBoard(config.collegeboard, build_session())
+        section = config.section(cls.vendor, CollegeBoardConfig)
+        assert section is not None
+        client = CollegeBoard(section, build_session())
         deliveries = CollegeBoardDeliveries(
             client, ledger, config.download_dir, **cls.wiring(config, progress, events, engine)
         )
         return cls(deliveries, config.imap)
+
+    @classmethod
+    def doctor(cls, section: SourceSettings, clock: Clock) -> Check | None:
+        assert isinstance(section, CollegeBoardConfig)
+        return check(section, clock)
+
+    @classmethod
+    def listings(cls, positions: Mapping[str, Mapping[str, str]]) -> dict[str, Listing]:
+        if CURSOR not in positions:
+            return {}
+        started = positions[CURSOR]["value"]
+        return {cls.vendor: Listing("", started, started)}
 
     def start(self, stop: threading.Event, running: threading.Event) -> threading.Event:
         watching = threading.Event()
@@ -79,9 +96,6 @@ class CollegeBoardSource(SourceBase[CollegeBoardDeliveries]):
             reconciler: Periodic = Reconciler(self.deliveries, self._lookback).start(stop, running)
             self._loops.append(reconciler.thread)
         return watching
-
-    def status(self) -> dict[str, Any]:
-        return {"last_listing": self.deliveries.ledger.position(CURSOR)}
 
     def may_be_notification(self, headers: bytes) -> bool:
         """Whether a message with these header lines is worth fetching the HTML of."""

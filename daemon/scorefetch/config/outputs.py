@@ -22,8 +22,8 @@ from scorefetch.config.values import Duration, Model
 if TYPE_CHECKING:
     from paramiko import PKey
 
-Vendor = Literal["collegeboard", "encoura"]
-VENDORS: tuple[Vendor, ...] = ("collegeboard", "encoura")
+# A vendor's name, as registered in scorefetch/sources.py (checked there, by Config).
+Vendor = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
 _PLACEHOLDERS = {"vendor", "product_key"}
 
 
@@ -63,7 +63,7 @@ class SftpDestination(Model):
     host_key: Annotated[tuple[HostKey, ...], BeforeValidator(_host_keys)] = ()
     known_hosts_file: Path | None = None
     remote_dir: str = Field(min_length=1)
-    vendors: tuple[Vendor, ...] = VENDORS
+    vendors: tuple[Vendor, ...] = ()  # not given: every vendor (Config fills in their names)
     retry_schedule: tuple[Duration, ...] = (30.0, 120.0, 600.0, 3600.0, 21600.0)
     timeout: Duration = Field(30.0, gt=0)
 
@@ -86,7 +86,7 @@ class SftpDestination(Model):
     @classmethod
     def _some_vendor(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if not value:
-            raise ValueError("list at least one of collegeboard, encoura")
+            raise ValueError("list at least one vendor (or leave vendors out: all of them)")
         return value
 
     @model_validator(mode="after")
@@ -112,11 +112,6 @@ class SftpDestination(Model):
                 _keys().read_known_hosts(self.known_hosts_file, self.host, self.port)
             except ValueError as exc:
                 raise ValueError(f"known_hosts_file: {exc}") from None
-        if "{product_key}" in self.remote_dir and "collegeboard" in self.vendors:
-            raise ValueError(
-                "remote_dir: {product_key} is known only for encoura files; "
-                "set vendors: [encoura] or use {vendor}"
-            )
         return self
 
     def pinned_keys(self) -> list[PKey]:

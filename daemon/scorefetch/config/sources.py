@@ -1,10 +1,10 @@
-"""Where files come from: the mailbox (and its OAuth2 logins), College Board, Encoura."""
+"""Where files come from: what every vendor's section shares (`SourceSettings`), and the
+mailbox with its OAuth2 logins. Each vendor's own section is a model in its folder
+(collegeboard/settings.py, encoura/settings.py), registered in scorefetch/sources.py."""
 
 from __future__ import annotations
 
-import re
-from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     Discriminator,
@@ -16,11 +16,8 @@ from pydantic import (
 )
 
 from scorefetch.config.values import (
-    DEFAULT_MAX_FILE_SIZE,
-    S3_HOSTS,
     BaseUrl,
     Duration,
-    MaxFileSize,
     Model,
     TokenUrl,
     is_loopback,
@@ -154,91 +151,17 @@ class AuthenticationResults(Model):
     authserv_id: str = Field(min_length=1)
 
 
-class CollegeBoardConfig(Model):
-    enabled: bool = True
-    base_url: BaseUrl = "https://scoresdownload.collegeboard.org"
-    auth: Literal["one-step", "token"] = "one-step"
-    username: str | None = None  # required when enabled (checked below)
-    password: SecretStr | None = None
-    formats: tuple[Literal["csv", "txt", "zip"], ...] = ("csv",)
-    senders: tuple[str, ...] = ("@collegeboard.org",)
-    require_authentication_results: AuthenticationResults | None = None
-    download_hosts: tuple[str, ...] = S3_HOSTS
-    max_file_size: MaxFileSize = DEFAULT_MAX_FILE_SIZE
-    poll_interval: Duration = 3600.0
-    listing_overlap: Duration = 24 * 3600.0  # one cheap call; the ledger deduplicates
-    timezone: str = "America/New_York"
-    max_parallel: int = Field(4, ge=1, le=32)
-    retry_schedule: tuple[Duration, ...] = (30.0, 120.0, 600.0, 3600.0)
-    download_timeout: Duration = Field(3600.0, gt=0)
-
-    @field_validator("formats")
-    @classmethod
-    def _some_format(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if not value:
-            raise ValueError("list at least one of csv, txt, zip")
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _timezone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"{value!r} is not a time zone name (e.g. America/New_York)") from None
-        return value
-
-    @field_validator("senders")
-    @classmethod
-    def _senders(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for sender in value:
-            _, at, domain = sender.partition("@")
-            if not at or "." not in domain or " " in sender:
-                raise ValueError(f"{sender!r} is neither an address nor an @domain")
-        return tuple(s.lower() for s in value)
-
-    @model_validator(mode="after")
-    def _credentials(self) -> CollegeBoardConfig:
-        if self.enabled:
-            for key in ("username", "password"):
-                if getattr(self, key) is None:
-                    raise ValueError(f"{key}: required key is missing")
-        return self
-
-
-class EncouraConfig(Model):
-    enabled: bool = False
-    base_url: BaseUrl = "https://api.datalab.nrccua.org/v1"
-    api_key: SecretStr | None = None
-    username: str | None = None
-    login_as: Literal["auto", "userName", "email"] = "auto"  # auto: email when it has an @
-    password: SecretStr | None = None
-    organization: str | None = None
-    product_keys: tuple[str, ...] = ("score-reporter",)
-    poll_interval: Duration = Field(900.0, gt=0)
-    download_hosts: tuple[str, ...] = S3_HOSTS
-    max_file_size: MaxFileSize = DEFAULT_MAX_FILE_SIZE
-    max_parallel: int = Field(2, ge=1, le=16)
-    retry_schedule: tuple[Duration, ...] = Field((30.0, 120.0, 600.0, 3600.0), min_length=1)
-    download_timeout: Duration = Field(3600.0, gt=0)
-
-    @field_validator("product_keys")
-    @classmethod
-    def _product_keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if not value:
-            raise ValueError("list at least one product key (e.g. score-reporter)")
-        for key in value:
-            if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", key):
-                raise ValueError(f"{key!r} is not a product key (lower-case, e.g. score-reporter)")
-        return value
-
-    @model_validator(mode="after")
-    def _credentials(self) -> EncouraConfig:
-        if self.enabled:
-            for key in ("api_key", "username", "password"):
-                if getattr(self, key) is None:
-                    raise ValueError(f"{key}: required when encoura is enabled")
-        return self
-
-
 # --- forwarding and retention ------------------------------------------------------------
+
+
+class SourceSettings(Model):
+    """What every vendor's config section is: a model of its own that subclasses this one,
+    registered under its name (scorefetch/sources.py), read with `Config.section`."""
+
+    enabled: bool = True
+    needs_imap: ClassVar[bool] = False  # its notifications arrive by mail (`imap:` required)
+    by_product_key: ClassVar[bool] = False  # its files go in sub-folders ({product_key})
+
+    def folders(self) -> tuple[str | None, ...]:
+        """The sub-folders its files land in under download_dir/<vendor> (None: none)."""
+        return (None,)

@@ -190,14 +190,24 @@ def fetch_to_file(
     check_inside(root or folder, folder, name)
     started = time.monotonic()
     with local_faults(f"cannot save {name}"), deadline(deadline_s) as clock:
-        ensure_folder(folder)  # a folder that cannot be made fails before any request
-        response = _get(session, url, clock)
-        with response:
-            _raise_for_download_status(response)
-            expected = _content_length(response)
-            _check_size(expected, max_size)
-            chunks = _raw_chunks(response, clock)
-            return _land(chunks, folder, name, started, clock, expected, max_size, progress)
+        ensure_folder(folder)  # a local fault (the folder, no descriptors) shows first,
+        opened: tuple[int, Path] | None = open_part(folder, name)  # before any request
+        try:
+            response = _get(session, url, clock)
+            with response:
+                _raise_for_download_status(response)
+                expected = _content_length(response)
+                _check_size(expected, max_size)
+                chunks = _raw_chunks(response, clock)
+                landing, opened = opened, None  # _land owns the part from here
+                return _land(
+                    chunks, folder, name, started, clock, expected, max_size, progress, landing
+                )
+        finally:
+            if opened is not None:
+                os.close(opened[0])
+                with contextlib.suppress(OSError):
+                    opened[1].unlink(missing_ok=True)
 
 
 def _land(
@@ -209,9 +219,11 @@ def _land(
     expected: int | None,
     max_size: int | None,
     progress: Progress | None,
+    opened: tuple[int, Path] | None = None,
 ) -> Landed:
+    """Stream `chunks` into a part file (`opened`, or a new one), then place it."""
     ensure_folder(folder)
-    fd, part = open_part(folder, name)
+    fd, part = opened or open_part(folder, name)
     try:
         with os.fdopen(fd, "wb") as out:
             size, digest = _stream(chunks, out, clock, expected, max_size, progress)

@@ -97,12 +97,15 @@ class ForwardRows:
             (remote_path, _now(), destination, vendor, key),
         )
 
-    def backfill(self, destination: str, vendors: tuple[str, ...]) -> int:
-        """Remember when `destination` was first configured, and claim every file landed
-        since then that it has no row for (a crash between landing and claiming, or a
-        `scorefetch fetch` run while the daemon was down). Files older than the
-        destination are not sent: adding a destination does not replay the archive."""
+    def backfill(self, destination: str, wants: Callable[[str], bool]) -> int:
+        """Remember when `destination` was first configured, and claim every file of a
+        vendor it `wants` landed since then that it has no row for (a crash between
+        landing and claiming, or a `scorefetch fetch` run while the daemon was down). Files
+        older than the destination are not sent: adding a destination does not replay the
+        archive."""
         now = _now()
+        landed = self._execute("SELECT DISTINCT vendor FROM deliveries").fetchall()
+        vendors = [row[0] for row in landed if wants(row[0])]
         self._execute(
             "INSERT INTO destinations (name, since) VALUES (?, ?) ON CONFLICT DO NOTHING",
             (destination, now),

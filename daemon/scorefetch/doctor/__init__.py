@@ -13,11 +13,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, SecretStr
 
-from scorefetch.config import Config, HooksConfig
+from scorefetch.config import Config, HooksConfig, SourceSettings
 from scorefetch.core.errors import ConfigError
 from scorefetch.core.logs import untrusted
 from scorefetch.doctor.checks import (
@@ -25,9 +25,7 @@ from scorefetch.doctor.checks import (
     Clock,
     Destination,
     check_clock,
-    check_collegeboard,
     check_disk,
-    check_encoura,
     check_folders,
     check_forward,
     check_hooks,
@@ -39,15 +37,26 @@ from scorefetch.doctor.checks import (
 __all__ = ["Check", "Clock", "Destination", "as_json", "config_check", "render", "run"]
 
 
+class VendorDoctor(Protocol):
+    """A registered source (scorefetch/sources.py) as doctor sees it."""
+
+    vendor: ClassVar[str]
+
+    @classmethod
+    def doctor(cls, section: SourceSettings, clock: Clock) -> Check | None: ...
+
+
 def run(
     config: Config,
     destinations: Sequence[Destination] | None = None,
     clock: Clock | None = None,
     *,
+    sources: Sequence[type[VendorDoctor]],
     test_alert: bool = False,
 ) -> list[Check]:
-    """Every check that applies to `config`, in order (the config itself was valid);
-    `destinations` default to the ones under `forward:`; `test_alert` runs on_failure once."""
+    """Every check that applies to `config`, in order (the config itself was valid):
+    each enabled vendor's own (`sources`: the registry); `destinations` default to the
+    ones under `forward:`; `test_alert` runs on_failure once."""
     clock = clock or Clock()
     if destinations is None:
         from scorefetch.forward.sftp import SftpTarget
@@ -61,13 +70,13 @@ def run(
     metrics = config.metrics.address if config.metrics is not None else None
     if metrics is not None:
         steps.append(("metrics", lambda: check_metrics_port(metrics)))
-    imap, cb, enc = config.imap, config.collegeboard, config.encoura
+    imap = config.imap
     if imap is not None:
         steps.append(("imap", lambda: check_imap(imap)))
-    if cb is not None and cb.enabled:
-        steps.append(("collegeboard", lambda: check_collegeboard(cb, clock)))
-    if enc is not None and enc.enabled:
-        steps.append(("encoura", lambda: check_encoura(enc, clock)))
+    sections = config.sections()
+    for source in sources:
+        if source.vendor in sections:
+            steps.append((source.vendor, partial(_vendor, source, sections[source.vendor], clock)))
     for destination in destinations:
         steps.append((f"forward.{destination.name}", partial(check_forward, destination)))
     if config.hooks.on_delivery or config.hooks.on_failure:
@@ -100,6 +109,11 @@ def send_test_alert(hooks: HooksConfig) -> Check:
         f"{hooks.on_failure[0]} failed with SCOREFETCH_EVENT=test",
         "run it by hand with that variable set to see why",
     )
+
+
+def _vendor(source: type[VendorDoctor], section: SourceSettings, clock: Clock) -> Check:
+    found = source.doctor(section, clock)
+    return found if found is not None else Check(source.vendor, True, "nothing to check")
 
 
 def _guarded(name: str, step: Callable[[], Check]) -> Check:

@@ -9,10 +9,8 @@ import shutil
 import socket
 import ssl
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,14 +20,9 @@ from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 from imapclient.imapclient import SocketTimeout
 
-from scorefetch.collegeboard.client import CollegeBoard
-from scorefetch.config import CollegeBoardConfig, Config, EncouraConfig, HooksConfig, ImapConfig
+from scorefetch.config import Config, HooksConfig, ImapConfig
 from scorefetch.core import files
-from scorefetch.core.errors import ConfigError, Failure, ScorefetchError, TokenError, VendorError
-from scorefetch.core.http import build_session
-from scorefetch.core.logs import untrusted
-from scorefetch.encoura.client import Encoura, token_lifetime
-from scorefetch.encoura.poller import KNOWN_PRODUCT_KEYS
+from scorefetch.core.errors import ScorefetchError, TokenError
 from scorefetch.mailbox.tokens import token_cache
 
 MAX_SKEW_S = 5.0  # a third of a presigned URL's 15-second life
@@ -85,11 +78,8 @@ def check_folders(config: Config) -> Check:
     """Each folder a file lands in, and the state folder, can be written, and a file
     written there can be hard-linked beside itself (how a download is put in place)."""
     folders = [config.state_dir]
-    cb, enc = config.collegeboard, config.encoura
-    if cb is not None and cb.enabled:
-        folders.append(config.download_dir / "collegeboard")
-    if enc is not None and enc.enabled:
-        folders += [config.download_dir / "encoura" / key for key in enc.product_keys]
+    for vendor, section in config.sections().items():
+        folders += [config.download_dir / vendor / (key or "") for key in section.folders()]
     for folder in folders:
         problem = probe_folder(folder)
         if problem is not None:
@@ -115,10 +105,8 @@ MIN_FREE = 1024**3  # below this much free space a season's files may not fit
 def check_disk(config: Config) -> Check:
     """Free space where files land and where the ledger lives: at least MIN_FREE, and more
     than the largest file a vendor may send (`max_file_size`)."""
-    largest = max(
-        [s.max_file_size for s in (config.collegeboard, config.encoura) if s and s.enabled],
-        default=0,
-    )
+    sizes = [getattr(s, "max_file_size", 0) for s in config.sections().values()]
+    largest = max(sizes, default=0)
     wanted = max(MIN_FREE, largest)
     found = []
     for folder in (config.download_dir, config.state_dir):
@@ -284,83 +272,6 @@ def _tls_failure(where: str, exc: ssl.SSLCertVerificationError) -> Check:
         "imap.host must be the name on the server's certificate, which must chain to a CA "
         "this machine trusts (/etc/ssl/certs)",
     )
-
-
-def check_collegeboard(cfg: CollegeBoardConfig, clock: Clock) -> Check:
-    client = CollegeBoard(cfg, clock.watch(build_session(5.0, 30.0), "College Board"))
-    try:
-        listed = client.list_files(datetime.now(UTC) - timedelta(days=7))
-    except VendorError as exc:
-        if exc.kind is Failure.AUTH:
-            return Check(
-                "collegeboard",
-                False,
-                f"{cfg.base_url} refused {cfg.username}: {exc}",
-                "the web-service password expires periodically: set a new one in College "
-                "Board's professional account, put it in collegeboard_password, restart",
-            )
-        return Check(
-            "collegeboard",
-            False,
-            f"{cfg.base_url}: {exc}",
-            "check collegeboard.base_url and that this host may reach it (HTTPS out)",
-        )
-    types = Counter(f.file_type or "no fileType" for f in listed)
-    kinds = "".join(f"; {n} {kind}" for kind, n in sorted(types.items()))
-    return Check(
-        "collegeboard",
-        True,
-        f"{cfg.base_url} accepts {cfg.username} ({len(listed)} files posted in 7 days{kinds})",
-    )
-
-
-def check_encoura(cfg: EncouraConfig, clock: Clock) -> Check:
-    client = Encoura(cfg, clock.watch(build_session(5.0, 30.0), "Encoura"))
-    try:
-        organization = client.login()
-    except ConfigError as exc:
-        return Check("encoura", False, str(exc), "set encoura.organization to one of those")
-    except VendorError as exc:
-        advice = (
-            "check encoura.api_key, encoura.username and encoura.password"
-            if exc.kind is Failure.AUTH
-            else "check encoura.base_url and that this host may reach it (HTTPS out)"
-        )
-        return Check("encoura", False, f"{cfg.base_url}: login failed: {exc}", advice)
-    counts = []
-    for key in cfg.product_keys:
-        try:
-            # Delivered ones only: listing NotDelivered would mark them delivered.
-            counts.append(f"{key}: {len(client.list_exports(key, 'Delivered'))} delivered")
-        except VendorError as exc:
-            return Check(
-                "encoura", False, f"product key {key!r}: {exc}", "check encoura.product_keys"
-            )
-    unknown = [key for key in cfg.product_keys if key not in KNOWN_PRODUCT_KEYS]
-    note = f"; not among the keys known in 2022: {', '.join(unknown)}" if unknown else ""
-    return Check(
-        "encoura",
-        True,
-        f"{cfg.base_url}: logged in with {client.login_field}, organization "
-        f"{untrusted(organization, 100)}; {'; '.join(counts)}; {_observed(client)}{note}",
-    )
-
-
-def _observed(client: Encoura) -> str:
-    """What the vendor showed of the readings its document leaves open (the last listing's
-    paging, the session token's lifetime)."""
-    paging = client.paging
-    if paging.skip_ignored:
-        pages = f"Limit/Skip ignored ({paging.largest_page} exports in every answer)"
-    elif paging.largest_page >= client.page_limit:
-        pages = f"Limit {client.page_limit} honoured"
-    elif paging.requests > 2 and paging.largest_page:
-        pages = f"pages of at most {paging.largest_page} (fewer than Limit {client.page_limit})"
-    else:
-        pages = f"one page ({paging.largest_page} exports)"
-    lifetime = token_lifetime(client.token or "")
-    token = f"session token lives {lifetime / 60:g} min" if lifetime else "token lifetime unknown"
-    return f"listing: {pages}; {token}"
 
 
 def check_forward(destination: Destination) -> Check:

@@ -24,12 +24,12 @@ from urllib.parse import quote
 
 import requests
 
-from scorefetch.config import EncouraConfig
 from scorefetch.core import logs
 from scorefetch.core.answers import json_answer
 from scorefetch.core.errors import ConfigError, Failure, VendorError
 from scorefetch.core.logs import untrusted
 from scorefetch.core.throttle import honouring_retry_after
+from scorefetch.encoura.settings import EncouraConfig
 
 REFRESH_AFTER_S = 15 * 60  # the vendor's tokens live 20 minutes
 PAGE_LIMIT = 100  # `Limit` we send; a server may answer fewer (a cap) or ignore it

@@ -13,7 +13,6 @@ import threading
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from scorefetch.config import EncouraConfig
 from scorefetch.core import logs
 from scorefetch.core.deliveries import Deliveries
 from scorefetch.core.downloads import Landed, fetch_to_file
@@ -24,6 +23,7 @@ from scorefetch.core.ledger import Ledger
 from scorefetch.core.loops import Periodic
 from scorefetch.encoura.client import KNOWN_PRODUCT_KEYS as KNOWN_PRODUCT_KEYS  # service.py's
 from scorefetch.encoura.client import UNLISTED, Encoura, Export
+from scorefetch.encoura.settings import EncouraConfig
 
 LISTING_PASS = "encoura.pass"  # noqa: S105 - not a password; positions: encoura.pass.<key>.started / .completed (ISO, UTC)
 RECOVERY_MARGIN = timedelta(days=1)  # exports may be created well before they are listable

@@ -4,18 +4,19 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any
 
-from scorefetch.config import Config
+from scorefetch.config import Config, SourceSettings
 from scorefetch.core.downloads import Progress
 from scorefetch.core.engine import Engine
 from scorefetch.core.errors import VendorError
 from scorefetch.core.events import Events
 from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger
+from scorefetch.doctor.checks import Check, Clock
 from scorefetch.encoura.client import Encoura
+from scorefetch.encoura.doctor import check
 from scorefetch.encoura.poller import (
     KNOWN_PRODUCT_KEYS,
     LISTING_PASS,
@@ -24,11 +25,14 @@ from scorefetch.encoura.poller import (
     recover,
     start_poller,
 )
-from scorefetch.source import Say, SourceBase, again
+from scorefetch.encoura.settings import EncouraConfig
+from scorefetch.source import Listing, Say, SourceBase, again
 
 
 class EncouraSource(SourceBase[EncouraDeliveries]):
     vendor = "encoura"
+    settings = EncouraConfig
+    title = "Encoura"
 
     @classmethod
     def create(
@@ -39,10 +43,33 @@ class EncouraSource(SourceBase[EncouraDeliveries]):
         events: Events | None,
         engine: Engine | None = None,
     ) -> EncouraSource:
-        assert config.encoura is not None
-        client = Encoura(config.encoura, build_session())
+        section = config.section(cls.vendor, EncouraConfig)
+        assert section is not None
+        client = Encoura(section, build_session())
         wiring = cls.wiring(config, progress, events, engine)
         return cls(EncouraDeliveries(client, ledger, config.download_dir, **wiring))
+
+    @classmethod
+    def doctor(cls, section: SourceSettings, clock: Clock) -> Check | None:
+        assert isinstance(section, EncouraConfig)
+        return check(section, clock)
+
+    @classmethod
+    def listings(cls, positions: Mapping[str, Mapping[str, str]]) -> dict[str, Listing]:
+        """One per product key: positions `encoura.pass.<key>.started` / `.completed`."""
+        passes: dict[str, dict[str, str]] = {}
+        prefix = f"{LISTING_PASS}."
+        for key, item in positions.items():
+            if key.startswith(prefix):
+                product, _, which = key[len(prefix) :].rpartition(".")
+                passes.setdefault(product, {})[which] = item["value"]
+        return {
+            f"{cls.vendor}.{product}": Listing(
+                product, moments["started"], moments.get("completed")
+            )
+            for product, moments in sorted(passes.items())
+            if "started" in moments
+        }
 
     def start(self, stop: threading.Event, running: threading.Event) -> threading.Event:
         """Log in now so that an ambiguous organization stops the start (exit 78); a vendor
@@ -61,13 +88,6 @@ class EncouraSource(SourceBase[EncouraDeliveries]):
         watching = threading.Event()
         watching.set()
         return watching
-
-    def status(self) -> dict[str, Any]:
-        ledger = self.deliveries.ledger
-        return {
-            key: ledger.position(f"{LISTING_PASS}.{key}.completed")
-            for key in self.deliveries.config.product_keys
-        }
 
     def fetch(self, keys: list[str], say: Say, *, force: bool = False) -> list[str]:
         ready = locate(self.deliveries, keys)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from scorefetch.config import VENDORS, Config
+from scorefetch.config import Config
 from scorefetch.core import logs
 from scorefetch.core.engine import Engine, Outcome
 from scorefetch.core.errors import Failure
@@ -127,10 +127,8 @@ class Forwarder:
         ledger: Ledger,
         events: Events | None = None,
         engine: Engine | None = None,
-        vendors: Sequence[str] = VENDORS,
     ) -> None:
         self.destinations = {d.name: d for d in destinations}
-        self.vendors = tuple(vendors)  # every vendor there is: a destination takes some
         self.ledger = ledger
         self.events = events if events is not None else Events()
         self._own_engine = engine is None
@@ -147,13 +145,12 @@ class Forwarder:
         ledger: Ledger,
         events: Events | None = None,
         engine: Engine | None = None,
-        vendors: Sequence[str] = VENDORS,
     ) -> Forwarder:
         """The destinations under `forward:` (none: a forwarder that does nothing)."""
         from scorefetch.forward.sftp import SftpTarget  # paramiko only with a forward
 
         targets = [SftpTarget(name, dest) for name, dest in config.forward.items()]
-        return cls(targets, ledger, events, engine, vendors)
+        return cls(targets, ledger, events, engine)
 
     def start(self) -> int:
         """Claim what landed while this destination was configured but no row was written
@@ -161,8 +158,7 @@ class Forwarder:
         of destinations no longer configured; returns how many are due."""
         queued = 0
         for name, destination in self.destinations.items():
-            wanted = tuple(v for v in self.vendors if destination.wants(v))
-            self.ledger.forwards.backfill(name, wanted)
+            self.ledger.forwards.backfill(name, destination.wants)
             for row in self.ledger.forwards.unfinished(name):
                 facts = ("destination", "vendor", "filename", "state")
                 self._log.info("forward.resumed", **{k: getattr(row, k) for k in facts})

@@ -59,7 +59,8 @@ class SftpTarget:
         self._where = f"{config.host}:{config.port}"
 
     def wants(self, vendor: str) -> bool:
-        return vendor in self.config.vendors
+        # () when the destination was built without a Config (which fills in every vendor)
+        return not self.config.vendors or vendor in self.config.vendors
 
     def remote_dir(self, vendor: str, product_key: str | None) -> str:
         for part in (vendor, product_key):

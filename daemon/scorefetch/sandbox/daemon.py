@@ -107,13 +107,14 @@ class DaemonProcess:
         *,
         echo: Callable[[Event], None] | None = None,
         env: dict[str, str] | None = None,
+        module: str = "scorefetch",  # another entry point: the daemon with more registered
     ) -> None:
         environ = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         if env is None or "NOTIFY_SOCKET" not in env:
             environ.pop("NOTIFY_SOCKET", None)
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scorefetch", "run", "-c", str(config)],
+            [sys.executable, "-m", module, "run", "-c", str(config)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,

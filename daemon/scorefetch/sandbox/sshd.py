@@ -158,7 +158,7 @@ def forward_config(
     *,
     name: str = "slate",
     remote_dir: str = "incoming/{vendor}",
-    vendors: tuple[str, ...] = ("collegeboard", "encoura"),
+    vendors: tuple[str, ...] = (),  # none: every vendor there is
     retry_schedule: tuple[str, ...] = ("2s", "5s"),
     port: int | None = None,
     host_key: str | None = None,
@@ -174,6 +174,7 @@ def forward_config(
     key.chmod(0o600)
     if not remote_dir.startswith("/"):
         remote_dir = f"{server.root}/{remote_dir}"
+    listed = f"    vendors: [{', '.join(vendors)}]\n" if vendors else ""
     return f"""\
 forward:
   {name}:
@@ -184,7 +185,6 @@ forward:
     private_key_file: credentials/{name}_ed25519
     host_key: "{host_key or server.host_key}"
     remote_dir: "{remote_dir}"
-    vendors: [{", ".join(vendors)}]
-    retry_schedule: [{", ".join(retry_schedule)}]
+{listed}    retry_schedule: [{", ".join(retry_schedule)}]
     timeout: {timeout}
 """

@@ -1,25 +1,60 @@
-"""What the service, `status` and the CLI know of a vendor: a `Source`. A new vendor is a
-new folder with one Source class, plus one line in scorefetch/sources.py."""
+"""The seam every vendor is built on: what the service, `status` and the CLI know of a
+vendor (a `Source`), the base that does what every vendor's does (`SourceBase`), and what a
+vendor's folder uses to land its files (`land`, `Deliveries`, `Landed`).
+
+A new vendor is a new folder — its config section (a `SourceSettings` model), its client,
+its `Deliveries` (how one attempt lands one file: `land` for any bytes, `fetch_to_file`
+for a URL) and its `SourceBase` — plus one line in scorefetch/sources.py. The forwarder,
+retention, alerts, status and metrics learn its name from the Config (`Config.vendors()`)."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
-from scorefetch.config import Config
+from scorefetch.config import Config, SourceSettings
 from scorefetch.core import logs
 from scorefetch.core.deliveries import Deliveries
-from scorefetch.core.downloads import Progress
+from scorefetch.core.downloads import Landed, Progress, fetch_to_file, land
 from scorefetch.core.engine import Engine
+from scorefetch.core.errors import Failure, ScorefetchError, VendorError
 from scorefetch.core.events import Events
 from scorefetch.core.ledger import Ledger
-from scorefetch.core.loops import Supervised
+from scorefetch.core.loops import Periodic, Supervised
+from scorefetch.doctor.checks import Check, Clock
 
 D = TypeVar("D", bound=Deliveries[Any])
 Say = Callable[[str], None]  # a line for the person at the terminal (fetch, sync)
+
+
+__all__ = [  # what a vendor's folder builds on
+    "Check",
+    "Clock",
+    "Deliveries",
+    "Engine",
+    "Events",
+    "Failure",
+    "Landed",
+    "Ledger",
+    "Listing",
+    "Periodic",
+    "Progress",
+    "Say",
+    "ScorefetchError",
+    "Source",
+    "SourceBase",
+    "Supervised",
+    "VendorError",
+    "again",
+    "fetch_to_file",
+    "forward_to",
+    "land",
+    "stop_all",
+]
 
 
 class Source(Protocol):
@@ -43,10 +78,6 @@ class Source(Protocol):
 
     def stop(self, timeout: float) -> bool:
         """Join the loops, let running downloads finish for up to `timeout` seconds."""
-        ...
-
-    def status(self) -> dict[str, Any]:
-        """What `scorefetch status` shows of this source beyond its ledger rows."""
         ...
 
     def fetch(self, keys: list[str], say: Say, *, force: bool = False) -> list[str]:
@@ -77,11 +108,23 @@ def again(ledger: Ledger, vendor: str, key: str, source: str, force: bool, say: 
     return True
 
 
+@dataclass(frozen=True)
+class Listing:
+    """One listing pass of a vendor, for `status`: what it lists (`label`, after the
+    vendor's title), when the last one started, and when one last finished."""
+
+    label: str
+    started: str
+    completed: str | None = None
+
+
 class SourceBase(Generic[D]):
     """What every Source shares: building it when its config section is enabled, its
     deliveries (`D`), the supervised loops it starts, resuming and stopping."""
 
-    vendor: ClassVar[str] = ""  # also the name of its config section
+    vendor: ClassVar[str] = ""  # also the name of its config section and of its folder
+    settings: ClassVar[type[SourceSettings]] = SourceSettings  # its config section's model
+    title: ClassVar[str] = ""  # its name for a person (status): "College Board"
 
     def __init__(self, deliveries: D) -> None:
         self.deliveries = deliveries
@@ -97,8 +140,7 @@ class SourceBase(Generic[D]):
         events: Events | None = None,
         engine: Engine | None = None,
     ) -> Self | None:
-        section = getattr(config, cls.vendor, None)
-        if section is None or not section.enabled:
+        if cls.vendor not in config.sections():  # not configured, or enabled: false
             return None
         return cls.create(config, ledger, progress, events, engine)
 
@@ -129,8 +171,29 @@ class SourceBase(Generic[D]):
             "forward_to": forward_to(config, cls.vendor),
         }
 
+    @classmethod
+    def doctor(cls, section: SourceSettings, clock: Clock) -> Check | None:
+        """`scorefetch doctor`'s check of this vendor with its `section` (the harmless
+        calls only: nothing may be marked delivered); None when it has none."""
+        return None
+
+    @classmethod
+    def listings(cls, positions: Mapping[str, Mapping[str, str]]) -> dict[str, Listing]:
+        """Its listing passes as the ledger's positions record them, by a key of its own
+        (`encoura.score-reporter`), for `status`; none for a vendor that does not list."""
+        return {}
+
     def resume(self) -> int:
         return self.deliveries.resume()
+
+    def start(self, stop: threading.Event, running: threading.Event) -> threading.Event:
+        raise NotImplementedError
+
+    def fetch(self, keys: list[str], say: Say, *, force: bool = False) -> list[str]:
+        raise NotImplementedError
+
+    def sync(self, since: datetime, say: Say) -> list[str]:
+        raise NotImplementedError
 
     def loops(self) -> list[Supervised]:
         return list(self._loops)

@@ -107,13 +107,16 @@ class DaemonProcess:
         *,
         echo: Callable[[Event], None] | None = None,
         env: dict[str, str] | None = None,
+        python: str = sys.executable,
     ) -> None:
+        """`python`: the interpreter whose `scorefetch` runs (the benchmarks run another
+        release's from its own venv)."""
         environ = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         if env is None or "NOTIFY_SOCKET" not in env:
             environ.pop("NOTIFY_SOCKET", None)
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scorefetch", "run", "-c", str(config)],
+            [python, "-m", "scorefetch", "run", "-c", str(config)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,

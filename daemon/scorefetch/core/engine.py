@@ -144,6 +144,7 @@ class Engine:
         self._idle = threading.Condition(self._lock)
         self._seen_version: int | None = None
         self._next_look = 0.0  # epoch seconds of the next full look
+        self._next_due = 0.0  # epoch seconds of the earliest retry's due time
         self._log = logs.get()
 
     def add(self, lane: Lane) -> None:
@@ -291,8 +292,8 @@ class Engine:
     def _next_wait(self, resting: bool) -> float:
         """Until the next poll, due retry, or task, whichever is first."""
         wait = self._rest_s if resting else self._poll_s
-        if resting:
-            wait = min(wait, max(0.0, self._next_look - time.time()))
+        if resting:  # the full look waits for the rest poll too, a retry's due time not
+            wait = min(wait, max(0.0, self._next_due - time.time()))
         return max(0.0, min([wait, *(task.due_in(resting) for task in self._tasks)]))
 
     def _look(self, woken: bool) -> None:
@@ -312,6 +313,7 @@ class Engine:
         self._dispatch()
         upcoming = [due for lane in lanes if (due := lane.rows.next_due()) is not None]
         next_due = min((_epoch(due) for due in upcoming), default=now + FULL_LOOK_S)
+        self._next_due = next_due if upcoming else float("inf")
         self._next_look = min(now + FULL_LOOK_S, next_due)
 
     def _dispatch(self) -> None:

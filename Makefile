@@ -12,7 +12,7 @@ UNITDIR   ?= /etc/systemd/system
 BINDIR    ?= /usr/local/bin
 SYSTEMCTL ?= systemctl
 
-.PHONY: venv demo test test-fast chaos bench lint lock install uninstall clean
+.PHONY: venv demo test test-fast chaos bench bench-targets lint lock install uninstall clean
 
 venv: $(BIN)/scorefetch
 
@@ -47,7 +47,15 @@ chaos: venv
 	CHAOS_SECONDS=$$(( $(CHAOS_MINUTES) * 60 )) $(BIN)/pytest tests/test_chaos.py -m chaos -s \
 		--timeout=$$(( $(CHAOS_MINUTES) * 60 + 600 ))
 
+# This tree against BENCH_BASE (the first release unless told), interleaved, with ratios
+# (bench/compare.py; the base's venv is built once under .bench-cache/). `make bench-targets`
+# runs bench/run.py: this tree alone against the spec's absolute targets.
+BENCH_BASE ?= 405af45
 bench: venv
+	$(BIN)/pip install --quiet -c $(VENV)/constraints.txt -e '.[dev,bench]'
+	$(BIN)/python -m bench.compare --base $(BENCH_BASE) $(BENCH_ARGS)
+
+bench-targets: venv
 	$(BIN)/pip install --quiet -c $(VENV)/constraints.txt -e '.[dev,bench]'
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 

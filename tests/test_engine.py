@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from scorefetch.core import engine as engine_module
 from scorefetch.core import schema
 from scorefetch.core.engine import Engine, Outcome
 from scorefetch.core.errors import Failure, ScorefetchError
@@ -81,6 +82,34 @@ def test_a_row_another_process_wrote_is_picked_up_by_the_running_engine(
         engine.close(5)
     row = ledger.get("collegeboard", "a.csv")
     assert row is not None and row.state == "downloaded" and row.lease is None
+
+
+def test_a_resting_daemon_engine_is_rung_by_another_process(
+    ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon's engine listens on the ledger's doorbell and polls only every 10
+    minutes here: a row another process's engine wrote and woke itself for (as `fetch`
+    does) is run all the same, because that wake-up rang the doorbell."""
+    monkeypatch.setattr(engine_module, "ACTIVE_S", 0.0)  # at rest after every look
+    lane = Lane(ledger)
+    engine = Engine(poll_s=0.2, rest_s=600)
+    engine.add(lane)
+    assert engine.listen()
+    engine.start()
+    other = Ledger(tmp_path / "ledger.sqlite3")
+    elsewhere = Engine()  # `fetch`'s: never started, never listening
+    try:
+        elsewhere.add(Lane(other))
+        second = Engine()
+        second.add(Lane(ledger))
+        assert not second.listen(), "one doorbell per ledger"
+        engine.wait_idle(5)
+        other.claim("collegeboard", "b.csv", "b.csv", "fetch")
+        elsewhere.wake()
+        assert lane.landed.wait(20)
+    finally:
+        other.close()
+        engine.close(5)
 
 
 @pytest.mark.parametrize(

@@ -17,11 +17,18 @@ from scorefetch import sources
 from scorefetch.config import Config
 from scorefetch.core import logs
 from scorefetch.core.downloads import remove_partials
-from scorefetch.core.engine import HEARTBEAT, HEARTBEAT_S, Engine, heartbeat_value
+from scorefetch.core.engine import (
+    HEARTBEAT,
+    HEARTBEAT_REST_S,
+    HEARTBEAT_S,
+    Engine,
+    heartbeat_value,
+)
 from scorefetch.core.errors import ScorefetchError, describe
 from scorefetch.core.events import Events
 from scorefetch.core.ledger import Ledger
 from scorefetch.core.limits import raise_open_files_limit
+from scorefetch.core.loops import ENDED
 from scorefetch.forward.forwarder import Forwarder
 from scorefetch.observers import attach
 from scorefetch.observers.alerts import ALERTS_S, Alerts
@@ -29,7 +36,24 @@ from scorefetch.retention import Retention
 from scorefetch.source import Source
 
 SHUTDOWN_GRACE_S = 30.0  # in-flight downloads get this long after SIGTERM
-TICK_S = 1.0  # how often the main loop looks at the loops' health (the stop flag wakes it)
+# The main loop wakes for the stop flag, a loop's end (core.loops.ENDED), the watchdog's
+# next ping; else it looks at the loops' health this often (a stuck one: daemon.unhealthy),
+# and each STARTING_S while the mailbox is not connected yet (STATUS= says when it is).
+HEALTH_S = 60.0
+STARTING_S = 1.0
+ALERTS_REST_S = 60.0  # the alerts' check while the engine rests (nothing due, nothing ran)
+
+
+class _Stop(threading.Event):
+    """The stop flag; setting it also wakes the main loop, which waits on `attention`."""
+
+    def __init__(self, attention: threading.Event) -> None:
+        super().__init__()
+        self._attention = attention
+
+    def set(self) -> None:
+        super().set()
+        self._attention.set()
 
 
 class Notifier:
@@ -63,6 +87,12 @@ class Notifier:
             self._last_ping = now
             self.send("WATCHDOG=1")
 
+    def next_ping(self) -> float | None:
+        """Seconds until WATCHDOG=1 is due (None without a watchdog)."""
+        if self.watchdog_interval is None:
+            return None
+        return max(0.0, self._last_ping + self.watchdog_interval - time.monotonic())
+
 
 class Service:
     """Runs every enabled source until SIGTERM/SIGINT; the main thread only watches that
@@ -70,7 +100,8 @@ class Service:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.stop = threading.Event()
+        self.attention = ENDED  # a loop ended, or (through _Stop) the stop flag was set
+        self.stop: threading.Event = _Stop(self.attention)
         self.running = threading.Event()  # set once every source is watching (READY=1)
         self.notifier = Notifier()
         self.ledger = Ledger(config.ledger_path)
@@ -111,12 +142,13 @@ class Service:
         self.forwarder.start()
         self.retention.start()
         self._remove_partials()
-        self.engine.every(HEARTBEAT_S, self._heartbeat, "heartbeat")
-        self.engine.every(ALERTS_S, self.alerts.check, "alerts")
+        self.engine.every(HEARTBEAT_S, self._heartbeat, "heartbeat", rest_s=HEARTBEAT_REST_S)
+        self.engine.every(ALERTS_S, self.alerts.check, "alerts", rest_s=ALERTS_REST_S)
         try:
             watching = [source.start(self.stop, self.running) for source in self.sources]
             for source in self.sources:
                 source.resume()
+            self.engine.listen()  # `fetch` and `sync` ring; at rest the ledger is polled slowly
             self.engine.start()
             self._main_loop(watching)
         finally:
@@ -154,9 +186,11 @@ class Service:
         shown = self._status_line(watching)
         self.notifier.send(f"READY=1\nSTATUS={shown}")
         unhealthy: tuple[list[str], list[str]] = ([], [])
-        interval = self.notifier.watchdog_interval
-        tick = min(TICK_S, interval / 2) if interval else TICK_S
-        while not self.stop.wait(tick):
+        while True:
+            self.attention.wait(self._next_wake(watching, pinging=not any(unhealthy)))
+            self.attention.clear()  # then the flag: a stop set meanwhile is seen now
+            if self.stop.is_set():
+                break
             line = self._status_line(watching)
             if line != shown:
                 shown = line
@@ -169,6 +203,16 @@ class Service:
             unhealthy = now
             if not any(unhealthy):
                 self.notifier.tick()
+
+    def _next_wake(self, watching: list[threading.Event], pinging: bool) -> float:
+        """Seconds until the main loop has something to do, at the latest: the next
+        WATCHDOG=1 while it pings, else a look at the loops each watchdog interval."""
+        wait = HEALTH_S if all(event.is_set() for event in watching) else STARTING_S
+        interval = self.notifier.watchdog_interval
+        if interval is None:
+            return wait
+        ping = self.notifier.next_ping() if pinging else None
+        return min(wait, interval if ping is None else ping)
 
     def _status_line(self, watching: list[threading.Event]) -> str:
         """What systemctl status shows: the sources, and whether the mailbox is watched."""

@@ -4,6 +4,15 @@ learned of it (the daemon, `fetch`, `sync`); the daemon's engine picks up every 
 whoever wrote it, within a poll interval (an indexed query) or at once when woken in
 process, runs it under one failure policy (`retry_delay`) and records the outcome.
 
+Resting lightly: the daemon's engine listens on a doorbell, an abstract unix datagram
+socket named after the ledger file. Another process's engine (`fetch`, `sync`) rings it
+whenever it wakes itself, i.e. right after it wrote something the daemon may have to do
+(an upload now due). While work runs, or for ACTIVE_S after anything happened, the ledger
+is asked once a second; at rest only every REST_POLL_S, which is also the most a lost
+ring costs. Without a doorbell (another daemon on this ledger holds it) it polls each
+second as before. A ring is a wake-up, no more (anyone on the host can ring: it is
+answered at most RING_S apart, so a flood costs a few queries a second).
+
 A lane is one kind of work with its own parallelism (a vendor's downloads, a
 destination's uploads): it says how one round goes (`run`) and how a failure is told
 (`failed`); everything else — leases, retry rounds, due times, catching what a library
@@ -13,8 +22,10 @@ raised — is here, once.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,8 +39,12 @@ from scorefetch.core.pool import WorkPool
 from scorefetch.core.work import Job, WorkRows, holder_alive, now_iso
 
 POLL_S = 1.0  # how often the ledger is asked whether another process wrote (one PRAGMA)
+REST_POLL_S = 30.0  # the same at rest, with the doorbell up (a lost ring costs this much)
+ACTIVE_S = 10.0  # after work, a ring or another process's commit: POLL_S for this long
 FULL_LOOK_S = 10.0  # and a full look at every lane this often (a dead holder's rows, …)
 HEARTBEAT_S = 15.0  # how often a daemon's engine says it is alive (status reads it)
+HEARTBEAT_REST_S = 60.0  # the same at rest (status calls it gone after 6 × HEARTBEAT_S)
+RING_S = 0.05  # the doorbell is answered at most this often
 HEARTBEAT = "daemon.heartbeat"
 TRANSIENT_DELAYS = (1.0, 5.0)  # then the lane's retry_schedule
 LOCAL_FIRST_S = 5.0  # a full disk is often freed within minutes: look again soon
@@ -111,10 +126,14 @@ def classify(exc: BaseException) -> tuple[str, Failure]:
 class Engine:
     """`add` lanes, `start` (the daemon; `run_now` needs no thread), `close` at the end."""
 
-    def __init__(self, *, poll_s: float = POLL_S) -> None:
+    def __init__(self, *, poll_s: float = POLL_S, rest_s: float = REST_POLL_S) -> None:
         self._lanes: dict[str, Lane] = {}
         self._pools: dict[str, WorkPool] = {}
         self._poll_s = poll_s
+        self._rest_s = max(poll_s, rest_s)
+        self._bell: socket.socket | None = None  # the doorbell, in the daemon's engine
+        self._address: str | None = None  # the doorbell's, from the first lane's ledger
+        self._active_until = 0.0  # monotonic: poll each second until then
         self._lock = threading.Lock()
         self._running: dict[tuple[str, Job], tuple[object, float]] = {}  # token, start
         self._queued: set[tuple[str, Job]] = set()  # taken, not started yet
@@ -125,15 +144,69 @@ class Engine:
         self._idle = threading.Condition(self._lock)
         self._seen_version: int | None = None
         self._next_look = 0.0  # epoch seconds of the next full look
+        self._next_due = 0.0  # epoch seconds of the earliest retry's due time
         self._log = logs.get()
 
     def add(self, lane: Lane) -> None:
         self._lanes[lane.name] = lane
         self._pools[lane.name] = WorkPool(max(1, lane.capacity), lane.name)
 
-    def every(self, seconds: float, task: Callable[[], None], name: str) -> None:
-        """Run `task` on the engine's thread about every `seconds` (checks, heartbeat)."""
-        self._tasks.append(_Every(name, seconds, task))
+    def every(
+        self, seconds: float, task: Callable[[], None], name: str, *, rest_s: float | None = None
+    ) -> None:
+        """Run `task` on the engine's thread about every `seconds` (checks, heartbeat), or
+        every `rest_s` while the engine rests."""
+        self._tasks.append(_Every(name, seconds, task, rest_s or seconds))
+
+    def listen(self) -> bool:
+        """Answer the doorbell (the daemon): another process's ring makes this engine ask
+        the ledger at once, so it may rest between polls. False when another process
+        (a second daemon on this ledger) already answers it: then it polls each second."""
+        address = self._doorbell()
+        if address is None or self._bell is not None:
+            return self._bell is not None
+        bell = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            bell.bind(address)
+        except OSError:
+            bell.close()
+            return False
+        self._bell = bell
+        threading.Thread(target=self._answer, args=(bell,), name="doorbell", daemon=True).start()
+        return True
+
+    def _answer(self, bell: socket.socket) -> None:
+        while not self._stop.is_set():
+            try:
+                bell.recv(16)
+            except OSError:
+                return
+            self._wake.set()
+            self._stop.wait(RING_S)
+
+    def _doorbell(self) -> str | None:
+        """The doorbell's abstract address, named after the ledger file (its real path):
+        every process on one ledger agrees on it, and nothing is left on disk."""
+        if self._address is None and self._lanes:
+            ledger = next(iter(self._lanes.values())).rows.ledger_file()
+            if ledger:
+                digest = hashlib.sha256(os.path.realpath(ledger).encode()).hexdigest()[:32]
+                self._address = f"\0scorefetch-doorbell-{digest}"
+        return self._address
+
+    def _ring(self) -> None:
+        """Tell the daemon on this ledger (if any) to look now; nobody listening is fine."""
+        try:
+            address = self._doorbell()
+        except ScorefetchError:
+            return
+        if address is None:
+            return
+        with (
+            contextlib.suppress(OSError),
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock,
+        ):
+            sock.sendto(b"look", address)
 
     @property
     def started(self) -> bool:
@@ -145,8 +218,11 @@ class Engine:
             self._thread.start()
 
     def wake(self) -> None:
-        """Something became due in this process: look now, not at the next poll."""
+        """Something became due in this process: look now, not at the next poll. Outside
+        the daemon, ring its doorbell too: what this process wrote may be the daemon's."""
         self._wake.set()
+        if self._bell is None:
+            self._ring()
 
     def inflight(self) -> list[dict[str, Any]]:
         """The jobs running here now: lane, job, seconds so far (and bytes, if the lane
@@ -196,20 +272,34 @@ class Engine:
             woken = self._wake.is_set()
             if woken:  # cleared only when seen: a wake-up after this is seen next time
                 self._wake.clear()
+            if woken or self._busy():
+                self._active_until = time.monotonic() + ACTIVE_S
             try:
                 self._look(woken)
             except Exception as exc:  # noqa: BLE001 - the engine goes on; the ledger may heal
                 self._log.error("engine.failed", error=type(exc).__name__, exc_info=exc)
                 self._next_look = 0.0
                 self._stop.wait(self._poll_s)
+            resting = self._resting()
             for task in self._tasks:  # the heartbeat and the alerts, whatever dispatch did
-                task.maybe()
-            self._wake.wait(self._poll_s)
+                task.maybe(resting)
+            self._wake.wait(self._next_wait(resting))
+
+    def _resting(self) -> bool:
+        """Nothing ran or rang lately and the doorbell is up: poll slowly."""
+        return self._bell is not None and time.monotonic() >= self._active_until
+
+    def _next_wait(self, resting: bool) -> float:
+        """Until the next poll, due retry, or task, whichever is first."""
+        wait = self._rest_s if resting else self._poll_s
+        if resting:  # the full look waits for the rest poll too, a retry's due time not
+            wait = min(wait, max(0.0, self._next_due - time.time()))
+        return max(0.0, min([wait, *(task.due_in(resting) for task in self._tasks)]))
 
     def _look(self, woken: bool) -> None:
         """Dispatch when something may have become due: a wake-up in this process, a commit
         by another (`fetch`, `sync`), a retry's due time, or FULL_LOOK_S gone by. At rest
-        this is one PRAGMA a second."""
+        this is one PRAGMA per poll."""
         lanes = list(self._lanes.values())
         if not lanes:
             return
@@ -217,10 +307,13 @@ class Engine:
         now = time.time()
         if not woken and version == self._seen_version and now < self._next_look:
             return
+        if version != self._seen_version:
+            self._active_until = time.monotonic() + ACTIVE_S
         self._seen_version = version
         self._dispatch()
         upcoming = [due for lane in lanes if (due := lane.rows.next_due()) is not None]
         next_due = min((_epoch(due) for due in upcoming), default=now + FULL_LOOK_S)
+        self._next_due = next_due if upcoming else float("inf")
         self._next_look = min(now + FULL_LOOK_S, next_due)
 
     def _dispatch(self) -> None:
@@ -348,6 +441,8 @@ class Engine:
         not start is released (due again at the next start)."""
         self._stop.set()
         self._wake.set()
+        if self._bell is not None:
+            self._bell.close()  # the doorbell's thread is a daemon thread: left to end
         deadline = time.monotonic() + timeout  # one grace for every lane, not one each
         if self._thread is not None:
             self._thread.join(timeout=min(10.0, timeout))
@@ -362,15 +457,19 @@ class Engine:
 
 
 class _Every:
-    def __init__(self, name: str, seconds: float, task: Callable[[], None]) -> None:
-        self.name, self.seconds, self.task = name, seconds, task
-        self._next = 0.0
+    def __init__(self, name: str, seconds: float, task: Callable[[], None], rest_s: float) -> None:
+        self.name, self.seconds, self.task, self.rest_s = name, seconds, task, rest_s
+        self._last = -float("inf")
 
-    def maybe(self) -> None:
+    def due_in(self, resting: bool) -> float:
+        every = self.rest_s if resting else self.seconds
+        return self._last + every - time.monotonic()
+
+    def maybe(self, resting: bool = False) -> None:
         now = time.monotonic()
-        if now < self._next:
+        if self.due_in(resting) > 0:
             return
-        self._next = now + self.seconds
+        self._last = now
         try:
             self.task()
         except Exception as exc:  # noqa: BLE001 - a failed check is tried again next time

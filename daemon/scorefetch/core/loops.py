@@ -18,6 +18,9 @@ from scorefetch.core import logs
 from scorefetch.core.errors import ScorefetchError
 
 INTERNAL_BACKOFF_S = (1.0, 5.0, 30.0, 60.0)  # after a loop's unexpected exception, in a row
+# Set when a supervised thread ends before its stop flag: the service's main loop waits on
+# it (and on its stop flag) instead of looking at the loops every second.
+ENDED = threading.Event()
 
 
 def internal_error(loop: str, exc: BaseException, *, repeats: int = 1) -> None:
@@ -77,6 +80,13 @@ class Supervised:
         self.beat = time.monotonic()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            if not self._stop.is_set():
+                ENDED.set()
+
+    def _loop(self) -> None:
         failures = 0
         while not self._stop.is_set():
             try:

@@ -132,6 +132,11 @@ class WorkRows:
         ).fetchone()
         return str(row[0]) if row and row[0] else None
 
+    def ledger_file(self) -> str:
+        """The ledger's file ("" for an in-memory one): names the daemon's doorbell."""
+        rows = self._execute("PRAGMA database_list").fetchall()
+        return next((str(row[2] or "") for row in rows if row[1] == "main"), "")
+
     def data_version(self) -> int:
         """SQLite's count of commits by other connections: the cheap "did another process
         write?" that spares a query per lane and poll while nothing happens."""

@@ -147,7 +147,9 @@ class Forwarder:
         engine: Engine | None = None,
     ) -> Forwarder:
         """The destinations under `forward:` (none: a forwarder that does nothing)."""
-        from scorefetch.forward.sftp import SftpTarget  # paramiko only with a forward
+        if not config.forward:  # sftp.py imports paramiko (15 MB): only with a forward
+            return cls([], ledger, events, engine)
+        from scorefetch.forward.sftp import SftpTarget
 
         targets = [SftpTarget(name, dest) for name, dest in config.forward.items()]
         return cls(targets, ledger, events, engine)

@@ -40,15 +40,20 @@ def drop(client: IMAPClient) -> None:
         client.shutdown()
 
 
-def idle_check(client: IMAPClient, wait: float) -> list[Any]:
+def idle_check(client: IMAPClient, wait: float, wakeup: int | None = None) -> list[Any]:
     """What the server said in IDLE within `wait` seconds: whole lines, read with the read
     timeout once a first byte is there, while more is at hand. (imapclient's idle_check()
-    reads non-blocking and so breaks on a line that arrives in two TCP segments.)"""
+    reads non-blocking and so breaks on a line that arrives in two TCP segments.) [] as
+    soon as `wakeup` (a file descriptor) is readable."""
     imap = client._imap
     if not pending(client):
         poller = select.poll()
-        poller.register(client.socket().fileno(), select.POLLIN)
-        if not poller.poll(wait * 1000):
+        sock = client.socket().fileno()
+        poller.register(sock, select.POLLIN)
+        if wakeup is not None:
+            poller.register(wakeup, select.POLLIN)
+        ready = [fd for fd, _ in poller.poll(wait * 1000)]
+        if sock not in ready:
             return []
     responses = []
     while True:

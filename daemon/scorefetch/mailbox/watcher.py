@@ -24,7 +24,7 @@ from scorefetch.core.events import CredentialsAccepted, CredentialsRefused, Even
 from scorefetch.core.ledger import Ledger
 from scorefetch.mailbox.catchup import CatchUp, Handler, Refusal, Screen, new_uids
 from scorefetch.mailbox.connection import Connection, Connector, describe
-from scorefetch.mailbox.idle import TICK_S, wait_in_idle
+from scorefetch.mailbox.idle import TICK_S, StopPipe, wait_in_idle
 
 BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 300.0
 EXPIRED_MARK = "AccessTokenExpired"  # in Microsoft's BYE for a session past its token
@@ -78,8 +78,11 @@ class MailboxWatcher:
         self.reconnects = 0
         self.history: list[tuple[float, int]] = []  # (delay_s, attempt) of each reconnect
         self._suspects: dict[int, int] = {}  # read one by one after a lost connection
+        self._stop_pipe: StopPipe | None = None  # made by run(): IDLE then waits in one poll
 
     def run(self) -> None:
+        if self._stop_pipe is None and self._connect == self._connector.open:
+            self._stop_pipe = StopPipe(self._stop)
         failures = 0
         while not self._stop.is_set():
             self._healthy = False
@@ -191,6 +194,7 @@ class MailboxWatcher:
                     read_timeout=cfg.read_timeout,
                     stop=self._stop,
                     tick=self._tick,
+                    stop_pipe=self._stop_pipe,
                 )
             else:
                 self._sleep(min(cfg.poll_interval, wake_by - time.monotonic()))

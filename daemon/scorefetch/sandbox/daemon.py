@@ -107,14 +107,18 @@ class DaemonProcess:
         *,
         echo: Callable[[Event], None] | None = None,
         env: dict[str, str] | None = None,
-        module: str = "scorefetch",  # another entry point: the daemon with more registered
+        python: str = sys.executable,
+        module: str = "scorefetch",
     ) -> None:
+        """`python`: the interpreter whose `scorefetch` runs (the benchmarks run another
+        release's from its own venv); `module`: another entry point (the daemon with
+        another vendor registered, tests/dropfolder)."""
         environ = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         if env is None or "NOTIFY_SOCKET" not in env:
             environ.pop("NOTIFY_SOCKET", None)
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", module, "run", "-c", str(config)],
+            [python, "-m", module, "run", "-c", str(config)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,

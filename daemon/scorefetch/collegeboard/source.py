@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 from scorefetch.collegeboard.client import CollegeBoard
 from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
@@ -15,7 +14,7 @@ from scorefetch.collegeboard.notifications import (
     may_be_notification,
     read_notification,
 )
-from scorefetch.collegeboard.reconciliation import CURSOR, Reconciler, expect, missing
+from scorefetch.collegeboard.reconciliation import Reconciler, expect, missing
 from scorefetch.config import Config, ImapConfig
 from scorefetch.core.downloads import Progress
 from scorefetch.core.engine import Engine
@@ -79,9 +78,6 @@ class CollegeBoardSource(SourceBase[CollegeBoardDeliveries]):
             reconciler: Periodic = Reconciler(self.deliveries, self._lookback).start(stop, running)
             self._loops.append(reconciler.thread)
         return watching
-
-    def status(self) -> dict[str, Any]:
-        return {"last_listing": self.deliveries.ledger.position(CURSOR)}
 
     def may_be_notification(self, headers: bytes) -> bool:
         """Whether a message with these header lines is worth fetching the HTML of."""

@@ -45,10 +45,6 @@ class Source(Protocol):
         """Join the loops, let running downloads finish for up to `timeout` seconds."""
         ...
 
-    def status(self) -> dict[str, Any]:
-        """What `scorefetch status` shows of this source beyond its ledger rows."""
-        ...
-
     def fetch(self, keys: list[str], say: Say, *, force: bool = False) -> list[str]:
         """Claim `keys` for a one-off download; the keys to download now. A landed key is
         downloaded again when its file is gone from disk, or with `force`."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 from scorefetch.config import Config
 from scorefetch.core.downloads import Progress
@@ -19,7 +18,6 @@ from scorefetch.core.sources import Say, SourceBase, again
 from scorefetch.encoura.client import Encoura
 from scorefetch.encoura.poller import (
     KNOWN_PRODUCT_KEYS,
-    LISTING_PASS,
     EncouraDeliveries,
     locate,
     recover,
@@ -61,13 +59,6 @@ class EncouraSource(SourceBase[EncouraDeliveries]):
         watching = threading.Event()
         watching.set()
         return watching
-
-    def status(self) -> dict[str, Any]:
-        ledger = self.deliveries.ledger
-        return {
-            key: ledger.position(f"{LISTING_PASS}.{key}.completed")
-            for key in self.deliveries.config.product_keys
-        }
 
     def fetch(self, keys: list[str], say: Say, *, force: bool = False) -> list[str]:
         ready = locate(self.deliveries, keys)

@@ -34,6 +34,9 @@ echo "building $release"
 "$SYSTEM_PYTHON" -m venv "$release"
 "$release/bin/pip" install --quiet --disable-pip-version-check --require-hashes \
     --no-deps -r requirements.lock || fail "pip could not install requirements.lock: $PREFIX is unchanged"
+# setuptools builds in ./build and never removes a module deleted from the source since the
+# last build there: an upgrade from the same clone would ship it again.
+rm -rf build
 "$release/bin/pip" install --quiet --disable-pip-version-check --no-deps . \
     || fail "pip could not install scorefetch: $PREFIX is unchanged"
 version="$("$release/bin/scorefetch" --version)" || fail "the new program does not start: $PREFIX is unchanged"

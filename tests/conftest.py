@@ -21,6 +21,7 @@ from scorefetch.core import logs
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, write_config
 from scorefetch.sandbox.imapserver import ImapServer, PymapServer
+from tests.standins.hostile import HostileCollegeBoard
 from tests.support import LogLines, ServerOutsideE2e, assert_no_secrets, starts_a_server
 
 # Property tests: a quick `dev` run by default, a thorough `ci` one where .ci/run asks for it
@@ -142,8 +143,9 @@ def imap_folder(imap_server: Any) -> str:
 
 
 @pytest.fixture
-def cb_sim() -> Iterator[CollegeBoardSimulator]:
-    with CollegeBoardSimulator() as sim:
+def cb_sim() -> Iterator[HostileCollegeBoard]:
+    """College Board's simulator, with the faults and hostile mode tests switch on."""
+    with HostileCollegeBoard() as sim:
         yield sim
 
 

@@ -27,6 +27,7 @@ from scorefetch.mailbox.connection import FetchFailed
 from scorefetch.mailbox.watcher import AUTH_BACKOFF_S, MailboxWatcher
 from scorefetch.sandbox import mail
 from tests.standins.fakeimap import FakeConnection
+from tests.support import LogLines
 
 SENDERS = ("@collegeboard.org",)
 PLAIN_FROM = b"From: College Board Reporting <reportingportal@collegeboard.org>\r\n"
@@ -243,13 +244,15 @@ def test_moves_never_expunge_other_mail(
 
 
 class QuickWatcher(MailboxWatcher):
-    """Records its backoff delays instead of sleeping them."""
+    """Skips its backoff sleeps (`imap.reconnecting` says how long they would be)."""
 
     def _sleep(self, seconds: float) -> None:
         pass
 
 
-def test_backoff_grows_and_a_healthy_cycle_starts_it_again(tmp_path: Path) -> None:
+def test_backoff_grows_and_a_healthy_cycle_starts_it_again(
+    tmp_path: Path, log_lines: LogLines
+) -> None:
     """Failures in a row raise the attempt count; a session that got to IDLE resets it;
     a refused login waits AUTH_BACKOFF_S."""
     stop = threading.Event()
@@ -279,9 +282,9 @@ def test_backoff_grows_and_a_healthy_cycle_starts_it_again(tmp_path: Path) -> No
         rng=random.Random(1),
     )
     watcher.run()
-    attempts = [a for _, a in watcher.history]
-    assert attempts == [1, 2, 1, 2, 2]  # the healthy session reset the count
-    assert watcher.history[4][0] == AUTH_BACKOFF_S
+    reconnects = log_lines.events("imap.reconnecting")
+    assert [e["attempt"] for e in reconnects] == [1, 2, 1, 2, 2]  # the healthy session reset it
+    assert reconnects[4]["delay_s"] == AUTH_BACKOFF_S
     assert not outcomes
 
 

@@ -34,11 +34,10 @@ from typing import Any
 import pytest
 
 from scorefetch.sandbox import mail
-from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, write_config
-from scorefetch.sandbox.encoura import EncouraSimulator
 from scorefetch.sandbox.imapserver import PymapServer
 from scorefetch.sandbox.sshd import forward_config
+from tests.standins.hostile import HostileCollegeBoard, HostileEncoura
 from tests.standins.proxy import FaultProxy
 from tests.support import assert_no_secrets, wait_until
 
@@ -83,7 +82,7 @@ class World:
         self.tmp, self.files, self.disk = tmp_path, files, disk
         self.sshd, self.remote = sshd, remote  # the SFTP root of this run's files
         self.rng = random.Random(seed)
-        self.cb, self.enc = CollegeBoardSimulator(), EncouraSimulator()
+        self.cb, self.enc = HostileCollegeBoard(), HostileEncoura()
         self.imap = PymapServer()
         self.cb.start(), self.enc.start(), self.imap.start()
         self.proxy = FaultProxy(self.imap.host, self.imap.port)

@@ -20,14 +20,15 @@ from scorefetch.encoura.poller import EncouraDeliveries, recover
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, write_config
 from scorefetch.sandbox.encoura import EncouraSimulator
+from tests.standins.hostile import HostileEncoura
 from tests.support import assert_no_secrets, encoura_config, files_under, wait_until
 
 ORG = {"uid": "org-1", "name": "Sandbox University"}
 
 
 @pytest.fixture
-def enc_sim() -> Iterator[EncouraSimulator]:
-    with EncouraSimulator() as sim:
+def enc_sim() -> Iterator[HostileEncoura]:
+    with HostileEncoura() as sim:
         yield sim
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,7 @@ from scorefetch.core.errors import Failure, RefusedError, VendorError
 from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
-from scorefetch.sandbox.hostile import gzipped
+from tests.standins.hostile import gzipped
 
 
 def client(sim: CollegeBoardSimulator, **overrides: object) -> CollegeBoard:
@@ -68,20 +69,16 @@ def test_gzip_encoded_file_lands_as_stored(cb_sim: CollegeBoardSimulator, tmp_pa
 def test_download_asks_for_identity_encoding(cb_sim: CollegeBoardSimulator, tmp_path: Path) -> None:
     """The bucket is asked for the stored bytes (Accept-Encoding: identity)."""
     seen: list[str] = []
-    from scorefetch.sandbox import bucket
+    before = cb_sim.before
 
-    original = bucket._S3Handler._dispatch
-
-    def spy(self: bucket._S3Handler, raw: bytes) -> None:
-        seen.append(self.headers.get("Accept-Encoding", ""))
-        original(self, raw)
+    def spy(endpoint: str, request: Any) -> bool:  # the simulators' extension point
+        if endpoint == "download":
+            seen.append(request.headers.get("Accept-Encoding", ""))
+        return before(endpoint, request)
 
     cb_sim.publish("a.csv", b"1\n")
-    bucket._S3Handler._dispatch = spy  # type: ignore[method-assign]
-    try:
-        fetch(cb_sim, "a.csv", tmp_path)
-    finally:
-        bucket._S3Handler._dispatch = original  # type: ignore[method-assign]
+    cb_sim.before = spy  # type: ignore[method-assign]
+    fetch(cb_sim, "a.csv", tmp_path)
     assert seen == ["identity"]
 
 

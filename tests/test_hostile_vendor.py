@@ -22,14 +22,15 @@ from scorefetch.encoura.poller import EncouraDeliveries, locate
 from scorefetch.encoura.settings import EncouraConfig
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.encoura import EncouraSimulator
+from tests.standins.hostile import HostileEncoura
 from tests.standins.recorder import Recorder
 
 REDIRECTS = [301, 302, 303, 307, 308]
 
 
 @pytest.fixture
-def enc_sim() -> Iterator[EncouraSimulator]:
-    with EncouraSimulator() as sim:
+def enc_sim() -> Iterator[HostileEncoura]:
+    with HostileEncoura() as sim:
         yield sim
 
 

@@ -256,6 +256,14 @@ def test_readme_install_path_lands_a_file(
     assert (prefix / "contrib" / "mail-office").stat().st_mode & 0o111
     import_metrics = [str(prefix / "bin" / "python"), "-c", "import prometheus_client"]
     assert subprocess.run(import_metrics, capture_output=True, timeout=60).returncode == 0
+    # The wheel ships the demo's sandbox, never the tests' faults and hostile mode.
+    where = [str(prefix / "bin" / "python"), "-c", "import scorefetch; print(scorefetch.__file__)"]
+    found = subprocess.run(where, capture_output=True, text=True, timeout=60).stdout.strip()
+    package = Path(found).parent
+    assert (package / "sandbox" / "collegeboard.py").is_file()
+    assert not (package / "sandbox" / "hostile.py").exists()
+    shipped = "".join(path.read_text() for path in package.rglob("*.py"))
+    assert "def inject(" not in shipped and "clear_faults" not in shipped
 
     config, text = configure(installed, tmp_path, cb_sim, pymap_server)
     program = str(prefix / "bin" / "scorefetch")

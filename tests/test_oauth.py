@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from scorefetch import doctor, sources
 from scorefetch.sandbox import mail
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess
@@ -365,3 +366,34 @@ def test_failing_token_command_is_reported_without_its_output(
     assert "no refresh token for scores@example.edu" in event["error"]
     assert daemon.stop() == 0
     assert not any("half-a-token-VALUE" in line for line in daemon.lines)
+
+
+@pytest.mark.parametrize("secret", [None, "wrong-secret-value"])
+def test_doctor_takes_the_daemons_token_path(
+    start_daemon: Start,
+    authority: OAuthAuthority,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    secret: str | None,
+) -> None:
+    """`scorefetch doctor` gets its token from the same provider code and logs in by
+    XOAUTH2 as the daemon does: ok where the daemon connects, and where the authority
+    refuses the app's secret, a FAIL line with the daemon's own words."""
+    auth = microsoft_auth(tmp_path, authority, secret=secret)
+    daemon = start_daemon(wait_ready=secret is None, imap_auth=auth, env=ca_env(authority))
+    failed = daemon.wait_event("imap.auth_failed") if secret else None
+    for name, value in ca_env(authority).items():
+        monkeypatch.setenv(name, value)
+    config = sources.load(tmp_path / "config.yaml")
+    check = {c.name: c for c in doctor.run(config, destinations=[], sources=sources.SOURCES)}[
+        "imap"
+    ]
+    assert daemon.stop() == 0
+    assert authority.stats.client_credentials == 2  # one token request each
+    if failed is None:
+        assert check.ok, check.detail
+        assert "logged in as" in check.detail
+    else:
+        assert not check.ok and check.detail.endswith(f"; {failed['error']}")
+    for token in [*authority.issued_tokens(), authority.client_secret, "wrong-secret-value"]:
+        assert token not in check.detail + check.advice

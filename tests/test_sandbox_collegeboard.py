@@ -16,6 +16,7 @@ from scorefetch.sandbox.collegeboard import (
     generated_bytes,
     generated_sha256,
 )
+from tests.standins.hostile import HostileCollegeBoard
 from tests.support import wait_until
 
 CREDS = {"username": "scores@example.edu", "password": "sandbox-collegeboard"}
@@ -167,19 +168,22 @@ def test_listing_rejects_z_and_colon_offsets(sim: CollegeBoardSimulator, bad: st
     assert resp.status_code == 400 and "message" in resp.json()
 
 
-def test_injected_fault_then_success(sim: CollegeBoardSimulator) -> None:
-    """inject() makes the next calls fail with the given status, after which service resumes."""
-    sim.inject("file", 503, count=2)
-    sim.inject("download", 500)
-    assert file_url(sim, "4300_20260410_111604.csv", CREDS).status_code == 503
-    assert file_url(sim, "4300_20260410_111604.csv", CREDS).status_code == 503
-    url = file_url(sim, "4300_20260410_111604.csv", CREDS).json()["fileUrl"]
-    failed = requests.get(url, timeout=10)
-    assert failed.status_code == 500 and "<Code>InternalError</Code>" in failed.text
-    assert requests.get(url, timeout=10).content == CSV
-    assert sim.stats.file_url_calls == 3
-    with pytest.raises(ValueError, match="unknown endpoint"):
-        sim.inject("bogus", 500)
+def test_injected_fault_then_success() -> None:
+    """inject() (tests/standins/hostile.py) makes the next calls fail with the given status,
+    after which service resumes."""
+    with HostileCollegeBoard() as sim:
+        sim.publish("4300_20260410_111604.csv", CSV)
+        sim.inject("file", 503, count=2)
+        sim.inject("download", 500)
+        assert file_url(sim, "4300_20260410_111604.csv", CREDS).status_code == 503
+        assert file_url(sim, "4300_20260410_111604.csv", CREDS).status_code == 503
+        url = file_url(sim, "4300_20260410_111604.csv", CREDS).json()["fileUrl"]
+        failed = requests.get(url, timeout=10)
+        assert failed.status_code == 500 and "<Code>InternalError</Code>" in failed.text
+        assert requests.get(url, timeout=10).content == CSV
+        assert sim.stats.file_url_calls == 3
+        with pytest.raises(ValueError, match="unknown endpoint"):
+            sim.inject("bogus", 500)
 
 
 def test_generated_file_streams_deterministic_bytes(sim: CollegeBoardSimulator) -> None:

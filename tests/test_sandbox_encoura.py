@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from scorefetch.sandbox.encoura import DEFAULT_ORG_UID, EncouraSimulator
+from tests.standins.hostile import HostileEncoura
 from tests.support import wait_until
 
 KEY = "sandbox-encoura-key"
@@ -235,23 +236,25 @@ def test_generated_export_sha256(sim: EncouraSimulator) -> None:
     assert hashlib.sha256(resp.content).hexdigest() == sim.sha256_of(uid)
 
 
-def test_injected_503_then_success(sim: EncouraSimulator) -> None:
-    """inject() fails the next calls to an endpoint with the status, then service resumes."""
-    uid = sim.add_export("inquiry", "i.csv", CSV)
-    sim.inject("login", 503)
-    sim.inject("list", 503, count=2)
-    sim.inject("download", 503)
-    assert login(sim).status_code == 503
-    token = token_of(sim)
-    assert call(sim, "/datacenter/exports", token).status_code == 503
-    assert call(sim, "/datacenter/exports", token).status_code == 503
-    assert sim.export(uid)["status"] == "NotDelivered"
-    assert listing(sim, token) == [uid]
-    url = download_url(sim, token, uid)
-    assert requests.get(url, timeout=10).status_code == 503
-    assert requests.get(url, timeout=10).content == CSV
-    with pytest.raises(ValueError, match="unknown endpoint"):
-        sim.inject("bogus", 500)
+def test_injected_503_then_success() -> None:
+    """inject() (tests/standins/hostile.py) fails the next calls to an endpoint with the
+    status, then service resumes."""
+    with HostileEncoura() as sim:
+        uid = sim.add_export("inquiry", "i.csv", CSV)
+        sim.inject("login", 503)
+        sim.inject("list", 503, count=2)
+        sim.inject("download", 503)
+        assert login(sim).status_code == 503
+        token = token_of(sim)
+        assert call(sim, "/datacenter/exports", token).status_code == 503
+        assert call(sim, "/datacenter/exports", token).status_code == 503
+        assert sim.export(uid)["status"] == "NotDelivered"
+        assert listing(sim, token) == [uid]
+        url = download_url(sim, token, uid)
+        assert requests.get(url, timeout=10).status_code == 503
+        assert requests.get(url, timeout=10).content == CSV
+        with pytest.raises(ValueError, match="unknown endpoint"):
+            sim.inject("bogus", 500)
 
 
 def test_unknown_paths_and_methods(sim: EncouraSimulator) -> None:

@@ -27,6 +27,7 @@ from scorefetch.core.ledger import Ledger
 from scorefetch.core.loops import Periodic, Supervised
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.service import Notifier, Service
+from tests.standins.hostile import HostileCollegeBoard
 from tests.support import LogLines, wait_until
 
 BUGS = [TypeError("unsupported"), KeyError("fileName"), ValueError("bad"), ZeroDivisionError()]
@@ -146,7 +147,7 @@ def test_reconciler_survives_a_hostile_listing(
     """`{"files": 1}` no longer kills reconciliation: the pass fails, a later one lands."""
     stop = threading.Event()
     monkeypatch.setattr(loops, "INTERNAL_BACKOFF_S", (0.1,))
-    with CollegeBoardSimulator() as sim:
+    with HostileCollegeBoard() as sim:
         sim.hostile.answers["list"] = b'{"files": 1}'  # the hostile mode: any bytes, 200
         sim.publish("posted.csv", b"p\r\n")
         ledger = Ledger(tmp_path / "ledger.sqlite3")

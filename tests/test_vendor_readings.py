@@ -22,14 +22,15 @@ from scorefetch.encoura import client as encoura_client
 from scorefetch.encoura.client import Encoura, login_field, parse_download_url, token_lifetime
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.encoura import EncouraSimulator
+from tests.standins.hostile import HostileEncoura
 from tests.support import encoura_config
 
 NOW = datetime(2026, 12, 2, 15, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def enc_sim() -> Iterator[EncouraSimulator]:
-    with EncouraSimulator() as sim:
+def enc_sim() -> Iterator[HostileEncoura]:
+    with HostileEncoura() as sim:
         yield sim
 
 

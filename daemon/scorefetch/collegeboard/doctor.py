@@ -13,8 +13,9 @@ from scorefetch.doctor.checks import Check, Clock
 
 
 def check(cfg: CollegeBoardConfig, clock: Clock) -> Check:
-    """College Board's listing of the last 7 days, with the configured credentials."""
-    client = CollegeBoard(cfg, clock.watch(build_session(5.0, 30.0), "College Board"))
+    """A week's listing through the daemon's own client, on a session built as the
+    daemon builds it (collegeboard/source.py): the same timeouts, no redirects."""
+    client = CollegeBoard(cfg, clock.watch(build_session(), "College Board"))
     try:
         listed = client.list_files(datetime.now(UTC) - timedelta(days=7))
     except VendorError as exc:

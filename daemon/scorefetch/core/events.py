@@ -24,7 +24,6 @@ class Downloaded:
     sha256: str
     elapsed_s: float
     product_key: str | None = None  # Encoura's product key, the folder the file is in
-    announced_at: float | None = None  # epoch seconds the trigger (mail, listing) was seen
 
 
 @dataclass(frozen=True)

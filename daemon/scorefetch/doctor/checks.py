@@ -4,6 +4,7 @@ what it found, what to do)."""
 from __future__ import annotations
 
 import contextlib
+import imaplib
 import os
 import shutil
 import socket
@@ -16,14 +17,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import requests
-from imapclient import IMAPClient
-from imapclient.exceptions import LoginError
-from imapclient.imapclient import SocketTimeout
 
 from scorefetch.config import Config, HooksConfig, ImapConfig
-from scorefetch.core import files
-from scorefetch.core.errors import ScorefetchError, TokenError
-from scorefetch.mailbox.tokens import token_cache
+from scorefetch.core import files, logs
+from scorefetch.core.errors import (
+    MailboxAuthError,
+    MailboxError,
+    ScorefetchError,
+)
+from scorefetch.mailbox.connection import Connector
+from scorefetch.mailbox.connection import describe as describe_imap
 
 MAX_SKEW_S = 5.0  # a third of a presigned URL's 15-second life
 PROBE_PREFIX = ".scorefetch-doctor-"
@@ -204,64 +207,61 @@ def check_ledger(path: Path) -> Check:
 
 
 def check_imap(cfg: ImapConfig) -> Check:
+    """The daemon's own way in (mailbox/connection.py's Connector: the same TLS context,
+    timeouts, LOGIN or AUTHENTICATE PLAIN or XOAUTH2 with its token cache), then the folder
+    EXAMINEd, as `run` does: doctor cannot pass where the daemon would fail, nor fail
+    where it would pass."""
     where = f"{cfg.host}:{cfg.port}"
-    context = ssl.create_default_context()
-    timeout = SocketTimeout(connect=cfg.connect_timeout, read=cfg.read_timeout)
+    tls = "TLS verified" if cfg.security != "plain" else "plain (loopback only)"
     try:
-        client = IMAPClient(
-            cfg.host, port=cfg.port, ssl=cfg.security == "tls", ssl_context=context, timeout=timeout
-        )
+        conn = Connector(cfg, logs.get(host=cfg.host, folder=cfg.folder)).open()
     except ssl.SSLCertVerificationError as exc:
         return _tls_failure(where, exc)
-    except (OSError, ssl.SSLError) as exc:
+    except MailboxAuthError as exc:
         return Check(
             "imap",
             False,
-            f"cannot connect to {where} ({cfg.security}): {exc}",
+            f"{where}: {tls}; {exc}",
+            "check imap.username and the password (or the OAuth2 app's credentials "
+            "and its access to this mailbox)",
+        )
+    except MailboxError as exc:  # the OAuth2 token endpoint could not be reached
+        return Check("imap", False, f"{where}: {exc}", "check imap.auth and HTTPS out")
+    except TimeoutError:
+        return Check(
+            "imap",
+            False,
+            f"cannot connect to {where} ({cfg.security}): no answer within "
+            f"{cfg.connect_timeout:g}s (connect_timeout) or {cfg.read_timeout:g}s (read_timeout)",
+            "check imap.host, imap.port, imap.security and the firewall",
+        )
+    except (OSError, imaplib.IMAP4.error) as exc:
+        return Check(
+            "imap",
+            False,
+            f"cannot connect to {where} ({cfg.security}): {describe_imap(exc)}",
             "check imap.host, imap.port, imap.security and the firewall",
         )
     try:
-        if cfg.security == "starttls":
-            try:
-                client.starttls(context)
-            except ssl.SSLCertVerificationError as exc:
-                return _tls_failure(where, exc)
-        tls = "TLS verified" if cfg.security != "plain" else "plain (loopback only)"
-        tokens = token_cache(cfg.auth)
-        try:
-            if tokens is None:
-                assert cfg.password is not None
-                client.login(cfg.username, cfg.password.get_secret_value())
-            else:
-                client.oauth2_login(cfg.username, tokens.get()[0])
-        except (LoginError, TokenError) as exc:
-            return Check(
-                "imap",
-                False,
-                f"{where}: {tls}; login refused for {cfg.username}: {exc}",
-                "check imap.username and the password (or the OAuth2 app's credentials "
-                "and its access to this mailbox)",
-            )
-        if not client.folder_exists(cfg.folder):
-            names = ", ".join(str(f[2]) for f in client.list_folders()[:12])
+        if not conn.folder_exists(cfg.folder):
+            names = ", ".join(str(f[2]) for f in conn.client.list_folders()[:12])
             return Check(
                 "imap",
                 False,
                 f"{where}: logged in; no folder {cfg.folder!r} (there are: {names})",
                 "set imap.folder to where College Board's notifications arrive",
             )
-        client.select_folder(cfg.folder, readonly=True)
+        conn.select(cfg.folder, readonly=True)
         idle = (
             "IDLE offered"
-            if client.has_capability("IDLE")
+            if conn.has_capability("IDLE")
             else f"no IDLE: new mail is looked for every {cfg.poll_interval:g}s"
         )
         return Check(
             "imap", True, f"{where}: {tls}, logged in as {cfg.username}, {cfg.folder!r}, {idle}"
         )
     finally:
-        with contextlib.suppress(Exception):  # leaving; the answer does not matter
-            client.logout()
+        conn.logout()  # drops the connection when LOGOUT cannot be said
 
 
 def _tls_failure(where: str, exc: ssl.SSLCertVerificationError) -> Check:

@@ -14,7 +14,7 @@ from scorefetch.encoura.settings import EncouraConfig
 def check(cfg: EncouraConfig, clock: Clock) -> Check:
     """A login and a listing of exports already Delivered (listing NotDelivered ones
     would mark them delivered)."""
-    client = Encoura(cfg, clock.watch(build_session(5.0, 30.0), "Encoura"))
+    client = Encoura(cfg, clock.watch(build_session(), "Encoura"))  # as the daemon's
     try:
         organization = client.login()
     except ConfigError as exc:

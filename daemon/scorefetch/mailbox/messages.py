@@ -10,7 +10,7 @@ as a small RFC 5322 message — those headers and those parts — so that
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from email import policy
 from email.parser import BytesParser
@@ -223,18 +223,3 @@ def assemble(headers: bytes, parts: Sequence[bytes]) -> bytes:
         out += [b"--", boundary, b"\r\n", part, b"\r\n"]
     out += [b"--", boundary, b"--\r\n"]
     return b"".join(out)
-
-
-def batches(sizes: Sequence[tuple[int, int]], max_bytes: int) -> Iterator[list[int]]:
-    """(uid, bytes) pairs in order, cut into runs of at most `max_bytes` (a single bigger
-    item is a run of its own)."""
-    run: list[int] = []
-    total = 0
-    for uid, size in sizes:
-        if run and total + size > max_bytes:
-            yield run
-            run, total = [], 0
-        run.append(uid)
-        total += size
-    if run:
-        yield run

@@ -76,7 +76,6 @@ class MailboxWatcher:
         self._connect = connect or self._connector.open
         self._healthy = False  # whether this session caught up and the server then idled
         self.reconnects = 0
-        self.history: list[tuple[float, int]] = []  # (delay_s, attempt) of each reconnect
         self._suspects: dict[int, int] = {}  # read one by one after a lost connection
         self._stop_pipe: StopPipe | None = None  # made by run(): IDLE then waits in one poll
 
@@ -107,7 +106,6 @@ class MailboxWatcher:
             if self._stop.is_set():
                 break
             self.reconnects += 1
-            self.history.append((delay, failures))
             self.ledger.set_watcher("reconnects", str(self.reconnects))
             self._log.info("imap.reconnecting", delay_s=round(delay, 2), attempt=failures)
             self._sleep(delay)

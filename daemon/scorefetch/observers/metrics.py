@@ -171,10 +171,8 @@ class Metrics:
         if isinstance(event, Downloaded):
             self.deliveries.labels(event.vendor, "downloaded").inc()
             self.bytes.labels(event.vendor).inc(event.size)
-            announced = event.announced_at
-            if announced is None:
-                row = self._ledger.get(event.vendor, event.key)
-                announced = _epoch(row.created_at) if row and row.created_at else None
+            row = self._ledger.get(event.vendor, event.key)
+            announced = _epoch(row.created_at) if row and row.created_at else None
             if announced is not None:
                 self.latency.observe(max(0.0, time.time() - announced))
         elif isinstance(event, DeliveryFailed):

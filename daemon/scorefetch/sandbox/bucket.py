@@ -1,6 +1,7 @@
 """What the vendor simulators share: two loopback HTTP servers — the vendor's API and
-an S3-like bucket — presigned URLs signed and checked server-side, injectable faults,
-call counters, and file bytes that can be generated while streaming.
+an S3-like bucket — presigned URLs signed and checked server-side, call counters, and
+file bytes that can be generated while streaming. Tests that need a vendor misbehaving
+fill the `before` extension point and subclass the handlers (tests/standins/hostile.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,7 +22,6 @@ from typing import Any, ClassVar, cast
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 from xml.sax.saxutils import escape
 
-from scorefetch.sandbox.hostile import Hostile, gzipped, write_slowly
 from scorefetch.sandbox.ports import Lifecycle
 
 CHUNK = 64 * 1024
@@ -172,20 +172,6 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self, raw: bytes) -> None:
         raise NotImplementedError
 
-    def hostile_answer(self, endpoint: str) -> bool:
-        """Answer with the redirect or the raw body hostile mode holds for `endpoint`, if any."""
-        hostile: Hostile = self.sim.hostile
-        if endpoint in hostile.redirect:
-            status, location = hostile.redirect[endpoint]
-            hostile.requests.append((endpoint, f"redirect {status}"))
-            self.send(status, b"", "text/plain", {"Location": location})
-            return True
-        if endpoint in hostile.answers:
-            hostile.requests.append((endpoint, "answer"))
-            self.send(200, hostile.answers[endpoint], "application/json")
-            return True
-        return False
-
     def do_GET(self) -> None:
         self.started = time.monotonic()
         try:
@@ -207,33 +193,15 @@ class JsonHandler(Handler):
     def json(self, status: int, obj: object, extra: dict[str, str] | None = None) -> None:
         self.send(status, json.dumps(obj).encode(), "application/json", extra)
 
-    def send(
-        self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None
-    ) -> None:
-        """As Handler.send, gzip-encoded or trickled when hostile mode says so."""
-        hostile: Hostile = self.sim.hostile
-        if not hostile.api_gzip and not hostile.api_trickle_bps:
-            return super().send(status, body, ctype, extra)
-        if hostile.api_gzip:
-            body, extra = gzipped(body), (extra or {}) | {"Content-Encoding": "gzip"}
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        for key, value in (extra or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        write_slowly(self.wfile, body, hostile.api_trickle_bps)
-        return None
 
-
-class _S3Handler(Handler):
+class BucketHandler(Handler):
     error_content_type = "application/xml"
     error_message_format = (
         "<Error><Code>InvalidRequest</Code><Message>%(message)s</Message></Error>"
     )
     _API_HEADERS = ("Authorization", "x-api-key", "Organization")
 
-    def _error(self, status: int, code: str, message: str) -> None:
+    def s3_error(self, status: int, code: str, message: str) -> None:
         xml = (
             '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>'
             f"{code}</Code><Message>{escape(message)}</Message>"
@@ -244,51 +212,40 @@ class _S3Handler(Handler):
     def _dispatch(self, raw: bytes) -> None:
         sim: Simulator = self.sim
         if self.command != "GET":
-            return self._error(405, "MethodNotAllowed", "The specified method is not allowed.")
+            return self.s3_error(405, "MethodNotAllowed", "The specified method is not allowed.")
         if any(name in self.headers for name in self._API_HEADERS):
             sim._count("api_headers_on_download")
             msg = "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, "
-            return self._error(400, "InvalidArgument", msg + "Signature query string parameter")
-        if self.hostile_answer("download"):
+            return self.s3_error(400, "InvalidArgument", msg + "Signature query string parameter")
+        if sim.before("download", self):
             return None
         path = unquote(urlsplit(self.path).path)
         found = sim._check_download(path, self.query(), self.started)
         if isinstance(found, tuple):
-            return self._error(*found)
-        hostile: Hostile = sim.hostile
-        chunks: Iterable[bytes | memoryview] = found.chunks()
-        head = {"Content-Type": sim.content_type, "Content-Length": str(found.size)}
-        if hostile.gzip:  # S3 serves an object stored with Content-Encoding: gzip as stored
-            stored = gzipped(b"".join(found.chunks()))
-            chunks, head["Content-Length"] = [stored], str(len(stored))
-            head["Content-Encoding"] = "gzip"
-        if hostile.content_length is not None:
-            head["Content-Length"] = hostile.content_length
-        if hostile.no_content_length:
-            del head["Content-Length"]
-            self.close_connection = True
-        self._send_head(head, hostile.trickle_headers_bps)
-        pause = CHUNK / sim.throttle_bps if sim.throttle_bps else 0.0
-        for piece in chunks:
-            write_slowly(self.wfile, bytes(piece), hostile.trickle_bps)
-            if pause:
-                time.sleep(pause)  # a slow link: lets tests crash the daemon mid-download
+            return self.s3_error(*found)
+        self.stream(found)
         sim._count("downloads_completed")
         return None
 
-    def _send_head(self, head: dict[str, str], bps: float | None) -> None:
-        lines = [f"{self.protocol_version} 200 OK", f"Server: {self.server_version}"]
-        lines += [f"{key}: {value}" for key, value in head.items()]
-        write_slowly(self.wfile, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), bps)
+    def stream(self, blob: Blob) -> None:
+        """The object's 200 answer: its head, then its bytes."""
+        self.send_response(200)
+        self.send_header("Content-Type", self.sim.content_type)
+        self.send_header("Content-Length", str(blob.size))
+        self.end_headers()
+        for piece in blob.chunks():
+            self.wfile.write(piece)
 
 
 class Simulator(Lifecycle):
     """A vendor API on one loopback port and its bucket on another.
 
-    Subclasses set `api_handler`, `bucket`, `endpoints` (what `inject` accepts) and
-    implement `_blob(target)`; `_presign(key, target)` issues a URL for it."""
+    Subclasses set `api_handler`, `bucket`, `endpoints` (the calls `before` is asked
+    about) and implement `_blob(target)` and `_count_call(endpoint)`; `_presign(key,
+    target)` issues a URL for it."""
 
     api_handler: ClassVar[type[Handler]]
+    bucket_handler: ClassVar[type[Handler]] = BucketHandler
     bucket: ClassVar[str]
     endpoints: ClassVar[frozenset[str]]
     content_type: ClassVar[str] = "application/octet-stream"
@@ -299,13 +256,10 @@ class Simulator(Lifecycle):
         self.url_lifetime = url_lifetime
         self.download_host = host
         self.url_host_override: str | None = None  # a host name the URLs name instead
-        self.throttle_bps: float | None = None  # bytes/s the bucket sends; None: full speed
         self.clock_offset_s = 0.0  # added to the time in every `Date` header
-        self.hostile = Hostile()  # misbehaviour tests switch on (sandbox/hostile.py)
         self._secret = secrets.token_bytes(32)
         self._lock = threading.Lock()
         self._urls: dict[str, _Presigned] = {}
-        self._faults: dict[str, list[int]] = {}
         self._stats = stats
         self._servers: list[tuple[_Server, threading.Thread]] = []
 
@@ -314,7 +268,7 @@ class Simulator(Lifecycle):
         """Start both servers on free loopback ports."""
         if self._servers:
             return
-        for handler in (self.api_handler, _S3Handler):
+        for handler in (self.api_handler, self.bucket_handler):
             server = _Server(self.host, handler, self)
             thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
             thread.start()
@@ -338,30 +292,23 @@ class Simulator(Lifecycle):
         """The port of the S3 stand-in."""
         return self._port(1)
 
-    # faults and stats
-    def inject(self, endpoint: str, status: int, count: int = 1) -> None:
-        """Answer the next `count` calls to `endpoint` (see `endpoints`) with `status`."""
-        if endpoint not in self.endpoints:
-            raise ValueError(
-                f"unknown endpoint {endpoint!r}; expected one of {sorted(self.endpoints)}"
-            )
-        with self._lock:
-            self._faults.setdefault(endpoint, []).extend([status] * count)
+    # the tests' extension point
+    def before(self, endpoint: str, request: Handler) -> bool:
+        """Asked first about every call to one of `endpoints` (`download`: the bucket): True
+        when it answered the call itself (through `request`), so the simulator does not.
+        The simulator never does; tests' subclasses do (tests/standins/hostile.py: injected
+        faults, redirects, any bytes as an answer)."""
+        return False
 
-    def _fault(self, endpoint: str) -> int | None:
-        with self._lock:
-            queue = self._faults.get(endpoint)
-            return queue.pop(0) if queue else None
-
-    def clear_faults(self) -> None:
-        """Forget every fault injected and not yet answered (the outage is over)."""
-        with self._lock:
-            self._faults.clear()
-
+    # stats
     def reset_stats(self) -> None:
         """Zero every counter."""
         with self._lock:
             self._stats = type(self._stats)()
+
+    def _count_call(self, endpoint: str) -> None:
+        """Count one call to an API `endpoint` (the subclass's counter for it)."""
+        raise NotImplementedError
 
     def _count(self, name: str) -> None:
         with self._lock:
@@ -389,7 +336,7 @@ class Simulator(Lifecycle):
         stamp = datetime.fromtimestamp(now_wall, UTC)
         cred = f"ASIASANDBOX0EXAMPLE/{stamp:%Y%m%d}/us-east-1/s3/aws4_request"
         host = self.url_host_override or self.download_host
-        return self.hostile.url(
+        return (
             f"http://{host}:{self.download_port}/{self.bucket}/{quote(key)}"
             f"?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential={quote(cred, safe='')}"
             f"&X-Amz-Date={stamp:%Y%m%dT%H%M%SZ}&X-Amz-Expires={max(round(lifetime), 0)}"
@@ -401,10 +348,6 @@ class Simulator(Lifecycle):
         self, path: str, query: dict[str, str], now: float
     ) -> Blob | tuple[int, str, str]:
         """The bytes to stream (using up a one-time URL), or (status, S3 code, message)."""
-        fault = self._fault("download")
-        if fault is not None:
-            code = {500: "InternalError", 503: "SlowDown"}.get(fault, "ServiceUnavailable")
-            return fault, code, f"Injected failure ({fault})"
         signature = query.get("X-Amz-Signature", "")
         expected = self._sign(path, query.get("Expires", ""), query.get("X-Amz-Security-Token", ""))
         with self._lock:

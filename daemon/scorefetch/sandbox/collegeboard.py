@@ -85,7 +85,7 @@ class _ApiHandler(JsonHandler):
         if route is None:
             return self.json(404, {"message": f"Not found: {url.path}"})
         endpoint, methods = route
-        if self.hostile_answer(endpoint):
+        if self.sim.before(endpoint, self):
             return None
         if (wait := self.sim.throttle.next(endpoint)) is not None:
             return self.json(429, {"message": "Too Many Requests"}, {"Retry-After": wait})
@@ -191,6 +191,9 @@ class CollegeBoardSimulator(Simulator):
         return entry.blob if entry else None
 
     # API logic
+    def _count_call(self, endpoint: str) -> None:
+        self._count({"login": "login_calls", "file": "file_url_calls"}.get(endpoint, "list_calls"))
+
     def _authorize(self, body: dict[str, Any]) -> tuple[int, str] | None:
         """None when the body carries a live token or the right credentials, else the
         status and message of the refusal."""
@@ -217,10 +220,7 @@ class CollegeBoardSimulator(Simulator):
     def _api(
         self, endpoint: str, query: dict[str, str], body: dict[str, Any]
     ) -> tuple[int, object]:
-        self._count({"login": "login_calls", "file": "file_url_calls"}.get(endpoint, "list_calls"))
-        fault = self._fault(endpoint)
-        if fault is not None:
-            return fault, {"message": f"Service error ({fault})"}
+        self._count_call(endpoint)
         if endpoint == "login":
             body.pop("token", None)
         denied = self._authorize(body)

@@ -72,7 +72,7 @@ class _ApiHandler(JsonHandler):
             endpoint, method, uid = "download_url", "GET", unquote(match[1])
         if not endpoint:
             return self.json(404, {"message": f"Not found: {url.path}"})
-        if self.hostile_answer(endpoint):
+        if self.sim.before(endpoint, self):
             return None
         if (wait := self.sim.throttle.next(endpoint)) is not None:
             return self.json(429, {"message": "Too Many Requests"}, {"Retry-After": wait})
@@ -227,13 +227,13 @@ class EncouraSimulator(Simulator):
         return token
 
     # API logic
+    def _count_call(self, endpoint: str) -> None:
+        self._count(f"{endpoint}_calls")
+
     def _api(
         self, endpoint: str, headers: dict[str, str], query: dict[str, str], body: Any, uid: str
     ) -> tuple[int, object]:
-        self._count(f"{endpoint}_calls")
-        fault = self._fault(endpoint)
-        if fault is not None:
-            return fault, {"message": f"Service error ({fault})"}
+        self._count_call(endpoint)
         headers = {k.lower(): v for k, v in headers.items()}
         if not hmac.compare_digest(headers.get("x-api-key", "").encode(), self.api_key.encode()):
             self._count("auth_failures")
@@ -305,7 +305,7 @@ class EncouraSimulator(Simulator):
                 and key in (None, e.record["productKey"])
                 and status in (None, e.record["status"])
             ][window]
-            body = [record | self.hostile.listing_patch for record in copy.deepcopy(rows)]
+            body = copy.deepcopy(rows)
             for record in rows if self.dialect.delivered_on == "listing" else ():
                 record["status"] = "Delivered"  # listing is what marks an export delivered
         return 200, body

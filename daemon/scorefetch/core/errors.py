@@ -123,8 +123,12 @@ def _describe_local(exc: OSError | UnicodeError) -> str:
     """`ENOSPC: No space left on device: '/path'`."""
     if isinstance(exc, UnicodeError):
         return f"a file name the file system cannot encode ({type(exc).__name__})"
-    code = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
-    text = f"{code}: {exc.strerror or os.strerror(exc.errno or 0)}"
+    if not exc.errno:  # socket.timeout and friends: no errno, and os.strerror(0) is "Success"
+        reason = exc.strerror or ("timed out" if isinstance(exc, TimeoutError) else "error")
+        text = f"{type(exc).__name__}: {reason}"
+        return f"{text}: {exc.filename!r}" if exc.filename else text
+    code = errno.errorcode.get(exc.errno, type(exc).__name__)
+    text = f"{code}: {exc.strerror or os.strerror(exc.errno)}"
     return f"{text}: {exc.filename!r}" if exc.filename else text
 
 

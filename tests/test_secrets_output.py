@@ -184,10 +184,8 @@ def test_yaml_syntax_errors_do_not_quote_the_line(tmp_path: Path, text: str) -> 
 def test_describe_a_timeout_without_errno_says_it_timed_out() -> None:
     """socket.timeout has no errno: it is "timed out", never os.strerror(0)'s "Success"
     (an IMAP connect that timed out was logged as `TimeoutError: Success`)."""
-    import socket
-
     from scorefetch.core.errors import describe
 
-    assert describe(socket.timeout("timed out")) == "TimeoutError: timed out"
+    assert describe(TimeoutError("timed out")) == "TimeoutError: timed out"  # socket.timeout
     assert describe(TimeoutError()) == "TimeoutError: timed out"
     assert "Success" not in describe(OSError())

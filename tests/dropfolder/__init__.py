@@ -13,30 +13,27 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import ClassVar
 
 from pydantic import Field
 
-from scorefetch.config import Config, Duration, SourceSettings
+from scorefetch.config import Duration, SourceSettings
 from scorefetch.source import (
     Check,
     Clock,
     Deliveries,
-    Engine,
-    Events,
     Failure,
     Landed,
-    Ledger,
     Listing,
     Periodic,
-    Progress,
     Say,
     ScorefetchError,
     SourceBase,
     VendorError,
+    Wiring,
     again,
     land,
 )
@@ -121,18 +118,9 @@ class DropFolderSource(SourceBase[DropFolderDeliveries]):
     LAST_POLL: ClassVar[str] = "dropfolder.last_poll"
 
     @classmethod
-    def create(
-        cls,
-        config: Config,
-        ledger: Ledger,
-        progress: Callable[[str], Progress | None] | None,
-        events: Events | None,
-        engine: Engine | None,
-    ) -> DropFolderSource:
-        section = config.section(cls.vendor, DropFolderSettings)
-        assert section is not None
-        wiring = cls.wiring(config, progress, events, engine)
-        return cls(DropFolderDeliveries(DropFolder(section), ledger, config.download_dir, **wiring))
+    def create(cls, section: SourceSettings, wiring: Wiring) -> DropFolderSource:
+        assert isinstance(section, DropFolderSettings)
+        return cls(wiring.lane(DropFolderDeliveries, DropFolder(section)))
 
     def start(self, stop: threading.Event, running: threading.Event) -> threading.Event:
         def failed(exc: ScorefetchError, failures: int) -> float:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 
 from scorefetch.collegeboard.client import CollegeBoard
@@ -17,16 +17,12 @@ from scorefetch.collegeboard.notifications import (
 )
 from scorefetch.collegeboard.reconciliation import CURSOR, Reconciler, expect, missing
 from scorefetch.collegeboard.settings import CollegeBoardConfig
-from scorefetch.config import Config, ImapConfig, SourceSettings
-from scorefetch.core.downloads import Progress
-from scorefetch.core.engine import Engine
-from scorefetch.core.events import Events
+from scorefetch.config import ImapConfig, SourceSettings
 from scorefetch.core.http import build_session
-from scorefetch.core.ledger import Ledger
 from scorefetch.core.loops import Periodic, Supervised
 from scorefetch.doctor.checks import Check, Clock
 from scorefetch.mailbox.watcher import MailboxWatcher, Refusal
-from scorefetch.source import Listing, Say, SourceBase, again
+from scorefetch.source import Listing, Say, SourceBase, Wiring, again
 
 
 class CollegeBoardSource(SourceBase[CollegeBoardDeliveries]):
@@ -40,21 +36,10 @@ class CollegeBoardSource(SourceBase[CollegeBoardDeliveries]):
         self._lookback = imap.lookback_days if imap else 14
 
     @classmethod
-    def create(
-        cls,
-        config: Config,
-        ledger: Ledger,
-        progress: Callable[[str], Progress | None] | None,
-        events: Events | None,
-        engine: Engine | None = None,
-    ) -> CollegeBoardSource:
-        section = config.section(cls.vendor, CollegeBoardConfig)
-        assert section is not None
+    def create(cls, section: SourceSettings, wiring: Wiring) -> CollegeBoardSource:
+        assert isinstance(section, CollegeBoardConfig)
         client = CollegeBoard(section, build_session())
-        deliveries = CollegeBoardDeliveries(
-            client, ledger, config.download_dir, **cls.wiring(config, progress, events, engine)
-        )
-        return cls(deliveries, config.imap)
+        return cls(wiring.lane(CollegeBoardDeliveries, client), wiring.config.imap)
 
     @classmethod
     def doctor(cls, section: SourceSettings, clock: Clock) -> Check | None:

@@ -4,16 +4,12 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 
-from scorefetch.config import Config, SourceSettings
-from scorefetch.core.downloads import Progress
-from scorefetch.core.engine import Engine
+from scorefetch.config import SourceSettings
 from scorefetch.core.errors import VendorError
-from scorefetch.core.events import Events
 from scorefetch.core.http import build_session
-from scorefetch.core.ledger import Ledger
 from scorefetch.doctor.checks import Check, Clock
 from scorefetch.encoura.client import Encoura
 from scorefetch.encoura.doctor import check
@@ -26,7 +22,7 @@ from scorefetch.encoura.poller import (
     start_poller,
 )
 from scorefetch.encoura.settings import EncouraConfig
-from scorefetch.source import Listing, Say, SourceBase, again
+from scorefetch.source import Listing, Say, SourceBase, Wiring, again
 
 
 class EncouraSource(SourceBase[EncouraDeliveries]):
@@ -35,19 +31,9 @@ class EncouraSource(SourceBase[EncouraDeliveries]):
     title = "Encoura"
 
     @classmethod
-    def create(
-        cls,
-        config: Config,
-        ledger: Ledger,
-        progress: Callable[[str], Progress | None] | None,
-        events: Events | None,
-        engine: Engine | None = None,
-    ) -> EncouraSource:
-        section = config.section(cls.vendor, EncouraConfig)
-        assert section is not None
-        client = Encoura(section, build_session())
-        wiring = cls.wiring(config, progress, events, engine)
-        return cls(EncouraDeliveries(client, ledger, config.download_dir, **wiring))
+    def create(cls, section: SourceSettings, wiring: Wiring) -> EncouraSource:
+        assert isinstance(section, EncouraConfig)
+        return cls(wiring.lane(EncouraDeliveries, Encoura(section, build_session())))
 
     @classmethod
     def doctor(cls, section: SourceSettings, clock: Clock) -> Check | None:

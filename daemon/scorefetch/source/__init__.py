@@ -49,6 +49,7 @@ __all__ = [  # what a vendor's folder builds on
     "SourceBase",
     "Supervised",
     "VendorError",
+    "Wiring",
     "again",
     "fetch_to_file",
     "forward_to",
@@ -108,6 +109,34 @@ def again(ledger: Ledger, vendor: str, key: str, source: str, force: bool, say: 
     return True
 
 
+L = TypeVar("L")
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """What the service (or a command) hands a vendor's source when it builds it."""
+
+    config: Config
+    ledger: Ledger
+    vendor: str
+    progress: Callable[[str], Progress | None] | None = None
+    events: Events | None = None
+    engine: Engine | None = None
+
+    def lane(self, deliveries: Callable[..., L], client: Any) -> L:
+        """The vendor's Deliveries (class `deliveries`) for `client`: its download lane
+        in the engine, its folder under download_dir, the destinations that want it."""
+        return deliveries(
+            client,
+            self.ledger,
+            self.config.download_dir,
+            progress=self.progress,
+            events=self.events,
+            engine=self.engine,
+            forward_to=forward_to(self.config, self.vendor),
+        )
+
+
 @dataclass(frozen=True)
 class Listing:
     """One listing pass of a vendor, for `status`: what it lists (`label`, after the
@@ -140,36 +169,16 @@ class SourceBase(Generic[D]):
         events: Events | None = None,
         engine: Engine | None = None,
     ) -> Self | None:
-        if cls.vendor not in config.sections():  # not configured, or enabled: false
+        section = config.sections().get(cls.vendor)
+        if section is None:  # not configured, or enabled: false
             return None
-        return cls.create(config, ledger, progress, events, engine)
+        return cls.create(section, Wiring(config, ledger, cls.vendor, progress, events, engine))
 
     @classmethod
-    def create(
-        cls,
-        config: Config,
-        ledger: Ledger,
-        progress: Callable[[str], Progress | None] | None,
-        events: Events | None,
-        engine: Engine | None,
-    ) -> Self:
+    def create(cls, section: SourceSettings, wiring: Wiring) -> Self:
+        """The source for its config `section` (an instance of `settings`); its
+        Deliveries come from `wiring.lane(...)`."""
         raise NotImplementedError
-
-    @classmethod
-    def wiring(
-        cls,
-        config: Config,
-        progress: Callable[[str], Progress | None] | None,
-        events: Events | None,
-        engine: Engine | None,
-    ) -> dict[str, Any]:
-        """The keyword arguments every vendor's Deliveries takes besides its client."""
-        return {
-            "progress": progress,
-            "events": events,
-            "engine": engine,
-            "forward_to": forward_to(config, cls.vendor),
-        }
 
     @classmethod
     def doctor(cls, section: SourceSettings, clock: Clock) -> Check | None:

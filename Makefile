@@ -32,7 +32,7 @@ demo: venv
 # of a test's time is spent waiting for a server or the daemon. JOBS=0 runs them in one.
 JOBS ?= 2
 test: venv
-	$(BIN)/pytest -n $(JOBS) --dist worksteal
+	$(BIN)/pytest -n $(JOBS) --dist worksteal --durations=10
 
 # No test that starts a server or the daemon (marked e2e; one that does fails): under a
 # minute, for the edit-test loop.

@@ -182,3 +182,26 @@ def test_a_live_daemon_shows_what_it_moves_and_each_files_way(
     assert "Daemon   running, pid 77" in out
     assert "collegeboard: big.csv, 4s, 8.0 of 40.0 MiB at 2.0 MiB/s" in out
     assert "a.csv: announced" in out and "→ slate pending" in out
+
+
+def test_a_download_the_daemon_reports_is_shown_once(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The daemon's own download is one line (from its heartbeat, with its rate), not a
+    second one from its `.part` file; a `.part` the daemon does not report (a `fetch` in
+    another process) still shows."""
+    ledger = Ledger(tmp_path / "state" / "ledger.sqlite3")
+    job = {"lane": "encoura", "job": ["uid-7"], "elapsed_s": 2.0, "bytes": 1048576}
+    inflight = [job | {"total": 4 * 1048576, "filename": "export.csv"}]
+    ledger.set_watcher("daemon.heartbeat", json.dumps({"pid": 77, "inflight": inflight}))
+    ledger.close()
+    folder = config.parent / "files" / "encoura" / "score-reporter"
+    folder.mkdir(parents=True)
+    for name in ("export.csv", "by-hand.csv"):
+        with (folder / f".{name}.part").open("wb") as part:
+            part.truncate(1048576)
+    assert main(["status", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "encoura: uid-7, 2s, 1.0 of 4.0 MiB" in out
+    assert "export.csv: 1.0 MiB so far" not in out
+    assert "Downloading now  Encoura by-hand.csv: 1.0 MiB so far" in out

@@ -162,7 +162,12 @@ def render(facts: dict[str, Any]) -> list[str]:
     lines += _mailbox(facts["watcher"], alive=facts["daemon"]["alive"] is not False)
     lines += _vendors(facts)
     lines += _forwards(facts["forward"])
+    daemon_has = {  # the daemon's own downloads: shown once, with their rate (_daemon)
+        (job["lane"], job.get("filename")) for job in facts["daemon"].get("inflight", [])
+    }
     for item in facts.get("in_flight", []):
+        if (item["vendor"], item["filename"]) in daemon_has:
+            continue
         vendor = vendor_name(item["vendor"])
         lines.append(
             f"Downloading now  {vendor} {item['filename']}: {item['bytes'] / 1048576:.1f} MiB "

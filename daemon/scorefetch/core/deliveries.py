@@ -78,6 +78,7 @@ class Deliveries(Generic[ClientT]):
         self.lease_s = client.config.download_timeout + LEASE_MARGIN_S
         self.schedule = tuple(client.config.retry_schedule)
         self._bytes: dict[str, tuple[int, int | None]] = {}
+        self._names: dict[str, str] = {}  # key -> the file name it is landing as
         self._own_engine = engine is None
         self.engine = engine if engine is not None else Engine()
         self.engine.add(self)
@@ -142,8 +143,13 @@ class Deliveries(Generic[ClientT]):
         return None
 
     def bytes_so_far(self, job: Job) -> dict[str, Any]:
+        """For the heartbeat: bytes so far, of how many, and the file's name (`status`
+        matches it with the `.part` file it sees, to show one download once)."""
         done, total = self._bytes.get(job[0], (0, None))
-        return {"bytes": done, "total": total}
+        found: dict[str, Any] = {"bytes": done, "total": total}
+        if job[0] in self._names:
+            found["filename"] = self._names[job[0]]
+        return found
 
     def run(self, job: Job) -> Landed:
         """One round: up to URL_TRIES fresh URLs while the vendor's says "expired"."""
@@ -162,6 +168,7 @@ class Deliveries(Generic[ClientT]):
                 return landed
             finally:
                 self._bytes.pop(name, None)
+                self._names.pop(name, None)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _landed(self, name: str, landed: Landed, attempt: int) -> None:
@@ -236,6 +243,7 @@ class Deliveries(Generic[ClientT]):
         """The progress callback of one download: the terminal's bar (named `label`), and
         the bytes so far that `status` shows."""
         bar = self._progress(label or key) if self._progress else None
+        self._names[key] = label or key
 
         def seen(done: int, total: int | None) -> None:
             self._bytes[key] = (done, total)

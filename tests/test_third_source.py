@@ -149,3 +149,11 @@ def test_the_daemon_lands_and_forwards_its_files_exactly_once(
     assert again.stop() == 0
     assert again.named("delivery.downloaded") == []  # nothing twice
     assert _digests(remote) == want and _digests(tmp_path / "files") == want
+
+
+def test_a_vendor_named_like_a_config_section_is_refused() -> None:
+    """The registry cannot shadow `imap:`, `forward:` …: a vendor's name is its own key."""
+    from scorefetch import config
+
+    with pytest.raises(ValueError, match="named like a config section"):
+        config.schema({"forward": DropFolderSource.settings})

@@ -209,6 +209,9 @@ def default_path() -> Path:
 
 def schema(sections: Mapping[str, type[SourceSettings]]) -> type[Config]:
     """The Config with a section for each vendor (`name: model`, in registry order)."""
+    taken = set(Config.model_fields) & set(sections)
+    if taken:  # a programming error in the registry, not the admin's
+        raise ValueError(f"a vendor may not be named like a config section: {sorted(taken)}")
     fields: dict[str, Any] = {name: (model | None, None) for name, model in sections.items()}
     composed: type[Config] = create_model("Config", __base__=Config, **fields)
     return composed

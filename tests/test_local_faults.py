@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from scorefetch.collegeboard.client import CollegeBoard
 from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
@@ -21,7 +22,8 @@ from scorefetch.collegeboard.settings import CollegeBoardConfig
 from scorefetch.core import localfs
 from scorefetch.core.deliveries import retry_delay
 from scorefetch.core.downloads import Landed, fetch_to_file
-from scorefetch.core.errors import Failure, LocalError
+from scorefetch.core.answers import json_answer
+from scorefetch.core.errors import Failure, LocalError, VendorError, local_errno
 from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
@@ -149,8 +151,8 @@ def file_size_limit(limit: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def no_free_descriptors() -> Iterator[None]:
-    """Every file descriptor the (lowered) limit allows is taken."""
+def no_free_descriptors(spare: int = 0) -> Iterator[None]:
+    """Every file descriptor the (lowered) limit allows is taken, but `spare`."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     taken: list[int] = []
     highest = max(int(fd.name) for fd in Path("/proc/self/fd").iterdir())
@@ -159,6 +161,8 @@ def no_free_descriptors() -> Iterator[None]:
         with contextlib.suppress(OSError):
             while True:
                 taken.append(os.open(os.devnull, os.O_RDONLY))
+        for _ in range(spare):
+            os.close(taken.pop())
         yield
     finally:
         for fd in taken:
@@ -227,6 +231,32 @@ def test_each_local_fault_is_a_local_error_leaving_nothing(
     assert code in str(caught.value)
     if folder.is_dir():
         assert not [p for p in folder.iterdir() if p.name.endswith(".part")]
+
+
+def test_no_descriptor_for_a_socket_is_ours_not_the_vendors(
+    cb_sim: CollegeBoardSimulator, tmp_path: Path
+) -> None:
+    """The part file opened, then the socket found no descriptor (another thread took the
+    last one; CI saw it): EMFILE from a connection is a local fault, named, with nothing
+    left, and a vendor API call says so in its kind."""
+    cb_sim.publish("late.csv", b"y" * 50_000)
+    cb = client(cb_sim)
+    url = cb.file_url("late.csv")
+    with no_free_descriptors(), pytest.raises(requests.ConnectionError) as raw:
+        build_session().get(cb_sim.base_url, timeout=5)
+    assert local_errno(raw.value) == errno.EMFILE
+    with no_free_descriptors(), pytest.raises(VendorError) as api:
+        json_answer(build_session(), "POST", cb_sim.base_url + "/x", "/x")
+    assert api.value.kind == Failure.LOCAL
+    assert "EMFILE" in str(api.value)
+    folder = tmp_path / "files"
+    folder.mkdir()
+    with no_free_descriptors(spare=1), pytest.raises(LocalError) as caught:
+        fetch_to_file(
+            build_session(), url, folder, "late.csv", hosts=[cb_sim.download_host], deadline_s=60
+        )
+    assert "EMFILE" in str(caught.value)
+    assert list(folder.iterdir()) == []
 
 
 @needs_root

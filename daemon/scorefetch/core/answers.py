@@ -15,7 +15,7 @@ from typing import Any
 
 import requests
 
-from scorefetch.core.errors import Failure, VendorError, describe
+from scorefetch.core.errors import Failure, VendorError, describe, local_errno
 from scorefetch.core.http import deadline, redirect_target
 from scorefetch.core.logs import untrusted
 
@@ -101,7 +101,9 @@ def json_answer(session: requests.Session, method: str, url: str, path: str, **k
                 raw = read_bounded(response, path)
         except requests.RequestException as exc:
             cause = f"no answer within {limit:g} s" if clock.expired else describe(exc)
-            raise VendorError(f"{path}: {cause}", kind=Failure.TRANSIENT) from None
+            ours = local_errno(exc) is not None  # no descriptor for a socket, say
+            kind = Failure.LOCAL if ours else Failure.TRANSIENT
+            raise VendorError(f"{path}: {cause}", kind=kind) from None
     try:
         body = parse_json(raw)
     except ValueError:

@@ -23,7 +23,15 @@ from typing import BinaryIO
 import requests
 import urllib3
 
-from scorefetch.core.errors import Failure, RefusedError, VendorError, describe
+from scorefetch.core.errors import (
+    Failure,
+    LocalError,
+    RefusedError,
+    ScorefetchError,
+    VendorError,
+    describe,
+    local_errno,
+)
 from scorefetch.core.filenames import check_name
 from scorefetch.core.http import Deadline, deadline, redirect_target
 from scorefetch.core.localfs import local_faults, numbered_name, part_name, place_no_replace
@@ -255,7 +263,9 @@ def _get(session: requests.Session, url: str, clock: Deadline) -> requests.Respo
         raise _failed("download failed", exc, clock) from None
 
 
-def _failed(what: str, exc: BaseException, clock: Deadline) -> VendorError:
+def _failed(what: str, exc: BaseException, clock: Deadline) -> ScorefetchError:
+    if (code := local_errno(exc)) is not None:  # no descriptor for a socket: ours, not theirs
+        return LocalError(f"{what}: {describe(exc)}", errno=code)
     if clock.expired:
         return VendorError("download exceeded its overall deadline", kind=Failure.TRANSIENT)
     return VendorError(f"{what}: {describe(exc)}", kind=Failure.TRANSIENT)

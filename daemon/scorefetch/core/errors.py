@@ -9,6 +9,7 @@ import errno
 import os
 import re
 import ssl
+from collections.abc import Iterator
 from enum import StrEnum
 from urllib.parse import urlsplit
 
@@ -132,22 +133,42 @@ def _describe_local(exc: OSError | UnicodeError) -> str:
     return f"{text}: {exc.filename!r}" if exc.filename else text
 
 
-def _innermost(exc: BaseException) -> tuple[type[BaseException] | None, str | None]:
-    """The class of the deepest cause (via __cause__, __context__, `reason`, args) and the
-    first errno's symbolic name found on the way."""
+# A connection that fails for one of these failed on our machine, not on the network or at
+# the vendor: no descriptor, no buffer, no memory for a socket. Asking the vendor again soon
+# helps no more than it would for a full disk.
+LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and its causes, outermost first (via `reason`, __cause__, __context__, args)."""
     seen: set[int] = set()
     current: BaseException | None = exc
-    deepest: type[BaseException] | None = None
-    errno_name: str | None = None
     while current is not None and id(current) not in seen and len(seen) < 8:
         seen.add(id(current))
-        deepest = type(current)
-        code = getattr(current, "errno", None)
-        if errno_name is None and isinstance(code, int):
-            errno_name = errno.errorcode.get(code, str(code))
+        yield current
         nested = [getattr(current, "reason", None), current.__cause__, current.__context__]
         nested += [arg for arg in current.args if isinstance(arg, BaseException)]
         current = next((n for n in nested if isinstance(n, BaseException)), None)
+
+
+def local_errno(exc: BaseException) -> int | None:
+    """The errno when a library's failure was our machine running out (LOCAL_ERRNOS)."""
+    for cause in _causes(exc):
+        code = getattr(cause, "errno", None)
+        if isinstance(code, int) and code in LOCAL_ERRNOS:
+            return code
+    return None
+
+
+def _innermost(exc: BaseException) -> tuple[type[BaseException] | None, str | None]:
+    """The class of the deepest cause and the first errno's symbolic name on the way."""
+    deepest: type[BaseException] | None = None
+    errno_name: str | None = None
+    for cause in _causes(exc):
+        deepest = type(cause)
+        code = getattr(cause, "errno", None)
+        if errno_name is None and isinstance(code, int):
+            errno_name = errno.errorcode.get(code, str(code))
     return deepest, errno_name
 
 

@@ -20,9 +20,9 @@ from scorefetch.collegeboard.client import CollegeBoard
 from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
 from scorefetch.collegeboard.settings import CollegeBoardConfig
 from scorefetch.core import localfs
+from scorefetch.core.answers import json_answer
 from scorefetch.core.deliveries import retry_delay
 from scorefetch.core.downloads import Landed, fetch_to_file
-from scorefetch.core.answers import json_answer
 from scorefetch.core.errors import Failure, LocalError, VendorError, local_errno
 from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,10 +45,8 @@ def test_a_hook_that_exits_0_leaving_a_detached_child_succeeds_at_once(
     tmp_path: Path, pid_file: Path, log_lines: LogLines
 ) -> None:
     """A hook is over when its own process exits, even if a detached child holds its output."""
-    hooks = Hooks(HooksConfig(timeout=3.0))
-    started = time.monotonic()
+    hooks = Hooks(HooksConfig(timeout=30.0))  # True: over before its timeout (the child: 60 s)
     assert hooks.run((_hook(tmp_path, pid_file, "exit 0"),), {"EVENT": "delivery.downloaded"})
-    assert time.monotonic() - started < 2
     assert log_lines.events("hook.failed") == []
 
 
@@ -58,10 +55,8 @@ def test_a_hanging_hook_with_a_detached_child_is_still_over_at_its_timeout(
 ) -> None:
     """A hook that hangs is killed at its timeout; its detached child cannot hold the daemon."""
     hooks = Hooks(HooksConfig(on_delivery=(_hook(tmp_path, pid_file, "sleep 60"),), timeout=1.0))
-    started = time.monotonic()
     hooks(_landed(tmp_path))
-    assert hooks.close(10), "the hook thread is still waiting"
-    assert time.monotonic() - started < 6
+    assert hooks.close(30), "the hook thread is still waiting"  # the child: 60 s
     (failure,) = log_lines.events("hook.failed")
     assert failure["error"] == "timeout after 1s (killed)"
     assert failure["output"] == "starting the uploader"

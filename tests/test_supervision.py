@@ -5,6 +5,7 @@ the systemd watchdog. Real simulators over loopback, a real ledger, real threads
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import sqlite3
 import threading
@@ -287,3 +288,29 @@ def test_scorefetch_error_in_a_pass_is_the_vendor_failure_path(log_lines: LogLin
     loop = Periodic("vendor-loop", work, stop, interval=1, failed=failed).start()
     assert loop.thread.join(5)
     assert seen == [1, 2] and not log_lines.events("loop.failed")
+
+
+def test_the_signal_handler_takes_no_lock_the_main_thread_may_hold(
+    cb_sim: CollegeBoardSimulator, pymap_server: Any, tmp_path: Path
+) -> None:
+    """SIGTERM may arrive while the main thread holds the lock of the very Event the stop
+    flag wakes (inside attention.wait or .clear): the handler must return at once (the
+    wakeup pipe's own thread sets the flag), not wait forever on that lock."""
+    from scorefetch.sandbox.daemon import write_config
+
+    service = Service(sources.load(write_config(tmp_path, cb_sim, pymap_server)))
+    returned = threading.Event()
+
+    def signal_arrives_inside_wait() -> None:
+        with service.attention._cond:  # type: ignore[attr-defined]  # as Event.wait holds it
+            service._on_signal(signal.SIGTERM, None)
+            returned.set()
+
+    thread = threading.Thread(target=signal_arrives_inside_wait, daemon=True)
+    thread.start()
+    thread.join(10)
+    try:
+        assert returned.is_set(), "the handler waited on a lock its own thread holds"
+        assert service._signal == "SIGTERM"
+    finally:
+        service.ledger.close()

@@ -40,6 +40,7 @@ SHUTDOWN_GRACE_S = 30.0  # in-flight downloads get this long after SIGTERM
 # next ping; else it looks at the loops' health this often (a stuck one: daemon.unhealthy),
 # and each STARTING_S while the mailbox is not connected yet (STATUS= says when it is).
 HEALTH_S = 60.0
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 STARTING_S = 1.0
 ALERTS_REST_S = 60.0  # the alerts' check while the engine rests (nothing due, nothing ran)
 
@@ -122,10 +123,34 @@ class Service:
         return [source.vendor for source in self.sources]
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        # Only set flags here: the handler runs between any two bytecodes of the main
-        # thread, possibly while it holds the log writer's lock, so logging could deadlock.
+        # Nothing that takes a lock: the handler runs between any two bytecodes of the main
+        # thread, possibly while it holds the log writer's lock or the very Event's lock
+        # that stop.set() would take (inside attention.wait or .clear): a stop that never
+        # comes. The signal's number also reaches the wakeup pipe, read by _signals.
         self._signal = signal.Signals(signum).name
-        self.stop.set()
+
+    def _catch_signals(self) -> None:
+        """SIGTERM/SIGINT set the stop flag from a thread of their own: Python writes each
+        signal's number to the wakeup pipe (set_wakeup_fd) before the handler runs."""
+        read, write = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(write, False)  # what set_wakeup_fd requires
+        signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._on_signal)
+        threading.Thread(target=self._signals, args=(read,), name="signals", daemon=True).start()
+
+    def _signals(self, pipe: int) -> None:
+        while True:
+            try:
+                numbers = os.read(pipe, 64)
+            except InterruptedError:
+                continue
+            if not numbers:
+                return
+            for number in numbers:
+                if number in STOP_SIGNALS:
+                    self._signal = signal.Signals(number).name
+                    self.stop.set()
 
     def _remove_partials(self) -> None:
         try:
@@ -135,8 +160,7 @@ class Service:
             self._log.warning("delivery.partial_cleanup_failed", error=describe(exc))
 
     def run(self) -> int:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._on_signal)
+        self._catch_signals()
         raise_open_files_limit()  # a flood of idle sockets must not starve the vendor calls
         self.observers.start()
         self.forwarder.start()

@@ -5,6 +5,7 @@ Used by `scorefetch demo`, the end-to-end tests and the benchmarks alike.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -113,7 +114,9 @@ class DaemonProcess:
         """`python`: the interpreter whose `scorefetch` runs (the benchmarks run another
         release's from its own venv); `module`: another entry point (the daemon with
         another vendor registered, tests/dropfolder)."""
-        environ = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # PYTHONFAULTHANDLER: a daemon that will not stop is sent SIGABRT and says where
+        # each of its threads is (see stop) before it is killed.
+        environ = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", **(env or {})}
         if env is None or "NOTIFY_SOCKET" not in env:
             environ.pop("NOTIFY_SOCKET", None)
         self.started = time.monotonic()
@@ -128,8 +131,12 @@ class DaemonProcess:
         self.events: list[Event] = []
         self._cond = threading.Condition()
         self._echo = echo
-        threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
-        threading.Thread(target=self._read, args=(self.proc.stderr,), daemon=True).start()
+        self._readers = [
+            threading.Thread(target=self._read, args=(stream,), daemon=True)
+            for stream in (self.proc.stdout, self.proc.stderr)
+        ]
+        for reader in self._readers:
+            reader.start()
 
     def _read(self, stream: Any) -> None:
         for raw in stream:
@@ -183,13 +190,24 @@ class DaemonProcess:
         )
 
     def stop(self, timeout: float = 40) -> int:
-        """SIGTERM, then the exit code (killed after `timeout`)."""
+        """SIGTERM, then the exit code. A daemon still there after `timeout` is sent
+        SIGABRT (its threads' stacks and its last lines go to stderr, for the test's
+        report), then killed: -6 or -9."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            self.proc.send_signal(signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=10)
+            self.kill()
+            for reader in self._readers:
+                reader.join(timeout=5)
+            with self._cond:
+                tail = self.lines[-80:]
+            print(f"daemon did not stop within {timeout:g}s; its last lines:", file=sys.stderr)
+            print("\n".join(tail), file=sys.stderr)
             return self.proc.wait()
 
     def kill(self) -> None:

@@ -17,6 +17,7 @@ import re
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -115,7 +116,8 @@ class EncouraSimulator(Simulator):
         self.token_lifetime = token_lifetime
         self.user_uid = str(uuid.uuid4())
         self._exports: dict[str, _Export] = {}
-        self._tokens: dict[str, float] = {}  # token -> time.monotonic() expiry
+        self.clock: Callable[[], float] = time.monotonic  # tokens age by it (tests: a fake)
+        self._tokens: dict[str, float] = {}  # token -> self.clock() expiry
         self._logins = 0
         self.dialect = EncouraDialect()
         self.throttle = Throttle()
@@ -215,7 +217,7 @@ class EncouraSimulator(Simulator):
             self._tokens = dict.fromkeys(self._tokens, 0.0)
 
     def _issue_token(self) -> str:
-        now, wall = time.monotonic(), int(time.time())
+        now, wall = self.clock(), int(time.time())
         header = _b64(b'{"alg":"HS256","typ":"JWT"}')
         claims = {"uid": self.user_uid, "iat": wall, "exp": wall + int(self.token_lifetime)}
         payload = _b64(json.dumps(claims | {"jti": secrets.token_hex(8)}).encode())
@@ -246,7 +248,7 @@ class EncouraSimulator(Simulator):
         if expiry is None:
             self._count("auth_failures")
             return 401, {"message": "Unauthorized: invalid session token"}
-        if time.monotonic() >= expiry:
+        if self.clock() >= expiry:
             self._count("auth_failures")
             return self.dialect.expired_token_status, {"message": "Session token expired"}
         if endpoint == "refresh":

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from scorefetch.core import logs
 from scorefetch.core.errors import ConfigError, VendorError
 from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger
@@ -21,7 +18,7 @@ from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, write_config
 from scorefetch.sandbox.encoura import EncouraSimulator
 from tests.standins.hostile import HostileEncoura
-from tests.support import assert_no_secrets, encoura_config, files_under, wait_until
+from tests.support import LogLines, assert_no_secrets, encoura_config, files_under, wait_until
 
 ORG = {"uid": "org-1", "name": "Sandbox University"}
 
@@ -333,12 +330,10 @@ def test_an_export_not_generated_yet_is_deferred_then_lands_on_a_later_poll(
 
 
 def test_a_listed_expired_export_fails_once_with_the_advice(
-    enc_sim: EncouraSimulator, tmp_path: Path
+    enc_sim: EncouraSimulator, tmp_path: Path, log_lines: LogLines
 ) -> None:
     """`isExpired: true`: one delivery.failed reason=expired will_retry=false naming the
     uid and product, with the advice to ask Encoura to regenerate it; never asked again."""
-    stream = io.StringIO()
-    logs.configure("json", stream=stream)
     enc_sim.with_dialect(expire_every=1)
     uid = enc_sim.add_export("score-reporter", "old.csv", b"x")
     deliveries = exports(enc_sim, tmp_path, product_keys=["score-reporter"])
@@ -349,8 +344,7 @@ def test_a_listed_expired_export_fails_once_with_the_advice(
     deliveries.close(5)
     row = deliveries.ledger.get("encoura", uid)
     assert row is not None and row.state == "failed" and "regenerate" in (row.error or "")
-    lines = stream.getvalue().splitlines()
-    failed = [json.loads(x) for x in lines if "delivery.failed" in x]
+    failed = log_lines.events("delivery.failed")
     assert [(f["reason"], f["will_retry"]) for f in failed] == [("expired", False)]
     assert uid in failed[0]["error"] and "score-reporter" in failed[0]["error"]
 

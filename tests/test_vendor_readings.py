@@ -3,8 +3,6 @@ failures, the login field, paging that never loops; real simulators over loopbac
 
 from __future__ import annotations
 
-import io
-import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -14,7 +12,6 @@ import pytest
 
 from scorefetch.collegeboard.client import CollegeBoard
 from scorefetch.collegeboard.settings import CollegeBoardConfig
-from scorefetch.core import logs
 from scorefetch.core.answers import retry_after
 from scorefetch.core.errors import Failure, VendorError
 from scorefetch.core.http import build_session
@@ -23,7 +20,7 @@ from scorefetch.encoura.client import Encoura, login_field, parse_download_url, 
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.encoura import EncouraSimulator
 from tests.standins.hostile import HostileEncoura
-from tests.support import encoura_config
+from tests.support import LogLines, encoura_config
 
 NOW = datetime(2026, 12, 2, 15, 0, tzinfo=UTC)
 
@@ -32,18 +29,6 @@ NOW = datetime(2026, 12, 2, 15, 0, tzinfo=UTC)
 def enc_sim() -> Iterator[HostileEncoura]:
     with HostileEncoura() as sim:
         yield sim
-
-
-@pytest.fixture
-def log_lines() -> Iterator[io.StringIO]:
-    out = io.StringIO()
-    logs.configure("json", "debug", out)
-    yield out
-    logs.configure("json", "info")
-
-
-def events(out: io.StringIO) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in out.getvalue().splitlines()]
 
 
 def enc_client(sim: EncouraSimulator, waits: list[float] | None = None, **over: Any) -> Encoura:
@@ -122,7 +107,7 @@ def test_wrong_password_is_auth_after_one_login(enc_sim: EncouraSimulator) -> No
 
 
 def test_failed_refresh_is_logged_then_a_fresh_login(
-    enc_sim: EncouraSimulator, log_lines: io.StringIO, monkeypatch: pytest.MonkeyPatch
+    enc_sim: EncouraSimulator, log_lines: LogLines, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A refresh that fails logs encoura.refresh_failed (error level, no token) and the call
     goes on after a fresh login."""
@@ -132,7 +117,7 @@ def test_failed_refresh_is_logged_then_a_fresh_login(
     monkeypatch.setattr(encoura_client, "REFRESH_AFTER_S", -1.0)  # every token is due
     enc_sim.inject("refresh", 500)
     assert client.list_exports("score-reporter", "Delivered") == []
-    failed = [e for e in events(log_lines) if e["event"] == "encoura.refresh_failed"]
+    failed = log_lines.events("encoura.refresh_failed")
     assert len(failed) == 1 and failed[0]["level"] == "error" and "500" in failed[0]["error"]
     assert token is not None and token not in log_lines.getvalue()
     assert enc_sim.stats.login_calls == 2

@@ -3,6 +3,7 @@ leases between processes; one failure policy for any exception; versioned migrat
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sqlite3
 import subprocess
@@ -18,7 +19,8 @@ from scorefetch.core import schema
 from scorefetch.core.engine import Engine, Outcome
 from scorefetch.core.errors import Failure, ScorefetchError
 from scorefetch.core.ledger import Ledger
-from scorefetch.core.work import Job, WorkRows, holder_alive, me
+from scorefetch.core.work import Job, WorkRows, holder_alive, me, now_iso
+from tests.support import wait_until
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -360,3 +362,48 @@ def test_an_empty_schedule_gives_up_but_never_on_what_is_never_given_up() -> Non
     assert retry_delay(Failure.DEFERRED, 0, ()) == 30.0
     assert retry_delay(Failure.NOT_FOUND, 0, ()) is None
     assert len([retry_delay(k, 0, ()) for k in Failure]) == len(Failure)
+
+
+def test_a_round_longer_than_its_lease_keeps_the_row(ledger: Ledger, tmp_path: Path) -> None:
+    """A round that outlasts its lease (three slow URL tries, say) has it renewed while it
+    runs, so no other process takes the row (and writes the same file) meanwhile."""
+    release = threading.Event()
+    started = threading.Event()
+
+    class Slow(Lane):
+        def run(self, job: Job) -> str:
+            started.set()
+            assert release.wait(60)
+            return super().run(job)
+
+    lane = Slow(ledger)
+    lane.lease_s = 4.0  # renewed every 4/3 s: a stall of over 2.6 s would be needed to lose it
+    ledger.claim("collegeboard", "slow.csv", "slow.csv", "mail")
+    engine = Engine(poll_s=0.1)
+    engine.add(lane)
+    engine.start()
+    path = tmp_path / "ledger.sqlite3"
+    try:
+        assert started.wait(10)
+        first = _lease_until(path, "slow.csv")
+        wait_until(lambda: _lease_until(path, "slow.csv") > first, timeout=30)
+        wait_until(lambda: now_iso() > first, timeout=30)  # past the first lease
+        taker = (
+            "import sys; from pathlib import Path; from scorefetch.core.ledger import Ledger; "
+            "print(Ledger(Path(sys.argv[1])).work('collegeboard').take(('slow.csv',), 60))"
+        )
+        took = subprocess.run(
+            [sys.executable, "-c", taker, str(path)], capture_output=True, text=True, check=True
+        )
+        assert took.stdout.strip() == "False", "another process took a row still running here"
+    finally:
+        release.set()
+        assert lane.landed.wait(10)
+        engine.close(5)
+
+
+def _lease_until(path: Path, key: str) -> str:
+    """The row's lease as another process reads it (a connection of its own)."""
+    with contextlib.closing(sqlite3.connect(path)) as other:
+        row = other.execute("SELECT lease_until FROM deliveries WHERE key = ?", (key,)).fetchone()
+    return str(row[0])

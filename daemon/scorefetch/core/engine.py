@@ -137,6 +137,7 @@ class Engine:
         self._lock = threading.Lock()
         self._running: dict[tuple[str, Job], tuple[object, float]] = {}  # token, start
         self._queued: set[tuple[str, Job]] = set()  # taken, not started yet
+        self._renewed: dict[tuple[str, Job], float] = {}  # monotonic: a running lease renewed
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -276,6 +277,7 @@ class Engine:
                 self._active_until = time.monotonic() + ACTIVE_S
             try:
                 self._look(woken)
+                self._renew()
             except Exception as exc:  # noqa: BLE001 - the engine goes on; the ledger may heal
                 self._log.error("engine.failed", error=type(exc).__name__, exc_info=exc)
                 self._next_look = 0.0
@@ -315,6 +317,21 @@ class Engine:
         next_due = min((_epoch(due) for due in upcoming), default=now + FULL_LOOK_S)
         self._next_due = next_due if upcoming else float("inf")
         self._next_look = min(now + FULL_LOOK_S, next_due)
+
+    def _renew(self) -> None:
+        """Renew the lease of each round running here once a third of it has passed."""
+        now = time.monotonic()
+        with self._lock:
+            running = [
+                (key, self._renewed.get(key, start)) for key, (_, start) in self._running.items()
+            ]
+        for (name, job), since in running:
+            lane = self._lanes[name]
+            if now - since >= lane.lease_s / 3:
+                lane.rows.renew(job, lane.lease_s)
+                with self._lock:
+                    if (name, job) in self._running:
+                        self._renewed[(name, job)] = now
 
     def _dispatch(self) -> None:
         for lane in list(self._lanes.values()):
@@ -386,6 +403,7 @@ class Engine:
             with self._lock:
                 if self._running.get(key, (None,))[0] is token:
                     del self._running[key]
+                    self._renewed.pop(key, None)
                 self._idle.notify_all()
 
     def _failed(self, lane: Lane, job: Job, exc: Exception) -> None:

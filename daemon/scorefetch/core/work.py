@@ -123,6 +123,17 @@ class WorkRows:
         )
         return bool(cursor.rowcount == 1)
 
+    def renew(self, job: Job, lease_s: float) -> bool:
+        """Hold `job` `lease_s` longer while this process still works on it: a round may
+        outlast its first lease (three URL tries of a slow download), and a lease run out
+        lets another process take the row while this one still writes its file."""
+        cursor = self._execute(
+            f"UPDATE {self.table} SET lease_until = ?"  # noqa: S608
+            f" WHERE {self._where} AND lease = ?",
+            (now_iso(lease_s), *self._key(job), me()),
+        )
+        return bool(cursor.rowcount == 1)
+
     def next_due(self) -> str | None:
         """When the earliest row waiting on its schedule is due (ISO, UTC), if any."""
         row = self._execute(

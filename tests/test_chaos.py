@@ -2,15 +2,17 @@
 Board notifications with csv/txt twins, large throttled files and Encoura exports on
 several product keys keep arriving; the vendors answer 503 now and then, the IMAP server
 restarts (losing its mail: the listing must catch up) and the disk fills up and frees.
-Every file is also forwarded to a real sshd behind a fault proxy: links are reset
-mid-upload, the server goes silent, its disk fills up; and `scorefetch fetch` / `sync` run
-by hand beside the daemon.
+Every file is also forwarded to a real sshd (this run's own) behind a fault proxy: links
+are reset mid-upload, the server goes silent, is killed and restarted, its disk fills up;
+`scorefetch fetch` / `sync` run by hand beside the daemon; and files age past retention's
+keep_days at random (their mtime set 40 days back).
 
-At the end every wanted file is on disk exactly once with the right bytes — and on the
-SFTP server exactly once with the right bytes, no dot-named part left: no unwanted twin,
-no `NAME-1` copy, nothing partial, no secret in any output, every Encoura export landed
-without a manual `sync`, and each file that was late told of once (`delivery.overdue`)
-and its arrival once (`delivery.recovered`). Prints the figures.
+At the end every wanted file is on the SFTP server exactly once with the right bytes, no
+dot-named part left, and on disk exactly once with the right bytes unless retention removed
+it — and retention removed only files every destination had confirmed first: no unwanted
+twin, no `NAME-1` copy, nothing partial, no secret in any output, every Encoura export
+landed without a manual `sync`, and each file that was late told of once
+(`delivery.overdue`) and its arrival once (`delivery.recovered`). Prints the figures.
 
 `make test` runs it for CHAOS_SECONDS (default 75); `make chaos` for CHAOS_MINUTES (10).
 The disk faults need root (a small tmpfs as download_dir); without root they are skipped.
@@ -22,6 +24,7 @@ import contextlib
 import hashlib
 import os
 import random
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -36,7 +39,7 @@ import pytest
 from scorefetch.sandbox import mail
 from scorefetch.sandbox.daemon import DaemonProcess, write_config
 from scorefetch.sandbox.imapserver import PymapServer
-from scorefetch.sandbox.sshd import forward_config
+from scorefetch.sandbox.sshd import SshServer, forward_config
 from tests.standins.hostile import HostileCollegeBoard, HostileEncoura
 from tests.standins.proxy import FaultProxy
 from tests.support import assert_no_secrets, wait_until
@@ -89,6 +92,7 @@ class World:
         self.proxy.start()
         self.sftp = FaultProxy(sshd.host, sshd.port)
         self.sftp.start()
+        self.ledger = files.parent / "state" / "ledger.sqlite3"
         self.want: dict[str, str] = {}  # path under download_dir → sha256
         self.figures: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -134,6 +138,7 @@ class World:
         forward += encoura.split("\n", 1)[1]  # the same `forward:` mapping
         with path.open("a") as out:
             out.write(forward + f"alerts:\n  overdue_after: {OVERDUE_S}s\n")
+            out.write("retention:\n  keep_days: 30\n")  # what age() makes a file look
         return path
 
     # arrivals
@@ -181,7 +186,10 @@ class World:
     def fault(self) -> None:
         """One fault, chosen at random."""
         kind = self.rng.choice(
-            ["503", "503", "imap", "disk", "throttle", "sftp_reset", "sftp_silent", "remote_full"]
+            [
+                *("503", "503", "imap", "disk", "throttle"),
+                *("sftp_reset", "sftp_silent", "sftp_restart", "remote_full", "age"),
+            ]
         )
         if kind == "503":
             sim, endpoint = self.rng.choice(
@@ -201,11 +209,48 @@ class World:
             self.sftp.cut(reset=True)  # every upload under way loses its link
         elif kind == "sftp_silent":
             self.sftp.blackhole()  # the server says nothing until heal()
+        elif kind == "sftp_restart":
+            self.sshd.stop()  # the listener and its sessions: uploads under way are cut
+            time.sleep(self.rng.uniform(0.2, 2.0))  # the fault: away a random while
+            self.sshd.start()  # the same port, keys and files
+        elif kind == "age":
+            if not self.age():
+                return
         elif kind == "remote_full" and self.disk:
             self.fill(self.remote)
         else:
             return
         self.figures[f"fault_{kind}"] += 1
+
+    def age(self) -> bool:
+        """A landed file looks 40 days old: retention may remove it once every destination
+        has it (never before)."""
+        landed = [p for p in map(Path, _files(self.files)) if not p.name.startswith(".")]
+        if not landed:
+            return False
+        old = time.time() - 40 * 86400
+        with contextlib.suppress(OSError):  # removed meanwhile
+            os.utime(self.files / self.rng.choice(landed), (old, old))
+        return True
+
+    def removed(self) -> dict[str, str]:
+        """What retention removed and nobody fetched again (`removed_at` set), with when."""
+        with contextlib.closing(sqlite3.connect(self.ledger)) as ledger:
+            rows = ledger.execute(
+                "SELECT vendor, path, removed_at FROM deliveries WHERE removed_at IS NOT NULL"
+            ).fetchall()
+        return {str(Path(path).relative_to(self.files)): at for _vendor, path, at in rows}
+
+    def removed_too_soon(self) -> list[str]:
+        """Files retention removed before every destination confirmed them (its rows)."""
+        with contextlib.closing(sqlite3.connect(self.ledger)) as ledger:
+            rows = ledger.execute(
+                "SELECT d.vendor, d.key, f.destination, f.state, f.updated_at, d.removed_at"
+                " FROM deliveries d JOIN forwards f ON f.vendor = d.vendor AND f.key = d.key"
+                " WHERE d.removed_at IS NOT NULL"
+                " AND (f.state != 'uploaded' OR f.updated_at > d.removed_at)"
+            ).fetchall()
+        return [" ".join(map(str, row)) for row in rows]
 
     def restart_imap(self) -> None:
         self.imap.stop()
@@ -242,10 +287,11 @@ class World:
         return _digests(self.remote)
 
     def settled(self) -> bool:
-        """Every wanted file is here and on the SFTP server."""
+        """Every wanted file is on the SFTP server, and here unless retention removed it."""
         with self._lock:
             want = set(self.want)
-        return all(want <= set(_files(where)) for where in (self.files, self.remote))
+        here = set(_files(self.files)) | set(self.removed())
+        return want <= set(_files(self.remote)) and want <= here
 
     # by hand, beside the daemon
     def by_hand(self, config: Path) -> None:
@@ -345,13 +391,20 @@ def _settle(world: World, config: Path, daemons: list[DaemonProcess]) -> float:
 
 
 def test_chaos_every_file_lands_exactly_once(tmp_path: Path, sshd_server: Any) -> None:
-    """Kills, restarts, 503s, IMAP restarts, link resets, a silent and a full SFTP server,
-    a full disk and commands run by hand: every wanted file exactly once, here and there."""
+    """Kills, restarts, 503s, IMAP restarts, link resets, a silent, restarted and full SFTP
+    server, a full disk, files aging past retention and commands run by hand: every wanted
+    file exactly once, here (unless retention removed it, after every destination had it)
+    and there. `sshd_server` only says sshd is here: the run has one of its own to kill."""
     seed = int(os.environ.get("CHAOS_SEED", str(int(time.time()))))
-    remote = sshd_server.root / f"chaos{os.getpid()}x{seed}"
-    with tmpfs(tmp_path / "files", "256m") as disk, tmpfs(remote, "256m"):
+    own = SshServer(tmp_path / "sshd")
+    own.start()
+    remote = own.root / f"chaos{seed}"
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(own.stop)
+        disk = cleanup.enter_context(tmpfs(tmp_path / "files", "256m"))
+        cleanup.enter_context(tmpfs(remote, "256m"))
         remote.chmod(0o777)  # the SFTP user writes there
-        world = World(tmp_path, tmp_path / "files", disk, seed, sshd_server, remote)
+        world = World(tmp_path, tmp_path / "files", disk, seed, own, remote)
         stop = threading.Event()
         try:
             config = world.config()
@@ -381,9 +434,12 @@ def test_chaos_every_file_lands_exactly_once(tmp_path: Path, sshd_server: Any) -
                 len(late["overdue"]),
                 len(late["recovered"]),
             )
+            removed = world.removed()
+            world.figures["retention_removed"] = len(removed)
             _report(world, seed, time.monotonic() - began, settle_s, disk)
-            assert world.on_disk() == world.want
             assert world.on_server() == world.want  # once each, the right bytes, no parts
+            assert world.on_disk() == {p: d for p, d in world.want.items() if p not in removed}
+            assert world.removed_too_soon() == []
             assert max(Counter(late["overdue"]).values(), default=0) <= 1
             assert max(Counter(late["recovered"]).values(), default=0) <= 1
             assert set(late["recovered"]) == set(late["overdue"])
@@ -424,5 +480,6 @@ def _report(world: World, seed: int, total_s: float, settle_s: float, disk: bool
         f"  by hand    {f['by_hand_fetch']} fetch, {f['by_hand_sync']} sync "
         f"({f['by_hand_failed']} crashed)\n"
         f"  late       {f['overdue']} delivery.overdue, {f['recovered_late']} delivery.recovered\n"
+        f"  retention  {f['fault_age']} files aged, {f['retention_removed']} removed at the end\n"
         f"  settled in {settle_s:.1f} s after the last fault"
     )

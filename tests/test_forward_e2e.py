@@ -3,9 +3,11 @@ file landed, file on the SFTP server under its final name; SIGKILL mid-upload; r
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -177,8 +179,10 @@ def test_retention_removes_forwarded_old_files_and_they_stay_duplicates(
     tmp_path: Path,
 ) -> None:
     """A forwarded file older than keep_days is deleted at start (retention.removed); the
-    same notification again is a duplicate, not a second download."""
-    configure(
+    same notification again is a duplicate, not a second download. `scorefetch fetch`
+    brings it back and clears the removal: a young file again, kept, never sent twice (the
+    server has our upload of those bytes), and removed again only once old."""
+    config = configure(
         tmp_path,
         cb_sim,
         imap_server,
@@ -204,6 +208,24 @@ def test_retention_removes_forwarded_old_files_and_they_stay_duplicates(
     again.wait_event("delivery.skipped", filename="4300_20261121_130000.csv", reason="duplicate")
     assert not local.exists()
     assert again.named("delivery.downloaded") == []
+    assert again.stop() == 0
+    fetch = ["fetch", "-c", str(config), "collegeboard", "4300_20261121_130000.csv"]
+    assert main(fetch) == 0
+    assert local.read_bytes() == b"x,y\r\n"
+    with contextlib.closing(sqlite3.connect(tmp_path / "state" / "ledger.sqlite3")) as db:
+        (removed_at,) = db.execute("SELECT removed_at FROM deliveries").fetchone()
+        states = db.execute("SELECT state FROM forwards").fetchall()
+    assert removed_at is None
+    assert states == [("uploaded",)]  # ours already, those very bytes: not sent twice
+    third = start_daemon()
+    third.wait_event("daemon.ready")
+    assert local.exists(), "a file fetched again is young: retention keeps it"
+    assert third.named("retention.removed") == []
+    assert third.stop() == 0
+    os.utime(local, (past, past))
+    fourth = start_daemon()
+    fourth.wait_event("retention.removed", filename="4300_20261121_130000.csv")
+    assert not local.exists()
 
 
 def test_doctor_checks_each_destination_with_a_probe(

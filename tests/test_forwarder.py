@@ -23,7 +23,7 @@ from scorefetch.forward.sftp import SftpTarget
 from scorefetch.retention import Retention
 from scorefetch.sandbox.ports import free_port
 from tests.standins.proxy import FaultProxy
-from tests.support import wait_until
+from tests.support import LogLines, wait_until
 
 _folders = itertools.count(1)
 # The forwarder's log lines go to a stream of each test's own (conftest.log_lines).
@@ -220,3 +220,25 @@ def test_a_ledger_from_before_retention_gains_the_column(tmp_path: Path) -> None
     row = ledger.get("collegeboard", "a.csv")
     assert row is not None and row.removed_at is None
     ledger.close()
+
+
+def test_a_renamed_destinations_unsent_files_are_reported_and_kept(
+    sshd_server: Any, remote: Path, ledger: Ledger, tmp_path: Path, log_lines: LogLines
+) -> None:
+    """A file owed to a destination since renamed (`old-slate` → `slate`) is not silently
+    abandoned: `forward.orphaned` at start names it with its count, `status` reads the same
+    count, and retention keeps the file however old it is (a person decides)."""
+    owed = land(ledger, tmp_path, "owed.csv", b"o", ("old-slate",))
+    month_ago = time.time() - 31 * 86400
+    os.utime(owed.path, (month_ago, month_ago))
+    forwarder = Forwarder([destination(sshd_server, remote)], ledger)
+    forwarder.start()
+    try:
+        (orphaned,) = log_lines.events("forward.orphaned")
+        assert orphaned["destinations"] == {"old-slate": 1}
+        assert ledger.forwards.orphans(["slate"]) == {"old-slate": 1}  # what status shows
+        retention = Retention(ledger, 30, {"slate": ("collegeboard", "encoura")})
+        assert retention.sweep() == []
+        assert owed.path.exists()
+    finally:
+        forwarder.close(5)

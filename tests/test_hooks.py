@@ -334,3 +334,22 @@ def test_a_refused_mailbox_login_pages_once_and_recovers(
     daemon = start_daemon()
     daemon.wait_event("auth.recovered", vendor="imap")
     assert len(runs(out)) == 1
+
+
+def test_a_fact_with_nul_and_controls_still_runs_the_hook(
+    dump_env: tuple[Path, Path], log_lines: LogLines
+) -> None:
+    """A vendor's error text with a NUL (which no environment variable can hold: Popen
+    refused the hook outright) or terminal escapes runs on_failure all the same, with
+    the fact cleaned."""
+    script, out = dump_env
+    hooks = Hooks(HooksConfig(on_failure=(str(script), str(out), "failed"), timeout=10.0))
+    error = "refused\x00 by \x1b[31mvendor\x1b[0m\r\nFAKE: line"
+    hooks(DeliveryFailed("encoura", "u1", "e\x00.csv", 4, error, Failure.FATAL, False))
+    assert hooks.close(10)
+    assert log_lines.events("hook.failed") == []
+    (run,) = runs(out)
+    env = run["env"]
+    assert "\x00" not in env["SCOREFETCH_ERROR"] and "\x1b" not in env["SCOREFETCH_ERROR"]
+    assert "\n" not in env["SCOREFETCH_ERROR"] and "refused" in env["SCOREFETCH_ERROR"]
+    assert "\x00" not in env["SCOREFETCH_FILENAME"]

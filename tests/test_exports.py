@@ -9,11 +9,15 @@ from typing import Any
 
 import pytest
 
+from scorefetch.config import HooksConfig, MetricsConfig
 from scorefetch.core.errors import ConfigError, VendorError
 from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger
 from scorefetch.encoura.client import Encoura, choose_organization, strip_token
 from scorefetch.encoura.poller import EncouraDeliveries, recover
+from scorefetch.observers.hooks import Hooks
+from scorefetch.observers.journey import journeys
+from scorefetch.observers.metrics import Metrics
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, write_config
 from scorefetch.sandbox.encoura import EncouraSimulator
@@ -374,14 +378,34 @@ def test_an_export_whose_quantity_disagrees_is_suspect_and_one_that_agrees_is_no
     enc_sim: EncouraSimulator, tmp_path: Path, log_lines: Any
 ) -> None:
     """Encoura's `quantity` is the rows of the csv less its header: off by two, the export
-    lands and is delivery.suspect (kept, not retried); the sandbox's own files agree."""
+    lands and is delivery.suspect (kept, not retried); the sandbox's own files agree. A
+    person hears of it: on_failure runs with the figures, the metric counts it, and
+    `status` marks the file SUSPECT."""
     good = enc_sim.add_export("score-reporter", "good.csv", b"id\r\n1\r\n2\r\n")
     enc_sim.with_dialect(quantity_off=2)
     odd = enc_sim.add_export("score-reporter", "odd.csv", b"id\r\n1\r\n")
     deliveries = exports(enc_sim, tmp_path, product_keys=["score-reporter"])
+    told = tmp_path / "told.txt"
+    hook = tmp_path / "hook"
+    hook.write_text(
+        '#!/bin/sh\necho "$SCOREFETCH_EVENT $SCOREFETCH_FILENAME $SCOREFETCH_ROWS'
+        f' $SCOREFETCH_EXPECTED_ROWS" >> {told}\n'
+    )
+    hook.chmod(0o755)
+    hooks = Hooks(HooksConfig(on_failure=(str(hook),), timeout=10.0))
+    metrics = Metrics(
+        MetricsConfig(textfile=tmp_path / "m.prom"), deliveries.ledger, ["encoura"], imap=False
+    )
+    deliveries.events.subscribe(hooks)
+    deliveries.events.subscribe(metrics)
     deliveries.poll()
     assert deliveries.wait_idle(30)
     deliveries.close(5)
+    assert hooks.close(10)
+    assert told.read_text() == "delivery.suspect odd.csv 1 3\n"
+    assert b'scorefetch_suspect_files_total{vendor="encoura"} 1.0' in metrics.exposition()
+    shown = {f["key"]: f for f in journeys(deliveries.ledger, [])}
+    assert shown[odd]["suspect"] and shown[good]["suspect"] is None
     (suspect,) = log_lines.events("delivery.suspect")
     assert suspect["uid"] == odd and suspect["rows"] == 1 and suspect["expected_rows"] == 3
     rows = {uid: deliveries.ledger.get("encoura", uid) for uid in (good, odd)}

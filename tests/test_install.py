@@ -449,3 +449,32 @@ def test_upgrade_from_the_previous_release(
     assert status.returncode == 0, status.stderr
     recent = {r["filename"]: r["state"] for r in json.loads(status.stdout)["recent"]}
     assert recent == {first: "downloaded", second: "downloaded"}
+
+
+def test_uninstall_stops_and_disables_every_instance(temp_root: dict[str, Path]) -> None:
+    """`make uninstall` stops the plain unit and every `scorefetch@NAME` instance, disables
+    each one systemd lists, and reloads: no instance is left running a deleted release.
+    systemctl is a recorder here (systemd is not PID 1 in the test machine)."""
+    record = temp_root["PREFIX"].parent.parent / "systemctl.log"
+    fake = temp_root["PREFIX"].parent.parent / "systemctl"
+    fake.parent.mkdir(parents=True, exist_ok=True)
+    fake.write_text(
+        f'#!/bin/sh\necho "$*" >> {record}\n'
+        'case "$1" in list-units) printf "scorefetch@east.service loaded active running x\\n'
+        'scorefetch@west.service loaded failed failed y\\n";; esac\n'
+    )
+    fake.chmod(0o755)
+    variables = [f"{k}={v}" for k, v in temp_root.items()] + [f"SYSTEMCTL={fake}"]
+    done = subprocess.run(
+        ["make", "--no-print-directory", "uninstall", *variables],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    calls = record.read_text().splitlines()
+    assert "disable --now scorefetch.service" in calls
+    assert "stop scorefetch@*.service" in calls
+    assert "disable scorefetch@east.service scorefetch@west.service" in calls
+    assert calls[-1] == "daemon-reload"

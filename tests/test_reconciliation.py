@@ -197,3 +197,15 @@ def test_a_file_that_disagrees_with_the_listing_is_suspect_kept_and_not_retried(
     txt = tmp_path / "fine.txt"  # fixed width: no header, every line a record
     txt.write_bytes(b"0001JANE\r\n0002JOHN\r\n")
     assert data_rows(txt) == 2
+
+
+def test_the_listing_overlaps_a_day_unless_told() -> None:
+    """The listing looks back 24 h past its last good pass by default (a file College Board
+    posts with an older timestamp, or a clock that differs, is still listed; the ledger
+    drops what it has): one cheap call that loses nothing."""
+    config = CollegeBoardConfig(base_url="http://127.0.0.1:1", username="u", password="p")
+    assert config.listing_overlap == 24 * 3600
+    last = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    overlap = timedelta(seconds=config.listing_overlap)
+    since = listing_since(last, last, timedelta(days=14), overlap, "America/New_York")
+    assert since == last - timedelta(hours=24)

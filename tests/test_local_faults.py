@@ -12,6 +12,7 @@ import resource
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -170,6 +171,19 @@ def no_free_descriptors(spare: int = 0) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+def _open_connections(port: int) -> list[str]:
+    """TCP connections to or from local `port` not yet closed by both sides (ESTABLISHED,
+    or CLOSE_WAIT: the peer closed, the owner has not), from /proc/net/tcp."""
+    found = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state = fields[1], fields[2], fields[3]
+        ports = {int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16)}
+        if port in ports and state in ("01", "08"):
+            found.append(line)
+    return found
+
+
 def _full(folder: Path) -> contextlib.AbstractContextManager[None]:
     @contextlib.contextmanager
     def fill() -> Iterator[None]:
@@ -223,6 +237,12 @@ def test_each_local_fault_is_a_local_error_leaving_nothing(
     cb_sim.publish("big.csv", b"x" * 600_000)
     cb = client(cb_sim)
     url = cb.file_url("big.csv")
+    cb.session.close()
+    # The simulator serves on threads of this process: the fault must not begin before
+    # they have let go of the URL call's connection, or a descriptor freed meanwhile
+    # gives the download a socket the server then has none to accept.
+    ports = {urlsplit(cb_sim.base_url).port, urlsplit(url).port}
+    wait_until(lambda: not any(_open_connections(p) for p in ports if p), timeout=30)
     with make(folder), pytest.raises(LocalError) as caught:
         fetch_to_file(
             cb.session, url, folder, "big.csv", hosts=[cb_sim.download_host], deadline_s=60
@@ -233,28 +253,24 @@ def test_each_local_fault_is_a_local_error_leaving_nothing(
         assert not [p for p in folder.iterdir() if p.name.endswith(".part")]
 
 
-def test_no_descriptor_for_a_socket_is_ours_not_the_vendors(
-    cb_sim: CollegeBoardSimulator, tmp_path: Path
-) -> None:
+def test_no_descriptor_for_a_socket_is_ours_not_the_vendors(tmp_path: Path) -> None:
     """The part file opened, then the socket found no descriptor (another thread took the
     last one; CI saw it): EMFILE from a connection is a local fault, named, with nothing
-    left, and a vendor API call says so in its kind."""
-    cb_sim.publish("late.csv", b"y" * 50_000)
-    cb = client(cb_sim)
-    url = cb.file_url("late.csv")
+    left, and a vendor API call says so in its kind. No server in this process: nothing
+    frees a descriptor meanwhile (the socket is refused before any connect)."""
+    nowhere = "http://127.0.0.1:9/late.csv"  # discard: never reached
     with no_free_descriptors(), pytest.raises(requests.ConnectionError) as raw:
-        build_session().get(cb_sim.base_url, timeout=5)
+        build_session().get(nowhere, timeout=5)
     assert local_errno(raw.value) == errno.EMFILE
     with no_free_descriptors(), pytest.raises(VendorError) as api:
-        json_answer(build_session(), "POST", cb_sim.base_url + "/x", "/x")
+        json_answer(build_session(), "POST", nowhere, "/late")
     assert api.value.kind == Failure.LOCAL
     assert "EMFILE" in str(api.value)
     folder = tmp_path / "files"
     folder.mkdir()
+    session = build_session()
     with no_free_descriptors(spare=1), pytest.raises(LocalError) as caught:
-        fetch_to_file(
-            build_session(), url, folder, "late.csv", hosts=[cb_sim.download_host], deadline_s=60
-        )
+        fetch_to_file(session, nowhere, folder, "late.csv", hosts=["127.0.0.1"], deadline_s=60)
     assert "EMFILE" in str(caught.value)
     assert list(folder.iterdir()) == []
 

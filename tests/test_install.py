@@ -394,7 +394,8 @@ def test_upgrade_from_the_previous_release(
     """The previous release lands a file; the admin edits the unit and adds a drop-in;
     this checkout's `make install` keeps both (the edit reported, the new unit as .new),
     swaps the plain folder for a release; the new program does not fetch the first file
-    again, lands a second, and `status --json` shows both."""
+    again, lands a second, and `status --json` shows both. A second upgrade with the
+    package index unreachable fails, and the installed program still lands a third."""
     install_previous_release(temp_root, tmp_path)
     prefix, unitdir = temp_root["PREFIX"], temp_root["UNITDIR"]
     assert prefix.is_dir() and not prefix.is_symlink()
@@ -449,6 +450,24 @@ def test_upgrade_from_the_previous_release(
     assert status.returncode == 0, status.stderr
     recent = {r["filename"]: r["state"] for r in json.loads(status.stdout)["recent"]}
     assert recent == {first: "downloaded", second: "downloaded"}
+
+    release = prefix.resolve()
+    nowhere = tmp_path / "no-wheels"
+    nowhere.mkdir()
+    offline = {"PIP_NO_INDEX": "1", "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": str(nowhere)}
+    failed = make_install(temp_root, offline)
+    assert failed.returncode != 0 and "is unchanged" in failed.stderr
+    assert prefix.resolve() == release
+    third = "4300_20261123_120000.csv"
+    daemon = Started(*as_the_unit(temp_root))
+    try:
+        daemon.wait_event("daemon.ready")
+        cb_sim.publish(third, b"third\r\n")
+        pymap_server.deliver(mail.notification(third))
+        daemon.wait_event("delivery.downloaded", filename=third)
+    finally:
+        daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(timeout=60) == 0
 
 
 def test_uninstall_stops_and_disables_every_instance(temp_root: dict[str, Path]) -> None:

@@ -272,6 +272,43 @@ def test_check_config_refuses_two_product_keys_in_one_remote_folder(
     assert "encoura/score-reporter and encoura/prospects" in err and "{product_key}" in err
 
 
+def test_check_config_refuses_two_vendors_in_one_remote_folder(
+    cb_sim: CollegeBoardSimulator,
+    imap_server: ImapServer,
+    enc_sim: EncouraSimulator,
+    sshd_server: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`remote_dir: /incoming` for every vendor would put College Board's and Encoura's
+    files in one folder, where two of one name meet: refused (exit 78), `{vendor}` named;
+    with `{vendor}` and one product key the same configuration passes."""
+    shared = configure(
+        tmp_path,
+        cb_sim,
+        imap_server,
+        sshd_server,
+        "incoming",
+        forward={},
+        encoura=enc_sim,
+        product_keys=("score-reporter",),
+    )
+    assert main(["check-config", "-c", str(shared)]) == 78
+    err = capsys.readouterr().err
+    assert "collegeboard" in err and "encoura/score-reporter" in err and "{vendor}" in err
+    apart = configure(
+        tmp_path,
+        cb_sim,
+        imap_server,
+        sshd_server,
+        "incoming/{vendor}",
+        forward={},
+        encoura=enc_sim,
+        product_keys=("score-reporter",),
+    )
+    assert main(["check-config", "-c", str(apart)]) == 0
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 def test_a_disk_full_for_longer_than_overdue_after_reaches_a_person_once(
     cb_sim: CollegeBoardSimulator,

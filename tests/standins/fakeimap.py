@@ -63,9 +63,11 @@ def structure(part: Message, raw_body: bytes) -> tuple[Any, ...]:
 
 
 def _encoded(part: Message) -> bytes:
-    payload = part.get_payload()
-    if isinstance(payload, str):
-        return payload.encode("ascii", "surrogateescape")
+    """A leaf's body as it is in the message. Not get_payload(): that decodes 8-bit bytes
+    with the part's charset (real mail has them, tests/corpus/)."""
+    payload = getattr(part, "_payload", None)
+    if isinstance(payload, str):  # the bytes, surrogate-escaped by the bytes parser
+        return payload.encode("utf-8", "surrogateescape")
     return b""
 
 

@@ -19,7 +19,7 @@ from scorefetch.core import schema
 from scorefetch.core.engine import Engine, Outcome
 from scorefetch.core.errors import Failure, ScorefetchError
 from scorefetch.core.ledger import Ledger
-from scorefetch.core.work import Job, WorkRows, holder_alive, me, now_iso
+from scorefetch.core.work import Job, WorkRows, holder_alive, me
 from tests.support import wait_until
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -364,40 +364,61 @@ def test_an_empty_schedule_gives_up_but_never_on_what_is_never_given_up() -> Non
     assert len([retry_delay(k, 0, ()) for k in Failure]) == len(Failure)
 
 
-def test_a_round_longer_than_its_lease_keeps_the_row(ledger: Ledger, tmp_path: Path) -> None:
+class Slow(Lane):
+    """A lane whose round waits for `release` (a slow download, three URL tries)."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        super().__init__(ledger)
+        self.started, self.release = threading.Event(), threading.Event()
+        self.lease_s = 6.0  # renewed every 2 s
+
+    def run(self, job: Job) -> str:
+        self.started.set()
+        assert self.release.wait(60)
+        return super().run(job)
+
+
+def _renewed_twice(path: Path, key: str) -> None:
+    """Until the row's lease was pushed later twice: each renewal seen, not a clock."""
+    first = _lease_until(path, key)
+    wait_until(lambda: _lease_until(path, key) > first, timeout=30)
+    second = _lease_until(path, key)
+    wait_until(lambda: _lease_until(path, key) > second, timeout=30)
+
+
+def _another_process_takes(path: Path, key: str) -> bool:
+    taker = (
+        "import sys; from pathlib import Path; from scorefetch.core.ledger import Ledger; "
+        "print(Ledger(Path(sys.argv[1])).work('collegeboard').take((sys.argv[2],), 60))"
+    )
+    took = subprocess.run(
+        [sys.executable, "-c", taker, str(path), key], capture_output=True, text=True, check=True
+    )
+    return took.stdout.strip() == "True"
+
+
+@pytest.mark.parametrize("where", ["engine", "run_now"])
+def test_a_round_longer_than_its_lease_keeps_the_row(
+    ledger: Ledger, tmp_path: Path, where: str
+) -> None:
     """A round that outlasts its lease (three slow URL tries, say) has it renewed while it
-    runs, so no other process takes the row (and writes the same file) meanwhile."""
-    release = threading.Event()
-    started = threading.Event()
-
-    class Slow(Lane):
-        def run(self, job: Job) -> str:
-            started.set()
-            assert release.wait(60)
-            return super().run(job)
-
+    runs — on the daemon's engine, and on `fetch`'s own thread, which has no engine loop —
+    so no other process takes the row (and writes the same file) meanwhile."""
     lane = Slow(ledger)
-    lane.lease_s = 4.0  # renewed every 4/3 s: a stall of over 2.6 s would be needed to lose it
     ledger.claim("collegeboard", "slow.csv", "slow.csv", "mail")
     engine = Engine(poll_s=0.1)
     engine.add(lane)
-    engine.start()
+    if where == "engine":
+        engine.start()
+    else:
+        threading.Thread(target=engine.run_now, args=(lane, ("slow.csv",)), daemon=True).start()
     path = tmp_path / "ledger.sqlite3"
     try:
-        assert started.wait(10)
-        first = _lease_until(path, "slow.csv")
-        wait_until(lambda: _lease_until(path, "slow.csv") > first, timeout=30)
-        wait_until(lambda: now_iso() > first, timeout=30)  # past the first lease
-        taker = (
-            "import sys; from pathlib import Path; from scorefetch.core.ledger import Ledger; "
-            "print(Ledger(Path(sys.argv[1])).work('collegeboard').take(('slow.csv',), 60))"
-        )
-        took = subprocess.run(
-            [sys.executable, "-c", taker, str(path)], capture_output=True, text=True, check=True
-        )
-        assert took.stdout.strip() == "False", "another process took a row still running here"
+        assert lane.started.wait(10)
+        _renewed_twice(path, "slow.csv")
+        assert not _another_process_takes(path, "slow.csv"), "taken while it still ran here"
     finally:
-        release.set()
+        lane.release.set()
         assert lane.landed.wait(10)
         engine.close(5)
 

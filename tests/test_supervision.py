@@ -27,7 +27,7 @@ from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger
 from scorefetch.core.loops import Periodic, Supervised
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
-from scorefetch.service import Notifier, Service
+from scorefetch.service import Notifier, Service, _Stop
 from tests.standins.hostile import HostileCollegeBoard
 from tests.support import LogLines, wait_until
 
@@ -299,6 +299,10 @@ def test_the_signal_handler_takes_no_lock_the_main_thread_may_hold(
     from scorefetch.sandbox.daemon import write_config
 
     service = Service(sources.load(write_config(tmp_path, cb_sim, pymap_server)))
+    # An Event of the test's own in place of the module's ENDED: a handler that did take
+    # its lock would leave it held for good, and every later test's loops with it.
+    service.attention = threading.Event()
+    service.stop = _Stop(service.attention)
     returned = threading.Event()
 
     def signal_arrives_inside_wait() -> None:

@@ -213,6 +213,8 @@ class Service:
         while True:
             self.attention.wait(self._next_wake(watching, pinging=not any(unhealthy)))
             self.attention.clear()  # then the flag: a stop set meanwhile is seen now
+            if self._signal is not None:  # the signals thread sets it; this is the fallback
+                self.stop.set()  # (a wakeup pipe lost to another library: within HEALTH_S)
             if self.stop.is_set():
                 break
             line = self._status_line(watching)

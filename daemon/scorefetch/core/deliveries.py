@@ -133,14 +133,13 @@ class Deliveries(Generic[ClientT]):
 
     def _outcome_elsewhere(self, name: str) -> Landed | None:
         """The file as the process holding its row left it: landed, or None once that
-        process let go without landing it (it failed, or died)."""
-        deadline = time.monotonic() + self.lease_s
-        while time.monotonic() < deadline:
+        process let go without landing it (it failed, or died). As long as it holds the
+        row, however long its round (it renews its lease): Ctrl-C ends the wait."""
+        while True:
             row = self.ledger.get(self.vendor, name)
             if row is None or row.lease is None or not holder_alive(row.lease):
                 return self._landed_meanwhile(name)
             time.sleep(ELSEWHERE_POLL_S)  # another process: only the ledger can tell us
-        return None
 
     def bytes_so_far(self, job: Job) -> dict[str, Any]:
         """For the heartbeat: bytes so far, of how many, and the file's name (`status`

@@ -28,7 +28,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -266,7 +266,25 @@ class Engine:
         with self._lock:
             self._queued.discard(key)
             self._running[key] = (token, time.monotonic())
-        return self._run(lane, job, token)
+        with self._renewing(lane, job):  # `fetch` has no engine loop to renew it
+            return self._run(lane, job, token)
+
+    @contextlib.contextmanager
+    def _renewing(self, lane: Lane, job: Job) -> Iterator[None]:
+        """Renew the lease of a round run on the caller's thread every third of it, from
+        a thread of its own, until the round ends."""
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(lane.lease_s / 3):
+                if not self._renew_one(lane, job):
+                    return
+
+        threading.Thread(target=renew, name="lease", daemon=True).start()
+        try:
+            yield
+        finally:
+            done.set()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -276,8 +294,8 @@ class Engine:
             if woken or self._busy():
                 self._active_until = time.monotonic() + ACTIVE_S
             try:
-                self._look(woken)
                 self._renew()
+                self._look(woken)
             except Exception as exc:  # noqa: BLE001 - the engine goes on; the ledger may heal
                 self._log.error("engine.failed", error=type(exc).__name__, exc_info=exc)
                 self._next_look = 0.0
@@ -328,10 +346,25 @@ class Engine:
         for (name, job), since in running:
             lane = self._lanes[name]
             if now - since >= lane.lease_s / 3:
-                lane.rows.renew(job, lane.lease_s)
+                self._renew_one(lane, job)
                 with self._lock:
                     if (name, job) in self._running:
                         self._renewed[(name, job)] = now
+
+    def _renew_one(self, lane: Lane, job: Job) -> bool:
+        """Renew one lease; False (and said) when it is no longer ours. A ledger that fails
+        now is tried again at the next renewal."""
+        try:
+            if lane.rows.renew(job, lane.lease_s):
+                return True
+        except ScorefetchError as exc:
+            self._log.warning("ledger.write_failed", lane=lane.name, error=str(exc))
+            return True
+        with contextlib.suppress(ScorefetchError):
+            holder = lane.rows.holder(job)
+            if holder is not None:  # none: the round's outcome let go of it, nothing lost
+                self._log.warning("work.lease_lost", lane=lane.name, job=list(job), holder=holder)
+        return False
 
     def _dispatch(self) -> None:
         for lane in list(self._lanes.values()):

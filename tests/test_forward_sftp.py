@@ -199,6 +199,22 @@ def test_a_server_that_is_down_is_a_transient_failure(tmp_path: Path, sshd_serve
     assert "cannot connect" in str(caught.value)
 
 
+def test_no_descriptor_for_the_connection_is_a_local_failure(
+    tmp_path: Path, sshd_server: Any
+) -> None:
+    """No descriptor left for the socket: LOCAL (ours, retried for ever, never given up
+    after the schedule as a server's fault would be), the errno named."""
+    from tests.test_local_faults import no_free_descriptors
+
+    dest = target(sshd_server, "/x")
+    local = landed(tmp_path, "a.csv", b"1")
+    for spare, step in ((0, "cannot read the local copy"), (1, "cannot connect")):
+        with no_free_descriptors(spare), pytest.raises(ForwardError) as caught:
+            dest.upload(local, "a.csv", "collegeboard", None)
+        assert caught.value.kind == Failure.LOCAL, caught.value
+        assert str(caught.value).startswith(step)
+
+
 def test_a_connection_cut_mid_upload_leaves_no_final_name(
     sshd_server: Any, remote: Path, tmp_path: Path
 ) -> None:

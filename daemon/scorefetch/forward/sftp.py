@@ -25,7 +25,7 @@ import paramiko
 from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY, CMD_STATUS, CMD_WRITE, int64
 
 from scorefetch.config import SftpDestination, keys
-from scorefetch.core.errors import Failure, RefusedError
+from scorefetch.core.errors import Failure, RefusedError, local_errno
 from scorefetch.core.filenames import check_name
 from scorefetch.core.logs import untrusted
 from scorefetch.forward import ForwardError, Placed
@@ -258,6 +258,8 @@ class SftpTarget:
         kind = Failure.TRANSIENT
         if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EACCES:
             kind = Failure.AUTH  # a folder we may not write: a person must act
+        elif local_errno(exc) is not None:
+            kind = Failure.LOCAL  # no descriptor for a socket here: ours, retried for ever
         return ForwardError(f"{doing}: {name}: {reason} ({self._where})", kind=kind)
 
 

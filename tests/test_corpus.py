@@ -185,10 +185,17 @@ def test_real_mail_beside_notifications_lands_every_file_once_and_rejects_the_re
     expected = 2 * len(messages)
     daemon.wait_for(lambda _: len(daemon.named("notification.rejected")) >= expected, timeout=60)
     rejected = daemon.named("notification.rejected")
+    settled_s = max(e["_at"] for e in rejected) - daemon.started  # the figures, for the note
+    peak_mb = _peak_rss_mb(daemon.proc.pid)
+    print(
+        f"\ncorpus: {len(messages)} messages ({2 * len(messages)} appended, as they are and"
+        f" spoofed) + {len(names)} notifications; first start to the last rejection"
+        f" {settled_s:.1f} s; peak RSS {peak_mb:.0f} MB"
+    )
     uids = Counter(e["uid"] for e in rejected)
     assert len(rejected) == expected and max(uids.values()) == 1
     assert all(e.get("reason") and e["reason"] != "internal_error" for e in rejected)
     downloaded = Counter(e["filename"] for e in daemon.named("delivery.downloaded"))
     assert set(downloaded.values()) == {1}
-    assert _peak_rss_mb(daemon.proc.pid) < 200
+    assert peak_mb < 200
     assert daemon.stop() == 0

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from scorefetch.config import SftpDestination
+from scorefetch.core.errors import Failure
 from scorefetch.core.events import Downloaded, Event, ForwardFailed, ForwardUploaded
 from scorefetch.core.ledger import Ledger
 from scorefetch.forward.forwarder import Forwarder
@@ -242,3 +243,41 @@ def test_a_renamed_destinations_unsent_files_are_reported_and_kept(
         assert owed.path.exists()
     finally:
         forwarder.close(5)
+
+
+def test_a_local_copy_changed_since_it_landed_is_never_sent(
+    sshd_server: Any, remote: Path, ledger: Ledger, tmp_path: Path
+) -> None:
+    """Uploads wait (Slate down for hours): meanwhile one landed file is saved over (a
+    spreadsheet), another swapped for a symlink to the credentials. Neither reaches the
+    server: `forward.failed reason=changed` (never retried, a person told) and a refusal
+    naming the symlink; no part left; an untouched file beside them is sent."""
+    secret = tmp_path / "credentials" / "collegeboard_password"
+    secret.parent.mkdir()
+    secret.write_text("hunter2-the-password\n")
+    edited = land(ledger, tmp_path, "edited.csv", b"Last,First\r\nDoe,Jane\r\n", ("slate",))
+    swapped = land(ledger, tmp_path, "swapped.csv", b"Last,First\r\nRoe,Rich\r\n", ("slate",))
+    fine = land(ledger, tmp_path, "fine.csv", b"Last,First\r\nPoe,Edgar\r\n", ("slate",))
+    edited.path.write_bytes(b"Last,First\r\nDoe,J\r\n")  # Excel saved it
+    swapped.path.unlink()
+    swapped.path.symlink_to(secret)
+    forwarder = Forwarder([destination(sshd_server, remote)], ledger)
+    seen = collect(forwarder)
+    forwarder.start()
+    try:
+        assert forwarder.wait_idle(30)
+    finally:
+        forwarder.close(5)
+    assert files_in(remote) == {"collegeboard/fine.csv": fine.path.read_bytes()}
+    failed = {e.filename: e for e in seen if isinstance(e, ForwardFailed)}
+    assert set(failed) == {"edited.csv", "swapped.csv"}
+    assert all(not e.will_retry and e.kind == Failure.REFUSED for e in failed.values())
+    assert "SHA-256 differs" in failed["edited.csv"].error
+    assert "symlink" in failed["swapped.csv"].error
+    row = ledger.forwards.get("slate", "collegeboard", "edited.csv")
+    assert row is not None and row.state == "failed"
+
+
+def files_in(root: Path) -> dict[str, bytes]:
+    """Every file under `root` (dot-named parts included), by relative path."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}

@@ -86,13 +86,7 @@ class SftpTarget:
             raise ForwardError(f"{filename!r}: {exc}", kind=Failure.REFUSED) from None
         folder = self.remote_dir(vendor, product_key)
         final = posixpath.join(folder, filename)
-        try:
-            source = local.open("rb")
-        except OSError as exc:
-            raise ForwardError(
-                f"cannot read the local copy {local}: {exc.strerror or exc}",
-                kind=Failure.REFUSED if exc.errno == errno.ENOENT else Failure.LOCAL,
-            ) from None
+        source = _open_landed(local)
         with source, self._session() as sftp:
             size = os.fstat(source.fileno()).st_size
             self._call(_makedirs, sftp, folder)
@@ -102,7 +96,15 @@ class SftpTarget:
             self._call(_remove_stale_parts, sftp, folder, filename)
             temp = posixpath.join(folder, f".{filename}.{secrets.token_hex(4)}{PART_SUFFIX}")
             try:
-                self._call(_put, sftp, source, temp, size)
+                sent = self._call(_put, sftp, source, temp, size)
+                if sha256 is not None and sent != sha256:
+                    raise ForwardError(
+                        f"the local copy {local} is not the file that landed (its SHA-256 "
+                        "differs: changed since, by hand or by another program); not sent: "
+                        "`scorefetch fetch --force` it to send the vendor's file",
+                        kind=Failure.REFUSED,
+                        reason="changed",
+                    )
                 if renaming is not None:
                     renaming(final)
                 try:
@@ -338,15 +340,37 @@ def _remove_stale_parts(sftp: paramiko.SFTPClient, folder: str, filename: str) -
                 sftp.remove(posixpath.join(folder, name))
 
 
-def _put(sftp: paramiko.SFTPClient, source: BinaryIO, temp: str, size: int) -> None:
+def _open_landed(local: Path) -> BinaryIO:
+    """The landed file to send, never through a symlink put in its place (the service
+    user's secrets, the ledger) and only a regular file; gone is a person's matter."""
+    try:
+        fd = os.open(local, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        gone = exc.errno in (errno.ENOENT, errno.ELOOP)  # ELOOP: a symlink in its place
+        raise ForwardError(
+            f"cannot read the local copy {local}: "
+            + ("a symlink in its place" if exc.errno == errno.ELOOP else exc.strerror or "error"),
+            kind=Failure.REFUSED if gone else Failure.LOCAL,
+        ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ForwardError(
+            f"cannot read the local copy {local}: not a regular file", kind=Failure.REFUSED
+        )
+    return os.fdopen(fd, "rb")
+
+
+def _put(sftp: paramiko.SFTPClient, source: BinaryIO, temp: str, size: int) -> str:
     """Stream `source` to `temp` with pipelined writes, every one of them answered OK, flush
     them to the server's disk where it can (fsync@openssh.com), and confirm the size the
-    server reports."""
+    server reports; the SHA-256 of what was sent."""
     request_size = _write_length(sftp)
     in_flight = max(4, IN_FLIGHT_BYTES // request_size)
+    digest = hashlib.sha256()
     with sftp.open(temp, "wb") as target:
         writes = _Writes(sftp, cast(bytes, target.handle))
         while chunk := source.read(READ_CHUNK):
+            digest.update(chunk)
             for start in range(0, len(chunk), request_size):
                 writes.send(chunk[start : start + request_size])
                 writes.wait(in_flight)
@@ -357,6 +381,7 @@ def _put(sftp: paramiko.SFTPClient, source: BinaryIO, temp: str, size: int) -> N
         raise ForwardError(
             f"the server holds {got} bytes of {size} after the upload", kind=Failure.TRANSIENT
         )
+    return digest.hexdigest()
 
 
 class _Writes:

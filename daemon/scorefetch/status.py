@@ -3,6 +3,7 @@ ledger's own keys) or as plain sentences for a person (local time, no internal k
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,9 @@ def report(config: Config) -> dict[str, Any]:
             "forward": _forward_report(config, ledger),
             "daemon": liveness(ledger),
             "files": journeys(ledger, list(config.forward)),
-            "orphaned_destinations": ledger.forwards.orphans(list(config.forward)),
+            "orphaned_destinations": ledger.forwards.orphans(
+                {name: _wanting(dest.vendors) for name, dest in config.forward.items()}
+            ),
         }
     finally:
         ledger.close()
@@ -110,6 +113,10 @@ def _plus(stamp: str, seconds: float) -> str:
         return (datetime.fromisoformat(stamp) + timedelta(seconds=seconds)).isoformat()
     except (TypeError, ValueError):
         return ""
+
+
+def _wanting(vendors: Sequence[str]) -> Callable[[str], bool]:
+    return lambda vendor: not vendors or vendor in vendors
 
 
 def _forward_report(config: Config, ledger: Ledger) -> dict[str, Any]:
@@ -176,7 +183,8 @@ def render(facts: dict[str, Any]) -> list[str]:
     lines += _journeys(facts["files"])
     for name, n in facts["orphaned_destinations"].items():
         lines.append(
-            f"Forward to {name}: no longer configured, {n} files never sent there "
+            f"Forward to {name}: {n} files owed from before a configuration change (the "
+            "destination removed or renamed, or its vendors: changed) never sent there, kept "
             "(add it back, or send them by hand)"
         )
     counts = facts["counts"]

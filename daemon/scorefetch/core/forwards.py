@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -147,14 +147,19 @@ class ForwardRows:
             (_now(), destination, vendor, key),
         )
 
-    def orphans(self, configured: list[str]) -> dict[str, int]:
-        """Destinations no longer configured that still owe files: name → how many."""
+    def orphans(self, wanted: Mapping[str, Callable[[str], bool]]) -> dict[str, int]:
+        """Files owed from before a configuration change and not sent: to a destination no
+        longer configured, or of a vendor its `vendors:` no longer lists (`wanted`: each
+        configured destination's `wants`). Destination → how many."""
         rows = self._execute(
-            "SELECT destination, count(*) FROM forwards WHERE state != 'uploaded'"
-            " AND destination NOT IN (SELECT value FROM json_each(?)) GROUP BY destination",
-            (json.dumps(configured),),
+            "SELECT destination, vendor, count(*) FROM forwards WHERE state != 'uploaded'"
+            " GROUP BY destination, vendor"
         ).fetchall()
-        return {name: n for name, n in rows}
+        found: dict[str, int] = {}
+        for name, vendor, n in rows:
+            if name not in wanted or not wanted[name](vendor):
+                found[name] = found.get(name, 0) + n
+        return found
 
     def unfinished(self, destination: str) -> list[Forward]:
         """Rows not uploaded yet, given-up ones included: a restart tries them again."""

@@ -21,6 +21,7 @@ from scorefetch.forward import Destination
 
 UPLOADS_PER_DESTINATION = 2
 LEASE_S = 6 * 3600.0  # an upload is held at most this long (a dead holder frees it at once)
+UNWANTED = "not sent: this destination's vendors: no longer lists the vendor"
 
 
 class Uploads:
@@ -42,6 +43,9 @@ class Uploads:
         name = self.destination.name
         row = self.ledger.forwards.get(name, vendor, key)
         if row is None or row.state == "uploaded":
+            return False
+        if not self.destination.wants(vendor):  # its vendors: changed since it was owed
+            self.rows.failed(job, UNWANTED, None, Failure.REFUSED)  # kept, reported at start
             return False
         self.rows.attempt(job)
         started = time.monotonic()
@@ -157,24 +161,29 @@ class Forwarder:
     def start(self) -> int:
         """Claim what landed while this destination was configured but no row was written
         (a ledger of an older release), make every unfinished row due now, and report rows
-        of destinations no longer configured; returns how many are due."""
+        of destinations no longer configured or of vendors they no longer want; returns
+        how many are due."""
         queued = 0
         for name, destination in self.destinations.items():
             self.ledger.forwards.backfill(name, destination.wants)
             for row in self.ledger.forwards.unfinished(name):
+                if not destination.wants(row.vendor):
+                    continue  # its vendors: changed: kept, not sent, reported below
                 facts = ("destination", "vendor", "filename", "state")
                 self._log.info("forward.resumed", **{k: getattr(row, k) for k in facts})
                 if row.state == "failed":
                     self.ledger.forwards.retry(name, row.vendor, row.key)
                 self.lanes[name].rows.again((row.vendor, row.key))
                 queued += 1
-        orphans = self.ledger.forwards.orphans(list(self.destinations))
+        wants = {name: d.wants for name, d in self.destinations.items()}
+        orphans = self.ledger.forwards.orphans(wants)
         if orphans:
             self._log.warning(
                 "forward.orphaned",
                 destinations=orphans,
-                advice="these destinations are no longer configured: their files were not "
-                "all sent; add them back, or send the files by hand",
+                advice="files owed from before a configuration change (a destination removed "
+                "or renamed, or its vendors: changed) were not sent and are kept; add it back, "
+                "or send them by hand",
             )
         if self._own_engine:
             self.engine.start()

@@ -241,3 +241,34 @@ def test_doctor_checks_each_destination_with_a_probe(
     assert sshd_server.host_key_fingerprint in json.dumps(checks["forward.slate"])
     folder = remote(sshd_server, remote_dir)
     assert [p for p in folder.rglob("*") if p.is_file()] == []
+
+
+def test_a_moved_download_dir_keeps_its_backlog_going(
+    start_daemon: Start,
+    cb_sim: CollegeBoardSimulator,
+    imap_server: Any,
+    imap_folder: str,
+    sshd_server: Any,
+    remote_dir: str,
+    tmp_path: Path,
+) -> None:
+    """Files landed and queued for Slate (by `fetch`, the daemon down); the admin moves the
+    download folder (a new server mounts the share elsewhere) and edits download_dir. The
+    next start finds them there (`ledger.relocated`) and sends them: not a missing local
+    copy given up for good."""
+    config = configure(tmp_path, cb_sim, imap_server, imap_folder, sshd_server, remote_dir)
+    name = "4300_20261124_090000.csv"
+    cb_sim.publish(name, b"moved,along\r\n")
+    assert main(["fetch", "-c", str(config), "collegeboard", name]) == 0
+    old, new = tmp_path / "files", tmp_path / "crm-share"
+    old.rename(new)
+    config.write_text(
+        config.read_text().replace(f"download_dir: {old}\n", f"download_dir: {new}\n")
+    )
+    daemon = start_daemon()
+    relocated = daemon.wait_event("ledger.relocated")
+    daemon.wait_event("forward.uploaded", filename=name)
+    assert daemon.stop() == 0
+    assert relocated["files"] == 1 and relocated["example_to"] == str(new / "collegeboard" / name)
+    assert (remote(sshd_server, remote_dir) / name).read_bytes() == b"moved,along\r\n"
+    assert daemon.named("forward.failed") == []

@@ -152,6 +152,19 @@ class Service:
                     self._signal = signal.Signals(number).name
                     self.stop.set()
 
+    def _relocate(self) -> None:
+        """Landed files recorded outside download_dir (it moved) found under it again."""
+        try:
+            moved = self.ledger.relocate(self.config.download_dir)
+        except ScorefetchError as exc:
+            self._log.warning("ledger.write_failed", error=str(exc))
+            return
+        if moved:
+            old, new = moved[0]
+            self._log.warning(
+                "ledger.relocated", files=len(moved), example_from=str(old), example_to=str(new)
+            )
+
     def _remove_partials(self) -> None:
         try:
             for part in remove_partials(self.config.download_dir):
@@ -163,6 +176,7 @@ class Service:
         self._catch_signals()
         raise_open_files_limit()  # a flood of idle sockets must not starve the vendor calls
         self.observers.start()
+        self._relocate()  # before the uploads and retention read the recorded paths
         self.forwarder.start()
         self.retention.start()
         self._remove_partials()

@@ -371,12 +371,53 @@ class Ledger:
         ).fetchall()
         return [_delivery(r) for r in rows]
 
+    def relocate(self, download_dir: Path) -> list[tuple[Path, Path]]:
+        """After `download_dir` moved (a new server mounts the share elsewhere): each landed
+        file whose recorded path is outside it, found at the same place under it (vendor
+        folder onwards, a regular file), is recorded there, for its uploads too. What is
+        found nowhere stays as it is (its upload says the local copy is missing). Returns
+        (old, new) per file moved; the bytes are checked when they are sent."""
+        prefix = str(download_dir).rstrip("/") + "/"
+        rows = self._execute(
+            "SELECT vendor, key, path FROM deliveries WHERE state = 'downloaded'"
+            " AND removed_at IS NULL AND path IS NOT NULL AND substr(path, 1, ?) != ?",
+            (len(prefix), prefix),
+        ).fetchall()
+        moved: list[tuple[Path, Path]] = []
+        for vendor, key, path in rows:
+            old = Path(path)
+            tail = _from_vendor_folder(old, vendor)
+            new = download_dir / tail if tail is not None else None
+            if new is None or new.is_symlink() or not new.is_file():
+                continue
+
+            def write(db: sqlite3.Connection, v: str = vendor, k: str = key, p: Path = new) -> None:
+                db.execute(
+                    "UPDATE deliveries SET path = ? WHERE vendor = ? AND key = ?", (str(p), v, k)
+                )
+                db.execute(
+                    "UPDATE forwards SET path = ? WHERE vendor = ? AND key = ?", (str(p), v, k)
+                )
+
+            self.transaction(write)
+            moved.append((old, new))
+        return moved
+
     def removed(self, vendor: str, key: str) -> None:
         """The local copy is gone; the row (name, sha256) stays, so it is never fetched again."""
         self._execute(
             "UPDATE deliveries SET removed_at = ? WHERE vendor = ? AND key = ?",
             (_now(), vendor, key),
         )
+
+
+def _from_vendor_folder(path: Path, vendor: str) -> Path | None:
+    """`vendor/…/NAME` of a landed file's path (download_dir/vendor/[product/]NAME)."""
+    parts = path.parts
+    for back in (2, 3):  # collegeboard/NAME, encoura/PRODUCT/NAME
+        if len(parts) > back and parts[-back] == vendor:
+            return Path(*parts[-back:])
+    return None
 
 
 def _delivery(row: sqlite3.Row) -> Delivery:

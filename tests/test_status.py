@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -205,3 +206,28 @@ def test_a_download_the_daemon_reports_is_shown_once(
     assert "encoura: uid-7, 2s, 1.0 of 4.0 MiB" in out
     assert "export.csv: 1.0 MiB so far" not in out
     assert "Downloading now  Encoura by-hand.csv: 1.0 MiB so far" in out
+
+
+def test_a_ledger_of_the_previous_release_is_shown_before_the_daemon_upgrades_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After `make install`, before the daemon's restart, the ledger is still the previous
+    release's (the fixture, written by its own code): `status` and `status --json` read it
+    (through an upgraded copy in memory), say the upgrade is pending, and leave the file
+    exactly as it was (no upgrade, no backup: the daemon does both at its start)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    path = state / "ledger.sqlite3"
+    shutil.copy(Path(__file__).parent / "fixtures" / "ledger-release2.sqlite3", path)
+    before = path.read_bytes()
+    config = tmp_path / "config.yaml"
+    config.write_text(f"download_dir: {tmp_path / 'files'}\nstate_dir: {state}\n")
+    assert main(["status", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "from an older release (version 1)" in out and "4300_20261101_090000.csv" in out
+    assert main(["status", "-c", str(config), "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["ledger_upgrade_pending_from"] == 1
+    assert facts["counts"]["downloaded"] >= 1
+    assert path.read_bytes() == before
+    assert not list(state.glob("*.bak*"))

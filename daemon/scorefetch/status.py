@@ -42,10 +42,12 @@ def report(config: Config) -> dict[str, Any]:
         "daemon": {"alive": None, "pid": None, "last_heartbeat": None, "inflight": []},
         "files": [],
         "orphaned_destinations": {},
+        "ledger_upgrade_pending_from": None,
     }
     if not result["ledger_exists"]:
         return result
     ledger = Ledger(config.ledger_path, readonly=True)  # the operator need not own it
+    result["ledger_upgrade_pending_from"] = ledger.upgraded_from
     try:
         position = ledger.mailbox_position(config.imap.folder) if config.imap else None
         result |= {
@@ -179,6 +181,12 @@ def render(facts: dict[str, Any]) -> list[str]:
         lines.append(
             f"Downloading now  {vendor} {item['filename']}: {item['bytes'] / 1048576:.1f} MiB "
             f"so far (last grew {local_time(item['at'])})"
+        )
+    if facts.get("ledger_upgrade_pending_from"):
+        lines.append(
+            f"Ledger   from an older release (version {facts['ledger_upgrade_pending_from']}): "
+            "the daemon upgrades it at its next start (a backup beside it first); shown as it "
+            "will read then"
         )
     lines += _journeys(facts["files"])
     for name, n in facts["orphaned_destinations"].items():

@@ -75,16 +75,10 @@ class Ledger:
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         """`readonly`: for `status` and other readers, who may not own the ledger: nothing
         is created, upgraded or chmod-ed, and nothing can be written."""
+        self.upgraded_from: int | None = None  # a reader's ledger of an older release
         try:
             if readonly:
-                self._db = sqlite3.connect(
-                    f"{path.resolve().as_uri()}?mode=ro",
-                    uri=True,
-                    check_same_thread=False,
-                    isolation_level=None,
-                    timeout=30,
-                )
-                self._db.row_factory = sqlite3.Row
+                self._db = self._open_for_reading(path)
             else:
                 self._db = self._open_for_writing(path)
         except (OSError, sqlite3.Error) as exc:
@@ -92,6 +86,27 @@ class Ledger:
         self.path = path
         self._lock = threading.Lock()
         self.forwards = ForwardRows(self._execute)
+
+    def _open_for_reading(self, path: Path) -> sqlite3.Connection:
+        """Read-only. A ledger of an older release (the daemon not restarted since the
+        upgrade) is read through an upgraded copy in memory: `status` works meanwhile, and
+        the daemon's next start upgrades the file itself, with its backup."""
+        db = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=ro",
+            uri=True,
+            check_same_thread=False,
+            isolation_level=None,
+            timeout=30,
+        )
+        found = schema.version(db)
+        if 0 < found < schema.CURRENT:
+            memory = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+            db.backup(memory)
+            db.close()
+            schema.migrate(memory, path, backups=False)
+            db, self.upgraded_from = memory, found
+        db.row_factory = sqlite3.Row
+        return db
 
     @staticmethod
     def _open_for_writing(path: Path) -> sqlite3.Connection:

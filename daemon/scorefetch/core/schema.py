@@ -127,9 +127,10 @@ def version(db: sqlite3.Connection) -> int:
     return found
 
 
-def migrate(db: sqlite3.Connection, path: Path) -> list[int]:
+def migrate(db: sqlite3.Connection, path: Path, *, backups: bool = True) -> list[int]:
     """Bring the ledger to CURRENT; the versions applied. A ledger newer than this
-    release is refused (a downgrade would misread it)."""
+    release is refused (a downgrade would misread it). `backups=False`: no copy before
+    each step (an in-memory copy a reader upgrades for itself)."""
     have = version(db)
     if have > CURRENT:
         raise sqlite3.DatabaseError(
@@ -144,7 +145,7 @@ def migrate(db: sqlite3.Connection, path: Path) -> list[int]:
         # holding it) under a name of this process's own; it becomes the backup only if
         # this process then applies the step, so a racing opener never overwrites it.
         taken = None
-        if number > 1 and have > 0:
+        if backups and number > 1 and have > 0:
             taken = path.with_name(f"{path.name}.v{number - 1}.bak.{os.getpid()}")
             backup(db, taken)
         db.execute("BEGIN IMMEDIATE")

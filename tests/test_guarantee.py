@@ -348,6 +348,52 @@ def test_a_disk_full_for_longer_than_overdue_after_reaches_a_person_once(
         assert len(daemon.named("delivery.overdue", filename="4300_20261201_140000.csv")) == 1
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_full_ledger_disk_reaches_a_person_once_and_loses_nothing(
+    cb_sim: CollegeBoardSimulator,
+    imap_server: ImapServer,
+    sshd_server: Any,
+    remote_dir: str,
+    tmp_path: Path,
+) -> None:
+    """The state folder (the ledger) fills up while mail arrives: nothing can be recorded,
+    so nothing moves on — `ledger.failing` once, through on_failure, and no notification
+    called rejected; freed, `ledger.recovered`, and every file lands once."""
+    from tests.test_local_faults import tmpfs
+
+    told = tmp_path / "told.txt"
+    hook = tmp_path / "hook"
+    hook.write_text(f'#!/bin/sh\necho "$SCOREFETCH_EVENT" >> {told}\n')
+    hook.chmod(0o755)
+    state = tmp_path / "state"
+    names = [f"4300_20261202_0{n}0000.csv" for n in range(3)]
+    for name in names:
+        cb_sim.publish(name, name.encode())
+    with tmpfs(state, "4m"):
+        hooks = f'hooks:\n  on_failure: ["{hook}"]\n  on_delivery: ["{hook}"]\n  timeout: 10s\n'
+        path = configure(tmp_path, cb_sim, imap_server, sshd_server, remote_dir, extra=hooks)
+        with running(path) as daemon:
+            deliver(imap_server, mail.notification(names[0]))
+            daemon.wait_event("delivery.downloaded", filename=names[0])
+            with contextlib.suppress(OSError), (state / "ballast").open("wb") as out:
+                while True:
+                    out.write(b"\0" * 65536)
+            deliver(imap_server, mail.notification(names[1]))
+            failing = daemon.wait_event("ledger.failing", timeout=60)
+            assert "full" in failing["error"]
+            (state / "ballast").unlink()
+            deliver(imap_server, mail.notification(names[2]))
+            for name in names[1:]:
+                daemon.wait_event("delivery.downloaded", filename=name, timeout=120)
+            daemon.wait_event("ledger.recovered", timeout=120)
+        assert len(daemon.named("ledger.failing")) == 1
+        assert not daemon.named("notification.rejected", reason="internal_error")
+        downloaded = [e["filename"] for e in daemon.named("delivery.downloaded")]
+        assert sorted(downloaded) == names
+        wait_until(lambda: "ledger.recovered" in told.read_text(), timeout=30)
+        assert told.read_text().count("ledger.failing") == 1
+
+
 def test_fetch_of_a_file_the_daemon_is_downloading_waits_for_it(
     cb_sim: CollegeBoardSimulator,
     imap_server: ImapServer,

@@ -11,6 +11,7 @@ import socket
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from types import FrameType
 
 from scorefetch import sources
@@ -25,7 +26,7 @@ from scorefetch.core.engine import (
     heartbeat_value,
 )
 from scorefetch.core.errors import ScorefetchError, describe
-from scorefetch.core.events import Events
+from scorefetch.core.events import Events, LedgerFailing, LedgerRecovered
 from scorefetch.core.ledger import Ledger
 from scorefetch.core.limits import raise_open_files_limit
 from scorefetch.core.loops import ENDED
@@ -116,6 +117,9 @@ class Service:
         self.retention = Retention.from_config(config, self.ledger)
         self.alerts = Alerts(config, self.ledger, self.events, self.names)
         self._signal: str | None = None
+        self._ledger_down: float | None = None  # since when writes fail (epoch), once told
+        self._ledger_watch = threading.Lock()
+        self.ledger.on_trouble = self._watch_ledger  # told at once; recovery on the engine's
         self._log = logs.get()
 
     @property
@@ -182,6 +186,7 @@ class Service:
         self._remove_partials()
         self.engine.every(HEARTBEAT_S, self._heartbeat, "heartbeat", rest_s=HEARTBEAT_REST_S)
         self.engine.every(ALERTS_S, self.alerts.check, "alerts", rest_s=ALERTS_REST_S)
+        self.engine.every(ALERTS_S, self._watch_ledger, "ledger", rest_s=ALERTS_REST_S)
         try:
             watching = [source.start(self.stop, self.running) for source in self.sources]
             for source in self.sources:
@@ -205,6 +210,24 @@ class Service:
             self._say_stopped()
             self.ledger.close()
         return 0
+
+    def _watch_ledger(self) -> None:
+        """`ledger.failing` once when writes fail (its disk full: nothing is recorded, so
+        nothing moves on, and no alarm could be kept in it), `ledger.recovered` after."""
+        with self._ledger_watch:
+            self._ledger_changed(self.ledger.trouble)
+
+    def _ledger_changed(self, trouble: tuple[float, str] | None) -> None:
+        if trouble is not None and self._ledger_down is None:
+            self._ledger_down = trouble[0]
+            since = datetime.fromtimestamp(trouble[0], UTC).isoformat(timespec="seconds")
+            self._log.error("ledger.failing", error=trouble[1], since=since)
+            self.events.publish(LedgerFailing(trouble[1], since))
+        elif trouble is None and self._ledger_down is not None:
+            down_s = time.time() - self._ledger_down
+            self._ledger_down = None
+            self._log.info("ledger.recovered", down_s=round(down_s))
+            self.events.publish(LedgerRecovered(down_s))
 
     def _heartbeat(self) -> None:
         self.ledger.set_watcher(HEARTBEAT, heartbeat_value(self.engine))

@@ -18,6 +18,7 @@ from scorefetch.collegeboard.notifications import (
 from scorefetch.collegeboard.reconciliation import CURSOR, Reconciler, expect, missing
 from scorefetch.collegeboard.settings import CollegeBoardConfig
 from scorefetch.config import ImapConfig, SourceSettings
+from scorefetch.core.errors import LedgerError
 from scorefetch.core.http import build_session
 from scorefetch.core.loops import Periodic, Supervised
 from scorefetch.doctor.checks import Check, Clock
@@ -121,6 +122,8 @@ class CollegeBoardSource(SourceBase[CollegeBoardDeliveries]):
             )
             self.deliveries.announce(found.filenames, source="notification")
             return True
+        except LedgerError:
+            raise  # not this message's fault: nothing recorded, it is read again (ledger.failing)
         except Exception:
             log.exception("notification.rejected", message_id=None, reason="internal_error")
             return False

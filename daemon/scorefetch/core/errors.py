@@ -75,6 +75,11 @@ class LocalError(ScorefetchError):
         self.errno = errno
 
 
+class LedgerError(ScorefetchError):
+    """The ledger could not be read or written: its disk full, an I/O error, a permission.
+    Nothing is recorded, so nothing moves on: what was under way is redone once it works."""
+
+
 class MailboxError(ScorefetchError):
     """The IMAP connection failed or dropped."""
 

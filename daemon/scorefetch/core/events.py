@@ -110,6 +110,22 @@ class AuthRecovered:
 
 
 @dataclass(frozen=True)
+class LedgerFailing:
+    """The ledger cannot be written (its disk full, an I/O error): nothing is recorded and
+    nothing moves on until it can (`ledger.failing`, once per run of failures)."""
+
+    error: str
+    since: str  # ISO time of the first failure
+
+
+@dataclass(frozen=True)
+class LedgerRecovered:
+    """The ledger takes writes again after a `ledger.failing` (`ledger.recovered`)."""
+
+    down_s: float
+
+
+@dataclass(frozen=True)
 class Overdue:
     """A file announced `announced_at` is not at every destination yet (`delivery.overdue`):
     `stage` is `download` or the destination it waits for."""
@@ -167,6 +183,8 @@ Event = (
     | ForwardUploaded
     | ForwardFailed
     | AuthFailing
+    | LedgerFailing
+    | LedgerRecovered
     | AuthRecovered
     | CredentialsRefused
     | CredentialsAccepted

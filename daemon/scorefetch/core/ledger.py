@@ -9,9 +9,11 @@ committed survives a power cut.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from scorefetch.core import schema
-from scorefetch.core.errors import ScorefetchError
+from scorefetch.core.errors import LedgerError, ScorefetchError
 from scorefetch.core.forwards import ForwardRows
 from scorefetch.core.logs import scrub_text
 from scorefetch.core.work import WorkRows
@@ -76,6 +78,8 @@ class Ledger:
         """`readonly`: for `status` and other readers, who may not own the ledger: nothing
         is created, upgraded or chmod-ed, and nothing can be written."""
         self.upgraded_from: int | None = None  # a reader's ledger of an older release
+        self.trouble: tuple[float, str] | None = None  # since when writes fail, and why
+        self.on_trouble: Callable[[], None] | None = None  # told when trouble begins
         try:
             if readonly:
                 self._db = self._open_for_reading(path)
@@ -151,10 +155,21 @@ class Ledger:
                     yield self._db
                     self._db.execute("COMMIT")
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.Error):  # a failed COMMIT may have
+                        self._db.execute("ROLLBACK")  # rolled back already (disk full)
                     raise
         except sqlite3.Error as exc:
-            raise ScorefetchError(f"ledger {self.path}: {exc}") from exc
+            raise self._failed(exc) from exc
+        self.trouble = None
+
+    def _failed(self, exc: sqlite3.Error) -> LedgerError:
+        """The error to raise, remembered (with when it began) for the daemon's alarm."""
+        text = f"ledger {self.path}: {exc}"
+        if self.trouble is None:
+            self.trouble = (time.time(), text)
+            if self.on_trouble is not None:  # called without the lock held
+                self.on_trouble()
+        return LedgerError(text)
 
     def transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work` on the connection in one transaction."""
@@ -170,9 +185,12 @@ class Ledger:
         on the shared connection would make another thread's COMMIT fail."""
         try:
             with self._lock:
-                return Result(self._db.execute(sql, params))
+                result = Result(self._db.execute(sql, params))
         except sqlite3.Error as exc:
-            raise ScorefetchError(f"ledger {self.path}: {exc}") from exc
+            raise self._failed(exc) from exc
+        if self.trouble is not None and sql.lstrip()[:6].upper() in _WRITES:
+            self.trouble = None  # a write went through: the ledger works again
+        return result
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Rows of one statement, as tuples (for readers elsewhere: alerts, status)."""
@@ -424,6 +442,9 @@ class Ledger:
             "UPDATE deliveries SET removed_at = ? WHERE vendor = ? AND key = ?",
             (_now(), vendor, key),
         )
+
+
+_WRITES = {"INSERT", "UPDATE", "DELETE", "REPLAC"}
 
 
 def _from_vendor_folder(path: Path, vendor: str) -> Path | None:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from scorefetch.core import logs
-from scorefetch.core.errors import ScorefetchError
+from scorefetch.core.errors import LedgerError, ScorefetchError
 
 INTERNAL_BACKOFF_S = (1.0, 5.0, 30.0, 60.0)  # after a loop's unexpected exception, in a row
 # Set when a supervised thread ends before its stop flag: the service's main loop waits on
@@ -24,9 +24,13 @@ ENDED = threading.Event()
 
 
 def internal_error(loop: str, exc: BaseException, *, repeats: int = 1) -> None:
-    """The one line for an unexpected exception in `loop`: traceback only the first time."""
-    fields = {"loop": loop, "reason": "internal_error", "error": type(exc).__name__}
+    """The one line for an unexpected exception in `loop`: traceback only the first time.
+    The ledger failing is no bug: said in its words (ledger.failing tells a person)."""
     log = logs.get()
+    if isinstance(exc, LedgerError):
+        log.warning("loop.failed", loop=loop, reason="ledger", error=str(exc), repeats=repeats)
+        return
+    fields = {"loop": loop, "reason": "internal_error", "error": type(exc).__name__}
     if repeats <= 1:
         log.error("loop.failed", **fields, exc_info=exc)
     else:

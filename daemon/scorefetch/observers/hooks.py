@@ -28,6 +28,8 @@ from scorefetch.core.events import (
     Event,
     ForwardFailed,
     ForwardUploaded,
+    LedgerFailing,
+    LedgerRecovered,
     Overdue,
     Quiet,
     Recovered,
@@ -82,6 +84,14 @@ def facts(event: Event) -> tuple[str, dict[str, str]] | None:
                 "PATH": str(event.path),
                 "ERROR": event.error,
             }
+        case LedgerFailing():
+            return "on_failure", {
+                "EVENT": "ledger.failing",
+                "ERROR": event.error,
+                "SINCE": event.since,
+            }
+        case LedgerRecovered():
+            return "on_delivery", {"EVENT": "ledger.recovered", "DOWN_S": str(round(event.down_s))}
         case AuthFailing():
             return "on_failure", {
                 "EVENT": "auth.failing",

@@ -101,7 +101,8 @@ class SftpTarget:
                     raise ForwardError(
                         f"the local copy {local} is not the file that landed (its SHA-256 "
                         "differs: changed since, by hand or by another program); not sent: "
-                        "`scorefetch fetch --force` it to send the vendor's file",
+                        "move it away, then `scorefetch fetch --force` it to send the "
+                        "vendor's file",
                         kind=Failure.REFUSED,
                         reason="changed",
                     )

@@ -16,7 +16,13 @@ from scorefetch.core.answers import retry_after
 from scorefetch.core.errors import Failure, VendorError
 from scorefetch.core.http import build_session
 from scorefetch.encoura import client as encoura_client
-from scorefetch.encoura.client import Encoura, login_field, parse_download_url, token_lifetime
+from scorefetch.encoura.client import (
+    Encoura,
+    login_field,
+    parse_download_url,
+    parse_exports,
+    token_lifetime,
+)
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.encoura import EncouraSimulator
 from tests.standins.hostile import HostileEncoura
@@ -202,3 +208,15 @@ def test_an_export_listed_expired_is_never_asked_for(enc_sim: EncouraSimulator) 
     assert caught.value.kind is Failure.FATAL
     assert f"{uid} (score-reporter, created 2026-11-21)" in str(caught.value)
     assert "regenerate" in str(caught.value) and enc_sim.stats.download_url_calls == 0
+
+
+def test_a_listed_entry_that_cannot_be_fetched_is_said_not_dropped(log_lines: LogLines) -> None:
+    """Listing marks an export Delivered: one whose uid is not a plain string cannot be
+    fetched, so it is said (`listing.unreadable`, how many, one cleaned example), not
+    silently dropped; a uid sent as a number is read as its digits."""
+    answer = [{"uid": 12345}, {"uid": "a/b\x1b[2J"}, {"name": "no uid"}, {"uid": "ok-1"}]
+    found = parse_exports(answer, "score-reporter", [])
+    assert [e.uid for e in found] == ["12345", "ok-1"]
+    (said,) = log_lines.events("listing.unreadable")
+    assert said["entries"] == 2 and said["product_key"] == "score-reporter"
+    assert "\x1b" not in said["example"]

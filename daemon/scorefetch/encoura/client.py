@@ -154,16 +154,23 @@ def parse_refresh(answer: Any) -> str:
 def parse_exports(answer: Any, product_key: str | None, configured: Iterable[str]) -> list[Export]:
     """The exports of a listing. Their folder is the product key we asked for, or, for a
     listing of every product, the vendor's key only when it is one of ours (configured or
-    known), else `unknown`: a listing never spells a path. Entries without a plain uid
-    are left out."""
+    known), else `unknown`: a listing never spells a path. An entry without a plain uid
+    (a number is read as its digits) cannot be fetched: it is left out and said
+    (`listing.unreadable`, a warning: listing it may have marked it Delivered)."""
     if not isinstance(answer, list):
         raise VendorError("/datacenter/exports: the answer is not a list", kind=Failure.TRANSIENT)
     keys = KNOWN_PRODUCT_KEYS | frozenset(configured)
     exports = []
+    unreadable = []
     for item in answer:
+        uid = item.get("uid") if isinstance(item, dict) else None
+        if isinstance(uid, int) and not isinstance(uid, bool):
+            item = {**item, "uid": str(uid)}
         if not isinstance(item, dict) or not isinstance(item.get("uid"), str):
+            unreadable.append(item)
             continue
         if not _UID.fullmatch(item["uid"]):
+            unreadable.append(item)
             continue
         vendor_key = item.get("productKey")
         created = item.get("created")
@@ -181,6 +188,14 @@ def parse_exports(answer: Any, product_key: str | None, configured: Iterable[str
                 if isinstance(quantity, int) and not isinstance(quantity, bool) and quantity >= 0
                 else None,
             )
+        )
+    if unreadable:
+        logs.get(vendor="encoura").warning(
+            "listing.unreadable",
+            product_key=product_key,
+            entries=len(unreadable),
+            example=untrusted(json.dumps(unreadable[0], default=str)[:300]),
+            advice="these exports cannot be fetched by uid; ask Encoura for them by other means",
         )
     return exports
 

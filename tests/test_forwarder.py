@@ -311,3 +311,31 @@ def test_a_vendor_taken_off_a_destination_stops_its_backlog_and_keeps_the_files(
     finally:
         every.close(5)
     assert files_in(remote) == {"collegeboard/owed.csv": b"o,w\r\n"}
+
+
+def test_two_exports_of_one_name_and_the_same_bytes_are_sent_once_without_a_conflict(
+    sshd_server: Any, remote: Path, ledger: Ledger, tmp_path: Path
+) -> None:
+    """Encoura regenerates an export (a new uid, the same name, the same bytes): both land
+    as one file, and it reaches Slate once; the second row is already there (ours), never
+    a `reason=conflict` telling the admin to move Slate's copy away."""
+    data = b"id,name\r\n1,Same\r\n"
+    path = tmp_path / "files" / "encoura" / "score-reporter" / "same.csv"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    sha = hashlib.sha256(data).hexdigest()
+    for uid in ("uid-1", "uid-2"):
+        ledger.claim("encoura", uid, "same.csv", "listing", "score-reporter")
+        ledger.downloaded("encoura", uid, path, len(data), sha, ("slate",))
+    forwarder = Forwarder([destination(sshd_server, remote)], ledger)
+    seen = collect(forwarder)
+    forwarder.start()
+    try:
+        assert forwarder.wait_idle(30)
+    finally:
+        forwarder.close(5)
+    assert files_in(remote) == {"encoura/same.csv": data}
+    assert [e for e in seen if isinstance(e, ForwardFailed)] == []
+    for uid in ("uid-1", "uid-2"):
+        row = ledger.forwards.get("slate", "encoura", uid)
+        assert row is not None and row.state == "uploaded"

@@ -89,6 +89,17 @@ class ForwardRows:
             (destination, vendor, key, path.name, product, str(path), size, sha256, now, now),
         )
 
+    def sent_as(self, destination: str, remote_path: str, sha256: str) -> bool:
+        """A row's upload of these very bytes put (or sent the rename to put) a file at
+        `remote_path` there: two exports of one name and the same bytes land as one file,
+        and what is there may be the other's upload — ours, once its bytes are checked."""
+        row = self._execute(
+            "SELECT 1 FROM forwards WHERE destination = ? AND sha256 = ?"
+            " AND ((state = 'uploaded' AND remote_path = ?) OR renaming = ?) LIMIT 1",
+            (destination, sha256, remote_path, remote_path),
+        ).fetchone()
+        return row is not None
+
     def renaming(self, destination: str, vendor: str, key: str, remote_path: str) -> None:
         """About to rename our upload to `remote_path`: from now on a file there is ours."""
         self._execute(

@@ -5,8 +5,11 @@ what is due, retries on the destination's schedule, and takes up every unfinishe
 
 from __future__ import annotations
 
+import contextlib
+import posixpath
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +18,10 @@ from scorefetch.core import logs
 from scorefetch.core.engine import Engine, Outcome
 from scorefetch.core.errors import Failure
 from scorefetch.core.events import Events, ForwardFailed, ForwardUploaded
+from scorefetch.core.forwards import Forward
 from scorefetch.core.ledger import Ledger
 from scorefetch.core.work import Job
-from scorefetch.forward import Destination
+from scorefetch.forward import Destination, ForwardError, Placed
 
 UPLOADS_PER_DESTINATION = 2
 LEASE_S = 6 * 3600.0  # an upload is held at most this long (a dead holder frees it at once)
@@ -37,6 +41,8 @@ class Uploads:
         self.lease_s = LEASE_S
         self.schedule = tuple(destination.retry_schedule)
         self._log = logs.get(destination=destination.name)
+        self._lock = threading.Lock()
+        self._finals: dict[str, tuple[threading.Lock, int]] = {}  # final name: lock, users
 
     def run(self, job: Job) -> bool:
         vendor, key = job
@@ -49,15 +55,7 @@ class Uploads:
             return False
         self.rows.attempt(job)
         started = time.monotonic()
-        placed = self.destination.upload(
-            Path(row.path),
-            row.filename,
-            vendor,
-            row.product,
-            sha256=row.sha256,
-            ours=row.renaming,
-            renaming=lambda final: self.ledger.forwards.renaming(name, vendor, key, final),
-        )
+        placed = self._upload(row, vendor, key)
         elapsed = time.monotonic() - started
         self.ledger.forwards.uploaded(name, vendor, key, placed.remote_path)
         fields: dict[str, Any] = {"already_there": True} if placed.already else {}
@@ -84,6 +82,53 @@ class Uploads:
             )
         )
         return True
+
+    def _upload(self, row: Forward, vendor: str, key: str) -> Placed:
+        """The upload; a file at the final name is ours when this row's rename was sent,
+        or another row's of the same bytes (two exports of one name that landed as one
+        file) — then its bytes there are checked, and it is not sent twice."""
+        name = self.destination.name
+        final = posixpath.join(self.destination.remote_dir(vendor, row.product), row.filename)
+
+        def shared() -> bool:
+            return bool(row.sha256) and self.ledger.forwards.sent_as(name, final, row.sha256 or "")
+
+        def upload(ours: str | None) -> Placed:
+            return self.destination.upload(
+                Path(row.path),
+                row.filename,
+                vendor,
+                row.product,
+                sha256=row.sha256,
+                ours=ours,
+                renaming=lambda at: self.ledger.forwards.renaming(name, vendor, key, at),
+            )
+
+        with self._one_at_a_time(final):  # else each removes the other's part as stale
+            ours = final if shared() else row.renaming
+            try:
+                return upload(ours)
+            except ForwardError as exc:  # the other row's rename came first, meanwhile
+                if exc.reason != "conflict" or ours == final or not shared():
+                    raise
+                return upload(final)
+
+    @contextlib.contextmanager
+    def _one_at_a_time(self, final: str) -> Iterator[None]:
+        """One upload at a time to one final name (two rows of one name: regenerated)."""
+        with self._lock:
+            lock, users = self._finals.get(final, (threading.Lock(), 0))
+            self._finals[final] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                lock, users = self._finals[final]
+                if users == 1:
+                    del self._finals[final]
+                else:
+                    self._finals[final] = (lock, users - 1)
 
     def failed(self, job: Job, outcome: Outcome) -> None:
         vendor, key = job

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from scorefetch.core.errors import ConfigError, VendorError
 from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger
 from scorefetch.encoura.client import Encoura, choose_organization, strip_token
-from scorefetch.encoura.poller import EncouraDeliveries, recover
+from scorefetch.encoura.poller import EncouraDeliveries, locate, recover
 from scorefetch.observers.hooks import Hooks
 from scorefetch.observers.journey import journeys
 from scorefetch.observers.metrics import Metrics
@@ -411,3 +412,73 @@ def test_an_export_whose_quantity_disagrees_is_suspect_and_one_that_agrees_is_no
     rows = {uid: deliveries.ledger.get("encoura", uid) for uid in (good, odd)}
     assert all(r is not None and r.state == "downloaded" for r in rows.values())
     assert rows[good].suspect == ""  # type: ignore[union-attr]
+
+
+class LosesAnswers(EncouraSimulator):
+    """Encoura whose next `lose` NotDelivered listings commit (mark their exports Delivered)
+    but whose answer never arrives: a 502 from a gateway, a read timeout, a SIGKILL between
+    the answer and the ledger's commit — every one leaves the same trace."""
+
+    lose = 0
+
+    def _listing(self, org: str, query: dict[str, str]) -> tuple[int, object]:
+        code, body = super()._listing(org, query)
+        if query.get("status") == "NotDelivered" and self.lose:
+            self.lose -= 1
+            return 502, {"message": "Bad Gateway"}
+        return code, body
+
+
+def test_a_first_listing_lost_after_the_vendor_committed_loses_no_export_of_any_age(
+    tmp_path: Path,
+) -> None:
+    """The very first pass (a new install, or a key just added): the backlog is of any age,
+    and its listing is lost after Encoura marked it Delivered. The next pass recovers every
+    one of them — 0 to 30 days old — and nothing of the archive Delivered before (a year
+    of exports someone else downloaded is not replayed)."""
+    with LosesAnswers() as sim:
+        now = datetime.now(UTC)
+        archived = sim.add_export("score-reporter", "old.csv", b"a\r\n", created_at=now)
+        sim.mark_delivered(archived)
+        backlog = {
+            sim.add_export(
+                "score-reporter",
+                f"b-{age}.csv",
+                f"a\r\n{age}\r\n".encode(),
+                created_at=now - timedelta(days=age),
+            ): age
+            for age in (0, 2, 5, 30)
+        }
+        sim.lose = 1
+        deliveries = exports(sim, tmp_path, product_keys=["score-reporter"])
+        with pytest.raises(VendorError):
+            deliveries.poll()
+        deliveries.poll()
+        assert deliveries.wait_idle(30)
+        deliveries.close(5)
+        assert landed(tmp_path) == {
+            f"score-reporter/b-{age}.csv": f"a\r\n{age}\r\n".encode() for age in backlog.values()
+        }
+        assert deliveries.ledger.get("encoura", archived) is None
+
+
+def test_a_fetch_cut_off_mid_listing_loses_no_other_export(tmp_path: Path) -> None:
+    """`scorefetch fetch UID` lists NotDelivered to find a new export; that listing is
+    lost after Encoura committed it, with another new export in it. The daemon's next pass
+    recovers the other one (fetch marks its listing too), and fetch again finds its own."""
+    with LosesAnswers() as sim:
+        deliveries = exports(sim, tmp_path, product_keys=["score-reporter"])
+        deliveries.poll()  # the daemon has listed before: its history is kept
+        wanted = sim.add_export("score-reporter", "wanted.csv", b"w\r\n")
+        sim.add_export("score-reporter", "other.csv", b"o\r\n")
+        sim.lose = 1
+        with pytest.raises(VendorError):
+            locate(deliveries, [wanted])
+        deliveries.poll()  # the daemon's next pass
+        assert deliveries.wait_idle(30)
+        assert locate(deliveries, [wanted]) == []  # recovered by that pass too
+        deliveries.close(5)
+        assert landed(tmp_path) == {
+            "score-reporter/wanted.csv": b"w\r\n",
+            "score-reporter/other.csv": b"o\r\n",
+        }

@@ -9,6 +9,7 @@ recover exports delivered elsewhere but never landed here.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,7 @@ from scorefetch.encoura.client import UNLISTED, Encoura, Export
 from scorefetch.encoura.settings import EncouraConfig
 
 LISTING_PASS = "encoura.pass"  # noqa: S105 - not a password; positions: encoura.pass.<key>.started / .completed (ISO, UTC)
+HISTORY = "encoura.history"  # positions: encoura.history.<key>: uids Delivered before we kept it
 RECOVERY_MARGIN = timedelta(days=1)  # exports may be created well before they are listable
 
 
@@ -111,14 +113,7 @@ class EncouraDeliveries(Deliveries[Encoura]):
     def poll_key(self, product_key: str) -> list[str]:
         """Recover what a cut-off pass consumed, list NotDelivered, remember, queue."""
         fresh = self._recover(product_key)
-        started = datetime.now(UTC).isoformat()
-        self.ledger.set_position(f"{LISTING_PASS}.{product_key}.started", started)
-        listed_new: list[str] = []
-        files = 0
-        for page in self.client.pages(product_key, "NotDelivered"):
-            files += len(page)
-            listed_new += self.remember(page, "listing")  # each page before the next
-        self.ledger.set_position(f"{LISTING_PASS}.{product_key}.completed", started)
+        files, listed_new = consume(self, product_key, "listing")
         self._log.info(
             "listing.completed", product_key=product_key, files=files, new=len(listed_new)
         )
@@ -141,24 +136,39 @@ class EncouraDeliveries(Deliveries[Encoura]):
         return waiting
 
     def _recover(self, product_key: str) -> list[str]:
-        """After a pass that was cut off (SIGKILL, power) between the vendor's answer and
-        the ledger's commit, the exports it listed are Delivered at the vendor and unknown
-        here: list Delivered ones created since the last completed pass (minus a margin)."""
+        """After a NotDelivered listing that was cut off (SIGKILL, power, an answer lost
+        after the vendor committed) between the vendor's answer and the ledger's commit —
+        this daemon's pass, or a `fetch`/`sync` in another process — the exports it listed
+        are Delivered at the vendor and unknown here, however old: every Delivered export
+        not in the ledger and not in the key's history (what was Delivered before our first
+        listing of it) is remembered. A key listed before the history was kept (an older
+        release) falls back to the creation date: since the last completed pass, less a
+        margin."""
         started = self.ledger.position(f"{LISTING_PASS}.{product_key}.started")
         completed = self.ledger.position(f"{LISTING_PASS}.{product_key}.completed")
         if started is None or (completed is not None and completed >= started):
             return []
-        since = datetime.fromisoformat(completed or started) - RECOVERY_MARGIN
+        history = self._history(product_key)
         delivered = self.client.list_exports(product_key, "Delivered")
-        fresh = self.remember([e for e in delivered if created_since(e, since)], "recovery")
+        if history is not None:
+            wanted = [e for e in delivered if e.uid not in history]
+            since = None
+        else:
+            since = datetime.fromisoformat(completed or started) - RECOVERY_MARGIN
+            wanted = [e for e in delivered if created_since(e, since)]
+        fresh = self.remember(wanted, "recovery")
         self._log.info(
             "listing.recovered",
             product_key=product_key,
-            since=since.isoformat(),
+            since=since.isoformat() if since else "history",
             files=len(delivered),
             new=len(fresh),
         )
         return fresh
+
+    def _history(self, product_key: str) -> set[str] | None:
+        value = self.ledger.position(f"{HISTORY}.{product_key}")
+        return set(json.loads(value)) if value is not None else None
 
     def _attempt(self, uid: str) -> Landed:
         row = self.ledger.get(self.vendor, uid)
@@ -193,6 +203,32 @@ class EncouraDeliveries(Deliveries[Encoura]):
             ) from None
 
 
+def consume(deliveries: EncouraDeliveries, product_key: str, source: str) -> tuple[int, list[str]]:
+    """List a product's NotDelivered exports — which marks them Delivered at the vendor —
+    remembering each page before asking for the next, between `started` and `completed`
+    marks so a listing cut off in any process (the daemon, `fetch`, `sync`) is recovered
+    by the daemon's next pass. A key's first listing ever first keeps its history (the
+    uids Delivered before it), so recovery can tell ours from the archive whatever their
+    age (a ledger of an older release keeps it at its first listing with nothing to
+    recover). Returns (exports listed, the new ones)."""
+    ledger, client = deliveries.ledger, deliveries.client
+    started_key = f"{LISTING_PASS}.{product_key}.started"
+    started = ledger.position(started_key)
+    completed = ledger.position(f"{LISTING_PASS}.{product_key}.completed")
+    settled = started is None or (completed is not None and completed >= started)
+    if settled and ledger.position(f"{HISTORY}.{product_key}") is None:
+        before = sorted({e.uid for page in client.pages(product_key, "Delivered") for e in page})
+        ledger.set_position(f"{HISTORY}.{product_key}", json.dumps(before))
+    started = datetime.now(UTC).isoformat()
+    ledger.set_position(started_key, started)
+    files, new = 0, []
+    for page in client.pages(product_key, "NotDelivered"):
+        files += len(page)
+        new += deliveries.remember(page, source)  # each page before the next
+    ledger.set_position(f"{LISTING_PASS}.{product_key}.completed", started)
+    return files, new
+
+
 def recover(deliveries: EncouraDeliveries, since: datetime) -> list[str]:
     """Exports created since `since`, Delivered or not, that have not landed here: listed,
     remembered (each page before the next is asked for), and returned with every other
@@ -201,8 +237,7 @@ def recover(deliveries: EncouraDeliveries, since: datetime) -> list[str]:
     for product_key in deliveries.config.product_keys:
         for page in client.pages(product_key, "Delivered"):
             deliveries.remember([e for e in page if created_since(e, since)], "sync")
-        for page in client.pages(product_key, "NotDelivered"):
-            deliveries.remember(page, "listing")
+        consume(deliveries, product_key, "listing")
     return [row.key for row in deliveries.ledger.unfinished(deliveries.vendor)]
 
 
@@ -225,9 +260,8 @@ def locate(deliveries: EncouraDeliveries, uids: list[str]) -> list[str]:
     for product_key in deliveries.config.product_keys:
         if not unknown:
             break
-        for page in client.pages(product_key, "NotDelivered"):
-            deliveries.remember(page, "fetch")
-            unknown -= {e.uid for e in page}
+        _, new = consume(deliveries, product_key, "fetch")
+        unknown -= set(new) | {uid for uid in unknown if ledger.get(deliveries.vendor, uid)}
     if unknown:
         raise ScorefetchError(
             f"encoura: no export with uid {', '.join(sorted(unknown))} among the Delivered "

@@ -174,3 +174,38 @@ def test_mail_office_sends_the_test_alert(sendmail: tuple[Path, Path]) -> None:
     assert run(argv, {"SCOREFETCH_EVENT": "test", "SENDMAIL": str(fake)}).returncode == 0
     message = out.read_text()
     assert "Subject: scorefetch: test alert from " in message and "Nothing is wrong" in message
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        "delivery.failed",
+        "forward.failed",
+        "auth.failing",
+        "delivery.overdue",
+        "delivery.suspect",
+        "source.quiet",
+        "ledger.failing",
+        "daemon.digest",
+        "something.new",
+    ],
+)
+def test_mail_office_mails_every_alert_the_daemon_sends(
+    sendmail: tuple[Path, Path], event: str
+) -> None:
+    """Every event on_failure and on_digest carry is mailed with all its facts (the example
+    config wires mail-office to both): it mailed three kinds and dropped the rest — a full
+    disk, an overdue or suspect file, a ledger failing, the digest — exiting 0."""
+    fake, out = sendmail
+    facts = {
+        "SCOREFETCH_EVENT": event,
+        "SCOREFETCH_VENDOR": "encoura",
+        "SCOREFETCH_FILENAME": "inquiry 2026.csv",
+        "SCOREFETCH_ERROR": "ENOSPC: No space left on device",
+        "SCOREFETCH_SUMMARY": "collegeboard: 4 landed",
+        "SENDMAIL": str(fake),
+    }
+    assert run([str(CONTRIB / "mail-office"), "it@example.edu"], facts).returncode == 0
+    message = out.read_text()
+    assert message.startswith("To: it@example.edu\nSubject: scorefetch")
+    assert "ENOSPC: No space left on device" in message and "inquiry 2026.csv" in message

@@ -354,3 +354,18 @@ def test_a_fact_with_nul_and_controls_still_runs_the_hook(
     assert "\x00" not in env["SCOREFETCH_ERROR"] and "\x1b" not in env["SCOREFETCH_ERROR"]
     assert "\n" not in env["SCOREFETCH_ERROR"] and "refused" in env["SCOREFETCH_ERROR"]
     assert "\x00" not in env["SCOREFETCH_FILENAME"]
+
+
+def test_a_files_name_and_path_reach_the_hook_exactly(tmp_path: Path) -> None:
+    """A hook copies the file it is told of: a vendor's name with two spaces, `?` or
+    `password=` in it is that file's name, not one to tidy (the hook copied another file,
+    or none). Text that is not a plain name is still cleaned."""
+    for name in ("4300 Smith  Jones.csv", "Report?id=4300.csv", "4300 password=2026.csv"):
+        path = tmp_path / name
+        env = hook_environment(facts(Downloaded("collegeboard", name, path, 1, "ab", 0.1))[1], {})  # type: ignore[index]
+        assert env["SCOREFETCH_FILENAME"] == name and env["SCOREFETCH_PATH"] == str(path)
+    failed = DeliveryFailed(
+        "encoura", "u", "a\x1b[2Jb.csv", 1, "x password=hunter2", Failure.FATAL, False
+    )
+    env = hook_environment(facts(failed)[1], {})  # type: ignore[index]
+    assert "\x1b" not in env["SCOREFETCH_FILENAME"] and "hunter2" not in env["SCOREFETCH_ERROR"]

@@ -95,6 +95,19 @@ def untrusted(text: str | bytes | None, limit: int = UNTRUSTED_MAX) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def plain_name(text: str, limit: int = 4096) -> bool:
+    """A file name or path a hook may be given as it is: no control character, escape or
+    invisible reordering character (what check_name refuses in a vendor's names), no
+    longer than `limit`. Collapsing its spaces or scrubbing `password=` out of it would
+    name another file."""
+    return (
+        len(text) <= limit
+        and not _CONTROLS.search(text)
+        and not _ESCAPES.search(text)
+        and not _INVISIBLE.search(text)
+    )
+
+
 def _scrub_value(value: Any) -> Any:
     if isinstance(value, str):
         return scrub_text(value)

@@ -35,7 +35,7 @@ from scorefetch.core.events import (
     Recovered,
     Suspect,
 )
-from scorefetch.core.logs import untrusted
+from scorefetch.core.logs import plain_name, untrusted
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PASSED_THROUGH = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")  # nothing that can hold a secret
@@ -144,9 +144,16 @@ def facts(event: Event) -> tuple[str, dict[str, str]] | None:
 MAX_FACT = 4096  # characters of one hook value
 
 
-def clean_fact(value: str) -> str:
+NAMES = frozenset({"FILENAME", "PATH", "REMOTE_PATH"})  # files a hook acts on: exact
+
+
+def clean_fact(value: str, key: str = "") -> str:
     """A hook value that can break no hook: no NUL (it would stop the exec), no control
-    characters or terminal escapes, no secret, at most MAX_FACT characters."""
+    characters or terminal escapes, no secret, at most MAX_FACT characters. A file's name
+    or path goes as it is when it is plain (a hook copies that very file; two spaces or a
+    `password=` in a vendor's name are part of it), else cleaned like the rest."""
+    if key in NAMES and plain_name(value):
+        return value
     return untrusted(value, MAX_FACT)
 
 
@@ -155,7 +162,7 @@ def hook_environment(variables: Mapping[str, str], environ: Mapping[str, str]) -
     $CREDENTIALS_DIRECTORY, $NOTIFY_SOCKET or anything else the daemon was given."""
     env = {key: environ[key] for key in PASSED_THROUGH if key in environ}
     env.setdefault("PATH", DEFAULT_PATH)
-    env.update({f"SCOREFETCH_{key}": clean_fact(value) for key, value in variables.items()})
+    env.update({f"SCOREFETCH_{key}": clean_fact(value, key) for key, value in variables.items()})
     return env
 
 

@@ -272,3 +272,37 @@ def test_a_moved_download_dir_keeps_its_backlog_going(
     assert relocated["files"] == 1 and relocated["example_to"] == str(new / "collegeboard" / name)
     assert (remote(sshd_server, remote_dir) / name).read_bytes() == b"moved,along\r\n"
     assert daemon.named("forward.failed") == []
+
+
+def test_a_file_posted_again_with_new_bytes_and_fetched_reaches_slate_too(
+    start_daemon: Start,
+    cb_sim: CollegeBoardSimulator,
+    imap_server: Any,
+    imap_folder: str,
+    sshd_server: Any,
+    remote_dir: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A file landed and reached Slate; College Board posts it again with other bytes and
+    the admin runs `fetch --force`: the new bytes land beside the first (NAME-1, never
+    replacing it) and reach Slate as NAME-1 — `fetch` said "queued for slate" and they
+    never went. Fetching the same bytes again says they are already there."""
+    config = configure(tmp_path, cb_sim, imap_server, imap_folder, sshd_server, remote_dir)
+    name = "4300_20261125_080000.csv"
+    cb_sim.publish(name, b"first\r\n")
+    daemon = start_daemon()
+    assert main(["fetch", "-c", str(config), "collegeboard", name]) == 0
+    daemon.wait_event("forward.uploaded", filename=name)
+    cb_sim.publish(name, b"second, corrected\r\n")
+    assert main(["fetch", "--force", "-c", str(config), "collegeboard", name]) == 0
+    assert "queued for slate" in capsys.readouterr().out
+    again = "4300_20261125_080000-1.csv"
+    daemon.wait_event("forward.uploaded", filename=again)
+    assert main(["fetch", "--force", "-c", str(config), "collegeboard", name]) == 0
+    assert "already at slate" in capsys.readouterr().out
+    assert daemon.stop() == 0
+    there = remote(sshd_server, remote_dir)
+    assert (there / name).read_bytes() == b"first\r\n"
+    assert (there / again).read_bytes() == b"second, corrected\r\n"
+    assert daemon.named("forward.failed") == []

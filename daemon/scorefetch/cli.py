@@ -246,10 +246,12 @@ def _deliver_now(deliveries: Deliveries[Any], keys: list[str]) -> int:
                 failed += 1
                 continue
             logs.say(f"{key}: {landed.size} bytes → {landed.path}")
-            if deliveries.forward_to:
-                logs.say(
-                    f"{key}: queued for {', '.join(deliveries.forward_to)} (the daemon sends it)"
-                )
+            for destination in deliveries.forward_to:
+                row = deliveries.ledger.forwards.get(destination, deliveries.vendor, key)
+                if row is not None and row.state == "uploaded":
+                    logs.say(f"{key}: already at {destination} (these very bytes)")
+                else:
+                    logs.say(f"{key}: queued for {destination} (the daemon sends it)")
     finally:
         deliveries.close(timeout=0)
         deliveries.ledger.close()

@@ -76,7 +76,9 @@ class ForwardRows:
         product: str | None = None,
     ) -> None:
         """Within the caller's transaction: `destination` owes this landed file. A row given
-        up before is due again (the file landed anew); an uploaded one stays uploaded."""
+        up before is due again (the file landed anew); an uploaded one stays uploaded —
+        unless these are other bytes (the vendor posted the file again, `fetch --force`
+        landed them beside the first as NAME-1): then they are owed too."""
         now = _now()
         db.execute(
             "INSERT INTO forwards (destination, vendor, key, filename, product, path, bytes,"
@@ -85,7 +87,10 @@ class ForwardRows:
             " ON CONFLICT DO UPDATE SET state = 'pending', path = excluded.path,"
             "   filename = excluded.filename, bytes = excluded.bytes, sha256 = excluded.sha256,"
             "   attempts = 0, rounds = 0, due_at = NULL, error = NULL,"
-            "   updated_at = excluded.updated_at WHERE forwards.state != 'uploaded'",
+            "   renaming = CASE WHEN forwards.state = 'uploaded' THEN NULL"
+            "     ELSE forwards.renaming END,"
+            "   updated_at = excluded.updated_at WHERE forwards.state != 'uploaded'"
+            "   OR (forwards.sha256 IS NOT NULL AND forwards.sha256 != excluded.sha256)",
             (destination, vendor, key, path.name, product, str(path), size, sha256, now, now),
         )
 

@@ -17,7 +17,7 @@ import pytest
 from scorefetch.config import SftpDestination
 from scorefetch.core.errors import Failure, ScorefetchError
 from scorefetch.forward import ForwardError
-from scorefetch.forward.sftp import SftpTarget
+from scorefetch.forward.sftp import SftpTarget, _part_stem
 from scorefetch.sandbox.sshd import new_ed25519_key
 from tests.standins.proxy import FaultProxy
 from tests.support import wait_until
@@ -70,6 +70,24 @@ def test_upload_lands_under_final_name_with_the_same_bytes(
     assert placed.remote_path == str(final) and placed.size == len(data) and not placed.already
     assert final.read_bytes() == data
     assert sorted(p.name for p in final.parent.iterdir()) == [final.name]
+
+
+@pytest.mark.parametrize("length", [240, 245, 255])
+def test_a_name_of_up_to_255_bytes_reaches_the_server(
+    sshd_server: Any, remote: Path, tmp_path: Path, length: int
+) -> None:
+    """A vendor's name may be 255 bytes: its temporary name on the server is shortened to
+    fit too (`.NAME.XXXXXXXX.part` would pass NAME_MAX: "Bad message", given up), and a
+    stale one of an interrupted attempt is still found and removed."""
+    name = "4300_" + "é" * ((length - 9) // 2) + "x" * ((length - 9) % 2) + ".csv"
+    assert len(name.encode()) == length
+    dest = target(sshd_server, f"{remote}/{{vendor}}")
+    stale = remote / "collegeboard" / f"{_part_stem(name)}.deadbeef.part"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half")
+    dest.upload(landed(tmp_path, "long.csv", b"a,b\r\n"), name, "collegeboard", None)
+    assert [p.name for p in stale.parent.iterdir()] == [name]
+    assert (stale.parent / name).read_bytes() == b"a,b\r\n"
 
 
 def test_product_key_placeholder_files_encoura_exports_by_product(

@@ -36,6 +36,8 @@ WINDOW = 16 * 1024 * 1024
 PACKET = 256 * 1024
 READ_CHUNK = 1024 * 1024
 PART_SUFFIX = ".part"
+PART_EXTRA = len(".12345678") + len(PART_SUFFIX)  # what the temporary name adds to its stem
+NAME_MAX = 255  # bytes in one remote path component (OpenSSH on ext4, xfs, tmpfs)
 LEGACY = "legacy"  # an upload the previous release began (its rename was not recorded)
 MIN_WRITE = 32768  # every SFTP server takes writes this large
 MAX_WRITE = 1024 * 1024
@@ -94,7 +96,9 @@ class SftpTarget:
                 mine = ours in (final, LEGACY)
                 return self._existing(sftp, final, size, sha256, mine=mine)
             self._call(_remove_stale_parts, sftp, folder, filename)
-            temp = posixpath.join(folder, f".{filename}.{secrets.token_hex(4)}{PART_SUFFIX}")
+            temp = posixpath.join(
+                folder, f"{_part_stem(filename)}.{secrets.token_hex(4)}{PART_SUFFIX}"
+            )
             try:
                 sent = self._call(_put, sftp, source, temp, size)
                 if sha256 is not None and sent != sha256:
@@ -332,9 +336,22 @@ def _sha256_of(sftp: paramiko.SFTPClient, path: str) -> str:
     return digest.hexdigest()
 
 
+def _part_stem(filename: str) -> str:
+    """`.NAME`, the start of an upload's temporary name (`.NAME.XXXXXXXX.part`); for a name
+    too long for that to fit NAME_MAX (a vendor's may be 255 bytes: "Bad message" for
+    ever), `.HEAD~HASH`, still dot-named and still one stem per name."""
+    full = f".{filename}"
+    if len(full.encode("utf-8", "surrogateescape")) + PART_EXTRA <= NAME_MAX:
+        return full
+    tag = "~" + hashlib.sha256(filename.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    room = NAME_MAX - PART_EXTRA - 1 - len(tag)
+    head = filename.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore")
+    return f".{head}{tag}"
+
+
 def _remove_stale_parts(sftp: paramiko.SFTPClient, folder: str, filename: str) -> None:
     """Temporary files of this name that an interrupted attempt left behind."""
-    prefix = f".{filename}."
+    prefix = f"{_part_stem(filename)}."
     for name in sftp.listdir(folder or "."):
         if name.startswith(prefix) and name.endswith(PART_SUFFIX):
             with contextlib.suppress(FileNotFoundError):

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -209,3 +210,47 @@ def test_the_listing_overlaps_a_day_unless_told() -> None:
     overlap = timedelta(seconds=config.listing_overlap)
     since = listing_since(last, last, timedelta(days=14), overlap, "America/New_York")
     assert since == last - timedelta(hours=24)
+
+
+def test_a_file_waiting_on_its_retry_is_tried_at_once_when_announced(
+    cb_sim: CollegeBoardSimulator, tmp_path: Path
+) -> None:
+    """`fetch` asked before College Board posted the file: it waits on its retry schedule
+    (an hour here). Posted, its notification — or a listing that shows it — tries it at
+    once: it was skipped as a duplicate and landed only at the next retry."""
+    deliveries = pipeline(cb_sim, tmp_path, retry_schedule=["1h"])
+    name = "4300_20261203_080000.csv"
+    deliveries.ledger.claim("collegeboard", name, name, "fetch")
+    assert deliveries.deliver(name) is None  # not posted yet: 404, retrying in an hour
+    row = deliveries.ledger.get("collegeboard", name)
+    assert row is not None and row.state == "retrying"
+    cb_sim.publish(name, b"posted now\r\n")
+    deliveries.announce([name], source="notification")
+    assert deliveries.wait_idle(30)
+    deliveries.close(5)
+    row = deliveries.ledger.get("collegeboard", name)
+    assert row is not None and row.state == "downloaded"
+
+
+def test_a_file_refused_for_good_is_not_refused_again_at_every_listing(
+    cb_sim: CollegeBoardSimulator, tmp_path: Path
+) -> None:
+    """A file whose URL pointed at a host not in download_hosts is refused, failed for
+    good, a person told once; the next listings leave it (they re-claimed it, asked for a
+    URL again, and told a person again, every hour)."""
+    deliveries = pipeline(cb_sim, tmp_path)
+    reconciler = Reconciler(deliveries, lookback_days=14)
+    name = "4300_20261203_090000.csv"
+    cb_sim.publish(name, b"x\r\n")
+    cb_sim.hostile.rewrite_url = lambda url: url.replace(
+        urlsplit(url).netloc, "bucket.evil.example", 1
+    )
+    reconciler.run_once()
+    assert deliveries.wait_idle(30)
+    row = deliveries.ledger.get("collegeboard", name)
+    assert row is not None and row.state == "failed" and row.kind == "refused"
+    asked = cb_sim.stats.file_url_names.count(name)
+    assert reconciler.run_once() == []
+    assert deliveries.wait_idle(30)
+    deliveries.close(5)
+    assert cb_sim.stats.file_url_names.count(name) == asked

@@ -43,6 +43,13 @@ class CollegeBoardDeliveries(Deliveries[CollegeBoard]):
                 self.events.publish(Skipped(self.vendor, name, "format"))
             elif not self.ledger.claim(self.vendor, name, name, source):
                 state = self.ledger.get(self.vendor, name)
+                if state is not None and state.state == "retrying":
+                    # Announced again (mail, listing) while it waits on its schedule (a
+                    # `fetch` before it was posted, say): posted now, so tried now.
+                    self.rows.again((name,))
+                    self._log.info("delivery.retry_now", filename=name, source=source)
+                    self.queue(name)
+                    continue
                 self._log.info(
                     "delivery.skipped",
                     filename=name,

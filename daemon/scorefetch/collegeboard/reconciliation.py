@@ -33,7 +33,11 @@ def listing_since(
 
 
 def missing(deliveries: CollegeBoardDeliveries, listed: list[ListedFile]) -> list[str]:
-    """Names in a listing that are plain, of a wanted format, and not landed or under way."""
+    """Names in a listing that are plain, of a wanted format, and not landed: new ones,
+    ones waiting on a retry (listed: posted now — tried at once), and ones given up for a
+    reason the listing may cure (not found, expired …); not ones refused for good (a URL
+    to a host not allowed, too large, the vendor's final no): those would be refused, and
+    a person told, again at every listing."""
     log = logs.get(vendor=deliveries.vendor)
     names: list[str] = []
     for entry in listed:
@@ -45,7 +49,11 @@ def missing(deliveries: CollegeBoardDeliveries, listed: list[ListedFile]) -> lis
         if not deliveries.wants(name) or name in names:
             continue
         row = deliveries.ledger.get(deliveries.vendor, name)
-        if row is None or row.state == "failed":
+        if (
+            row is None
+            or row.state == "retrying"
+            or (row.state == "failed" and row.kind not in (Failure.REFUSED, Failure.FATAL))
+        ):
             names.append(name)
     return names
 

@@ -65,6 +65,7 @@ class Delivery:
     lease: str | None = None  # the process working on it now (pid:start)
     overdue_at: str | None = None  # a person was told it is late (delivery.overdue)
     suspect: str | None = None  # how it disagrees with the vendor's figures (delivery.suspect)
+    kind: str | None = None  # the last failure's kind (`Failure`), for a retrying or failed row
 
 
 def _now() -> str:
@@ -476,4 +477,5 @@ def _delivery(row: sqlite3.Row) -> Delivery:
     )
 
 
-_LATER = ("landed_at", "due_at", "lease", "overdue_at", "suspect")  # columns of schema version 2
+# columns of schema version 2
+_LATER = ("landed_at", "due_at", "lease", "overdue_at", "suspect", "kind")

@@ -21,6 +21,7 @@ from scorefetch.core.ledger import Ledger
 from scorefetch.sandbox import mail
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess
+from tests.support import LogLines
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -254,3 +255,28 @@ def test_a_file_refused_for_good_is_not_refused_again_at_every_listing(
     assert deliveries.wait_idle(30)
     deliveries.close(5)
     assert cb_sim.stats.file_url_names.count(name) == asked
+
+
+def test_a_format_taken_off_formats_is_not_downloaded_at_the_restart(
+    cb_sim: CollegeBoardSimulator, tmp_path: Path, log_lines: LogLines
+) -> None:
+    """With `formats: [csv, txt]` a txt twin waits on its retry; the office keeps csv only
+    and restarts: the txt is not downloaded (and so not sent to Slate), its row closed
+    and said; the csv still lands."""
+    before = pipeline(cb_sim, tmp_path, formats=["csv", "txt"], retry_schedule=["1h"])
+    for name in ("4300_20261203_100000.txt", "4300_20261203_100000.csv"):
+        before.ledger.claim("collegeboard", name, name, "notification")
+        assert before.deliver(name) is None  # not posted yet: retrying in an hour
+    before.close(5)
+    before.ledger.close()
+    cb_sim.publish("4300_20261203_100000.csv", b"c\r\n")
+    cb_sim.publish("4300_20261203_100000.txt", b"t\r\n")
+    after = pipeline(cb_sim, tmp_path, formats=["csv"])
+    assert after.resume() == 1
+    assert after.wait_idle(30)
+    after.close(5)
+    landed = sorted(p.name for p in (tmp_path / "files" / "collegeboard").iterdir())
+    assert landed == ["4300_20261203_100000.csv"]
+    row = after.ledger.get("collegeboard", "4300_20261203_100000.txt")
+    assert row is not None and row.state == "failed" and "formats" in (row.error or "")
+    assert log_lines.events("delivery.skipped", reason="format")

@@ -60,6 +60,17 @@ class CollegeBoardDeliveries(Deliveries[CollegeBoard]):
             else:
                 self.queue(name)
 
+    def still_wanted(self, key: str) -> bool:
+        """An unfinished file of a format `formats:` no longer lists (csv and txt before,
+        csv only now) is not downloaded and sent after the restart: closed, and said."""
+        if self.wants(key):
+            return True
+        self.rows.failed((key,), "not downloaded: its format is no longer in formats:", None)
+        self._log.info(
+            "delivery.skipped", filename=key, reason="format", formats=list(self.config.formats)
+        )
+        return False
+
     def _attempt(self, name: str) -> Landed:
         asked = time.monotonic()
         url = self.client.file_url(name)

@@ -86,12 +86,20 @@ class Deliveries(Generic[ClientT]):
     def resume(self) -> int:
         """Make every row a previous run left unfinished due now, with a fresh retry
         budget; returns how many."""
-        rows = self.ledger.unfinished(self.vendor)
-        for row in rows:
+        rows = []
+        for row in self.ledger.unfinished(self.vendor):
+            if not self.still_wanted(row.key):
+                continue
             self._log.info("delivery.resumed", **self._ids(row.key), state=row.state)
             self.rows.again((row.key,))
+            rows.append(row)
         self._kick()
         return len(rows)
+
+    def still_wanted(self, key: str) -> bool:
+        """Whether an unfinished row is still wanted under today's configuration (a
+        vendor may narrow what it takes between runs); one that is not is closed here."""
+        return True
 
     def queue(self, name: str) -> None:
         """A key the ledger has just claimed (new, re-announced after a final failure, or

@@ -171,6 +171,11 @@ def no_free_descriptors(spare: int = 0) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+def _state(ledger: Ledger, key: str) -> str | None:
+    row = ledger.get("collegeboard", key)
+    return row.state if row else None
+
+
 def _open_connections(port: int) -> list[str]:
     """TCP connections to or from local `port` not yet closed by both sides (ESTABLISHED,
     or CLOSE_WAIT: the peer closed, the owner has not), from /proc/net/tcp."""
@@ -299,10 +304,9 @@ def test_full_disk_is_recorded_retried_and_lands_once_freed(
             assert row is not None and row.state == "retrying" and "ENOSPC" in (row.error or "")
             wait_until(lambda: len(log_lines.events("delivery.failed")) >= 3)  # more rounds fail
             ballast.unlink()
-            wait_until(lambda: (root / "collegeboard" / "full.csv").exists(), timeout=30)
+            # The file is in place a moment before the ledger says so: wait for that.
+            wait_until(lambda: _state(ledger, "full.csv") == "downloaded", timeout=30)
             assert visible(root / "collegeboard") == {"full.csv": data}
-            row = ledger.get("collegeboard", "full.csv")
-            assert row is not None and row.state == "downloaded"
         finally:
             deliveries.close(5)
             ledger.close()

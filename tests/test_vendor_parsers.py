@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from scorefetch.collegeboard.client import ListedFile, parse_file_url, parse_listing, parse_token
@@ -107,14 +107,23 @@ def test_encoura_login(value: Any) -> None:
 
 
 @given(JSON, st.sampled_from([None, "score-reporter"]))
+@example([{"uid": "ok-1", "quantity": 3, "isExpired": True, "productKey": "x"}], None)
+@example([{"uid": 7, "listGenerated": False, "created": {"createdAt": 1}}], "score-reporter")
 def test_encoura_listing(value: Any, asked: str | None) -> None:
-    """/datacenter/exports: Exports whose every field is a str and whose product key is
-    one of ours, whatever the listing claims, or VendorError."""
+    """/datacenter/exports: Exports with typed fields (text, flags, a count or None) and a
+    product key of ours, whatever the listing claims, or VendorError. (The text fields
+    only were checked as text, and every field was: a valid export was so rare an input
+    that the check never ran, until a uid sent as a number made them common.)"""
     exports = outcome(lambda v: parse_exports(v, asked, CONFIGURED), value)
     if exports is not None:
         for export in exports:
             assert isinstance(export, Export)
-            assert all(isinstance(getattr(export, f), str) for f in export.__dataclass_fields__)
+            texts = (export.uid, export.product_key, export.status, export.created)
+            assert all(isinstance(text, str) for text in texts)
+            assert isinstance(export.expired, bool) and isinstance(export.generated, bool)
+            assert export.quantity is None or (
+                type(export.quantity) is int and export.quantity >= 0
+            )
             allowed = {asked} if asked else {*CONFIGURED, *KNOWN_PRODUCT_KEYS, UNLISTED}
             assert export.product_key in allowed
             assert "/" not in export.uid and export.uid not in {".", ".."}

@@ -100,7 +100,7 @@ def json_answer(session: requests.Session, method: str, url: str, path: str, **k
                     )
                 raw = read_bounded(response, path)
         except requests.RequestException as exc:
-            cause = f"no answer within {limit:g} s" if clock.expired else describe(exc)
+            cause = f"no answer within {limit:g} s" if clock.passed else describe(exc)
             ours = local_errno(exc) is not None  # no descriptor for a socket, say
             kind = Failure.LOCAL if ours else Failure.TRANSIENT
             raise VendorError(f"{path}: {cause}", kind=kind) from None

@@ -266,7 +266,7 @@ def _get(session: requests.Session, url: str, clock: Deadline) -> requests.Respo
 def _failed(what: str, exc: BaseException, clock: Deadline) -> ScorefetchError:
     if (code := local_errno(exc)) is not None:  # no descriptor for a socket: ours, not theirs
         return LocalError(f"{what}: {describe(exc)}", errno=code)
-    if clock.expired:
+    if clock.passed:
         return VendorError("download exceeded its overall deadline", kind=Failure.TRANSIENT)
     return VendorError(f"{what}: {describe(exc)}", kind=Failure.TRANSIENT)
 
@@ -281,7 +281,7 @@ def _raw_chunks(response: requests.Response, clock: Deadline) -> Iterator[bytes]
             chunk = next(reader, None)
         except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
             raise _failed("download interrupted", exc, clock) from None
-        if clock.expired:  # the watchdog shut the socket: what came last may be short
+        if clock.passed:  # the watchdog shut the socket: what came last may be short
             raise VendorError("download exceeded its overall deadline", kind=Failure.TRANSIENT)
         if chunk is None:
             return

@@ -58,6 +58,12 @@ class Deadline:
     def remaining(self) -> float:
         return max(self.at - time.monotonic(), 0.0)
 
+    @property
+    def passed(self) -> bool:
+        """The limit has passed — whether or not the timer has fired yet: a socket timeout
+        capped at what remained fires at the same moment, and either may come first."""
+        return self.expired or time.monotonic() >= self.at
+
     def watch(self, sock: Any) -> None:
         with self._lock:
             if sock is not None and sock not in self._sockets:

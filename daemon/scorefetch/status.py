@@ -3,7 +3,6 @@ ledger's own keys) or as plain sentences for a person (local time, no internal k
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -65,7 +64,7 @@ def report(config: Config) -> dict[str, Any]:
             "daemon": liveness(ledger),
             "files": journeys(ledger, list(config.forward)),
             "orphaned_destinations": ledger.forwards.orphans(
-                {name: _wanting(dest.vendors) for name, dest in config.forward.items()}
+                {name: dest.wants for name, dest in config.forward.items()}
             ),
         }
     finally:
@@ -115,10 +114,6 @@ def _plus(stamp: str, seconds: float) -> str:
         return (datetime.fromisoformat(stamp) + timedelta(seconds=seconds)).isoformat()
     except (TypeError, ValueError):
         return ""
-
-
-def _wanting(vendors: Sequence[str]) -> Callable[[str], bool]:
-    return lambda vendor: not vendors or vendor in vendors
 
 
 def _forward_report(config: Config, ledger: Ledger) -> dict[str, Any]:

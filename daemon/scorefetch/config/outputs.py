@@ -82,6 +82,10 @@ class SftpDestination(Model):
             )
         return value
 
+    def wants(self, vendor: str) -> bool:
+        # () when the destination was built without a Config (which fills in every vendor)
+        return not self.vendors or vendor in self.vendors
+
     @field_validator("vendors")
     @classmethod
     def _some_vendor(cls, value: tuple[str, ...]) -> tuple[str, ...]:

@@ -61,8 +61,7 @@ class SftpTarget:
         self._where = f"{config.host}:{config.port}"
 
     def wants(self, vendor: str) -> bool:
-        # () when the destination was built without a Config (which fills in every vendor)
-        return not self.config.vendors or vendor in self.config.vendors
+        return self.config.wants(vendor)
 
     def remote_dir(self, vendor: str, product_key: str | None) -> str:
         for part in (vendor, product_key):

@@ -137,7 +137,6 @@ class Engine:
         self._lock = threading.Lock()
         self._running: dict[tuple[str, Job], tuple[object, float]] = {}  # token, start
         self._queued: set[tuple[str, Job]] = set()  # taken, not started yet
-        self._renewed: dict[tuple[str, Job], float] = {}  # monotonic: a running lease renewed
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -266,13 +265,12 @@ class Engine:
         with self._lock:
             self._queued.discard(key)
             self._running[key] = (token, time.monotonic())
-        with self._renewing(lane, job):  # `fetch` has no engine loop to renew it
-            return self._run(lane, job, token)
+        return self._run(lane, job, token)
 
     @contextlib.contextmanager
     def _renewing(self, lane: Lane, job: Job) -> Iterator[None]:
-        """Renew the lease of a round run on the caller's thread every third of it, from
-        a thread of its own, until the round ends."""
+        """Renew the lease of a round every third of it, from a thread of its own, until
+        the round ends (on the daemon's pool or `fetch`'s own thread alike)."""
         done = threading.Event()
 
         def renew() -> None:
@@ -294,7 +292,6 @@ class Engine:
             if woken or self._busy():
                 self._active_until = time.monotonic() + ACTIVE_S
             try:
-                self._renew()
                 self._look(woken)
             except Exception as exc:  # noqa: BLE001 - the engine goes on; the ledger may heal
                 self._log.error("engine.failed", error=type(exc).__name__, exc_info=exc)
@@ -335,21 +332,6 @@ class Engine:
         next_due = min((_epoch(due) for due in upcoming), default=now + FULL_LOOK_S)
         self._next_due = next_due if upcoming else float("inf")
         self._next_look = min(now + FULL_LOOK_S, next_due)
-
-    def _renew(self) -> None:
-        """Renew the lease of each round running here once a third of it has passed."""
-        now = time.monotonic()
-        with self._lock:
-            running = [
-                (key, self._renewed.get(key, start)) for key, (_, start) in self._running.items()
-            ]
-        for (name, job), since in running:
-            lane = self._lanes[name]
-            if now - since >= lane.lease_s / 3:
-                self._renew_one(lane, job)
-                with self._lock:
-                    if (name, job) in self._running:
-                        self._renewed[(name, job)] = now
 
     def _renew_one(self, lane: Lane, job: Job) -> bool:
         """Renew one lease; False (and said) when it is no longer ours. A ledger that fails
@@ -423,7 +405,8 @@ class Engine:
         with self._lock:
             self._running.setdefault(key, (token, time.monotonic()))
         try:
-            return True, lane.run(job)
+            with self._renewing(lane, job):
+                return True, lane.run(job)
         except Exception as exc:  # noqa: BLE001 - every failure is recorded and retried
             self._failed(lane, job, exc)
             return False, None
@@ -436,7 +419,6 @@ class Engine:
             with self._lock:
                 if self._running.get(key, (None,))[0] is token:
                     del self._running[key]
-                    self._renewed.pop(key, None)
                 self._idle.notify_all()
 
     def _failed(self, lane: Lane, job: Job, exc: Exception) -> None:

@@ -77,6 +77,15 @@ def land(
     return Downloaded("collegeboard", name, path, len(data), sha, 0.1)
 
 
+def until_idle(forwarder: Forwarder) -> None:
+    """Start it, let it upload everything due, close it."""
+    forwarder.start()
+    try:
+        assert forwarder.wait_idle(30)
+    finally:
+        forwarder.close(5)
+
+
 def collect(forwarder: Forwarder) -> list[Event]:
     seen: list[Event] = []
     forwarder.events.subscribe(seen.append)
@@ -263,11 +272,7 @@ def test_a_local_copy_changed_since_it_landed_is_never_sent(
     swapped.path.symlink_to(secret)
     forwarder = Forwarder([destination(sshd_server, remote)], ledger)
     seen = collect(forwarder)
-    forwarder.start()
-    try:
-        assert forwarder.wait_idle(30)
-    finally:
-        forwarder.close(5)
+    until_idle(forwarder)
     assert files_in(remote) == {"collegeboard/fine.csv": fine.path.read_bytes()}
     failed = {e.filename: e for e in seen if isinstance(e, ForwardFailed)}
     assert set(failed) == {"edited.csv", "swapped.csv"}
@@ -293,11 +298,7 @@ def test_a_vendor_taken_off_a_destination_stops_its_backlog_and_keeps_the_files(
     month_ago = time.time() - 31 * 86400
     os.utime(owed.path, (month_ago, month_ago))
     encoura_only = Forwarder([destination(sshd_server, remote, vendors=["encoura"])], ledger)
-    encoura_only.start()
-    try:
-        assert encoura_only.wait_idle(30)
-    finally:
-        encoura_only.close(5)
+    until_idle(encoura_only)
     assert files_in(remote) == {}
     (orphaned,) = log_lines.events("forward.orphaned")
     assert orphaned["destinations"] == {"slate": 1}
@@ -305,11 +306,7 @@ def test_a_vendor_taken_off_a_destination_stops_its_backlog_and_keeps_the_files(
     retention = Retention(ledger, 30, {"slate": ("encoura",)})
     assert retention.sweep() == [] and owed.path.exists()
     every = Forwarder([destination(sshd_server, remote)], ledger)
-    every.start()
-    try:
-        assert every.wait_idle(30)
-    finally:
-        every.close(5)
+    until_idle(every)
     assert files_in(remote) == {"collegeboard/owed.csv": b"o,w\r\n"}
 
 
@@ -329,11 +326,7 @@ def test_two_exports_of_one_name_and_the_same_bytes_are_sent_once_without_a_conf
         ledger.downloaded("encoura", uid, path, len(data), sha, ("slate",))
     forwarder = Forwarder([destination(sshd_server, remote)], ledger)
     seen = collect(forwarder)
-    forwarder.start()
-    try:
-        assert forwarder.wait_idle(30)
-    finally:
-        forwarder.close(5)
+    until_idle(forwarder)
     assert files_in(remote) == {"encoura/same.csv": data}
     assert [e for e in seen if isinstance(e, ForwardFailed)] == []
     for uid in ("uid-1", "uid-2"):

@@ -88,18 +88,33 @@ def make(
     return runner, ledger, ticks
 
 
-def test_other_mail_costs_its_headers_and_notifications_only_their_html(tmp_path: Path) -> None:
-    """Non-candidates get one header FETCH and nothing else; a candidate's HTML part is
-    fetched, never its text part or another message's attachment."""
+def _body_fetch(items: Any) -> bool:
+    """Whether a FETCH asks for more than a message's size and judged headers."""
+    return any("HEADER.FIELDS" not in i and i != "RFC822.SIZE" for i in items)
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["small-read-whole", "large-by-structure"])
+def test_other_mail_costs_its_headers_and_notifications_only_their_html(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, whole: bool
+) -> None:
+    """Non-candidates get one header FETCH and nothing else. A candidate as small as a
+    notification is read whole; a larger one has its HTML part fetched, never its text
+    part or another message's attachment."""
+    if not whole:
+        monkeypatch.setattr(messages, "MAX_WHOLE_BYTES", 100)
     box = {1: transcript(1), 2: mail.notification("a.csv"), 3: transcript(2), 4: mail.marketing()}
     conn = FakeConnection(box)
     handler = Recorder()
     runner, ledger, _ = make(tmp_path, conn, handler)
     assert runner.catch_up(7, 0) == 4
     for uid in (1, 3):
-        assert all("HEADER.FIELDS" in i for i in conn.fetched_items(uid)), uid
+        assert not _body_fetch(conn.fetched_items(uid)), uid
     sections = [i.split("<")[0] for i in conn.fetched_items(2)]
-    assert "BODY.PEEK[2]" in sections and "BODY.PEEK[1]" not in sections
+    if whole:
+        assert "BODY.PEEK[]" in sections and "BODYSTRUCTURE" not in sections
+    else:
+        assert "BODY.PEEK[2]" in sections and "BODY.PEEK[1]" not in sections
+        assert "BODY.PEEK[]" not in sections
     assert conn.answered < 30_000  # two transcripts weigh ~2.8 MB
     assert handler.names() == ["a.csv"]
     assert [(u, r.reason if r else None) for u, r, _ in handler.seen if u != 2] == [
@@ -165,6 +180,7 @@ def test_a_huge_html_part_from_an_allowed_sender_is_refused_unfetched(tmp_path: 
     make(tmp_path, conn, handler)[0].catch_up(7, 0)
     assert handler.seen[0] == (1, None, "too_large")
     assert not [i for i in conn.fetched_items(1) if "BODY.PEEK[2" in i or "TEXT" in i]
+    assert not [i for i in conn.fetched_items(1) if i.startswith("BODY.PEEK[]")]
     assert handler.names() == ["f.csv"]
 
 
@@ -183,9 +199,9 @@ def test_bodies_held_at_once_are_bounded_by_bytes(
     real_fetch = conn.fetch
 
     def fetch(uids: Any, items: Any) -> Any:
-        if any("HEADER" not in i and i != "BODYSTRUCTURE" for i in items):
+        if _body_fetch(items) and items != ["BODYSTRUCTURE"]:
             fetched.extend(uids)
-            handler.timeline.append(("body", uids[0]))
+            handler.timeline.extend(("body", uid) for uid in uids)
         return real_fetch(uids, items)
 
     conn.fetch = fetch  # type: ignore[method-assign]
@@ -307,7 +323,7 @@ class _Failing(FakeConnection):
         self.bad, self.in_sync = bad, in_sync
 
     def fetch(self, uids: Any, items: Any) -> Any:
-        if self.bad in uids and (self.in_sync or "BODYSTRUCTURE" in items):
+        if self.bad in uids and (self.in_sync or _body_fetch(items)):
             self.commands.append(("fetch", (list(uids), list(items))))
             raise FetchFailed("fetch failed: NO [SERVERBUG] broken", in_sync=self.in_sync)
         return super().fetch(uids, items)
@@ -350,14 +366,14 @@ def test_a_line_over_the_limit_loses_the_connection_and_then_only_that_message(
 
 
 class _Dropping(FakeConnection):
-    """Loses the connection (imaplib's abort) whenever the structure of `bad` is asked."""
+    """Loses the connection (imaplib's abort) whenever the body of `bad` is asked."""
 
     def __init__(self, box: dict[int, bytes], bad: int) -> None:
         super().__init__(box)
         self.bad = bad
 
     def fetch(self, uids: Any, items: Any) -> Any:
-        if self.bad in uids and "BODYSTRUCTURE" in items:
+        if self.bad in uids and _body_fetch(items):
             raise imaplib.IMAP4.abort("socket error: unterminated line")
         return super().fetch(uids, items)
 
@@ -379,3 +395,54 @@ def test_a_message_that_drops_the_connection_twice_alone_is_refused(tmp_path: Pa
     assert runner.catch_up(7, last) == 4
     assert handler.names() == ["1.csv", "3.csv", "4.csv"]
     assert [u for u, _, reason in handler.seen if reason == "unreadable"] == [2]
+
+
+def test_a_burst_of_notifications_costs_two_fetches(tmp_path: Path) -> None:
+    """Sizes and headers in one FETCH, the small candidates whole in one more: a burst
+    of notifications costs the round trips of one (no BODYSTRUCTURE each)."""
+    box = {u: mail.notification(f"{u}.csv") for u in range(1, 51)}
+    box[51] = transcript(1)  # other mail among them still costs its headers only
+    conn = FakeConnection(box)
+    handler = Recorder()
+    make(tmp_path, conn, handler)[0].catch_up(7, 0)
+    assert handler.names() == [f"{u}.csv" for u in range(1, 51)]
+    fetches = [a for name, a in conn.commands if name == "fetch"]
+    assert len(fetches) == 2
+    assert fetches[1][0] == list(range(1, 51))
+    assert not _body_fetch(conn.fetched_items(51))
+
+
+def test_a_server_that_understates_a_size_costs_a_bounded_read(tmp_path: Path) -> None:
+    """A message said to be small but larger than a whole read's bound: the read stops at
+    one byte over it, and the message is read by its structure (its HTML part only),
+    so nothing is lost and nothing unbounded is held."""
+    pad = "<p>" + "z" * 150_000 + "</p>"
+    big = mail.notification("j.csv", span=f'<span id="fileName">j.csv</span>{pad}')
+    conn = FakeConnection({1: big, 2: mail.notification("k.csv")})
+    conn.sizes[1] = 4_000
+    handler = Recorder()
+    make(tmp_path, conn, handler)[0].catch_up(7, 0)
+    assert handler.names() == ["j.csv", "k.csv"]
+    items = conn.fetched_items(1)
+    assert f"BODY.PEEK[]<0.{messages.MAX_WHOLE_BYTES + 1}>" in items
+    assert "BODYSTRUCTURE" in items
+
+
+def test_a_whole_read_the_server_refuses_refuses_only_its_culprit(tmp_path: Path) -> None:
+    """The batch of whole reads fails for one message: each is read alone, and only that
+    one is `unreadable`."""
+
+    class Refusing(FakeConnection):
+        def fetch(self, uids: Any, items: Any) -> Any:
+            if 2 in uids and any(i.startswith("BODY.PEEK[]") for i in items):
+                self.commands.append(("fetch", (list(uids), list(items))))
+                raise FetchFailed("fetch failed: NO [SERVERBUG] broken", in_sync=True)
+            return super().fetch(uids, items)
+
+    conn = Refusing({u: mail.notification(f"{u}.csv") for u in range(1, 4)})
+    handler = Recorder()
+    runner, ledger, _ = make(tmp_path, conn, handler)
+    assert runner.catch_up(7, 0) == 3
+    assert handler.names() == ["1.csv", "3.csv"]
+    assert [u for u, _, reason in handler.seen if reason == "unreadable"] == [2]
+    assert ledger.mailbox_position("INBOX") == (7, 3)

@@ -1008,3 +1008,30 @@ def test_too_many_names_in_one_mail_are_refused() -> None:
     """At most MAX_NAMES file names are taken from one email; more is too_many_filenames."""
     spans = "".join(f'<span id="fileName">4300_{n:06d}.csv</span>' for n in range(MAX_NAMES + 1))
     assert reason_of(built(page(spans))) == "too_many_filenames"
+
+
+def _nested(depth: int) -> bytes:
+    """A notification whose HTML part sits `depth` multiparts deep."""
+    inner = 'Content-Type: text/html\r\n\r\n<span id="fileName">deep.csv</span>\r\n'
+    for level in range(depth, 0, -1):
+        inner = (
+            f'Content-Type: multipart/mixed; boundary="d{level}"\r\n\r\n'
+            f"--d{level}\r\n{inner}\r\n--d{level}--\r\n"
+        )
+    head = "From: College Board <reportingportal@collegeboard.org>\r\nMessage-ID: <n@x>\r\n"
+    return (head + "MIME-Version: 1.0\r\n" + inner).encode()
+
+
+@pytest.mark.parametrize("depth", [1, 2, 16])
+def test_a_notification_nested_as_deep_as_the_mailbox_reads_is_read(depth: int) -> None:
+    found = read_notification(_nested(depth), SENDERS)
+    assert isinstance(found, Notification) and found.filenames == ("deep.csv",)
+
+
+@pytest.mark.parametrize("depth", [17, 150])
+def test_multiparts_nested_deeper_than_the_mailbox_reads_are_malformed(depth: int) -> None:
+    """The reader stops where the mailbox's structure reading stops (16 deep): a message
+    read whole and one read by its structure get the same answer."""
+    found = read_notification(_nested(depth), SENDERS)
+    assert isinstance(found, Rejection) and found.reason == "malformed"
+    assert "nested more than 16 deep" in found.detail

@@ -1,9 +1,10 @@
 """An in-memory `Connection` for the watcher's unit tests (catch-up, moves, backoff).
 
-It answers FETCH for the items the watcher asks for (`BODY.PEEK[HEADER.FIELDS (…)]<0.N>`,
-`BODYSTRUCTURE`, `BODY.PEEK[<section>.MIME]`, `BODY.PEEK[<section>]`, `BODY.PEEK[TEXT]`)
-from real RFC 5322 bytes, parsed with the email package, in imapclient's shapes, and
-records every command and the bytes it answered with. The real-server tests
+It answers FETCH for the items the watcher asks for (`RFC822.SIZE`,
+`BODY.PEEK[HEADER.FIELDS (…)]<0.N>`, `BODY.PEEK[]<0.N>`, `BODYSTRUCTURE`,
+`BODY.PEEK[<section>.MIME]`, `BODY.PEEK[<section>]`, `BODY.PEEK[TEXT]`) from real
+RFC 5322 bytes, parsed with the email package, in imapclient's shapes, and records
+every command and the bytes it answered with. The real-server tests
 (test_mailbox.py, test_e2e.py) check the same paths against pymap and Dovecot.
 """
 
@@ -17,7 +18,7 @@ from email.message import Message
 from typing import Any
 
 _HEADER_FIELDS = re.compile(r"BODY\.PEEK\[HEADER\.FIELDS \(([^)]*)\)\](?:<0\.(\d+)>)?")
-_SECTION = re.compile(r"BODY\.PEEK\[([\d.]+|TEXT)(\.MIME)?\](?:<0\.(\d+)>)?")
+_SECTION = re.compile(r"BODY\.PEEK\[([\d.]+|TEXT|)(\.MIME)?\](?:<0\.(\d+)>)?")
 
 
 def _header_and_body(raw: bytes) -> tuple[bytes, bytes]:
@@ -93,6 +94,7 @@ class FakeConnection:
         self.folders: dict[str, list[int]] = {}
         self.deleted: set[int] = set()
         self.fail_on: dict[str, BaseException] = {}  # command name -> raised when called
+        self.sizes: dict[int, int] = {}  # RFC822.SIZE said instead of the true one (a liar)
 
     def _call(self, name: str, args: Any = None) -> None:
         self.commands.append((name, args))
@@ -140,6 +142,8 @@ class FakeConnection:
             key = item.replace(".PEEK", "").split("<")[0] + ("<0>" if fields.group(2) else "")
             self.answered += len(data)
             return {key.encode(): data}
+        if item == "RFC822.SIZE":
+            return {b"RFC822.SIZE": self.sizes.get(uid, len(raw))}
         if item == "BODYSTRUCTURE":
             return {b"BODYSTRUCTURE": structure(message_from_bytes(raw), _header_and_body(raw)[1])}
         section = _SECTION.fullmatch(item)
@@ -152,6 +156,8 @@ class FakeConnection:
         return {key.encode(): data}
 
     def _section(self, raw: bytes, section: str, mime: bool) -> bytes:
+        if section == "":
+            return raw
         if section == "TEXT":
             return _header_and_body(raw)[1]
         part: Message = message_from_bytes(raw)

@@ -46,10 +46,15 @@ def _alive_without_proc(pid: int) -> bool:
     return True
 
 
+_ME: dict[int, str] = {}  # pid -> its holder name (a forked child has its own)
+
+
 def me() -> str:
-    """This process as a lease holder: `pid:start`."""
+    """This process as a lease holder: `pid:start` (read from /proc once per process)."""
     pid = os.getpid()
-    return f"{pid}:{_start_time(pid) or '?'}"
+    if pid not in _ME:
+        _ME[pid] = f"{pid}:{_start_time(pid) or '?'}"
+    return _ME[pid]
 
 
 def holder_alive(holder: str) -> bool:

@@ -1,12 +1,14 @@
 """Catching up by UID: every message above the last one handled, headers first.
 
-For each new UID the server is asked for the few headers a notification is judged by.
-Only a candidate — a From that may be a notification (`screen`) — has its structure
-fetched (one message at a time), and then only its `text/html` parts, each with its
-own headers in a partial range; other mail costs its headers and nothing more. Bodies
-are fetched in runs bounded by bytes, so memory stays flat whatever the other mail
-weighs. Each message is then handed over in UID order and the folder's position
-advances past it (persisted in the ledger with UIDVALIDITY).
+For each new UID the server is asked for its size and the few headers a notification
+is judged by; other mail costs its headers and nothing more. A candidate — a From that
+may be a notification (`screen`) — as small as a notification is read whole, in one FETCH
+with the other small candidates of its run (two round trips for a burst of notifications,
+as for one). A larger candidate has its structure fetched (one message at a time), and
+then only its `text/html` parts, each with its own headers in a partial range. Bodies are
+fetched in runs bounded by bytes, so memory stays flat whatever the other mail weighs.
+Each message is then handed over in UID order and the folder's position advances past
+it (persisted in the ledger with UIDVALIDITY).
 
 One message never stops the others. A FETCH that fails (the server's NO or BAD, an
 answer imapclient cannot parse, a line over imaplib's 1,000,000-byte limit) is tried
@@ -16,9 +18,10 @@ the limit loses the connection: the messages not yet handed over are remembered 
 suspects and, after the reconnect, read one by one. A lone message at which the
 connection drops MAX_STRIKES times is refused too.
 
-Limits: MAX_HEADER_BYTES of judged headers, one BODYSTRUCTURE line (imaplib's limit),
-MAX_HTML_PARTS parts of MAX_HTML_BYTES each with MAX_PART_HEADER_BYTES of part headers
-(messages.py); BODY_BATCH_BYTES of parts held at once.
+Limits: MAX_HEADER_BYTES of judged headers, MAX_WHOLE_BYTES of a message read whole,
+one BODYSTRUCTURE line (imaplib's limit), MAX_HTML_PARTS parts of MAX_HTML_BYTES each
+with MAX_PART_HEADER_BYTES of part headers (messages.py); BODY_BATCH_BYTES of bodies
+held at once.
 """
 
 from __future__ import annotations
@@ -196,7 +199,7 @@ class CatchUp:
         pending: list[_Item] = []
         held = 0
         for item in items:
-            if item.parts:
+            if item.parts and not messages.is_whole(item.parts):
                 self._structure(item)
             size = messages.fetch_cost(item.parts)
             if pending and held + size > BODY_BATCH_BYTES:
@@ -209,10 +212,11 @@ class CatchUp:
         self._hand_over(validity, pending)
 
     def _envelopes(self, uids: list[int]) -> list[_Item]:
-        """The judged headers of every UID (a partial range each)."""
+        """The size and judged headers of every UID (a partial range each)."""
         fields = " ".join(messages.HEADER_FIELDS)
         answer = self.conn.fetch(
-            uids, [f"BODY.PEEK[HEADER.FIELDS ({fields})]<0.{messages.MAX_HEADER_BYTES}>"]
+            uids,
+            ["RFC822.SIZE", f"BODY.PEEK[HEADER.FIELDS ({fields})]<0.{messages.MAX_HEADER_BYTES}>"],
         )
         return [self._item(uid, answer.get(uid)) for uid in uids]
 
@@ -224,9 +228,13 @@ class CatchUp:
             detail = f"over {messages.MAX_HEADER_BYTES} bytes of From/Message-ID headers"
             refusal = Refusal("too_large", detail, messages.message_id(headers))
             return _Item(uid, None, [], refusal)
-        candidate = self._screen is None or self._screen(headers)
+        if self._screen is not None and not self._screen(headers):
+            return _Item(uid, headers, [])
+        size = messages.rfc822_size(found)
+        if size is not None and size <= messages.MAX_WHOLE_BYTES:
+            return _Item(uid, headers, [Part(messages.WHOLE, size)])
         # A placeholder part marks a candidate until its structure is known.
-        return _Item(uid, headers, [Part(messages.TOP, 0)] if candidate else [])
+        return _Item(uid, headers, [Part(messages.TOP, 0)])
 
     def _structure(self, item: _Item) -> None:
         """A candidate's BODYSTRUCTURE, alone: one line, bounded by imaplib's limit."""
@@ -256,10 +264,12 @@ class CatchUp:
         return Refusal(reason, detail, messages.message_id(item.headers or b""))
 
     def _hand_over(self, validity: int, items: Sequence[_Item]) -> None:
-        """Fetch the HTML parts of the candidates among `items`, then hand each over."""
-        bodies: dict[int, Answer] = {}
-        for item in items:
-            if item.parts and item.refused is None:
+        """Fetch the bodies of the candidates among `items` (the small ones whole, in one
+        FETCH; the others' HTML parts), then hand each over."""
+        wanted = [item for item in items if item.parts and item.refused is None]
+        bodies = self._wholes([item for item in wanted if messages.is_whole(item.parts)])
+        for item in wanted:
+            if not messages.is_whole(item.parts):
                 bodies[item.uid] = self._bodies(item)
                 self._tick()
         for item in items:
@@ -274,6 +284,34 @@ class CatchUp:
             self._tick()  # legitimate work: the watchdog hears of it message by message
             if acted and self.config.processed_folder is not None:
                 self.move(item.uid, self.config.processed_folder)
+
+    def _wholes(self, items: list[_Item]) -> dict[int, Answer]:
+        """The small candidates read whole, in one FETCH. A FETCH the server refuses is
+        tried again message by message (only the culprit is refused); a message over
+        the bound after all (the server's size was wrong) is read by its structure."""
+        if not items:
+            return {}
+        bodies: dict[int, Answer] = {}
+        if len(items) == 1:
+            bodies[items[0].uid] = self._bodies(items[0])
+        else:
+            try:
+                uids = [item.uid for item in items]
+                answer = self.conn.fetch(uids, messages.fetch_items(items[0].parts))
+                bodies = {item.uid: answer for item in items}
+            except FetchFailed as exc:
+                if not exc.in_sync:
+                    raise
+                bodies = {item.uid: self._bodies(item) for item in items}
+        self._tick()
+        for item in items:
+            raw = messages.whole_bytes(bodies[item.uid].get(item.uid, {}))
+            if raw is not None and len(raw) > messages.MAX_WHOLE_BYTES:
+                item.parts = [Part(messages.TOP, 0)]
+                self._structure(item)
+                if item.parts and item.refused is None:
+                    bodies[item.uid] = self._bodies(item)
+        return bodies
 
     def _bodies(self, item: _Item) -> Answer:
         try:
@@ -292,6 +330,8 @@ class CatchUp:
     def _message(self, item: _Item, answer: dict[bytes, Any] | None) -> bytes | None:
         if item.headers is None or item.refused is not None:
             return None
+        if messages.is_whole(item.parts):
+            return messages.whole_bytes(answer or {})
         parts = [messages.part_bytes(answer or {}, part) for part in item.parts]
         if any(p is None for p in parts):
             return None  # expunged between the fetches

@@ -1,10 +1,11 @@
 """What to fetch of a message, decided from what the server says about it. Pure.
 
-The headers the decision needs come first, for every new message; a body part is
-fetched only for a candidate (its From on the allowlist), and only its `text/html`
-parts, never attachments or attached messages. What is fetched is put back together
-as a small RFC 5322 message — those headers and those parts — so that
-`read_notification` stays the one authority on what a message announces.
+The headers the decision needs come first, for every new message, with its size; a
+body is fetched only for a candidate (its From on the allowlist). A small candidate (up
+to MAX_WHOLE_BYTES, as a notification is) is read whole, many in one FETCH; a larger one
+has only its `text/html` parts fetched, never attachments or attached messages, and these
+are put back together as a small RFC 5322 message — its judged headers and those parts.
+Either way `read_notification` stays the one authority on what a message announces.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ MAX_HTML_PARTS = 4
 MAX_PART_HEADER_BYTES = 16 * 1024  # one part's own headers; a notification's are ~100 bytes
 MAX_DEPTH = 16  # multipart nesting followed; notifications nest two deep
 TOP = "TEXT"  # the section of a single-part message's body
+WHOLE = ""  # the section of a whole message (BODY[]): a candidate small enough to read whole
+MAX_WHOLE_BYTES = 128 * 1024  # a candidate up to this RFC822.SIZE is read whole; real ones ~10 KiB
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,9 @@ def fetch_items(parts: Iterable[Part]) -> list[str]:
     head, body = f"<0.{MAX_PART_HEADER_BYTES}>", f"<0.{MAX_HTML_BYTES}>"
     items: list[str] = []
     for part in parts:
-        if part.section == TOP:
+        if part.section == WHOLE:  # one byte over the bound shows a server's size was wrong
+            items.append(f"BODY.PEEK[]<0.{MAX_WHOLE_BYTES + 1}>")
+        elif part.section == TOP:
             fields = " ".join(BODY_FIELDS)
             items += [f"BODY.PEEK[HEADER.FIELDS ({fields})]{head}", f"BODY.PEEK[TEXT]{body}"]
         else:
@@ -129,7 +134,29 @@ def fetch_items(parts: Iterable[Part]) -> list[str]:
 
 def fetch_cost(parts: Sequence[Part]) -> int:
     """The most bytes fetching these parts can bring: bodies and their header bounds."""
+    if is_whole(parts):
+        return min(parts[0].size, MAX_WHOLE_BYTES + 1)
     return sum(min(p.size, MAX_HTML_BYTES) + MAX_PART_HEADER_BYTES for p in parts)
+
+
+def is_whole(parts: Sequence[Part]) -> bool:
+    """Whether these parts stand for the whole message (a small candidate)."""
+    return len(parts) == 1 and parts[0].section == WHOLE
+
+
+def whole_bytes(answer: dict[bytes, Any]) -> bytes | None:
+    """The whole message out of a FETCH answer, or None (expunged meanwhile)."""
+    return _exact(answer, b"BODY[]")
+
+
+def rfc822_size(answer: dict[bytes, Any] | None) -> int | None:
+    """The server's RFC822.SIZE of a message, or None when it said nothing usable."""
+    value = (answer or {}).get(b"RFC822.SIZE")
+    try:
+        size = int(value) if isinstance(value, int | bytes | str) else None
+    except ValueError:
+        return None
+    return size if size is not None and size >= 0 else None
 
 
 def part_bytes(answer: dict[bytes, Any], part: Part) -> bytes | None:

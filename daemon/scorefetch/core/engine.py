@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from scorefetch.core import logs
+from scorefetch.core import logs, timers
 from scorefetch.core.errors import Failure, ScorefetchError
 from scorefetch.core.pool import WorkPool
 from scorefetch.core.work import Job, WorkRows, holder_alive, now_iso
@@ -269,20 +269,30 @@ class Engine:
 
     @contextlib.contextmanager
     def _renewing(self, lane: Lane, job: Job) -> Iterator[None]:
-        """Renew the lease of a round every third of it, from a thread of its own, until
-        the round ends (on the daemon's pool or `fetch`'s own thread alike)."""
-        done = threading.Event()
+        """Renew the lease of a round every third of it until the round ends (on the
+        daemon's pool or `fetch`'s own thread alike). The process's timer thread says when;
+        the ledger write runs on a thread of its own (it may wait on the ledger's lock,
+        and the timer thread must not), started only for a round that lasts that long."""
+        lock = threading.Lock()
+        armed: list[timers.Timer | None] = [None]
 
         def renew() -> None:
-            while not done.wait(lane.lease_s / 3):
-                if not self._renew_one(lane, job):
-                    return
+            if self._renew_one(lane, job):
+                with lock:
+                    if armed[0] is not None:  # None: the round has ended meanwhile
+                        armed[0] = timers.call_later(lane.lease_s / 3, due)
 
-        threading.Thread(target=renew, name="lease", daemon=True).start()
+        def due() -> None:
+            threading.Thread(target=renew, name="lease", daemon=True).start()
+
+        armed[0] = timers.call_later(lane.lease_s / 3, due)
         try:
             yield
         finally:
-            done.set()
+            with lock:
+                timer, armed[0] = armed[0], None
+            if timer is not None:
+                timer.cancel()
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -23,6 +23,7 @@ host names only) and an extra CA bundle (`REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE`)
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import threading
@@ -30,6 +31,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -38,6 +40,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util.retry import Retry
 
 from scorefetch import __version__
+from scorefetch.core import timers
 from scorefetch.core.urls import UrlError, connect_target
 
 USER_AGENT = f"scorefetch/{__version__} (+admissions file collector)"
@@ -52,8 +55,7 @@ class Deadline:
         self.expired = False
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
-        self._timer = threading.Timer(max(seconds, 0.0), self._fire)
-        self._timer.daemon = True
+        self._seconds = seconds
 
     def remaining(self) -> float:
         return max(self.at - time.monotonic(), 0.0)
@@ -92,11 +94,11 @@ def deadline(seconds: float) -> Iterator[Deadline]:
     limit = Deadline(seconds)
     outer = getattr(_current, "deadline", None)
     _current.deadline = limit
-    limit._timer.start()
+    timer = timers.call_later(limit._seconds, limit._fire)
     try:
         yield limit
     finally:
-        limit._timer.cancel()
+        timer.cancel()
         _current.deadline = outer
 
 
@@ -166,13 +168,32 @@ class _TimeoutSession(requests.Session):
         kwargs.setdefault("timeout", self._timeout)
         kwargs["verify"] = _ca_bundle()  # never turned off, whatever a caller passes
         kwargs["allow_redirects"] = False  # never followed, whatever a caller passes
-        kwargs["proxies"] = requests.utils.get_environ_proxies(
-            url.decode() if isinstance(url, bytes) else url
-        )
+        kwargs["proxies"] = _proxies(url.decode() if isinstance(url, bytes) else url)
         if kwargs.get("stream") or getattr(_current, "deadline", None) is not None:
             return super().request(method, url, *args, **kwargs)
         with deadline(self.call_deadline):
             return super().request(method, url, *args, **kwargs)
+
+
+_PROXY_VARIABLES = tuple(
+    name
+    for base in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+    for name in (base, base.upper())
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _proxies_for(scheme: str, netloc: str, environment: tuple[str | None, ...]) -> dict[str, str]:
+    return dict(requests.utils.get_environ_proxies(f"{scheme}://{netloc}/"))
+
+
+def _proxies(url: str) -> dict[str, str]:
+    """requests' proxies for `url` from the environment. They depend on the scheme, the host
+    and port, and the proxy variables only; requests reads the whole environment at every
+    call, so the answer is kept per host and per value of those variables."""
+    parts = urlsplit(url)
+    environment = tuple(os.environ.get(name) for name in _PROXY_VARIABLES)
+    return dict(_proxies_for(parts.scheme, parts.netloc, environment))
 
 
 def _ca_bundle() -> str | bool:

@@ -121,6 +121,9 @@ class _Presigned:
     used: bool = False
 
 
+_POLL_S = 0.02  # how often a server's loop looks whether it is asked to stop
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -270,14 +273,19 @@ class Simulator(Lifecycle):
             return
         for handler in (self.api_handler, self.bucket_handler):
             server = _Server(self.host, handler, self)
-            thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+            thread = threading.Thread(target=server.serve_forever, args=(_POLL_S,), daemon=True)
             thread.start()
             self._servers.append((server, thread))
 
     def stop(self) -> None:
-        """Stop both servers (idempotent)."""
+        """Stop both servers (idempotent), at once: each shutdown waits for its loop's
+        next look (up to `_POLL_S`), so they are asked together, not one after the other."""
+        stopping = [threading.Thread(target=server.shutdown) for server, _ in self._servers]
+        for thread in stopping:
+            thread.start()
+        for thread in stopping:
+            thread.join()
         for server, thread in self._servers:
-            server.shutdown()
             server.server_close()
             thread.join(timeout=5)
         self._servers.clear()

@@ -13,7 +13,7 @@ import pytest
 from scorefetch.core.ledger import Ledger
 from scorefetch.sandbox import mail
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
-from scorefetch.sandbox.daemon import DaemonProcess
+from scorefetch.sandbox.daemon import DaemonProcess, write_config
 from tests.support import files_under, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -376,3 +376,30 @@ def test_uidvalidity_change_rescans_without_downloading_twice(
         "4300_20261122_070000.csv",
         "4300_20261122_073000.csv",
     ]
+
+
+def test_debug_level_times_one_notification_command_by_command(
+    start_daemon: Start,
+    cb_sim: CollegeBoardSimulator,
+    imap_server: Any,
+    imap_folder: str,
+    tmp_path: Path,
+) -> None:
+    """`log.level: debug` traces a notification's way: the FETCH of sizes and headers, the
+    FETCH of the whole small message, the URL call and the download, each with its time;
+    a URL's path or query never appears."""
+    path = write_config(tmp_path, cb_sim, imap_server, imap_folder=imap_folder)
+    path.write_text(path.read_text().replace("  level: info\n", "  level: debug\n"))
+    name = "4300_20261121_120000.csv"
+    cb_sim.publish(name, b"Last,First\r\nDoe,Jane\r\n")
+    daemon = start_daemon()
+    deliver(imap_server, imap_folder, mail.notification(name))
+    daemon.wait_event("delivery.downloaded", filename=name)
+    commands = [e["command"] for e in daemon.named("imap.command")]
+    assert "UID FETCH RFC822.SIZE BODY.PEEK" in commands
+    assert "UID FETCH BODY.PEEK" in commands  # the message whole, no BODYSTRUCTURE
+    assert "UID FETCH BODYSTRUCTURE" not in commands
+    calls = daemon.named("http.call")
+    assert {c["method"] for c in calls} >= {"POST", "GET"}
+    assert all(c["status"] == 200 and c["elapsed_ms"] >= 0 for c in calls)
+    assert not [c for c in calls if "/" in c["host"] or "?" in c["host"]]

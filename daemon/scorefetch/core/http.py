@@ -40,7 +40,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util.retry import Retry
 
 from scorefetch import __version__
-from scorefetch.core import timers
+from scorefetch.core import logs, timers
 from scorefetch.core.urls import UrlError, connect_target
 
 USER_AGENT = f"scorefetch/{__version__} (+admissions file collector)"
@@ -168,11 +168,23 @@ class _TimeoutSession(requests.Session):
         kwargs.setdefault("timeout", self._timeout)
         kwargs["verify"] = _ca_bundle()  # never turned off, whatever a caller passes
         kwargs["allow_redirects"] = False  # never followed, whatever a caller passes
-        kwargs["proxies"] = _proxies(url.decode() if isinstance(url, bytes) else url)
+        text = url.decode() if isinstance(url, bytes) else url
+        kwargs["proxies"] = _proxies(text)
+        began = time.monotonic() if logs.tracing() else None
         if kwargs.get("stream") or getattr(_current, "deadline", None) is not None:
-            return super().request(method, url, *args, **kwargs)
-        with deadline(self.call_deadline):
-            return super().request(method, url, *args, **kwargs)
+            response = super().request(method, url, *args, **kwargs)
+        else:
+            with deadline(self.call_deadline):
+                response = super().request(method, url, *args, **kwargs)
+        if began is not None:  # the answer's headers are in; a streamed body comes later
+            logs.get().debug(
+                "http.call",
+                method=str(method),
+                host=urlsplit(text).hostname or "",
+                status=response.status_code,
+                elapsed_ms=round((time.monotonic() - began) * 1000, 1),
+            )
+        return response
 
 
 _PROXY_VARIABLES = tuple(

@@ -181,9 +181,20 @@ class JournalRenderer:
         return f"<{priority(str(event.get('level', 'info')))}>{line}"
 
 
+_tracing = False  # logging at debug: each IMAP command and HTTP call is timed and said
+
+
+def tracing() -> bool:
+    """Whether `imap.command` and `http.call` lines are wanted (`logging.level: debug`):
+    the few calls on the hot path ask this before timing anything."""
+    return _tracing
+
+
 def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None = None) -> None:
     """Set up structlog for the process. `fmt` None: console on a TTY, JSON otherwise.
     Under journald, JSON with priority prefixes whatever `fmt` says."""
+    global _tracing
+    _tracing = level == "debug"
     out = STDOUT if stream is None else stream
     journal = under_journald(out)
     if fmt is None:

@@ -19,6 +19,7 @@ from imapclient.exceptions import LoginError
 from imapclient.imapclient import SocketTimeout
 
 from scorefetch.config import ImapConfig
+from scorefetch.core import logs
 from scorefetch.core.errors import MailboxAuthError, MailboxError, TokenError
 from scorefetch.core.errors import describe as describe_error
 from scorefetch.core.logs import untrusted
@@ -82,19 +83,35 @@ def _ascii(text: str) -> bool:
 
 
 class ImapConnection:
-    """An `IMAPClient` behind the `Connection` commands; every answer updates `heard`."""
+    """An `IMAPClient` behind the `Connection` commands; every answer updates `heard`.
+    At `logging.level: debug` each command is said with its time (`imap.command`)."""
 
-    def __init__(self, client: IMAPClient, read_timeout: float) -> None:
+    def __init__(self, client: IMAPClient, read_timeout: float, log: Any = None) -> None:
         self.client = client
         self.read_timeout = read_timeout
         self.heard = time.monotonic()
+        self._log = log
+        self._began: float | None = None  # when the command being timed was sent
 
-    def _heard(self) -> None:
+    def _start(self) -> None:
+        """A command begins: timed from here when tracing."""
+        self._began = time.monotonic() if self._log is not None and logs.tracing() else None
+
+    def _heard(self, command: str = "", messages: int | None = None) -> None:
         self.heard = time.monotonic()
+        if command and self._began is not None:
+            self._log.debug(
+                "imap.command",
+                command=command,
+                messages=messages,
+                elapsed_ms=round((self.heard - self._began) * 1000, 1),
+            )
+            self._began = None
 
     def select(self, folder: str, readonly: bool) -> int:
+        self._start()
         selected = self.client.select_folder(folder, readonly=readonly)
-        self._heard()
+        self._heard("SELECT")
         return int(selected[b"UIDVALIDITY"])
 
     def has_capability(self, name: str) -> bool:
@@ -107,13 +124,15 @@ class ImapConnection:
         self.client.create_folder(folder)
 
     def search(self, criteria: list[Any]) -> list[int]:
+        self._start()
         found = [int(uid) for uid in self.client.search(criteria)]
-        self._heard()
+        self._heard("UID SEARCH", len(found))
         return found
 
     def fetch(self, uids: Sequence[int], items: Sequence[str]) -> Answer:
         """The answer, or FetchFailed when it cannot be had; a lost connection (abort,
         OSError) is raised as it is: that is not the messages' doing."""
+        self._start()
         try:
             answer: Answer = self.client.fetch(list(uids), list(items))
         except imaplib.IMAP4.abort:
@@ -123,7 +142,7 @@ class ImapConnection:
         except (ValueError, LookupError, TypeError, RecursionError) as exc:
             # imapclient's parser on an answer it read whole: the connection is in step.
             raise FetchFailed(f"unreadable answer ({type(exc).__name__})", in_sync=True) from None
-        self._heard()
+        self._heard("UID FETCH " + " ".join(item.split("[")[0] for item in items), len(uids))
         return answer
 
     def move(self, uid: int, folder: str) -> None:
@@ -161,8 +180,9 @@ class ImapConnection:
         """DONE, its answer awaited at most `timeout` seconds (the liveness probe)."""
         sock = self.client.socket()
         sock.settimeout(timeout)
+        self._start()
         self.client.idle_done()
-        self._heard()
+        self._heard("DONE")
         sock.settimeout(self.read_timeout)
 
     def logout(self) -> None:
@@ -215,7 +235,7 @@ class Connector:
         except BaseException:
             imapwire.drop(client)
             raise
-        return ImapConnection(client, cfg.read_timeout)
+        return ImapConnection(client, cfg.read_timeout, self._log)
 
     def _password_login(self, client: IMAPClient) -> None:
         """LOGIN carries ASCII only (RFC 3501 quoted strings); a non-ASCII username or

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from scorefetch.core import timers
 
@@ -52,3 +53,25 @@ def test_many_timers_share_one_thread_and_cancelled_ones_do_not_pile_up() -> Non
     done = threading.Event()
     timers.call_later(0.0, done.set)
     assert done.wait(30)
+
+
+def test_a_timer_cancelled_by_an_earlier_callback_of_its_batch_does_not_start() -> None:
+    """Two timers due together: the first cancels the second, which must not run (a
+    deadline's timer cancelled as its exchange ended must not shut a reused socket)."""
+    ran: list[str] = []
+    done = threading.Event()
+    second: list[timers.Timer] = []
+
+    def first() -> None:
+        ran.append("first")
+        second[0].cancel()
+
+    release = threading.Event()
+    timers.call_later(0.0, lambda: release.wait(30))  # holds the thread while both fall due
+    timers.call_later(0.02, first)
+    second.append(timers.call_later(0.02, lambda: ran.append("second")))
+    timers.call_later(0.05, done.set)
+    time.sleep(0.1)  # both are due before the thread is free: they come in one batch
+    release.set()
+    assert done.wait(30)
+    assert ran == ["first"]

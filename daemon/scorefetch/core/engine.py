@@ -283,7 +283,10 @@ class Engine:
                         armed[0] = timers.call_later(lane.lease_s / 3, due)
 
         def due() -> None:
-            threading.Thread(target=renew, name="lease", daemon=True).start()
+            try:
+                threading.Thread(target=renew, name="lease", daemon=True).start()
+            except RuntimeError:  # no thread to be had: renewed here rather than let lapse
+                renew()
 
         armed[0] = timers.call_later(lane.lease_s / 3, due)
         try:

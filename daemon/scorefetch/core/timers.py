@@ -19,15 +19,23 @@ from collections.abc import Callable
 _COMPACT_AT = 256  # cancelled entries kept in the heap before it is rebuilt without them
 
 
-class Timer:
-    """One armed callback; `cancel()` before it runs and it never will."""
+_ARMED, _CANCELLED, _STARTED = 0, 1, 2
 
-    __slots__ = ("at", "cancelled", "fn")
+
+class Timer:
+    """One armed callback. Once `cancel()` has returned it will not start (one that has
+    started already runs to its end, as with threading.Timer)."""
+
+    __slots__ = ("at", "fn", "state")
 
     def __init__(self, at: float, fn: Callable[[], None]) -> None:
         self.at = at
         self.fn = fn
-        self.cancelled = False
+        self.state = _ARMED
+
+    @property
+    def cancelled(self) -> bool:
+        return self.state == _CANCELLED
 
     def cancel(self) -> None:
         _TIMERS.cancel(self)
@@ -54,9 +62,9 @@ class _Timers:
 
     def cancel(self, timer: Timer) -> None:
         with self._cond:
-            if timer.cancelled:
+            if timer.state != _ARMED:
                 return
-            timer.cancelled = True
+            timer.state = _CANCELLED
             self._cancelled += 1
             if self._cancelled > _COMPACT_AT and self._cancelled * 2 > len(self._heap):
                 self._heap = [entry for entry in self._heap if not entry[2].cancelled]
@@ -84,13 +92,23 @@ class _Timers:
                     if timer.cancelled:
                         self._cancelled = max(0, self._cancelled - 1)
                     else:
-                        timer.cancelled = True  # it runs now: a later cancel() is a no-op
                         due.append(timer)
                 return due
+
+    def _start(self, timer: Timer) -> bool:
+        """Whether `timer` may run now: not cancelled meanwhile (by an earlier callback of
+        the same batch, or another thread); from here on a cancel() is a no-op."""
+        with self._cond:
+            if timer.state != _ARMED:
+                return False
+            timer.state = _STARTED
+            return True
 
     def _run(self) -> None:
         while True:
             for timer in self._due():
+                if not self._start(timer):
+                    continue
                 try:
                     timer.fn()
                 except Exception:  # noqa: BLE001, S112 - one callback never stops the others

@@ -176,8 +176,11 @@ def shared_inbox(folder: Path, others: int = 1500, steady: int = 150) -> SharedI
             sim.publish(name, random.Random(name).randbytes(100 * 1024))
         other_bytes = fill(server, 0, others, spots)
         with FaultProxy(server.host, server.port) as proxy:
+            # The mail is dated up to 10 days before NOW (fixed): the first start must look
+            # back past it however long ago NOW is (14 days stopped covering it on 12-07).
+            lookback = (datetime.now(UTC) - NOW).days + 14
             config = write_config(
-                folder, sim, server, imap_address=(proxy.host, proxy.port), lookback_days=14
+                folder, sim, server, imap_address=(proxy.host, proxy.port), lookback_days=lookback
             )
             began = time.monotonic()
             daemon = DaemonProcess(config)

@@ -111,10 +111,10 @@ def test_other_mail_costs_its_headers_and_notifications_only_their_html(
         assert not _body_fetch(conn.fetched_items(uid)), uid
     sections = [i.split("<")[0] for i in conn.fetched_items(2)]
     if whole:
-        assert "BODY.PEEK[]" in sections and "BODYSTRUCTURE" not in sections
+        assert "BODY.PEEK[TEXT]" in sections and "BODYSTRUCTURE" not in sections
     else:
         assert "BODY.PEEK[2]" in sections and "BODY.PEEK[1]" not in sections
-        assert "BODY.PEEK[]" not in sections
+        assert "BODY.PEEK[TEXT]" not in sections
     assert conn.answered < 30_000  # two transcripts weigh ~2.8 MB
     assert handler.names() == ["a.csv"]
     assert [(u, r.reason if r else None) for u, r, _ in handler.seen if u != 2] == [
@@ -180,7 +180,6 @@ def test_a_huge_html_part_from_an_allowed_sender_is_refused_unfetched(tmp_path: 
     make(tmp_path, conn, handler)[0].catch_up(7, 0)
     assert handler.seen[0] == (1, None, "too_large")
     assert not [i for i in conn.fetched_items(1) if "BODY.PEEK[2" in i or "TEXT" in i]
-    assert not [i for i in conn.fetched_items(1) if i.startswith("BODY.PEEK[]")]
     assert handler.names() == ["f.csv"]
 
 
@@ -424,8 +423,9 @@ def test_a_server_that_understates_a_size_costs_a_bounded_read(tmp_path: Path) -
     make(tmp_path, conn, handler)[0].catch_up(7, 0)
     assert handler.names() == ["j.csv", "k.csv"]
     items = conn.fetched_items(1)
-    assert f"BODY.PEEK[]<0.{messages.MAX_WHOLE_BYTES + 1}>" in items
+    assert f"BODY.PEEK[TEXT]<0.{messages.MAX_WHOLE_BYTES + 1}>" in items
     assert "BODYSTRUCTURE" in items
+    assert sum("BODY.PEEK[2]" in i for i in items) == 1  # its HTML part, fetched once
 
 
 def test_a_whole_read_the_server_refuses_refuses_only_its_culprit(tmp_path: Path) -> None:
@@ -434,7 +434,7 @@ def test_a_whole_read_the_server_refuses_refuses_only_its_culprit(tmp_path: Path
 
     class Refusing(FakeConnection):
         def fetch(self, uids: Any, items: Any) -> Any:
-            if 2 in uids and any(i.startswith("BODY.PEEK[]") for i in items):
+            if 2 in uids and any(i.startswith("BODY.PEEK[TEXT]") for i in items):
                 self.commands.append(("fetch", (list(uids), list(items))))
                 raise FetchFailed("fetch failed: NO [SERVERBUG] broken", in_sync=True)
             return super().fetch(uids, items)
@@ -446,3 +446,26 @@ def test_a_whole_read_the_server_refuses_refuses_only_its_culprit(tmp_path: Path
     assert handler.names() == ["1.csv", "3.csv"]
     assert [u for u, _, reason in handler.seen if reason == "unreadable"] == [2]
     assert ledger.mailbox_position("INBOX") == (7, 3)
+
+
+def test_a_header_line_the_parser_cannot_read_above_from_does_not_hide_it(tmp_path: Path) -> None:
+    """A relay's obsolete-syntax line (`X-Gw : scanned`) above From: Python's parser ends
+    the header block there, so a message read as it is would have no From. The reader
+    gets the judged lines as the server picked them out, and the notification is read."""
+    raw = b"X-Gw : scanned\r\n" + mail.notification("m.csv")
+    conn = FakeConnection({1: raw})
+    handler = Recorder()
+    make(tmp_path, conn, handler)[0].catch_up(7, 0)
+    assert handler.names() == ["m.csv"]
+
+
+def test_understated_size_without_an_html_part_asks_for_nothing_empty(tmp_path: Path) -> None:
+    """Said to be small, larger after all, and no HTML part: read by its structure, no
+    FETCH of no items (a real server answers BAD), and refused as `no_filename`."""
+    big = mail.marketing() + b"<p>" + b"q" * 150_000 + b"</p>\r\n"
+    conn = FakeConnection({1: big})
+    conn.sizes[1] = 4_000
+    handler = Recorder()
+    make(tmp_path, conn, handler)[0].catch_up(7, 0)
+    assert [a for name, a in conn.commands if name == "fetch" and not a[1]] == []
+    assert [(u, r.reason if r else reason) for u, r, reason in handler.seen] == [(1, "no_filename")]

@@ -397,7 +397,7 @@ def test_debug_level_times_one_notification_command_by_command(
     daemon.wait_event("delivery.downloaded", filename=name)
     commands = [e["command"] for e in daemon.named("imap.command")]
     assert "UID FETCH RFC822.SIZE BODY.PEEK" in commands
-    assert "UID FETCH BODY.PEEK" in commands  # the message whole, no BODYSTRUCTURE
+    assert "UID FETCH BODY.PEEK BODY.PEEK" in commands  # whole: body headers and text
     assert "UID FETCH BODYSTRUCTURE" not in commands
     calls = daemon.named("http.call")
     assert {c["method"] for c in calls} >= {"POST", "GET"}

@@ -7,8 +7,10 @@ written by hand (real mail arrives in shapes the `email` package would never pro
 from __future__ import annotations
 
 import base64
+import gc
 import quopri
 import random
+import tracemalloc
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
@@ -1035,3 +1037,57 @@ def test_multiparts_nested_deeper_than_the_mailbox_reads_are_malformed(depth: in
     found = read_notification(_nested(depth), SENDERS)
     assert isinstance(found, Rejection) and found.reason == "malformed"
     assert "nested more than 16 deep" in found.detail
+
+
+def _many_addresses(n: int) -> bytes:
+    """A spoofed notification whose From lists `n` addresses (~27 bytes each)."""
+    addresses = ", ".join(f"person{i}@collegeboard.org" for i in range(n))
+    return mail.notification("x.csv").replace(b"From: ", f"From: {addresses}, ".encode(), 1)
+
+
+def test_long_headers_read_are_not_kept_after_their_message() -> None:
+    """Parsed headers are remembered only while one message is read, or when short and
+    common (College Board's From): a parsed 27 KB From list weighs ~13 MB, and such
+    mails must not stay in memory."""
+    read_notification(_many_addresses(10), SENDERS)  # first use of the parser's tables
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(3):
+            raw = _many_addresses(1_000 + n)
+            headers = raw.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+            assert not may_be_notification(headers, SENDERS)
+            assert isinstance(read_notification(raw, SENDERS), Rejection)
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 5_000_000, kept
+
+
+def _html_parts_message(parts: list[str]) -> bytes:
+    body = "".join(f"--b\r\n{part}\r\n" for part in parts) + "--b--\r\n"
+    head = (
+        "From: College Board <reportingportal@collegeboard.org>\r\nMessage-ID: <p@x>\r\n"
+        'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+    )
+    return (head + body).encode()
+
+
+def test_more_html_parts_than_the_mailbox_reads_are_too_large() -> None:
+    """Five HTML parts: refused by the reader as the mailbox's structure reading refuses
+    them, whichever way the message was fetched."""
+    parts = [f'Content-Type: text/html\r\n\r\n<span id="fileName">{n}.csv</span>' for n in range(5)]
+    found = read_notification(_html_parts_message(parts), SENDERS)
+    assert isinstance(found, Rejection) and found.reason == "too_large"
+    four = read_notification(_html_parts_message(parts[:4]), SENDERS)
+    assert isinstance(four, Notification) and len(four.filenames) == 4
+
+
+def test_an_html_part_under_huge_headers_is_too_large() -> None:
+    pad = "".join(f"X-Pad-{i}: {'p' * 990}\r\n" for i in range(20))
+    part = f'Content-Type: text/html\r\n{pad}\r\n<span id="fileName">h.csv</span>'
+    found = read_notification(_html_parts_message([part]), SENDERS)
+    assert isinstance(found, Rejection) and found.reason == "too_large"
+    assert "headers are over" in found.detail

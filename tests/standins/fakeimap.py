@@ -17,6 +17,8 @@ from email import message_from_bytes
 from email.message import Message
 from typing import Any
 
+from scorefetch.mailbox.connection import FetchFailed
+
 _HEADER_FIELDS = re.compile(r"BODY\.PEEK\[HEADER\.FIELDS \(([^)]*)\)\](?:<0\.(\d+)>)?")
 _SECTION = re.compile(r"BODY\.PEEK\[([\d.]+|TEXT|)(\.MIME)?\](?:<0\.(\d+)>)?")
 
@@ -126,6 +128,8 @@ class FakeConnection:
 
     def fetch(self, uids: Sequence[int], items: Sequence[str]) -> dict[int, dict[bytes, Any]]:
         self._call("fetch", (list(uids), list(items)))
+        if not items:  # as a real server answers `FETCH 1 ()`
+            raise FetchFailed("fetch failed: BAD [PARSE] no items", in_sync=True)
         answer: dict[int, dict[bytes, Any]] = {}
         for uid in uids:
             if uid in self.messages:

@@ -267,11 +267,11 @@ class CatchUp:
         """Fetch the bodies of the candidates among `items` (the small ones whole, in one
         FETCH; the others' HTML parts), then hand each over."""
         wanted = [item for item in items if item.parts and item.refused is None]
+        large = [item for item in wanted if not messages.is_whole(item.parts)]
         bodies = self._wholes([item for item in wanted if messages.is_whole(item.parts)])
-        for item in wanted:
-            if not messages.is_whole(item.parts):
-                bodies[item.uid] = self._bodies(item)
-                self._tick()
+        for item in large:
+            bodies[item.uid] = self._bodies(item)
+            self._tick()
         for item in items:
             if self._stop.is_set():
                 break
@@ -298,17 +298,22 @@ class CatchUp:
             try:
                 uids = [item.uid for item in items]
                 answer = self.conn.fetch(uids, messages.fetch_items(items[0].parts))
-                bodies = {item.uid: answer for item in items}
             except FetchFailed as exc:
                 if not exc.in_sync:
                     raise
                 bodies = {item.uid: self._bodies(item) for item in items}
+            else:
+                for item in items:
+                    bodies[item.uid] = {item.uid: answer[item.uid]} if item.uid in answer else {}
+                    if messages.oversized_head(answer.get(item.uid, {})):
+                        detail = f"its headers are over {messages.MAX_PART_HEADER_BYTES} bytes"
+                        item.refused = self._refusal(item, "too_large", detail)
         self._tick()
         for item in items:
-            raw = messages.whole_bytes(bodies[item.uid].get(item.uid, {}))
-            if raw is not None and len(raw) > messages.MAX_WHOLE_BYTES:
+            if item.refused is None and messages.over_whole(bodies[item.uid].get(item.uid, {})):
                 item.parts = [Part(messages.TOP, 0)]
                 self._structure(item)
+                bodies.pop(item.uid)
                 if item.parts and item.refused is None:
                     bodies[item.uid] = self._bodies(item)
         return bodies
@@ -330,8 +335,6 @@ class CatchUp:
     def _message(self, item: _Item, answer: dict[bytes, Any] | None) -> bytes | None:
         if item.headers is None or item.refused is not None:
             return None
-        if messages.is_whole(item.parts):
-            return messages.whole_bytes(answer or {})
         parts = [messages.part_bytes(answer or {}, part) for part in item.parts]
         if any(p is None for p in parts):
             return None  # expunged between the fetches

@@ -2,10 +2,13 @@
 
 The headers the decision needs come first, for every new message, with its size; a
 body is fetched only for a candidate (its From on the allowlist). A small candidate (up
-to MAX_WHOLE_BYTES, as a notification is) is read whole, many in one FETCH; a larger one
-has only its `text/html` parts fetched, never attachments or attached messages, and these
-are put back together as a small RFC 5322 message — its judged headers and those parts.
-Either way `read_notification` stays the one authority on what a message announces.
+to MAX_WHOLE_BYTES, as a notification is) is read whole — its `Content-*` headers and its
+whole text — many in one FETCH; a larger one has only its `text/html` parts fetched, never
+attachments or attached messages. What is fetched is put back together as a small RFC
+5322 message: the judged header lines as the server picked them out (a line Python's
+parser cannot read above From must not hide it), then the body headers and the text or
+the parts. Either way `read_notification` stays the one authority on what a message
+announces.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ MAX_HTML_PARTS = 4
 MAX_PART_HEADER_BYTES = 16 * 1024  # one part's own headers; a notification's are ~100 bytes
 MAX_DEPTH = 16  # multipart nesting followed; notifications nest two deep
 TOP = "TEXT"  # the section of a single-part message's body
-WHOLE = ""  # the section of a whole message (BODY[]): a candidate small enough to read whole
+WHOLE = ""  # a candidate small enough to read whole: its body headers and BODY[TEXT]
 MAX_WHOLE_BYTES = 128 * 1024  # a candidate up to this RFC822.SIZE is read whole; real ones ~10 KiB
 
 
@@ -122,11 +125,13 @@ def fetch_items(parts: Iterable[Part]) -> list[str]:
     head, body = f"<0.{MAX_PART_HEADER_BYTES}>", f"<0.{MAX_HTML_BYTES}>"
     items: list[str] = []
     for part in parts:
-        if part.section == WHOLE:  # one byte over the bound shows a server's size was wrong
-            items.append(f"BODY.PEEK[]<0.{MAX_WHOLE_BYTES + 1}>")
-        elif part.section == TOP:
+        if part.section in (TOP, WHOLE):
+            # A whole message: its body headers and its whole text (one byte over the bound
+            # shows that the server's size was wrong); with the judged headers, the message
+            # as the reader needs it, each header line as the server parsed it.
+            text = f"<0.{MAX_WHOLE_BYTES + 1}>" if part.section == WHOLE else body
             fields = " ".join(BODY_FIELDS)
-            items += [f"BODY.PEEK[HEADER.FIELDS ({fields})]{head}", f"BODY.PEEK[TEXT]{body}"]
+            items += [f"BODY.PEEK[HEADER.FIELDS ({fields})]{head}", f"BODY.PEEK[TEXT]{text}"]
         else:
             items += [f"BODY.PEEK[{part.section}.MIME]{head}", f"BODY.PEEK[{part.section}]{body}"]
     return items
@@ -135,7 +140,7 @@ def fetch_items(parts: Iterable[Part]) -> list[str]:
 def fetch_cost(parts: Sequence[Part]) -> int:
     """The most bytes fetching these parts can bring: bodies and their header bounds."""
     if is_whole(parts):
-        return min(parts[0].size, MAX_WHOLE_BYTES + 1)
+        return min(parts[0].size, MAX_WHOLE_BYTES + 1) + MAX_PART_HEADER_BYTES
     return sum(min(p.size, MAX_HTML_BYTES) + MAX_PART_HEADER_BYTES for p in parts)
 
 
@@ -144,9 +149,10 @@ def is_whole(parts: Sequence[Part]) -> bool:
     return len(parts) == 1 and parts[0].section == WHOLE
 
 
-def whole_bytes(answer: dict[bytes, Any]) -> bytes | None:
-    """The whole message out of a FETCH answer, or None (expunged meanwhile)."""
-    return _exact(answer, b"BODY[]")
+def over_whole(answer: dict[bytes, Any]) -> bool:
+    """Whether a message read whole is larger than a whole read's bound after all."""
+    text = header_block(answer, b"BODY[TEXT]")
+    return text is not None and len(text) > MAX_WHOLE_BYTES
 
 
 def rfc822_size(answer: dict[bytes, Any] | None) -> int | None:
@@ -161,7 +167,7 @@ def rfc822_size(answer: dict[bytes, Any] | None) -> int | None:
 
 def part_bytes(answer: dict[bytes, Any], part: Part) -> bytes | None:
     """One part (its headers, a blank line, its body) out of a FETCH answer, or None."""
-    if part.section == TOP:
+    if part.section in (TOP, WHOLE):
         head = header_block(answer, b"BODY[HEADER.FIELDS")
         body = header_block(answer, b"BODY[TEXT]")
     else:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import signal
 import subprocess
@@ -12,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from scorefetch.core import interrupt
+from scorefetch.core.downloads import land
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, write_config
 from tests.support import wait_until
@@ -43,8 +46,32 @@ def test_ctrl_c_in_fetch_exits_130_with_nothing_partial(
     wait_until(lambda: proc.poll() is not None or (folder.is_dir() and any(folder.glob(".*.part"))))
     assert proc.poll() is None, "the fetch ended before its download started"
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=20) == 130
+    code = proc.wait(timeout=20)
+    assert code == 130, (proc.stderr.read() if proc.stderr else b"")[-3000:]
     assert list(folder.iterdir()) == []
+
+
+def test_a_ctrl_c_lost_where_it_was_raised_still_stops_the_download(tmp_path: Path) -> None:
+    """Python raises KeyboardInterrupt wherever the main thread is; inside a finalizer it is
+    printed and lost. The interrupt is noted too, and the download's next chunk raises it:
+    no file, no part, however the first one was lost."""
+    chunks_read: list[int] = []
+
+    def chunks() -> Any:
+        for n in range(100):
+            chunks_read.append(n)
+            if n == 3:
+                with contextlib.suppress(KeyboardInterrupt):  # lost, as in a finalizer
+                    interrupt._on_sigint(signal.SIGINT, None)
+            yield b"x" * 1024
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            land(chunks(), tmp_path, "slow.csv")
+    finally:
+        interrupt._asked = False
+    assert chunks_read == [0, 1, 2, 3]  # stopped at the chunk that came with it
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.e2e

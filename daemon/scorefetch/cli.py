@@ -20,7 +20,7 @@ import yaml
 from scorefetch import __version__, sources
 from scorefetch import config as config_module
 from scorefetch.config import Config
-from scorefetch.core import logs
+from scorefetch.core import interrupt, logs
 from scorefetch.core.deliveries import Deliveries
 from scorefetch.core.downloads import Progress
 from scorefetch.core.errors import ConfigError, RefusedError, ScorefetchError
@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             logs.fatal("command.refused", refusal)
             return EX_FAILURE
         interactive = args.command in ("fetch", "sync")
+        if interactive:
+            interrupt.install()
         logs.configure(None if interactive else config.log.format, config.log.level)
         code = handlers[args.command](config, args)
         sys.stdout.flush()  # here, so that a closed pipe is met below, not at exit

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-from scorefetch.core import completeness, logs
+from scorefetch.core import completeness, interrupt, logs
 from scorefetch.core.downloads import Landed, Progress
 from scorefetch.core.engine import HELD, Engine, Outcome
 from scorefetch.core.engine import retry_delay as retry_delay  # the one failure policy
@@ -148,6 +148,7 @@ class Deliveries(Generic[ClientT]):
             if row is None or row.lease is None or not holder_alive(row.lease):
                 return self._landed_meanwhile(name)
             time.sleep(ELSEWHERE_POLL_S)  # another process: only the ledger can tell us
+            interrupt.check()
 
     def bytes_so_far(self, job: Job) -> dict[str, Any]:
         """For the heartbeat: bytes so far, of how many, and the file's name (`status`

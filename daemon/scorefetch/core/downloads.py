@@ -23,6 +23,7 @@ from typing import BinaryIO
 import requests
 import urllib3
 
+from scorefetch.core import interrupt
 from scorefetch.core.errors import (
     Failure,
     LocalError,
@@ -309,6 +310,7 @@ def _stream(
     digest = hashlib.sha256()
     size = written_back = 0
     for chunk in chunks:
+        interrupt.check()
         size += len(chunk)
         _check_size(size, max_size)
         out.write(chunk)

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from scorefetch import sources
-from scorefetch.core.errors import LedgerError
 from scorefetch.core.events import Digest, Event, Events, Overdue, Quiet, Recovered
 from scorefetch.core.ledger import Ledger
 from scorefetch.observers.alerts import Alerts
@@ -71,40 +70,6 @@ def test_overdue_once_at_the_stage_it_waits_then_recovered_once(
     checker.check(now + timedelta(minutes=131))
     recovered = [e for e in seen if isinstance(e, Recovered)]
     assert len(recovered) == 1 and recovered[0].late_s > 3600
-
-
-def test_a_mark_that_fails_after_its_alert_means_the_alert_again_never_none(
-    ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The alert is said before its mark is written: a process that dies (here: the mark's
-    write fails) between the two says it again at the next check, never not at all."""
-    checker, seen = alerts(ledger, tmp_path, alerts={"overdue_after": "1h"})
-    ledger.claim("collegeboard", "a.csv", "a.csv", "notification")
-    now = datetime.now(UTC)
-    real = ledger.query
-
-    def failing(sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-        if sql.startswith("UPDATE deliveries SET overdue_at") or sql.startswith(
-            "UPDATE deliveries SET recovered_at"
-        ):
-            raise LedgerError("ledger: disk I/O error")
-        return real(sql, params)
-
-    monkeypatch.setattr(ledger, "query", failing)
-    with pytest.raises(LedgerError):
-        checker.check(now + timedelta(minutes=61))
-    assert [type(e) for e in seen] == [Overdue]  # told, though not marked
-    monkeypatch.setattr(ledger, "query", real)
-    checker.check(now + timedelta(minutes=62))
-    assert [type(e) for e in seen] == [Overdue, Overdue]  # told again: twice, not never
-    ledger.downloaded("collegeboard", "a.csv", tmp_path / "a.csv", 1, "ab" * 32, ("slate",))
-    ledger.forwards.uploaded("slate", "collegeboard", "a.csv", "/in/collegeboard/a.csv")
-    monkeypatch.setattr(ledger, "query", failing)
-    with pytest.raises(LedgerError):
-        checker.check(now + timedelta(minutes=70))
-    monkeypatch.setattr(ledger, "query", real)
-    checker.check(now + timedelta(minutes=71))
-    assert [type(e) for e in seen].count(Recovered) == 2
 
 
 def test_a_quiet_vendor_is_told_once_per_silence(ledger: Ledger, tmp_path: Path) -> None:

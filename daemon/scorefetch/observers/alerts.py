@@ -61,9 +61,11 @@ class Alerts:
             stage, why = "download", error or f"not downloaded yet ({state})"
             if state == "downloaded":
                 stage, why = self._waiting_for(vendor, key)
+            self.ledger.query(
+                "UPDATE deliveries SET overdue_at = ? WHERE vendor = ? AND key = ?",
+                (_iso(now), vendor, key),
+            )
             name = filename or key
-            # Said, then marked: a process killed between the two says it again at the next
-            # start (twice) rather than never (a mark without its alert).
             self._log.error(
                 "delivery.overdue",
                 vendor=vendor,
@@ -73,10 +75,6 @@ class Alerts:
                 error=why,
             )
             self.events.publish(Overdue(vendor, name, announced, stage, why))
-            self.ledger.query(
-                "UPDATE deliveries SET overdue_at = ? WHERE vendor = ? AND key = ?",
-                (_iso(now), vendor, key),
-            )
 
     def _waiting_for(self, vendor: str, key: str) -> tuple[str, str]:
         rows = self.ledger.query(
@@ -97,14 +95,14 @@ class Alerts:
             (json.dumps(list(self.destinations)),),
         )
         for vendor, key, filename, announced in rows:
+            self.ledger.query(
+                "UPDATE deliveries SET recovered_at = ? WHERE vendor = ? AND key = ?",
+                (_iso(now), vendor, key),
+            )
             late = (now - datetime.fromisoformat(announced)).total_seconds()
             name = filename or key
             self._log.info("delivery.recovered", vendor=vendor, filename=name, late_s=round(late))
             self.events.publish(Recovered(vendor, name, late))
-            self.ledger.query(  # marked once said, as for overdue
-                "UPDATE deliveries SET recovered_at = ? WHERE vendor = ? AND key = ?",
-                (_iso(now), vendor, key),
-            )
 
     def _quiet(self, now: datetime) -> None:
         for vendor, after in self.config.quiet_after.items():

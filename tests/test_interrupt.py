@@ -105,3 +105,21 @@ def test_run_stops_cleanly_on_sigint_and_sigterm_mid_download(
             assert again.stop() == 0
     assert [p.name for p in folder.iterdir()] == [name]
     assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == cb_sim.sha256_of(name)
+
+
+def test_a_ctrl_c_lost_after_the_last_chunk_still_leaves_no_file(tmp_path: Path) -> None:
+    """Lost at the end of the stream (where the response is released): the file is not
+    placed, and no part is left."""
+
+    def chunks() -> Any:
+        yield b"x" * 1024
+        with contextlib.suppress(KeyboardInterrupt):  # lost, as in a finalizer
+            interrupt._on_sigint(signal.SIGINT, None)
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            land(chunks(), tmp_path, "end.csv")
+        assert interrupt.asked()
+    finally:
+        interrupt._asked = False
+    assert list(tmp_path.iterdir()) == []

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         logs.configure(None if interactive else config.log.format, config.log.level)
         code = handlers[args.command](config, args)
         sys.stdout.flush()  # here, so that a closed pipe is met below, not at exit
-        return code
+        return EX_INTERRUPTED if interactive and interrupt.asked() else code
     except ConfigError as exc:
         logs.fatal("config.invalid", f"configuration error:\n{exc}")
         return EX_CONFIG

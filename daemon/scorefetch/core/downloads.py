@@ -236,6 +236,7 @@ def _land(
     try:
         with os.fdopen(fd, "wb") as out:
             size, digest = _stream(chunks, out, clock, expected, max_size, progress)
+        interrupt.check()  # lost at the end of the stream (the response's release)
         if expected is not None and size != expected:
             raise VendorError(
                 f"download truncated: {size} of {expected} bytes", kind=Failure.TRANSIENT

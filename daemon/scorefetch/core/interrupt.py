@@ -27,6 +27,11 @@ def _on_sigint(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def asked() -> bool:
+    """Whether Ctrl-C came (the command then exits 130, whatever it finished)."""
+    return _asked
+
+
 def check() -> None:
     """Raise KeyboardInterrupt here if Ctrl-C came and was lost where it was raised."""
     if _asked:

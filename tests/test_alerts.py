@@ -14,6 +14,7 @@ from scorefetch import sources
 from scorefetch.core.events import Digest, Event, Events, Overdue, Quiet, Recovered
 from scorefetch.core.ledger import Ledger
 from scorefetch.observers.alerts import Alerts
+from tests.support import LogLines
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 
@@ -70,6 +71,25 @@ def test_overdue_once_at_the_stage_it_waits_then_recovered_once(
     checker.check(now + timedelta(minutes=131))
     recovered = [e for e in seen if isinstance(e, Recovered)]
     assert len(recovered) == 1 and recovered[0].late_s > 3600
+
+
+def test_an_export_overdue_before_its_name_is_known_is_recovered_under_the_same_key(
+    ledger: Ledger, tmp_path: Path, log_lines: LogLines
+) -> None:
+    """An Encoura export is overdue under its uid (its file name comes with the download)
+    and recovered under its file name: both lines carry the same `key`, so a person (and
+    the chaos test) can tell they are one file."""
+    checker, _ = alerts(ledger, tmp_path, alerts={"overdue_after": "1h"})
+    ledger.claim("encoura", "ef0d9c44", "", "listing")
+    now = datetime.now(UTC)
+    checker.check(now + timedelta(minutes=61))
+    ledger.downloaded("encoura", "ef0d9c44", tmp_path / "score-1.csv", 1, "ab" * 32, ("slate",))
+    ledger.forwards.uploaded("slate", "encoura", "ef0d9c44", "/in/encoura/score-1.csv")
+    checker.check(now + timedelta(minutes=70))
+    (overdue,) = log_lines.events("delivery.overdue")
+    (recovered,) = log_lines.events("delivery.recovered")
+    assert overdue["key"] == recovered["key"] == "ef0d9c44"
+    assert recovered["filename"] == "score-1.csv"
 
 
 def test_a_quiet_vendor_is_told_once_per_silence(ledger: Ledger, tmp_path: Path) -> None:

@@ -457,11 +457,10 @@ def test_chaos_every_file_lands_exactly_once(tmp_path: Path, sshd_server: Any) -
 
 
 def _lateness(daemons: list[DaemonProcess]) -> dict[str, list[str]]:
-    """The files each run said were overdue, and recovered (a name per event)."""
+    """The files each run said were overdue, and recovered (by key: an Encoura export is
+    overdue under its uid, before its file name is known, and recovered under its name)."""
     return {
-        kind: [
-            f"{e['vendor']}/{e['filename']}" for d in daemons for e in d.named(f"delivery.{kind}")
-        ]
+        kind: [f"{e['vendor']}/{e['key']}" for d in daemons for e in d.named(f"delivery.{kind}")]
         for kind in ("overdue", "recovered")
     }
 

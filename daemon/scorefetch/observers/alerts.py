@@ -69,6 +69,7 @@ class Alerts:
             self._log.error(
                 "delivery.overdue",
                 vendor=vendor,
+                key=key,  # what recovered says too: an export's file name is known only later
                 filename=name,
                 announced_at=announced,
                 stage=stage,
@@ -101,7 +102,9 @@ class Alerts:
             )
             late = (now - datetime.fromisoformat(announced)).total_seconds()
             name = filename or key
-            self._log.info("delivery.recovered", vendor=vendor, filename=name, late_s=round(late))
+            self._log.info(
+                "delivery.recovered", vendor=vendor, key=key, filename=name, late_s=round(late)
+            )
             self.events.publish(Recovered(vendor, name, late))
 
     def _quiet(self, now: datetime) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 from scorefetch.core import timers
 
@@ -66,12 +65,17 @@ def test_a_timer_cancelled_by_an_earlier_callback_of_its_batch_does_not_start() 
         ran.append("first")
         second[0].cancel()
 
-    release = threading.Event()
-    timers.call_later(0.0, lambda: release.wait(30))  # holds the thread while both fall due
-    timers.call_later(0.02, first)
-    second.append(timers.call_later(0.02, lambda: ran.append("second")))
-    timers.call_later(0.05, done.set)
-    time.sleep(0.1)  # both are due before the thread is free: they come in one batch
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        holding.set()
+        release.wait(30)
+
+    timers.call_later(0.0, hold)
+    assert holding.wait(30)  # the thread is busy: what is armed now comes in one batch
+    timers.call_later(0.0, first)
+    second.append(timers.call_later(0.0, lambda: ran.append("second")))
+    timers.call_later(0.0, done.set)
     release.set()
     assert done.wait(30)
     assert ran == ["first"]

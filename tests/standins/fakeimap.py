@@ -1,7 +1,7 @@
 """An in-memory `Connection` for the watcher's unit tests (catch-up, moves, backoff).
 
 It answers FETCH for the items the watcher asks for (`RFC822.SIZE`,
-`BODY.PEEK[HEADER.FIELDS (…)]<0.N>`, `BODY.PEEK[]<0.N>`, `BODYSTRUCTURE`,
+`BODY.PEEK[HEADER.FIELDS (…)]<0.N>`, `BODYSTRUCTURE`,
 `BODY.PEEK[<section>.MIME]`, `BODY.PEEK[<section>]`, `BODY.PEEK[TEXT]`) from real
 RFC 5322 bytes, parsed with the email package, in imapclient's shapes, and records
 every command and the bytes it answered with. The real-server tests
@@ -20,7 +20,7 @@ from typing import Any
 from scorefetch.mailbox.connection import FetchFailed
 
 _HEADER_FIELDS = re.compile(r"BODY\.PEEK\[HEADER\.FIELDS \(([^)]*)\)\](?:<0\.(\d+)>)?")
-_SECTION = re.compile(r"BODY\.PEEK\[([\d.]+|TEXT|)(\.MIME)?\](?:<0\.(\d+)>)?")
+_SECTION = re.compile(r"BODY\.PEEK\[([\d.]+|TEXT)(\.MIME)?\](?:<0\.(\d+)>)?")
 
 
 def _header_and_body(raw: bytes) -> tuple[bytes, bytes]:
@@ -160,8 +160,6 @@ class FakeConnection:
         return {key.encode(): data}
 
     def _section(self, raw: bytes, section: str, mime: bool) -> bytes:
-        if section == "":
-            return raw
         if section == "TEXT":
             return _header_and_body(raw)[1]
         part: Message = message_from_bytes(raw)

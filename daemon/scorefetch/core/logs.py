@@ -16,13 +16,13 @@ import logging
 import os
 import re
 import sys
+import threading
 import traceback
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TextIO, cast
-
-import structlog
 
 _SECRET_FIELD = re.compile(
     r"pass(word)?|secret|token|api_?key|authorization|cookie|private_?key|certificate|assertion",
@@ -116,8 +116,8 @@ def _scrub_value(value: Any) -> Any:
     return value
 
 
-def scrub(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor: mask secret-named fields, scrub every string (scrub_text)."""
+def scrub(event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Mask secret-named fields and scrub every string (scrub_text), in place."""
     for key, value in event.items():
         if key != "event" and _SECRET_FIELD.search(key) and value not in (None, ""):
             event[key] = "********"
@@ -170,15 +170,127 @@ def priority(level: str) -> int:
     return _PRIORITIES.get(level.lower(), 6)
 
 
-class JournalRenderer:
-    """structlog renderer: the JSON line, prefixed by its `<priority>` for journald."""
+def _json_value(value: Any) -> Any:
+    return repr(value)  # what json cannot say (a Path, an exception) is said as its repr
 
-    def __init__(self) -> None:
-        self._json = structlog.processors.JSONRenderer()
 
-    def __call__(self, logger: Any, name: str, event: MutableMapping[str, Any]) -> str:
-        line = str(self._json(logger, name, event))
-        return f"<{priority(str(event.get('level', 'info')))}>{line}"
+def _json(event: MutableMapping[str, Any]) -> str:
+    return json.dumps(event, default=_json_value)
+
+
+def _journal(event: MutableMapping[str, Any]) -> str:
+    """The JSON line, prefixed by its `<priority>` for journald."""
+    return f"<{priority(str(event.get('level', 'info')))}>{_json(event)}"
+
+
+_COLORS = {"debug": "\x1b[2m", "info": "\x1b[32m", "warning": "\x1b[33m", "error": "\x1b[31m"}
+
+
+def _console(colors: bool) -> Callable[[MutableMapping[str, Any]], str]:
+    """A line for a person at a terminal: time, level, event, then `key=value` by key."""
+
+    def render(event: MutableMapping[str, Any]) -> str:
+        fields = dict(event)
+        stamp, level = fields.pop("timestamp", ""), str(fields.pop("level", ""))
+        name, exception = str(fields.pop("event", "")), fields.pop("exception", None)
+        shown = f"[{level:<7}]"
+        if colors and level in _COLORS:
+            shown = f"{_COLORS[level]}{shown}\x1b[0m"
+        pairs = " ".join(
+            f"{key}={value if isinstance(value, str) else repr(value)}"
+            for key, value in sorted(fields.items())
+        )
+        line = f"{stamp} {shown} {name:<30} {pairs}".rstrip()
+        return f"{line}\n{exception}" if exception else line
+
+    return render
+
+
+def _exception_text(exc_info: Any) -> str | None:
+    """The traceback of `exc_info` (an exception, a sys.exc_info() triple, or True for the
+    one being handled), as one text; None when there is none."""
+    if isinstance(exc_info, BaseException):
+        triple: Any = (type(exc_info), exc_info, exc_info.__traceback__)
+    elif isinstance(exc_info, tuple) and len(exc_info) == 3:
+        triple = exc_info
+    elif exc_info:
+        triple = sys.exc_info()
+    else:
+        return None
+    if triple[1] is None:
+        return None
+    return "".join(traceback.format_exception(*triple)).rstrip("\n")
+
+
+@dataclass(frozen=True)
+class _Sink:
+    """Where lines go and how they look: set by configure(), read at every line, so a
+    logger made before configure() writes where the process was configured last."""
+
+    stream: TextIO
+    render: Callable[[MutableMapping[str, Any]], str]
+    level: int
+
+
+_sink: _Sink | None = None
+_write_lock = threading.Lock()  # one line at a time, whole, whichever thread writes it
+
+
+def _current_sink() -> _Sink:
+    if _sink is None:
+        configure()
+    assert _sink is not None
+    return _sink
+
+
+class Logger:
+    """Structured events: `log.info("delivery.skipped", filename=…)` writes one line with the
+    bound fields, the call's fields, the event, its level and a UTC timestamp; every value
+    scrubbed (see scrub) on the way out."""
+
+    __slots__ = ("_bound",)
+
+    def __init__(self, bound: dict[str, Any]) -> None:
+        self._bound = bound
+
+    def bind(self, **fields: Any) -> Logger:
+        return Logger({**self._bound, **fields})
+
+    def debug(self, event: str, *args: Any, **fields: Any) -> None:
+        self._say(logging.DEBUG, "debug", event, args, fields)
+
+    def info(self, event: str, *args: Any, **fields: Any) -> None:
+        self._say(logging.INFO, "info", event, args, fields)
+
+    def warning(self, event: str, *args: Any, **fields: Any) -> None:
+        self._say(logging.WARNING, "warning", event, args, fields)
+
+    def error(self, event: str, *args: Any, **fields: Any) -> None:
+        self._say(logging.ERROR, "error", event, args, fields)
+
+    def exception(self, event: str, *args: Any, **fields: Any) -> None:
+        """An error with the traceback of the exception being handled."""
+        fields.setdefault("exc_info", True)
+        self._say(logging.ERROR, "error", event, args, fields)
+
+    def _say(
+        self, level: int, name: str, event: str, args: tuple[Any, ...], fields: dict[str, Any]
+    ) -> None:
+        sink = _current_sink()
+        if level < sink.level:
+            return
+        line: dict[str, Any] = {**self._bound, **fields}
+        line["event"] = event % args if args else event
+        line["level"] = name
+        line["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        if "exc_info" in line:
+            text = _exception_text(line.pop("exc_info"))
+            if text is not None:
+                line["exception"] = text
+        out = sink.render(scrub(line)) + "\n"
+        with _write_lock:
+            sink.stream.write(out)
+            sink.stream.flush()
 
 
 _tracing = False  # logging at debug: each IMAP command and HTTP call is timed and said
@@ -191,34 +303,21 @@ def tracing() -> bool:
 
 
 def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None = None) -> None:
-    """Set up structlog for the process. `fmt` None: console on a TTY, JSON otherwise.
+    """Set up logging for the process. `fmt` None: console on a TTY, JSON otherwise.
     Under journald, JSON with priority prefixes whatever `fmt` says."""
-    global _tracing
+    global _tracing, _sink
     _tracing = level == "debug"
     out = STDOUT if stream is None else stream
-    journal = under_journald(out)
     if fmt is None:
         fmt = "console" if out.isatty() else "json"
-    renderer: Any = (
-        JournalRenderer()
-        if journal
-        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    render = (
+        _journal
+        if under_journald(out)
+        else _console(colors=out.isatty())
         if fmt == "console"
-        else structlog.processors.JSONRenderer()
+        else _json
     )
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            scrub,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
-        cache_logger_on_first_use=False,
-    )
+    _sink = _Sink(out, render, _LEVELS[level])
     _configure_stdlib()
 
 
@@ -264,9 +363,9 @@ def _configure_stdlib() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def get(**bound: Any) -> Any:
+def get(**bound: Any) -> Logger:
     """A logger with `bound` context (vendor, filename, uid …)."""
-    return structlog.get_logger("scorefetch").bind(**bound)
+    return Logger(bound)
 
 
 class _JournalFormatter(logging.Formatter):

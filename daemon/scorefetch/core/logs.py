@@ -70,6 +70,8 @@ def strip_query(text: str) -> str:
 def scrub_text(text: str) -> str:
     """`text` with URL and path-only queries cut, and the values of secret-named query
     parameters, JSON members and headers masked. For every sink: logs, stderr, ledger."""
+    if "?" not in text and "=" not in text and ":" not in text:
+        return text  # each pattern needs one of them: most values (names, counts) go here
     text = _ANY_QUERY.sub("?…", strip_query(text))
     text = _SECRET_PARAM.sub(r"\1=…", text)
     text = _SECRET_MEMBER.sub(r"\1\2…\2", text)
@@ -281,13 +283,14 @@ class Logger:
             return
         line: dict[str, Any] = {**self._bound, **fields}
         line["event"] = event % args if args else event
-        line["level"] = name
-        line["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         if "exc_info" in line:
             text = _exception_text(line.pop("exc_info"))
             if text is not None:
                 line["exception"] = text
-        out = sink.render(scrub(line)) + "\n"
+        scrub(line)
+        line["level"] = name  # ours, like the timestamp: nothing in them to scrub
+        line["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        out = sink.render(line) + "\n"
         with _write_lock:
             sink.stream.write(out)
             sink.stream.flush()

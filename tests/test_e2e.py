@@ -403,3 +403,22 @@ def test_debug_level_times_one_notification_command_by_command(
     assert {c["method"] for c in calls} >= {"POST", "GET"}
     assert all(c["status"] == 200 and c["elapsed_ms"] >= 0 for c in calls)
     assert not [c for c in calls if "/" in c["host"] or "?" in c["host"]]
+
+
+def test_college_board_only_daemon_loads_no_library_it_does_not_need(
+    start_daemon: Start, cb_sim: CollegeBoardSimulator, imap_server: Any, imap_folder: str
+) -> None:
+    """A College-Board-only daemon that has delivered a file has not loaded what other
+    configurations need (SFTP's cryptography, bcrypt and nacl), an encoding guesser
+    (requests' charset_normalizer) or asyncio: its compiled parts would be in its memory
+    map. Each costs megabytes resident for as long as the service runs."""
+    files = publish_pair(cb_sim, "4300_20261121_101544")
+    daemon = start_daemon()
+    deliver(imap_server, imap_folder, mail.notification("4300_20261121_101544.csv"))
+    daemon.wait_event("delivery.downloaded", timeout=30, filename="4300_20261121_101544.csv")
+    assert "4300_20261121_101544.csv" in files
+    maps = Path(f"/proc/{daemon.proc.pid}/maps").read_text()
+    paths = {line.split()[-1] for line in maps.splitlines() if ".so" in line}
+    unwanted = ("/charset_normalizer/", "/cryptography/", "/bcrypt/", "/nacl/", "/_asyncio.")
+    assert [p for p in paths if "/pydantic_core/" in p], "the map does not show packages"
+    assert not [p for p in paths if any(part in p for part in unwanted)], sorted(paths)

@@ -14,6 +14,7 @@ from scorefetch import sources
 from scorefetch.core.events import Digest, Event, Events, Overdue, Quiet, Recovered
 from scorefetch.core.ledger import Ledger
 from scorefetch.observers.alerts import Alerts
+from scorefetch.observers.hooks import facts
 from tests.support import LogLines
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
@@ -77,9 +78,9 @@ def test_an_export_overdue_before_its_name_is_known_is_recovered_under_the_same_
     ledger: Ledger, tmp_path: Path, log_lines: LogLines
 ) -> None:
     """An Encoura export is overdue under its uid (its file name comes with the download)
-    and recovered under its file name: both lines carry the same `key`, so a person (and
-    the chaos test) can tell they are one file."""
-    checker, _ = alerts(ledger, tmp_path, alerts={"overdue_after": "1h"})
+    and recovered under its file name: both lines, both events and both hooks' environments
+    carry the same `key`, so a person (and the chaos test) can tell they are one file."""
+    checker, seen = alerts(ledger, tmp_path, alerts={"overdue_after": "1h"})
     ledger.claim("encoura", "ef0d9c44", "", "listing")
     now = datetime.now(UTC)
     checker.check(now + timedelta(minutes=61))
@@ -90,6 +91,11 @@ def test_an_export_overdue_before_its_name_is_known_is_recovered_under_the_same_
     (recovered,) = log_lines.events("delivery.recovered")
     assert overdue["key"] == recovered["key"] == "ef0d9c44"
     assert recovered["filename"] == "score-1.csv"
+    told = [facts(e) for e in seen if isinstance(e, Overdue | Recovered)]
+    assert [(hook, env["KEY"], env["FILENAME"]) for hook, env in filter(None, told)] == [
+        ("on_failure", "ef0d9c44", "ef0d9c44"),
+        ("on_delivery", "ef0d9c44", "score-1.csv"),
+    ]
 
 
 def test_a_quiet_vendor_is_told_once_per_silence(ledger: Ledger, tmp_path: Path) -> None:

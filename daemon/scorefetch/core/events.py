@@ -128,9 +128,12 @@ class LedgerRecovered:
 @dataclass(frozen=True)
 class Overdue:
     """A file announced `announced_at` is not at every destination yet (`delivery.overdue`):
-    `stage` is `download` or the destination it waits for."""
+    `stage` is `download` or the destination it waits for. `key` names the file in the
+    ledger from its announcement on (an Encoura export's uid: its file name comes with the
+    download), so `delivery.recovered` says the same `key` for it."""
 
     vendor: str
+    key: str
     filename: str
     announced_at: str
     stage: str
@@ -142,6 +145,7 @@ class Recovered:
     """A file that was overdue reached every destination (`delivery.recovered`)."""
 
     vendor: str
+    key: str
     filename: str
     late_s: float
 

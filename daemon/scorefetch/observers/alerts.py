@@ -75,7 +75,7 @@ class Alerts:
                 stage=stage,
                 error=why,
             )
-            self.events.publish(Overdue(vendor, name, announced, stage, why))
+            self.events.publish(Overdue(vendor, key, name, announced, stage, why))
 
     def _waiting_for(self, vendor: str, key: str) -> tuple[str, str]:
         rows = self.ledger.query(
@@ -105,7 +105,7 @@ class Alerts:
             self._log.info(
                 "delivery.recovered", vendor=vendor, key=key, filename=name, late_s=round(late)
             )
-            self.events.publish(Recovered(vendor, name, late))
+            self.events.publish(Recovered(vendor, key, name, late))
 
     def _quiet(self, now: datetime) -> None:
         for vendor, after in self.config.quiet_after.items():

@@ -103,6 +103,7 @@ def facts(event: Event) -> tuple[str, dict[str, str]] | None:
             return "on_failure", {
                 "EVENT": "delivery.overdue",
                 "VENDOR": event.vendor,
+                "KEY": event.key,
                 "FILENAME": event.filename,
                 "ANNOUNCED_AT": event.announced_at,
                 "STAGE": event.stage,
@@ -112,6 +113,7 @@ def facts(event: Event) -> tuple[str, dict[str, str]] | None:
             return "on_delivery", {
                 "EVENT": "delivery.recovered",
                 "VENDOR": event.vendor,
+                "KEY": event.key,
                 "FILENAME": event.filename,
                 "LATE_S": str(round(event.late_s)),
             }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import itertools
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -176,3 +177,44 @@ def test_the_contract_catches_a_loop_added_to_a_tree(tmp_path: Path) -> None:
     assert edges["low", "high"] == ["low/errors.py:2"]
     assert find_loop(edges) in (["high", "low", "high"], ["low", "high", "low"])
     assert find_loop(set(edges) - {("low", "high")}) is None  # a known exception
+
+
+# Distribution (pyproject) → the module it is imported as, where they differ.
+IMPORT_NAMES = {"pyyaml": "yaml", "prometheus-client": "prometheus_client"}
+# Imported directly but installed by a dependency: requests' own HTTP layer.
+THROUGH = {"urllib3": "requests"}
+
+
+def declared_modules(extras: Iterable[str]) -> set[str]:
+    """The modules the daemon may import: its dependencies and the named extras'."""
+    import tomllib
+
+    project = tomllib.loads((PACKAGE.parents[1] / "pyproject.toml").read_text())["project"]
+    names = list(project["dependencies"])
+    for extra in extras:
+        names += project["optional-dependencies"][extra]
+    modules = set()
+    for requirement in names:
+        dist = re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower()
+        modules.add(IMPORT_NAMES.get(dist, dist.replace("-", "_")))
+    return modules | {m for m, by in THROUGH.items() if by in modules}
+
+
+def test_the_daemon_imports_only_what_it_installs() -> None:
+    """Every library daemon/scorefetch imports is one `make install` installs: a dependency
+    or the metrics extra (`demo` may use the demo extra). A library the tests use only
+    (bs4, kept as the reference for the fileName reader) or one the daemon dropped
+    (structlog) cannot come back through an import that works only in a dev venv."""
+    runtime, demo = declared_modules(["metrics"]), declared_modules(["metrics", "demo"])
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        allowed = demo if parts[0] == "demo" else runtime
+        for name, line in imports_of(path, ["scorefetch", *parts]):
+            top = name.split(".")[0]
+            if top and top != "scorefetch" and top not in sys.stdlib_module_names:
+                if top not in allowed:
+                    found.append(f"{path.relative_to(PACKAGE)}:{line} imports {top}")
+    assert found == []
+    assert {"requests", "yaml", "paramiko", "prometheus_client", "urllib3"} <= runtime
+    assert "bs4" not in runtime and "structlog" not in runtime  # the rule has teeth

@@ -17,8 +17,7 @@ from email.parser import BytesParser
 from email.policy import EmailPolicy
 from typing import Any, cast
 
-from bs4 import BeautifulSoup, Tag
-
+from scorefetch.collegeboard import html as _html
 from scorefetch.core.errors import RefusedError
 from scorefetch.core.filenames import check_name
 from scorefetch.core.logs import untrusted
@@ -189,21 +188,11 @@ def _repair_soft_breaks(part: EmailMessage) -> None:
         part.set_payload(re.sub(r"=[ \t]+(?=\r?\n)", "=", payload))
 
 
-def _is_file_name_id(value: object) -> bool:
-    return isinstance(value, str) and value.strip().lower() == "filename"
-
-
 def file_names_in_html(html: str, limit: int = MAX_NAMES + 1) -> list[str]:
     """Trimmed texts of the elements whose id is `fileName` (either quote style, any tag
-    case), distinct, at most `limit` of them."""
-    soup = BeautifulSoup(html, "html.parser")
-    names: dict[str, None] = {}  # an ordered set
-    for element in soup.find_all(id=_is_file_name_id, limit=limit):
-        if isinstance(element, Tag):
-            text = element.get_text().strip()
-            if text:
-                names[text] = None
-    return list(names)
+    case), distinct, from the first `limit` such elements, read as Beautiful Soup read
+    them (html.py)."""
+    return _html.file_names_in_html(html, limit)
 
 
 def _sender(message: EmailMessage) -> str | None:

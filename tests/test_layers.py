@@ -212,9 +212,9 @@ def test_the_daemon_imports_only_what_it_installs() -> None:
         allowed = demo if parts[0] == "demo" else runtime
         for name, line in imports_of(path, ["scorefetch", *parts]):
             top = name.split(".")[0]
-            if top and top != "scorefetch" and top not in sys.stdlib_module_names:
-                if top not in allowed:
-                    found.append(f"{path.relative_to(PACKAGE)}:{line} imports {top}")
+            third_party = top not in {"", "scorefetch", *sys.stdlib_module_names}
+            if third_party and top not in allowed:
+                found.append(f"{path.relative_to(PACKAGE)}:{line} imports {top}")
     assert found == []
     assert {"requests", "yaml", "paramiko", "prometheus_client", "urllib3"} <= runtime
     assert "bs4" not in runtime and "structlog" not in runtime  # the rule has teeth

@@ -5,6 +5,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
+from scorefetch.core.errors import ScorefetchError
 from scorefetch.core.ledger import Ledger
 
 
@@ -54,6 +57,46 @@ def test_durability_settings_and_permissions(tmp_path: Path) -> None:
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert path.stat().st_mode & 0o777 == 0o600
     assert path.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_only_writes_whose_loss_costs_nothing_skip_the_flush(tmp_path: Path) -> None:
+    """A claim and a landing are flushed to disk at their commit (synchronous=FULL); a
+    lease, an attempt counted, a row made due and the mailbox position are not: their
+    commits run under synchronous=NORMAL and the connection is FULL again after each, even
+    after a statement that failed. Each write takes effect for another connection."""
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    seen: list[str] = []
+    ledger._db.set_trace_callback(seen.append)
+    rows = ledger.work("collegeboard")
+
+    def light(sql: str) -> bool:
+        """Whether the one statement starting `sql` ran between NORMAL and FULL."""
+        (i,) = [n for n, statement in enumerate(seen) if statement.startswith(sql)]
+        return seen[i - 1 : i + 2 : 2] == ["PRAGMA synchronous=NORMAL", "PRAGMA synchronous=FULL"]
+
+    assert ledger.claim("collegeboard", "a.csv", "a.csv", "mail")
+    assert rows.take(("a.csv",), 60)
+    assert rows.attempt(("a.csv",)) == 1
+    ledger.save_mailbox_position("INBOX", 7, 101)
+    rows.release(("a.csv",))
+    assert light("UPDATE deliveries SET lease = '")  # taken
+    assert light("UPDATE deliveries SET attempts")
+    assert light("INSERT INTO mailbox")
+    assert light("UPDATE deliveries SET lease = NULL")
+    assert not light("INSERT INTO deliveries")  # the claim: flushed
+    ledger.downloaded("collegeboard", "a.csv", tmp_path / "a.csv", 1, "0" * 64)
+    assert "PRAGMA synchronous=NORMAL" not in seen[seen.index("BEGIN IMMEDIATE") :]
+
+    other = sqlite3.connect(tmp_path / "ledger.sqlite3")
+    assert other.execute("SELECT attempts, state, lease FROM deliveries").fetchall() == [
+        (1, "downloaded", None)
+    ]
+    assert other.execute("SELECT last_uid FROM mailbox").fetchall() == [(101,)]
+    assert ledger._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+    with pytest.raises(ScorefetchError):
+        ledger._execute("UPDATE no_such_table SET x = 1", durable=False)
+    assert ledger._db.execute("PRAGMA synchronous").fetchone()[0] == 2
 
 
 def test_mailbox_position(tmp_path: Path) -> None:

@@ -4,7 +4,8 @@ source's listing stand.
 One row per (vendor, key) — the key is the file name for College Board. A row
 is written before any request is made for it, so a crash leaves a `pending`
 row that the next start redoes. WAL and synchronous=FULL: a row said to be
-committed survives a power cut.
+committed survives a power cut. The writes whose loss would cost nothing (leases, counters,
+the mailbox position) are not flushed on their own (`_execute(durable=False)`).
 """
 
 from __future__ import annotations
@@ -181,12 +182,25 @@ class Ledger:
         with self._lock:
             self._db.close()
 
-    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> Result:
+    def _execute(self, sql: str, params: tuple[Any, ...] = (), *, durable: bool = True) -> Result:
         """One statement, its rows read before the lock is let go: a statement left open
-        on the shared connection would make another thread's COMMIT fail."""
+        on the shared connection would make another thread's COMMIT fail.
+
+        `durable=False` is for a write whose loss in a power cut costs nothing: a lease, an
+        attempt counted, a row made due now, the mailbox position (which then lags, and the
+        messages after it are read again and found known). Its commit is not flushed to
+        disk (synchronous=NORMAL); the next durable commit flushes it with its own, since
+        the WAL is written in order. A killed process loses neither kind."""
         try:
             with self._lock:
-                result = Result(self._db.execute(sql, params))
+                if durable:
+                    result = Result(self._db.execute(sql, params))
+                else:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
+                    try:
+                        result = Result(self._db.execute(sql, params))
+                    finally:
+                        self._db.execute("PRAGMA synchronous=FULL")
         except sqlite3.Error as exc:
             raise self._failed(exc) from exc
         if self.trouble is not None and sql.lstrip()[:6].upper() in _WRITES:
@@ -339,6 +353,7 @@ class Ledger:
             " ON CONFLICT (folder) DO UPDATE SET uidvalidity = excluded.uidvalidity,"
             "   last_uid = excluded.last_uid, updated_at = excluded.updated_at",
             (folder, uidvalidity, last_uid, _now()),
+            durable=False,  # lost in a power cut, it lags: each message's claim is durable
         )
 
     def set_watcher(self, name: str, value: str) -> None:

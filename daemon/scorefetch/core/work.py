@@ -115,6 +115,7 @@ class WorkRows:
             f" WHERE {self._where} AND state IN ('pending', 'retrying')"
             " AND (lease IS NULL OR lease = ? OR lease_until < ?)",
             (me(), now_iso(lease_s), *self._key(job), me(), now),
+            durable=False,
         )
         if cursor.rowcount == 1:
             return True
@@ -125,6 +126,7 @@ class WorkRows:
             f"UPDATE {self.table} SET lease = ?, lease_until = ?"  # noqa: S608
             f" WHERE {self._where} AND state IN ('pending', 'retrying') AND lease = ?",
             (me(), now_iso(lease_s), *self._key(job), holder),
+            durable=False,
         )
         return bool(cursor.rowcount == 1)
 
@@ -136,6 +138,7 @@ class WorkRows:
             f"UPDATE {self.table} SET lease_until = ?"  # noqa: S608
             f" WHERE {self._where} AND lease = ?",
             (now_iso(lease_s), *self._key(job), me()),
+            durable=False,
         )
         return bool(cursor.rowcount == 1)
 
@@ -172,6 +175,7 @@ class WorkRows:
             f"UPDATE {self.table} SET lease = NULL, lease_until = NULL"  # noqa: S608
             f" WHERE {self._where} AND lease = ?",
             (*self._key(job), me()),
+            durable=False,
         )
 
     def attempt(self, job: Job) -> int:
@@ -180,6 +184,7 @@ class WorkRows:
             f"UPDATE {self.table} SET attempts = attempts + 1, updated_at = ?"  # noqa: S608
             f" WHERE {self._where} RETURNING attempts",
             (now_iso(), *self._key(job)),
+            durable=False,
         ).fetchone()
         return int(row[0]) if row else 0
 
@@ -226,4 +231,5 @@ class WorkRows:
             f"UPDATE {self.table} SET due_at = NULL, rounds = 0, updated_at = ?"  # noqa: S608
             f" WHERE {self._where} AND state IN ('pending', 'retrying')",
             (now_iso(), *self._key(job)),
+            durable=False,
         )

@@ -3,7 +3,15 @@ and the default download_hosts covering the S3 endpoints presigned URLs really u
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
 import pytest
+import requests
+from hypothesis import example, given
+from hypothesis import strategies as st
+from urllib3.util import parse_url
 
 from scorefetch.collegeboard.settings import CollegeBoardConfig
 from scorefetch.core.downloads import check_url
@@ -133,3 +141,53 @@ def test_base_url_is_checked_like_a_download_url(base_url: str) -> None:
     with pytest.raises(ValueError) as caught:
         CollegeBoardConfig(username="u", password="p", base_url=base_url)
     assert "secret" not in str(caught.value)
+
+
+# Pieces of hostile URLs: every character that ends or splits an authority somewhere.
+_PIECES = st.sampled_from(
+    ["http", "https", ":", "//", "/", "?", "#", "@", ":443", ":80", "[", "]", "::1", "%25",
+     "%2f", "%40", "%3f", "a", "b.c", "bucket.s3.amazonaws.com", "127.0.0.1", "evil.example",
+     "=", "&", ";", "..", "%", "%zz", "X-Amz-Signature=ab", "user:pw"]
+)  # fmt: skip
+
+
+def _readings(url: str) -> tuple[object, ...]:
+    """What each reader makes of where `url` connects: urlsplit, urllib3, requests."""
+
+    def read(reader: Callable[[], tuple[object, ...]]) -> tuple[object, ...]:
+        try:
+            return reader()
+        except Exception as exc:  # noqa: BLE001 - which readers refuse is part of the reading
+            return ("raises", type(exc).__name__)
+
+    def ours() -> tuple[object, ...]:
+        parts = urlsplit(url)
+        return (parts.scheme, parts.netloc, parts.hostname, parts.port)
+
+    def theirs(text: str) -> tuple[object, ...]:
+        parts = parse_url(text)
+        return (parts.scheme, parts.auth, parts.host, parts.port)
+
+    prepared = read(lambda: (requests.Request("GET", url).prepare().url or "",))
+    sent = theirs(str(prepared[0])) if prepared[0] != "raises" else prepared
+    return read(ours), read(lambda: theirs(url)), sent
+
+
+@given(
+    scheme=st.sampled_from(["http://", "https://", "HTTPS://", "https:/", "https:", ""]),
+    head=st.lists(_PIECES, max_size=8).map("".join),
+    tail=st.lists(_PIECES, max_size=8).map("".join),
+)
+@example(scheme="https://", head="a?@evil.example", tail="")
+@example(scheme="https://", head="bucket.s3.amazonaws.com", tail="@evil.example:1")
+def test_no_reader_lets_the_query_move_the_host(scheme: str, head: str, tail: str) -> None:
+    """connect_target reads a URL without its query and fragment (a presigned URL's bulk):
+    for an http(s) URL by urlsplit's reading (the others are refused before any other),
+    every reader (urlsplit, urllib3, requests' preparation) reads the same scheme, userinfo,
+    host and port — or refuses alike — with or without what follows the first `?`/`#`."""
+    for mark in ("?", "#"):
+        url = scheme + head + mark + tail
+        if not url.lower().startswith(("http:", "https:")):
+            continue
+        cut = re.split(r"[?#]", url, maxsplit=1)[0]
+        assert _readings(url) == _readings(cut), url

@@ -23,6 +23,7 @@ import requests
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
+_QUERY = re.compile(r"[?#]")
 _PRINTABLE_ASCII = re.compile(r"[!-~]+")  # no space, no control character, nothing above 0x7e
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _NUMERIC_LABEL = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)")  # what inet_aton reads as a number
@@ -73,6 +74,10 @@ def connect_target(url: str) -> Target:
         raise UrlError("a URL with whitespace, control or non-ASCII characters")
     if "\\" in url:
         raise UrlError("a URL with a backslash")
+    # Every reader ends the authority at the first `?` or `#` if not before, so the query
+    # and fragment (a presigned URL's bulk, which urllib3 re-encodes a character at a time)
+    # cannot move where any of them connects: they are left out of the readings.
+    url = _QUERY.split(url, maxsplit=1)[0]
     try:
         ours = urlsplit(url)
         if ours.scheme not in {"http", "https"} or not ours.hostname:

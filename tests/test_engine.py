@@ -114,6 +114,31 @@ def test_a_resting_daemon_engine_is_rung_by_another_process(
         engine.close(5)
 
 
+def test_the_engine_runs_its_at_rest_tasks_once_per_rest(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task given to `at_rest` (the daemon's memory trim) runs when the engine goes to
+    rest, once, and again only after work woke it; one that raises stops nothing."""
+    monkeypatch.setattr(engine_module, "ACTIVE_S", 0.3)
+    lane = Lane(ledger)
+    engine = Engine(poll_s=0.05, rest_s=600)
+    engine.add(lane)
+    rests: list[int] = []
+    engine.at_rest(lambda: rests.append(len(lane.done)))
+    engine.at_rest(lambda: 1 / 0)
+    assert engine.listen()
+    engine.start()
+    try:
+        wait_until(lambda: rests == [0], timeout=10)
+        ledger.claim("collegeboard", "a.csv", "a.csv", "mail")
+        engine.wake()
+        wait_until(lambda: len(rests) == 2, timeout=10)
+        assert rests == [0, 1]  # after the file landed, not before
+        assert lane.done == [("a.csv",)]
+    finally:
+        engine.close(5)
+
+
 @pytest.mark.parametrize(
     "exc",
     [

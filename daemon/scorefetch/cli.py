@@ -20,7 +20,7 @@ import yaml
 from scorefetch import __version__, sources
 from scorefetch import config as config_module
 from scorefetch.config import Config
-from scorefetch.core import interrupt, logs
+from scorefetch.core import interrupt, logs, memory
 from scorefetch.core.deliveries import Deliveries
 from scorefetch.core.downloads import Progress
 from scorefetch.core.errors import ConfigError, RefusedError, ScorefetchError
@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         path = args.config or config_module.default_path()
         if args.command == "doctor":
             return _doctor(path, args)
+        if args.command == "run":
+            memory.limit_arenas()  # before any thread allocates (core/memory.py)
         config = sources.load(path)
         handlers: dict[str, Callable[[Config, argparse.Namespace], int]] = {
             "run": _run,

@@ -16,7 +16,7 @@ from types import FrameType
 
 from scorefetch import sources
 from scorefetch.config import Config
-from scorefetch.core import logs
+from scorefetch.core import logs, memory
 from scorefetch.core.downloads import remove_partials
 from scorefetch.core.engine import (
     HEARTBEAT,
@@ -187,6 +187,7 @@ class Service:
         self.engine.every(HEARTBEAT_S, self._heartbeat, "heartbeat", rest_s=HEARTBEAT_REST_S)
         self.engine.every(ALERTS_S, self.alerts.check, "alerts", rest_s=ALERTS_REST_S)
         self.engine.every(ALERTS_S, self._watch_ledger, "ledger", rest_s=ALERTS_REST_S)
+        self.engine.at_rest(memory.trim)  # a burst's freed memory goes back as it ends
         try:
             watching = [source.start(self.stop, self.running) for source in self.sources]
             for source in self.sources:
@@ -246,6 +247,7 @@ class Service:
         self._heartbeat()
         shown = self._status_line(watching)
         self.notifier.send(f"READY=1\nSTATUS={shown}")
+        memory.trim()  # what start-up freed goes back before the daemon rests
         unhealthy: tuple[list[str], list[str]] = ([], [])
         while True:
             self.attention.wait(self._next_wake(watching, pinging=not any(unhealthy)))

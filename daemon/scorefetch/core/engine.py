@@ -141,6 +141,7 @@ class Engine:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._tasks: list[_Every] = []
+        self._at_rest: list[Callable[[], object]] = []
         self._idle = threading.Condition(self._lock)
         self._seen_version: int | None = None
         self._next_look = 0.0  # epoch seconds of the next full look
@@ -157,6 +158,11 @@ class Engine:
         """Run `task` on the engine's thread about every `seconds` (checks, heartbeat), or
         every `rest_s` while the engine rests."""
         self._tasks.append(_Every(name, seconds, task, rest_s or seconds))
+
+    def at_rest(self, task: Callable[[], object]) -> None:
+        """Run `task` on the engine's thread each time the engine goes to rest (nothing ran
+        or rang for ACTIVE_S): the daemon hands memory back then (core/memory.py)."""
+        self._at_rest.append(task)
 
     def listen(self) -> bool:
         """Answer the doorbell (the daemon): another process's ring makes this engine ask
@@ -298,6 +304,7 @@ class Engine:
                 timer.cancel()
 
     def _loop(self) -> None:
+        rested = False
         while not self._stop.is_set():
             woken = self._wake.is_set()
             if woken:  # cleared only when seen: a wake-up after this is seen next time
@@ -313,6 +320,13 @@ class Engine:
             resting = self._resting()
             for task in self._tasks:  # the heartbeat and the alerts, whatever dispatch did
                 task.maybe(resting)
+            if resting and not rested:
+                for rest in self._at_rest:
+                    try:
+                        rest()
+                    except Exception as exc:  # noqa: BLE001 - a nicety; the engine goes on
+                        self._log.error("engine.failed", error=type(exc).__name__, exc_info=exc)
+            rested = resting
             self._wake.wait(self._next_wait(resting))
 
     def _resting(self) -> bool:

@@ -1,0 +1,49 @@
+"""The C library's allocator, asked to keep the resident size of a long-running daemon low.
+
+glibc gives each thread that allocates its own arena (up to eight per core), each holding
+on to its freed memory; the daemon's threads take turns at the GIL, so two arenas serve
+them as well as eight (the setting `MALLOC_ARENA_MAX=2` is the usual advice for Python
+services). Start-up (imports, the config's validation, the ledger's migration) leaves freed
+memory inside the heap that glibc keeps for reuse; `malloc_trim` hands it back once, when
+the daemon is ready and before it rests. Elsewhere than glibc (musl), both do nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+_M_ARENA_MAX = -8  # glibc's malloc.h
+ARENAS = 2
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
+
+
+def limit_arenas(arenas: int = ARENAS) -> bool:
+    """At most `arenas` malloc arenas from now on (call before threads start); True when
+    the C library took the setting. `MALLOC_ARENA_MAX` in the environment still wins: it
+    is read when the first thread allocates, and an operator's setting is kept."""
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:
+        return False
+    return bool(mallopt(ctypes.c_int(_M_ARENA_MAX), ctypes.c_int(arenas)))
+
+
+def trim() -> bool:
+    """Hand freed heap memory back to the kernel; True when some was."""
+    libc = _libc()
+    malloc_trim = getattr(libc, "malloc_trim", None)
+    if malloc_trim is None:
+        return False
+    return bool(malloc_trim(ctypes.c_size_t(0)))

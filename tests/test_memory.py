@@ -3,6 +3,7 @@ both calls must say they did nothing rather than fail."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -58,3 +59,30 @@ def test_without_the_c_library_both_do_nothing(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(memory, "_libc", lambda: None)
     assert memory.limit_arenas() is False
     assert memory.trim() is False
+
+
+def test_every_library_the_daemon_may_load_leaves_out_what_it_never_uses() -> None:
+    """In a fresh interpreter, the daemon's modules and every library a configuration may
+    load (paramiko for a `forward`, msal for `xoauth2`, prometheus_client for `metrics`)
+    import no encoding guesser (requests'), no invoke (paramiko's, for ssh_config's `Match
+    exec`), and so no asyncio or unittest: megabytes resident for the life of the service.
+    paramiko's reading of the absence is checked too: no `Match exec`, nothing else lost."""
+    script = """
+import json, sys
+import scorefetch.cli, scorefetch.service
+import msal, paramiko, prometheus_client, requests
+from paramiko.config import invoke_import_error
+unwanted = ["charset_normalizer", "chardet", "invoke", "asyncio", "unittest", "bs4", "structlog"]
+print(json.dumps([[m for m in unwanted if m in sys.modules and sys.modules[m] is not None],
+                  type(invoke_import_error).__name__]))
+"""
+    root = Path(memory.__file__).parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+        env={"PYTHONPATH": str(root / "daemon"), "PATH": "/usr/bin:/bin"},
+    )
+    assert json.loads(out.stdout) == [[], "ModuleNotFoundError"]

@@ -14,3 +14,9 @@ __version__ = "0.1.0"
 for _guesser in ("charset_normalizer", "chardet"):
     sys.modules.setdefault(_guesser, None)  # type: ignore[arg-type]  # None: "not importable"
 warnings.filterwarnings("ignore", message="Unable to find acceptable character detection")
+
+# paramiko imports invoke (to run an ssh_config's `Match exec` command, which scorefetch
+# never reads: its destinations pin their host keys in its own config): 5.6 MB resident,
+# asyncio and unittest among it, in every daemon with a `forward`. paramiko reads invoke's
+# absence as "no `Match exec`".
+sys.modules.setdefault("invoke", None)  # type: ignore[arg-type]

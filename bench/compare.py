@@ -33,7 +33,10 @@ from tests.standins.dovecot import DovecotServer, dovecot_binary
 from scorefetch.sandbox import mail
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, write_config
+from scorefetch.sandbox.encoura import EncouraSimulator
 from scorefetch.sandbox.imapserver import ImapServer, PymapServer
+from scorefetch.sandbox.ports import free_port
+from scorefetch.sandbox.sshd import SshServer, forward_config, sshd_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".bench-cache"
@@ -214,6 +217,30 @@ def idle(sides: list[Side], work: Path, seconds: float) -> dict:
     return found
 
 
+def rss_everything(side: Side, work: Path, settle_s: float = 15.0) -> int:
+    """RSS (bytes) at rest of one daemon with everything on: College Board and Encoura, an
+    SFTP forward (paramiko) and metrics, `settle_s` after READY=1. This tree only: the
+    first release had no forward."""
+    folder = _fresh(work, f"everything-{side.label}")
+    with (
+        CollegeBoardSimulator() as sim,
+        EncouraSimulator() as enc,
+        PymapServer() as server,
+        SshServer(folder / "ssh") as ssh,
+    ):
+        config = write_config(folder, sim, server, encoura=enc)
+        with config.open("a") as out:
+            out.write(forward_config(ssh, folder))
+            out.write(f"metrics:\n  listen: 127.0.0.1:{free_port()}\n")
+        daemon = side.daemon(config)
+        try:
+            daemon.wait_event("daemon.ready", timeout=60)
+            time.sleep(settle_s)
+            return _cpu_and_rss(daemon.proc.pid)[1]
+        finally:
+            daemon.stop()
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -261,15 +288,15 @@ def main() -> int:
                 "{:.1f}",
             )
         if wanted("burst"):
-            count = 200 if quick else 500
-            got = burst(sides, work, count, 2)
+            count, rounds = (200, 2) if quick else (500, 4)  # a burst's wall time is noisy
+            got = burst(sides, work, count, rounds)
             for key, label in (
                 ("landed", f"pymap burst of {count}: all files landed"),
                 ("appends", f"pymap burst of {count}: the APPENDs themselves"),
                 ("cpu", f"pymap burst of {count}: daemon CPU"),
             ):
                 row(
-                    label + " (median of 2)",
+                    label + f" (median of {rounds})",
                     *(_median(got[s.label][key]) for s in sides),
                     " s",
                     "{:.2f}",
@@ -286,6 +313,9 @@ def main() -> int:
             )
             rss = {k: r / 1e6 for k, (_, r) in got.items()}
             row("RSS at rest, College Board only", rss["base"], rss["this"], " MB", "{:.1f}")
+            if sshd_binary() is not None:
+                everything = rss_everything(this, work) / 1e6
+                rows.append(("RSS at rest, everything on", "—", f"{everything:.1f} MB", "—"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     head = f"base {args.base} ({sha[:12]}) vs this tree; {os.cpu_count()} cores"

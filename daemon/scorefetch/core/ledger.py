@@ -304,6 +304,8 @@ class Ledger:
                 " removed_at = NULL, landed_at = ?, updated_at = ? WHERE vendor = ? AND key = ?",
                 (path.name, str(path), size, sha256, now, now, vendor, key),
             )
+            if not forward_to:
+                return
             product = db.execute(
                 "SELECT product FROM deliveries WHERE vendor = ? AND key = ?", (vendor, key)
             ).fetchone()

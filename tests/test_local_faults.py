@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import os
 import resource
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -153,9 +155,15 @@ def file_size_limit(limit: int) -> Iterator[None]:
 
 @contextlib.contextmanager
 def no_free_descriptors(spare: int = 0) -> Iterator[None]:
-    """Every file descriptor the (lowered) limit allows is taken, but `spare`."""
+    """Every file descriptor the (lowered) limit allows is taken, but `spare`. The cyclic
+    garbage collector is held off meanwhile: an earlier test's socket or file left in a
+    reference cycle, collected at some allocation inside the block, would free a
+    descriptor (CI saw a connection get one and be refused instead of failing EMFILE)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     taken: list[int] = []
+    gc.collect()
+    collecting = gc.isenabled()
+    gc.disable()
     highest = max(int(fd.name) for fd in Path("/proc/self/fd").iterdir())
     resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 8, hard))
     try:
@@ -169,6 +177,8 @@ def no_free_descriptors(spare: int = 0) -> Iterator[None]:
         for fd in taken:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        if collecting:
+            gc.enable()
 
 
 def _state(ledger: Ledger, key: str) -> str | None:
@@ -258,11 +268,8 @@ def test_each_local_fault_is_a_local_error_leaving_nothing(
         assert not [p for p in folder.iterdir() if p.name.endswith(".part")]
 
 
-def test_no_descriptor_for_a_socket_is_ours_not_the_vendors(tmp_path: Path) -> None:
-    """The part file opened, then the socket found no descriptor (another thread took the
-    last one; CI saw it): EMFILE from a connection is a local fault, named, with nothing
-    left, and a vendor API call says so in its kind. No server in this process: nothing
-    frees a descriptor meanwhile (the socket is refused before any connect)."""
+def no_descriptor_scenario(tmp: Path) -> None:
+    """The body of the next test, in a fresh interpreter: see there."""
     nowhere = "http://127.0.0.1:9/late.csv"  # discard: never reached
     with no_free_descriptors(), pytest.raises(requests.ConnectionError) as raw:
         build_session().get(nowhere, timeout=5)
@@ -271,7 +278,7 @@ def test_no_descriptor_for_a_socket_is_ours_not_the_vendors(tmp_path: Path) -> N
         json_answer(build_session(), "POST", nowhere, "/late")
     assert api.value.kind == Failure.LOCAL
     assert "EMFILE" in str(api.value)
-    folder = tmp_path / "files"
+    folder = tmp / "files"
     folder.mkdir()
     session = build_session()
     with no_free_descriptors(spare=1), pytest.raises(LocalError) as caught:
@@ -279,6 +286,25 @@ def test_no_descriptor_for_a_socket_is_ours_not_the_vendors(tmp_path: Path) -> N
     assert caught.value.errno == errno.EMFILE
     assert str(caught.value).startswith("download failed")  # the socket's, not the part's
     assert list(folder.iterdir()) == []
+
+
+def test_no_descriptor_for_a_socket_is_ours_not_the_vendors(tmp_path: Path) -> None:
+    """The part file opened, then the socket found no descriptor (another thread took the
+    last one; CI saw it): EMFILE from a connection is a local fault, named, with nothing
+    left, and a vendor API call says so in its kind. In a fresh interpreter: no thread
+    there (a simulator's, an earlier test's) can free a descriptor meanwhile, and none
+    does, since the socket is refused before any connect."""
+    root = Path(__file__).resolve().parents[1]
+    script = "import sys; from pathlib import Path; from tests.test_local_faults import "
+    script += "no_descriptor_scenario as run; run(Path(sys.argv[1]))"
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=root,
+    )
+    assert done.returncode == 0, done.stderr
 
 
 @needs_root

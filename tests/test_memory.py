@@ -24,6 +24,19 @@ def _glibc() -> bool:
 GLIBC = _glibc()
 
 
+def fresh_python(script: str) -> subprocess.CompletedProcess[str]:
+    """`script` run by a fresh interpreter with this tree's daemon on its path."""
+    root = Path(memory.__file__).parents[2]
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+        env={"PYTHONPATH": str(root / "daemon"), "PATH": "/usr/bin:/bin"},
+    )
+
+
 @pytest.mark.skipif(not GLIBC, reason="the settings are glibc's")
 def test_glibc_takes_the_arena_limit_and_trims() -> None:
     """In a fresh interpreter: mallopt accepts the limit before threads start; after a
@@ -43,15 +56,7 @@ before = rss()
 assert memory.trim()
 print(before - rss())
 """
-    root = Path(memory.__file__).parents[2]
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=root,
-        env={"PYTHONPATH": str(root / "daemon"), "PATH": "/usr/bin:/bin"},
-    )
+    out = fresh_python(script)
     assert int(out.stdout) > 10_000  # kB: most of the 80 MB freed
 
 
@@ -76,13 +81,5 @@ unwanted = ["charset_normalizer", "chardet", "invoke", "asyncio", "unittest", "b
 print(json.dumps([[m for m in unwanted if m in sys.modules and sys.modules[m] is not None],
                   type(invoke_import_error).__name__]))
 """
-    root = Path(memory.__file__).parents[2]
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=root,
-        env={"PYTHONPATH": str(root / "daemon"), "PATH": "/usr/bin:/bin"},
-    )
+    out = fresh_python(script)
     assert json.loads(out.stdout) == [[], "ModuleNotFoundError"]

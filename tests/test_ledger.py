@@ -99,6 +99,26 @@ def test_only_writes_whose_loss_costs_nothing_skip_the_flush(tmp_path: Path) -> 
     assert ledger._db.execute("PRAGMA synchronous").fetchone()[0] == 2
 
 
+def test_a_ctrl_c_inside_a_light_write_leaves_the_flush_on(tmp_path: Path) -> None:
+    """`fetch` and `sync` raise KeyboardInterrupt on Ctrl-C wherever Python is: raised just
+    after the connection went to synchronous=NORMAL, it must not leave every later claim
+    and landing unflushed."""
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    real = ledger._db
+
+    class Interrupted:
+        def execute(self, sql: str, *args: object) -> object:
+            done = real.execute(sql, *args)
+            if sql == "PRAGMA synchronous=NORMAL":
+                raise KeyboardInterrupt
+            return done
+
+    ledger._db = Interrupted()  # type: ignore[assignment]
+    with pytest.raises(KeyboardInterrupt):
+        ledger.save_mailbox_position("INBOX", 7, 101)
+    assert real.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
 def test_mailbox_position(tmp_path: Path) -> None:
     """The (UIDVALIDITY, last UID) pair per folder is stored and replaced."""
     ledger = Ledger(tmp_path / "ledger.sqlite3")

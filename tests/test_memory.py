@@ -60,6 +60,25 @@ print(before - rss())
     assert int(out.stdout) > 10_000  # kB: most of the 80 MB freed
 
 
+def test_an_operators_arena_setting_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MALLOC_ARENA_MAX in the environment (a unit's Environment=) is glibc's to read:
+    mallopt would override it, so it is not called."""
+    called: list[object] = []
+
+    class Libc:
+        def mallopt(self, *args: object) -> int:
+            called.append(args)
+            return 1
+
+    monkeypatch.setattr(memory, "_libc", Libc)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "6")
+    assert memory.limit_arenas() is False
+    assert called == []
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert memory.limit_arenas() is True
+    assert len(called) == 1
+
+
 def test_without_the_c_library_both_do_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(memory, "_libc", lambda: None)
     assert memory.limit_arenas() is False

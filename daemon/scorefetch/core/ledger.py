@@ -196,8 +196,8 @@ class Ledger:
                 if durable:
                     result = Result(self._db.execute(sql, params))
                 else:
-                    self._db.execute("PRAGMA synchronous=NORMAL")
-                    try:
+                    try:  # FULL again whatever happens, a Ctrl-C after NORMAL too
+                        self._db.execute("PRAGMA synchronous=NORMAL")
                         result = Result(self._db.execute(sql, params))
                     finally:
                         self._db.execute("PRAGMA synchronous=FULL")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 
 _M_ARENA_MAX = -8  # glibc's malloc.h
 ARENAS = 2
@@ -31,8 +32,10 @@ def _libc() -> ctypes.CDLL | None:
 
 def limit_arenas(arenas: int = ARENAS) -> bool:
     """At most `arenas` malloc arenas from now on (call before threads start); True when
-    the C library took the setting. `MALLOC_ARENA_MAX` in the environment still wins: it
-    is read when the first thread allocates, and an operator's setting is kept."""
+    the C library took the setting. An operator's `MALLOC_ARENA_MAX` (a unit's
+    Environment=) is left as it is: then nothing is set here."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
     libc = _libc()
     mallopt = getattr(libc, "mallopt", None)
     if mallopt is None:

@@ -72,3 +72,15 @@ def test_hostile_names_are_refused_and_quoted_briefly(name: str) -> None:
     assert isinstance(result, Rejection)
     assert result.reason == "unsafe_filename"
     assert len(result.detail) < 300
+
+
+@pytest.mark.parametrize("tail", ["<a", "</", "<?", "<!-"], ids=["tag", "end", "pi", "bang"])
+def test_a_hostile_unclosed_tail_costs_one_pass_and_keeps_the_name_before_it(tail: str) -> None:
+    """Under the HTML bound, a notification whose HTML ends in ~250 KiB of unclosed `<`
+    (html.parser scanned each to the end: 47 s for `<a`) is read in one pass, and the
+    file named before that tail is still the notification's. (Its time is measured in
+    the notes, not asserted: the reading is what this checks.)"""
+    span = '<span id="fileName">4300_20260101_000001.csv</span>' + tail * (120_000 // len(tail))
+    result = read_notification(notification("4300_20260101_000001.csv", span=span), SENDERS)
+    assert isinstance(result, Notification)
+    assert result.filenames == ("4300_20260101_000001.csv",)

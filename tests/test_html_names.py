@@ -20,6 +20,7 @@ from bs4.dammit import EntitySubstitution, UnicodeDammit
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from scorefetch.collegeboard import html as html_module
 from scorefetch.collegeboard.html import _WINDOWS_1252, _entity, is_file_name_id
 from scorefetch.collegeboard.notifications import MAX_NAMES, file_names_in_html
 from scorefetch.sandbox import mail
@@ -53,7 +54,7 @@ def outcome(read: object, html: str, limit: int) -> tuple[str, object]:
 
 
 def assert_same(html: str, limit: int = LIMIT) -> None:
-    assert outcome(file_names_in_html, html, limit) == outcome(bs4_names, html, limit), html
+    assert outcome(file_names_in_html, html, limit) == outcome(bs4_names, html, limit), html[:300]
 
 
 # --- generated tag soup ------------------------------------------------------------------
@@ -331,3 +332,62 @@ def test_corpus_html_reads_as_bs4_read_it(html: str) -> None:
     spiked = _TAG.sub(r'<\1 id="fileName"', html)
     assert_same(spiked)
     assert_same(spiked, 10**6)
+
+
+# --- an unclosed tail, read in linear time ----------------------------------------------
+
+
+def just_over(piece: str, head: str = "") -> str:
+    """`head` then `piece` repeated until the tail after the last `>` costs html.parser just
+    over SLOW_TAIL: the reader escapes it, bs4 (same tokenizer) still reads it in ~0.2 s."""
+    n = 1
+    while piece.count("<") * n * len(piece) * n < html_module.SLOW_TAIL:
+        n += 1
+    return head + piece * n
+
+
+@pytest.mark.parametrize(
+    "html",
+    [
+        just_over("<a"),
+        just_over("</"),
+        just_over("<?"),
+        just_over("< "),
+        just_over("<!-"),
+        just_over("<a&amp;&#65;&"),
+        just_over("<a", head="<p id=fileName>x.csv</p>"),
+        just_over("<b", head="<p><span id=fileName>x"),
+        just_over("<\n", head="<pre id=fileName>x"),
+    ],
+    ids=["lt-a", "lt-slash", "lt-q", "lt-space", "lt-bang", "refs", "after", "inside", "pre"],
+)
+def test_an_unclosed_tail_reads_as_bs4_read_it(html: str) -> None:
+    """Stray `<` after the last `>`, enough of them that html.parser's scan of each to the
+    end would cost SLOW_TAIL or more (256 KiB of `<a` took 47 s): the reader escapes the
+    tail and reads it as the text bs4 made of it, in one pass."""
+    assert html_module._bounded(html) != html  # the escaped path is the one under test
+    assert_same(html)
+
+
+@pytest.mark.parametrize(
+    ("piece", "head", "expected"),
+    [
+        # bs4 made a tag of `<a'` (a quote ends the scan before the end) and refused an
+        # unknown marked section; an escaped tail is text whatever it holds.
+        ("<a'", "<span id=fileName>x", ["x" + "<a'" * 5774]),
+        ("<![foo[", "<span id=fileName>x", ["x" + "<![foo[" * 3780]),
+        # bs4 decoded the references of the last piece only (the scan's end was there).
+        ("<b&lt;", "<span id=fileName>x", ["x" + "<b&lt;" * 4083]),
+    ],
+)
+def test_an_unclosed_tail_is_text_where_bs4_read_more_into_it(
+    piece: str, head: str, expected: list[str]
+) -> None:
+    html = just_over(piece, head)
+    assert html_module._bounded(html) != html
+    assert file_names_in_html(html) == expected
+
+
+def test_every_corpus_html_is_read_unescaped() -> None:
+    """No real mail comes near the bound: each corpus HTML part is read as it is."""
+    assert [name for name, html in CORPUS if html_module._bounded(html) != html] == []

@@ -38,7 +38,7 @@ def file_names_in_html(html: str, limit: int) -> list[str]:
     digits: int()'s limit)."""
     reader = _Reader(limit if limit > 0 else 1)
     try:
-        reader.feed(html)
+        reader.feed(_bounded(html))
         reader.close()
     except AssertionError as exc:
         raise ParserRejectedMarkup(str(exc)) from exc
@@ -49,6 +49,24 @@ def file_names_in_html(html: str, limit: int) -> list[str]:
         if text:
             names[text] = None
     return list(names)
+
+
+# html.parser (before CPython 3.14 and its backports of gh-135462) reads each `<` left
+# unclosed after the document's last `>` by scanning to the end: `<a` repeated over 256 KiB
+# took 47 s. Past this much work ((such `<`) × (their span)), the rest is read as the text
+# the scan would have ended in (as the soup read it, but for a `<tag'` the scan made a tag
+# of): linear. No real notification ends in thousands of stray `<`.
+SLOW_TAIL = 10**8
+
+
+def _bounded(html: str) -> str:
+    """`html`, or, when its unclosed tail would cost html.parser SLOW_TAIL or more, with
+    that tail's `&` and `<` escaped (the reader decodes them back: the same characters)."""
+    cut = html.rfind(">") + 1
+    tail = html[cut:]
+    if tail.count("<") * len(tail) < SLOW_TAIL:
+        return html
+    return html[:cut] + tail.replace("&", "&amp;").replace("<", "&lt;")
 
 
 # The soup's HTMLTreeBuilder.DEFAULT_EMPTY_ELEMENT_TAGS: closed as soon as they open.

@@ -23,7 +23,7 @@ from scorefetch.core.filenames import check_name
 from scorefetch.core.logs import untrusted
 
 MAX_MESSAGE_BYTES = 5 * 1024 * 1024  # real notifications are a few KB
-MAX_HTML_CHARS = 256 * 1024  # decoded HTML fed to the parser, all parts (~1 s of parsing)
+MAX_HTML_CHARS = 256 * 1024  # decoded HTML fed to the parser, all parts (html.py: linear)
 # A real notification names one file; a few allow for a vendor that ever pairs them. More
 # is not a notification: one spoofed email must not turn into thousands of ledger rows,
 # authenticated vendor calls (and their retries) and a log line of megabytes.

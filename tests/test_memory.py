@@ -70,7 +70,7 @@ def test_an_operators_arena_setting_is_kept(monkeypatch: pytest.MonkeyPatch) -> 
             called.append(args)
             return 1
 
-    monkeypatch.setattr(memory, "_libc", Libc)
+    monkeypatch.setattr(memory, "libc", Libc)
     monkeypatch.setenv("MALLOC_ARENA_MAX", "6")
     assert memory.limit_arenas() is False
     assert called == []
@@ -80,7 +80,7 @@ def test_an_operators_arena_setting_is_kept(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_without_the_c_library_both_do_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(memory, "_libc", lambda: None)
+    monkeypatch.setattr(memory, "libc", lambda: None)
     assert memory.limit_arenas() is False
     assert memory.trim() is False
 

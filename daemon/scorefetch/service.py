@@ -187,7 +187,7 @@ class Service:
         self.engine.every(HEARTBEAT_S, self._heartbeat, "heartbeat", rest_s=HEARTBEAT_REST_S)
         self.engine.every(ALERTS_S, self.alerts.check, "alerts", rest_s=ALERTS_REST_S)
         self.engine.every(ALERTS_S, self._watch_ledger, "ledger", rest_s=ALERTS_REST_S)
-        self.engine.at_rest(memory.trim)  # a burst's freed memory goes back as it ends
+        self.engine.at_rest(memory.trim)  # what start-up or a burst freed goes back
         try:
             watching = [source.start(self.stop, self.running) for source in self.sources]
             for source in self.sources:
@@ -247,7 +247,6 @@ class Service:
         self._heartbeat()
         shown = self._status_line(watching)
         self.notifier.send(f"READY=1\nSTATUS={shown}")
-        memory.trim()  # what start-up freed goes back before the daemon rests
         unhealthy: tuple[list[str], list[str]] = ([], [])
         while True:
             self.attention.wait(self._next_wake(watching, pinging=not any(unhealthy)))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import hashlib
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 import requests
 
 from scorefetch.core.errors import LocalError, describe
+from scorefetch.core.libc import libc
 
 NAME_MAX = 255  # bytes in one path component (ext4, xfs, tmpfs, btrfs; SMB allows more)
 # os.link says "this folder does not do hard links" with one of these.
@@ -108,12 +108,8 @@ def _renameat2(part: Path, target: Path) -> bool:
 
 
 def _libc_renameat2() -> Callable[..., int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        fn = ctypes.CDLL(name, use_errno=True).renameat2
-    except (OSError, AttributeError):
+    fn = getattr(libc(), "renameat2", None)
+    if fn is None:
         return None
     fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     fn.restype = ctypes.c_int

@@ -4,30 +4,20 @@ glibc gives each thread that allocates its own arena (up to eight per core), eac
 on to its freed memory; the daemon's threads take turns at the GIL, so two arenas serve
 them as well as eight (the setting `MALLOC_ARENA_MAX=2` is the usual advice for Python
 services). Start-up (imports, the config's validation, the ledger's migration) leaves freed
-memory inside the heap that glibc keeps for reuse; `malloc_trim` hands it back once, when
-the daemon is ready and before it rests. Elsewhere than glibc (musl), both do nothing.
+memory inside the heap that glibc keeps for reuse, and so does a burst of work;
+`malloc_trim` hands it back each time the engine goes to rest (the first time within
+ACTIVE_S of start-up). Elsewhere than glibc (musl), both do nothing.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import functools
 import os
+
+from scorefetch.core.libc import libc
 
 _M_ARENA_MAX = -8  # glibc's malloc.h
 ARENAS = 2
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        return ctypes.CDLL(name)
-    except OSError:
-        return None
 
 
 def limit_arenas(arenas: int = ARENAS) -> bool:
@@ -36,8 +26,7 @@ def limit_arenas(arenas: int = ARENAS) -> bool:
     Environment=) is left as it is: then nothing is set here."""
     if os.environ.get("MALLOC_ARENA_MAX"):
         return False
-    libc = _libc()
-    mallopt = getattr(libc, "mallopt", None)
+    mallopt = getattr(libc(), "mallopt", None)
     if mallopt is None:
         return False
     return bool(mallopt(ctypes.c_int(_M_ARENA_MAX), ctypes.c_int(arenas)))
@@ -45,8 +34,7 @@ def limit_arenas(arenas: int = ARENAS) -> bool:
 
 def trim() -> bool:
     """Hand freed heap memory back to the kernel; True when some was."""
-    libc = _libc()
-    malloc_trim = getattr(libc, "malloc_trim", None)
+    malloc_trim = getattr(libc(), "malloc_trim", None)
     if malloc_trim is None:
         return False
     return bool(malloc_trim(ctypes.c_size_t(0)))

@@ -8,6 +8,8 @@ import json
 import os
 import re
 import shlex
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +17,25 @@ from typing import Any
 
 # What must never reach a log line: presigned query parameters and their signature.
 PRESIGNED = re.compile(r"X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Expires=\d", re.I)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fresh_python(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`script` (its argv: `args`) run by a fresh interpreter from the repository's root,
+    with this tree's daemon and tests importable and nothing of this process's state or
+    environment but PATH. Its stderr is the failure's message when it exits non-zero."""
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT / "daemon"), "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+    )
+    assert done.returncode == 0, done.stderr
+    return done
 
 
 def assert_no_secrets(lines: list[str], secrets: list[str]) -> None:

@@ -24,6 +24,7 @@ from scorefetch.collegeboard import html as html_module
 from scorefetch.collegeboard.html import _WINDOWS_1252, _entity, is_file_name_id
 from scorefetch.collegeboard.notifications import MAX_NAMES, file_names_in_html
 from scorefetch.sandbox import mail
+from tests.test_corpus import corpus_files
 
 TESTS = Path(__file__).parent
 LIMIT = MAX_NAMES + 1  # what read_notification asks for
@@ -303,7 +304,7 @@ def html_of(part: EmailMessage) -> str:
 def corpus_htmls() -> list[tuple[str, str]]:
     """Every text/html part of every message in tests/corpus and tests/samples (attached
     ones too), and of the sandbox's notification."""
-    paths = sorted(TESTS.glob("corpus/*/msg_*.txt")) + sorted(TESTS.glob("samples/*.eml"))
+    paths = corpus_files() + sorted(TESTS.glob("samples/*.eml"))
     messages = [(f"{p.parent.name}/{p.name}", p.read_bytes()) for p in paths]
     messages.append(("sandbox", mail.notification("4300_20261_report.csv")))
     found = []

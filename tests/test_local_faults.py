@@ -11,7 +11,6 @@ import gc
 import os
 import resource
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -30,7 +29,7 @@ from scorefetch.core.errors import Failure, LocalError, VendorError, local_errno
 from scorefetch.core.http import build_session
 from scorefetch.core.ledger import Ledger
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
-from tests.support import LogLines, files_under, wait_until
+from tests.support import LogLines, files_under, fresh_python, wait_until
 
 ROOT = os.geteuid() == 0
 
@@ -294,17 +293,9 @@ def test_no_descriptor_for_a_socket_is_ours_not_the_vendors(tmp_path: Path) -> N
     left, and a vendor API call says so in its kind. In a fresh interpreter: no thread
     there (a simulator's, an earlier test's) can free a descriptor meanwhile, and none
     does, since the socket is refused before any connect."""
-    root = Path(__file__).resolve().parents[1]
     script = "import sys; from pathlib import Path; from tests.test_local_faults import "
     script += "no_descriptor_scenario as run; run(Path(sys.argv[1]))"
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=root,
-    )
-    assert done.returncode == 0, done.stderr
+    fresh_python(script, str(tmp_path))
 
 
 @needs_root

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from scorefetch.core import memory
+from tests.support import fresh_python
 
 
 def _glibc() -> bool:
@@ -22,19 +20,6 @@ def _glibc() -> bool:
 
 
 GLIBC = _glibc()
-
-
-def fresh_python(script: str) -> subprocess.CompletedProcess[str]:
-    """`script` run by a fresh interpreter with this tree's daemon on its path."""
-    root = Path(memory.__file__).parents[2]
-    return subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=root,
-        env={"PYTHONPATH": str(root / "daemon"), "PATH": "/usr/bin:/bin"},
-    )
 
 
 @pytest.mark.skipif(not GLIBC, reason="the settings are glibc's")

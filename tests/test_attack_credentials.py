@@ -1,8 +1,9 @@
 """Credentials only where meant: what the process environment may add to a vendor call.
 
-requests' `trust_env` reads ~/.netrc: a `default` entry there (or one naming a vendor's
-host) became `Authorization: Basic` on every call, a presigned URL to a bucket the vendor
-chose included, and replaced Encoura's `Authorization: JWT`. Proxies and a CA bundle set
+requests' `trust_env` (the daemon's HTTP layer once) reads ~/.netrc: a `default` entry
+there (or one naming a vendor's host) became `Authorization: Basic` on every call, a
+presigned URL to a bucket the vendor chose included, and replaced Encoura's
+`Authorization: JWT`. Proxies and a CA bundle set
 in the environment on purpose still apply."""
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import base64
 from pathlib import Path
 
 import pytest
-import requests
 
-from scorefetch.core.http import build_session
+from scorefetch.core.errors import LocalError
+from scorefetch.core.http import HttpError, build_session
 from tests.standins.recorder import Recorder
 
 NETRC_PASSWORD = "N3trcPassw0rd"
@@ -59,10 +60,10 @@ def test_the_environments_proxy_is_still_used_and_no_proxy_honoured(
         monkeypatch.setenv("HTTPS_PROXY", proxy.url)
         monkeypatch.setenv("NO_PROXY", "bypassed.example")
         session = build_session(2.0, 2.0)
-        with pytest.raises(requests.RequestException):
+        with pytest.raises(HttpError):
             session.get("https://scoresdownload.collegeboard.org/pascoredwnld/files/list")
         assert b"CONNECT scoresdownload.collegeboard.org:443" in proxy.everything()
-        with pytest.raises(requests.RequestException):
+        with pytest.raises(HttpError):
             session.get("https://bypassed.example.invalid.bypassed.example/x")
     assert b"bypassed.example" not in proxy.everything()
     _no_netrc_login(proxy.everything())
@@ -71,7 +72,8 @@ def test_the_environments_proxy_is_still_used_and_no_proxy_honoured(
 def test_an_environment_ca_bundle_is_still_what_verifies(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """REQUESTS_CA_BUNDLE (documented) still reaches the TLS layer: a missing file fails."""
+    """REQUESTS_CA_BUNDLE (documented) still reaches the TLS layer: a missing file is a
+    local fault that names it."""
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "no-such-bundle.pem"))
-    with Recorder() as server, pytest.raises(OSError, match="no-such-bundle"):
+    with Recorder() as server, pytest.raises(LocalError, match=r"no-such-bundle.*ENOENT"):
         build_session(2.0, 2.0).get(server.url.replace("http://", "https://"))

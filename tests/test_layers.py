@@ -181,8 +181,6 @@ def test_the_contract_catches_a_loop_added_to_a_tree(tmp_path: Path) -> None:
 
 # Distribution (pyproject) → the module it is imported as, where they differ.
 IMPORT_NAMES = {"pyyaml": "yaml", "prometheus-client": "prometheus_client"}
-# Imported directly but installed by a dependency: requests' own HTTP layer.
-THROUGH = {"urllib3": "requests"}
 
 
 def declared_modules(extras: Iterable[str]) -> set[str]:
@@ -197,7 +195,7 @@ def declared_modules(extras: Iterable[str]) -> set[str]:
     for requirement in names:
         dist = re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower()
         modules.add(IMPORT_NAMES.get(dist, dist.replace("-", "_")))
-    return modules | {m for m, by in THROUGH.items() if by in modules}
+    return modules
 
 
 def test_the_daemon_imports_only_what_it_installs() -> None:
@@ -216,5 +214,5 @@ def test_the_daemon_imports_only_what_it_installs() -> None:
             if third_party and top not in allowed:
                 found.append(f"{path.relative_to(PACKAGE)}:{line} imports {top}")
     assert found == []
-    assert {"requests", "yaml", "paramiko", "prometheus_client", "urllib3"} <= runtime
+    assert {"urllib3", "certifi", "yaml", "paramiko", "prometheus_client"} <= runtime
     assert "bs4" not in runtime and "structlog" not in runtime  # the rule has teeth

@@ -16,7 +16,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-import requests
 
 from scorefetch.collegeboard.client import CollegeBoard
 from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
@@ -26,7 +25,7 @@ from scorefetch.core.answers import json_answer
 from scorefetch.core.deliveries import retry_delay
 from scorefetch.core.downloads import Landed, fetch_to_file
 from scorefetch.core.errors import Failure, LocalError, VendorError, local_errno
-from scorefetch.core.http import build_session
+from scorefetch.core.http import HttpError, build_session
 from scorefetch.core.ledger import Ledger
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from tests.support import LogLines, files_under, fresh_python, wait_until
@@ -270,7 +269,7 @@ def test_each_local_fault_is_a_local_error_leaving_nothing(
 def no_descriptor_scenario(tmp: Path) -> None:
     """The body of the next test, in a fresh interpreter: see there."""
     nowhere = "http://127.0.0.1:9/late.csv"  # discard: never reached
-    with no_free_descriptors(), pytest.raises(requests.ConnectionError) as raw:
+    with no_free_descriptors(), pytest.raises(HttpError) as raw:
         build_session().get(nowhere, timeout=5)
     assert local_errno(raw.value) == errno.EMFILE
     with no_free_descriptors(), pytest.raises(VendorError) as api:

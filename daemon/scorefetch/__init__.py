@@ -5,8 +5,9 @@ import warnings
 
 __version__ = "0.1.0"
 
-# requests imports charset_normalizer (or chardet) to guess the encoding of a text answer
-# that names none: 2.6 MB resident in every process, used by nothing here. Every answer
+# requests (which msal, with `xoauth2`, imports; the daemon's own HTTP is core/http.py)
+# imports charset_normalizer (or chardet) to guess the encoding of a text answer that
+# names none: 2.6 MB resident in every process, used by nothing here. Every answer
 # is read as bytes (files, and JSON parsed from its bytes); requests documents running
 # without either, reading such text as UTF-8 (`Response.apparent_encoding`). So neither is
 # imported, and requests' warning about their absence is not said. One that is already

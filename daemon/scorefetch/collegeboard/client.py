@@ -1,7 +1,7 @@
 """College Board score download web service: presigned URLs (15 s) and the file listing.
 
 Every response is translated here into VendorError with a `kind` that says what
-a retry should do; nothing above this module sees requests' exceptions.
+a retry should do; nothing above this module sees the HTTP layer's exceptions.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import requests
-
 from scorefetch.collegeboard.settings import CollegeBoardConfig
 from scorefetch.core.answers import json_answer
 from scorefetch.core.errors import Failure, VendorError
+from scorefetch.core.http import Session
 from scorefetch.core.throttle import honouring_retry_after
 
 URL_LIFETIME_S = 15.0  # the vendor's word: "The presigned URL is active for only 15 seconds."
@@ -110,7 +109,7 @@ class CollegeBoard:
     def __init__(
         self,
         config: CollegeBoardConfig,
-        session: requests.Session,
+        session: Session,
         sleep: Callable[[float], object] = time.sleep,
     ) -> None:
         self.config = config

@@ -13,10 +13,8 @@ import time
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import requests
-
 from scorefetch.core.errors import Failure, VendorError, describe, local_errno
-from scorefetch.core.http import deadline, redirect_target
+from scorefetch.core.http import HttpError, Response, Session, deadline, redirect_target
 from scorefetch.core.logs import untrusted
 
 MAX_ANSWER_BYTES = 16 * 1024 * 1024  # a year of listings is well under 1 MiB
@@ -68,7 +66,7 @@ def message_of(body: Any, reason: str | None) -> str:
     return untrusted(reason, 100) or "no message"
 
 
-def read_bounded(response: requests.Response, path: str) -> bytes:
+def read_bounded(response: Response, path: str) -> bytes:
     """A streamed answer's body, at most MAX_ANSWER_BYTES (VendorError beyond)."""
     chunks: list[bytes] = []
     size = 0
@@ -82,10 +80,10 @@ def read_bounded(response: requests.Response, path: str) -> bytes:
     return b"".join(chunks)
 
 
-def json_answer(session: requests.Session, method: str, url: str, path: str, **kwargs: Any) -> Any:
+def json_answer(session: Session, method: str, url: str, path: str, **kwargs: Any) -> Any:
     """The JSON body of a 200 answer; anything else a VendorError of the right kind whose
     text names `path` and holds no query string (a presigned URL's, say)."""
-    limit = getattr(session, "call_deadline", 70.0)
+    limit = session.call_deadline
     with deadline(limit) as clock:
         try:
             with session.request(method, url, stream=True, **kwargs) as response:
@@ -99,7 +97,7 @@ def json_answer(session: requests.Session, method: str, url: str, path: str, **k
                         status=status,
                     )
                 raw = read_bounded(response, path)
-        except requests.RequestException as exc:
+        except HttpError as exc:
             cause = f"no answer within {limit:g} s" if clock.passed else describe(exc)
             ours = local_errno(exc) is not None  # no descriptor for a socket, say
             kind = Failure.LOCAL if ours else Failure.TRANSIENT

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import requests
 import urllib3
 
 from scorefetch.core import interrupt
@@ -34,7 +33,7 @@ from scorefetch.core.errors import (
     local_errno,
 )
 from scorefetch.core.filenames import check_name
-from scorefetch.core.http import Deadline, deadline, redirect_target
+from scorefetch.core.http import Deadline, HttpError, Response, Session, deadline, redirect_target
 from scorefetch.core.localfs import local_faults, numbered_name, part_name, place_no_replace
 from scorefetch.core.urls import UrlError, connect_target, host_allowed, is_loopback
 
@@ -176,7 +175,7 @@ def land(
 
 
 def fetch_to_file(
-    session: requests.Session,
+    session: Session,
     url: str,
     folder: Path,
     name: str,
@@ -249,9 +248,9 @@ def _land(
     return Landed(path, size, digest, time.monotonic() - started)
 
 
-def _get(session: requests.Session, url: str, clock: Deadline) -> requests.Response:
+def _get(session: Session, url: str, clock: Deadline) -> Response:
     """The answer's head; the body is read from `response.raw`, as stored (not decoded)."""
-    connect, read = getattr(session, "_timeout", (10.0, 60.0))
+    connect, read = session.timeout
     left = max(clock.remaining(), 0.1)
     try:
         return session.get(
@@ -261,7 +260,7 @@ def _get(session: requests.Session, url: str, clock: Deadline) -> requests.Respo
             headers={"Accept-Encoding": "identity"},
             timeout=(min(connect, left), min(read, left)),
         )
-    except requests.RequestException as exc:
+    except HttpError as exc:
         raise _failed("download failed", exc, clock) from None
 
 
@@ -273,7 +272,7 @@ def _failed(what: str, exc: BaseException, clock: Deadline) -> ScorefetchError:
     return VendorError(f"{what}: {describe(exc)}", kind=Failure.TRANSIENT)
 
 
-def _raw_chunks(response: requests.Response, clock: Deadline) -> Iterator[bytes]:
+def _raw_chunks(response: Response, clock: Deadline) -> Iterator[bytes]:
     """The body's bytes as they come off the wire: a `Content-Encoding: gzip` file lands as
     the gzip the vendor stored (what curl saves without --compressed), and its size is the
     Content-Length. Library errors become VendorError here, disk errors stay the caller's."""
@@ -281,7 +280,7 @@ def _raw_chunks(response: requests.Response, clock: Deadline) -> Iterator[bytes]
     while True:
         try:
             chunk = next(reader, None)
-        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise _failed("download interrupted", exc, clock) from None
         if clock.passed:  # the watchdog shut the socket: what came last may be short
             raise VendorError("download exceeded its overall deadline", kind=Failure.TRANSIENT)
@@ -336,12 +335,12 @@ def _write_behind(out: BinaryIO, start: int) -> int:
     return start + WRITE_BEHIND
 
 
-def _content_length(response: requests.Response) -> int | None:
+def _content_length(response: Response) -> int | None:
     value = (response.headers.get("Content-Length") or "").strip()
     return int(value) if _DIGITS.fullmatch(value) else None
 
 
-def _raise_for_download_status(response: requests.Response) -> None:
+def _raise_for_download_status(response: Response) -> None:
     status = response.status_code
     if status == 200:
         return

@@ -99,8 +99,9 @@ class TokenError(ScorefetchError):
 
 def describe(exc: BaseException) -> str:
     """What we say about a library's exception: its class, the innermost cause's class, a
-    symbolic errno and the host it concerned. Never the library's message: requests and
-    urllib3 quote the request's path, presigned query (signature, token) included."""
+    symbolic errno and the host it concerned. Never the library's message: urllib3 (and
+    requests, under msal) quote the request's path, presigned query (signature, token)
+    included."""
     if isinstance(exc, ScorefetchError):
         return str(exc)  # our own words, built from facts like these
     if isinstance(exc, OSError | UnicodeError) and type(exc).__module__ == "builtins":
@@ -178,13 +179,13 @@ def _innermost(exc: BaseException) -> tuple[type[BaseException] | None, str | No
 
 
 def _host_of(exc: BaseException) -> str | None:
-    """The host of the request an exception concerns (requests sets `.request`), if plain."""
-    request = getattr(exc, "request", None)
-    url = getattr(request, "url", None)
-    if not isinstance(url, str):
-        return None
-    try:
-        host = urlsplit(url).hostname
-    except ValueError:
-        return None
+    """The host of the request an exception concerns, if plain: core/http.py's errors say
+    `.host`; requests' (under msal) carry `.request`."""
+    host = getattr(exc, "host", None)
+    if not isinstance(host, str):
+        url = getattr(getattr(exc, "request", None), "url", None)
+        try:
+            host = urlsplit(url).hostname if isinstance(url, str) else None
+        except ValueError:
+            return None
     return host if host and _PLAIN_HOST.fullmatch(host) else None

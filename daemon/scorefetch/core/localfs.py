@@ -15,8 +15,6 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import requests
-
 from scorefetch.core.errors import LocalError, describe
 from scorefetch.core.libc import libc
 
@@ -34,8 +32,6 @@ def local_faults(what: str) -> Iterator[None]:
     """Turn an OSError of the local file system (not of the network) into a LocalError."""
     try:
         yield
-    except requests.RequestException:
-        raise  # an IOError too, but the vendor's side: the caller maps it
     except (OSError, UnicodeError) as exc:
         code = exc.errno if isinstance(exc, OSError) else None
         raise LocalError(f"{what}: {describe(exc)}", errno=code) from None

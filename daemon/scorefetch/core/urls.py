@@ -1,12 +1,12 @@
 """Which host a URL names, read the way the connection will read it, and whether that host
 is allowed. Pure functions.
 
-Python's `urlsplit` and urllib3's `parse_url` (what requests connects with) disagree on
+Python's `urlsplit` and urllib3's `parse_url` (what core/http.py connects with) disagree on
 hostile URLs: `https://127.0.0.1\\.s3.amazonaws.com/` is `127.0.0.1\\.s3.amazonaws.com` to
 one and `127.0.0.1` to the other; so are `evil\\@s3...`, `%65vil.com`, `[::1%25eth0]`, tabs
 that one drops and the other keeps, and every non-ASCII (IDNA) spelling. Rather than
 chase each, a URL is accepted only when it is printable ASCII with no backslash and no
-userinfo, both parsers (and requests' own preparation) agree on scheme, host and port, and
+userinfo, both parsers agree on scheme, host and port, and
 the host is a plain DNS name (letters, digits, hyphens; no trailing dot; not a number in
 disguise such as `127.1` or `0x7f.1`) or a canonical IP literal without a zone.
 """
@@ -19,7 +19,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import requests
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
@@ -84,18 +83,15 @@ def connect_target(url: str) -> Target:
             raise UrlError("not an http(s) URL")
         ours_port = ours.port
         theirs = parse_url(url)
-        prepared = requests.Request("GET", url).prepare().url or ""
-        sent = parse_url(prepared)
-    except (ValueError, LocationParseError, requests.RequestException) as exc:
+    except (ValueError, LocationParseError) as exc:
         if isinstance(exc, UrlError):
             raise
         raise UrlError("not a well-formed URL") from None
-    if "@" in ours.netloc or theirs.auth or sent.auth:
+    if "@" in ours.netloc or theirs.auth:
         raise UrlError("a URL that carries user information (user:password@)")
     readings = {
         (ours.scheme, ours.hostname or "", ours_port),
         (theirs.scheme or "", (theirs.host or "").strip("[]"), theirs.port),
-        (sent.scheme or "", (sent.host or "").strip("[]"), sent.port),
     }
     if len(readings) != 1:
         raise UrlError("a URL whose host or port the parsers read differently")

@@ -14,9 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Protocol
-
-import requests
+from typing import Protocol
 
 from scorefetch.config import Config, HooksConfig, ImapConfig
 from scorefetch.core import files, logs
@@ -25,6 +23,7 @@ from scorefetch.core.errors import (
     MailboxError,
     ScorefetchError,
 )
+from scorefetch.core.http import Response, Session
 from scorefetch.mailbox.connection import Connector
 from scorefetch.mailbox.connection import describe as describe_imap
 
@@ -57,8 +56,8 @@ class Clock:
         self.now = now
         self.samples: list[tuple[str, float, float]] = []  # (vendor, skew_s, round trip s)
 
-    def watch(self, session: requests.Session, vendor: str) -> requests.Session:
-        def hook(response: requests.Response, *_args: Any, **_kwargs: Any) -> None:
+    def watch(self, session: Session, vendor: str) -> Session:
+        def hook(response: Response) -> None:
             header = response.headers.get("Date")
             if not header:
                 return
@@ -66,11 +65,11 @@ class Clock:
                 theirs = parsedate_to_datetime(header).timestamp() + 0.5
             except (TypeError, ValueError):
                 return
-            rtt = response.elapsed.total_seconds()
+            rtt = response.elapsed
             ours = self.now() - rtt / 2
             self.samples.append((vendor, theirs - ours, rtt))
 
-        session.hooks["response"].append(hook)
+        session.on_answer.append(hook)
         return session
 
 

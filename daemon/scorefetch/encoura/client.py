@@ -22,11 +22,10 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-import requests
-
 from scorefetch.core import logs
 from scorefetch.core.answers import json_answer
 from scorefetch.core.errors import ConfigError, Failure, VendorError
+from scorefetch.core.http import Session
 from scorefetch.core.logs import untrusted
 from scorefetch.core.throttle import honouring_retry_after
 from scorefetch.encoura.settings import EncouraConfig
@@ -235,7 +234,7 @@ class Encoura:
     def __init__(
         self,
         config: EncouraConfig,
-        session: requests.Session,
+        session: Session,
         sleep: Callable[[float], object] = time.sleep,
     ) -> None:
         if config.api_key is None or config.username is None or config.password is None:

@@ -14,12 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import requests
-
 from scorefetch.config import CommandOAuth, GoogleOAuth, ImapAuth, MicrosoftOAuth
 from scorefetch.core.answers import parse_json, read_bounded
 from scorefetch.core.errors import TokenError, VendorError, describe
-from scorefetch.core.http import build_session
+from scorefetch.core.http import HttpError, Session, build_session
 from scorefetch.core.logs import untrusted
 
 MARGIN_S = 300.0  # a token is replaced this long before it expires …
@@ -100,7 +98,7 @@ class TokenCache:
 class MicrosoftTokens:
     """Microsoft 365 app-only access: the client-credentials grant through msal."""
 
-    def __init__(self, config: MicrosoftOAuth, session: requests.Session) -> None:
+    def __init__(self, config: MicrosoftOAuth, session: Session) -> None:
         self._config = config
         self._session = session
         self._app: Any = None
@@ -134,7 +132,7 @@ class MicrosoftTokens:
             if self._app is None:
                 self._app = self._build()
             result = self._app.acquire_token_for_client(scopes=[self._config.scope])
-        except requests.RequestException as exc:
+        except HttpError as exc:
             raise TokenError(
                 f"microsoft token request failed: {_http_error(exc)}", refused=False
             ) from None
@@ -151,7 +149,7 @@ class MicrosoftTokens:
 class GoogleTokens:
     """Google Workspace: the refresh-token grant at Google's token endpoint."""
 
-    def __init__(self, config: GoogleOAuth, session: requests.Session) -> None:
+    def __init__(self, config: GoogleOAuth, session: Session) -> None:
         self._config = config
         self._session = session
 
@@ -166,7 +164,7 @@ class GoogleTokens:
         try:
             with self._session.post(cfg.token_url, data=form, stream=True) as response:
                 status, raw = response.status_code, read_bounded(response, "google token")
-        except requests.RequestException as exc:
+        except HttpError as exc:
             raise TokenError(
                 f"google token request failed: {_http_error(exc)}", refused=False
             ) from None
@@ -266,6 +264,6 @@ def _grant(provider: str, answer: dict[str, Any]) -> Grant:
     )
 
 
-def _http_error(exc: requests.RequestException) -> str:
+def _http_error(exc: Exception) -> str:
     # The one error formatter: class, cause, errno, host; never the library's text.
     return describe(exc)

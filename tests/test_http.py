@@ -1,0 +1,259 @@
+"""core/http.py against real loopback servers: what goes on the wire, which connection
+carries it, which certificate verifies it, and which proxy it goes through."""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scorefetch.core.errors import describe
+from scorefetch.core.http import ConnectFailed, HttpError, StatusError, build_session, tls_context
+from tests.standins.recorder import Recorder
+from tests.standins.tls import LoopbackTls, make_loopback_tls
+
+BIG = b"x" * (256 * 1024)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as S3 and the vendors' APIs answer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _answer(self, status: int, body: bytes) -> None:
+        server: Server = self.server  # type: ignore[assignment]
+        with server.lock:
+            server.seen.append((self.command, self.path, dict(self.headers), self._body()))
+            server.peers.add(self.client_address)
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/big"):
+            self._answer(200, BIG)
+        elif self.path.startswith("/status/"):
+            self._answer(int(self.path.rsplit("/", 1)[1]), b"{}")
+        else:
+            self._answer(200, b'{"ok": true}')
+
+    do_POST = do_GET
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, tls: LoopbackTls | None = None) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.seen: list[tuple[str, str, dict[str, str], bytes]] = []
+        self.peers: set[tuple[str, int]] = set()
+        self.lock = threading.Lock()
+        if tls is not None:
+            self.socket = tls.server_context().wrap_socket(self.socket, server_side=True)
+        self.scheme = "https" if tls else "http"
+
+    def url(self, host: str = "127.0.0.1") -> str:
+        return f"{self.scheme}://{host}:{self.server_address[1]}"
+
+
+def serving(tls: LoopbackTls | None = None) -> Iterator[Server]:
+    server = Server(tls)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def plain() -> Iterator[Server]:
+    yield from serving()
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> LoopbackTls:
+    return make_loopback_tls(tmp_path / "tls")
+
+
+@pytest.fixture
+def secure(tls: LoopbackTls, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls.ca_file))
+    tls_context.cache_clear()
+    yield from serving(tls)
+    tls_context.cache_clear()
+
+
+# --- what goes on the wire ---
+
+
+def test_a_call_sends_what_requests_sent(plain: Server) -> None:
+    """User-Agent, Accept, Accept-Encoding; params encoded like requests did (space `+`);
+    a JSON body with its type; a form with its type."""
+    session = build_session(2.0, 5.0)
+    session.post(f"{plain.url()}/file?a=1", params={"filename": "ABC 2024+x.csv"}, json={"k": 1})
+    session.post(f"{plain.url()}/token", data={"grant_type": "refresh_token", "x": "a&b"})
+    (_, path, headers, body), (_, _, form_headers, form) = plain.seen
+    assert path == "/file?a=1&filename=ABC+2024%2Bx.csv"
+    assert headers["User-Agent"].startswith("scorefetch/")
+    assert headers["Accept"] == "*/*" and "gzip" in headers["Accept-Encoding"]
+    assert headers["Content-Type"] == "application/json" and json.loads(body) == {"k": 1}
+    assert form_headers["Content-Type"] == "application/x-www-form-urlencoded"
+    assert form == b"grant_type=refresh_token&x=a%26b"
+
+
+def test_a_callers_header_wins_over_the_sessions(plain: Server) -> None:
+    build_session().get(f"{plain.url()}/x", headers={"Accept": "application/json"})
+    assert plain.seen[0][2]["Accept"] == "application/json"
+
+
+def test_an_answer_reads_as_text_json_and_status(plain: Server) -> None:
+    session = build_session()
+    answer = session.get(f"{plain.url()}/x")
+    assert answer.status_code == 200 and answer.json() == {"ok": True}
+    assert answer.text == '{"ok": true}' and answer.elapsed >= 0
+    answer.raise_for_status()
+    with pytest.raises(StatusError) as caught:
+        session.get(f"{plain.url()}/status/503").raise_for_status()
+    assert caught.value.status == 503 and describe(caught.value).startswith("StatusError")
+
+
+def test_a_redirect_is_never_followed(plain: Server) -> None:
+    answer = build_session().get(f"{plain.url()}/status/302")
+    assert answer.status_code == 302 and len(plain.seen) == 1
+
+
+def test_listeners_hear_every_answer(plain: Server) -> None:
+    session = build_session()
+    heard: list[int] = []
+    session.on_answer.append(lambda answer: heard.append(answer.status_code))
+    session.get(f"{plain.url()}/x")
+    session.get(f"{plain.url()}/status/404")
+    assert heard == [200, 404]
+
+
+# --- which connection carries it ---
+
+
+def test_a_connection_is_reused_once_its_answer_is_read(plain: Server) -> None:
+    session = build_session()
+    for _ in range(3):
+        session.get(f"{plain.url()}/x")
+    with session.get(f"{plain.url()}/big", stream=True) as answer:
+        assert b"".join(answer.iter_content(65536)) == BIG
+    session.get(f"{plain.url()}/x")
+    assert len(plain.peers) == 1
+
+
+def test_a_body_left_unread_closes_its_connection(plain: Server) -> None:
+    """The next call cannot start on a connection with the rest of a body in it."""
+    session = build_session()
+    with session.get(f"{plain.url()}/big", stream=True) as answer:
+        assert len(next(answer.iter_content(1024))) <= 1024
+    assert session.get(f"{plain.url()}/x").json() == {"ok": True}
+    assert len(plain.peers) == 2
+
+
+def test_a_refused_connection_is_a_connect_failure_that_names_the_host() -> None:
+    with Recorder() as closed:
+        port = closed.port
+    with pytest.raises(ConnectFailed) as caught:
+        build_session(1.0, 1.0).get(f"http://127.0.0.1:{port}/a.csv?X-Amz-Signature=s3cr3t")
+    text = describe(caught.value)
+    assert "ECONNREFUSED" in text and "127.0.0.1" in text and "s3cr3t" not in text
+
+
+# --- which certificate verifies it ---
+
+
+def test_https_verifies_against_the_bundle_and_the_name(secure: Server) -> None:
+    session = build_session(2.0, 5.0)
+    assert session.get(f"{secure.url()}/x").json() == {"ok": True}
+    assert session.get(f"{secure.url('localhost')}/x").json() == {"ok": True}
+
+
+def test_one_tls_context_serves_every_connection(secure: Server) -> None:
+    """The CA bundle is read once for the process, not once per connection or pool."""
+    for session in (build_session(), build_session()):
+        session.get(f"{secure.url()}/x")
+        session.get(f"{secure.url('localhost')}/x")
+    info = tls_context.cache_info()
+    assert info.misses == 1 and info.currsize == 1 and len(secure.peers) == 4
+
+
+def test_plain_http_never_loads_a_ca_bundle(plain: Server) -> None:
+    tls_context.cache_clear()
+    build_session().get(f"{plain.url()}/x")
+    assert tls_context.cache_info().currsize == 0
+
+
+def test_a_certificate_from_another_ca_is_refused(
+    secure: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = make_loopback_tls(tmp_path / "other")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(other.ca_file))
+    with pytest.raises(ConnectFailed) as caught:
+        build_session(2.0, 2.0).get(f"{secure.url()}/x")
+    assert "SSL" in describe(caught.value) and secure.seen == []
+
+
+def test_a_name_the_certificate_does_not_carry_is_refused(secure: Server) -> None:
+    """The certificate is for 127.0.0.1 and localhost; 127.0.0.2 reaches the same server."""
+    with pytest.raises(ConnectFailed):
+        build_session(2.0, 2.0).get(f"{secure.url('127.0.0.2')}/x")
+    assert secure.seen == []
+
+
+def test_the_default_bundle_refuses_a_private_ca(
+    tls: LoopbackTls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    for server in serving(tls):
+        with pytest.raises(HttpError):
+            build_session(2.0, 2.0).get(f"{server.url()}/x")
+        assert server.seen == []
+    assert tls_context(None).verify_mode == ssl.CERT_REQUIRED
+
+
+# --- which proxy it goes through ---
+
+
+def test_a_proxy_login_in_the_environment_is_sent_to_the_proxy_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with Recorder() as proxy:
+        monkeypatch.setenv("http_proxy", proxy.url.replace("http://", "http://of%40fice:p%3Ass@"))
+        build_session(2.0, 2.0).get("http://files.example/a.csv")
+    sent = proxy.everything()
+    login = base64.b64encode(b"of@fice:p:ss").decode()
+    assert f"Proxy-Authorization: Basic {login}".encode() in sent
+    assert b"GET http://files.example/a.csv" in sent
+
+
+@pytest.mark.parametrize("no_proxy", ["127.0.0.0/8", "10.0.0.1, 127.0.0.1", "*", "10.0.0.0/8"])
+def test_no_proxy_names_and_networks_bypass_the_proxy(
+    no_proxy: str, plain: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host NO_PROXY names, by address, network (as requests read it) or `*`, is reached
+    directly; one it does not name goes through the proxy."""
+    with Recorder() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("NO_PROXY", no_proxy)
+        build_session(2.0, 2.0).get(f"{plain.url()}/x")
+    direct = no_proxy != "10.0.0.0/8"
+    assert (len(plain.seen) == 1) is direct
+    assert (proxy.connections == 0) is direct

@@ -6,10 +6,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from scorefetch.collegeboard.client import CollegeBoard
 from scorefetch.collegeboard.deliveries import CollegeBoardDeliveries
-from scorefetch.collegeboard.doctor import check
 from scorefetch.collegeboard.notifications import (
     Notification,
     may_be_notification,
@@ -21,9 +21,11 @@ from scorefetch.config import ImapConfig, SourceSettings
 from scorefetch.core.errors import LedgerError
 from scorefetch.core.http import build_session
 from scorefetch.core.loops import Periodic, Supervised
-from scorefetch.doctor.checks import Check, Clock
 from scorefetch.mailbox.watcher import MailboxWatcher, Refusal
 from scorefetch.source import Listing, Say, SourceBase, Wiring, again
+
+if TYPE_CHECKING:
+    from scorefetch.doctor.checks import Check, Clock
 
 
 class CollegeBoardSource(SourceBase[CollegeBoardDeliveries]):
@@ -45,6 +47,8 @@ class CollegeBoardSource(SourceBase[CollegeBoardDeliveries]):
     @classmethod
     def doctor(cls, section: SourceSettings, clock: Clock) -> Check | None:
         assert isinstance(section, CollegeBoardConfig)
+        from scorefetch.collegeboard.doctor import check  # doctor's, not the daemon's
+
         return check(section, clock)
 
     @classmethod

@@ -10,7 +10,6 @@ its own folder; `schema()` composes them with these into the Config that `load()
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -232,6 +231,8 @@ def _describe(path: Path, error: Any, model: type[Config]) -> str:
     line = configfile.describe(path, error)
     if error["type"] == "extra_forbidden":
         *parents, key = (p for p in error["loc"] if not (isinstance(p, str) and "[" in p))
+        import difflib  # only for a key nobody knows
+
         guess = difflib.get_close_matches(
             str(key), _keys_at(tuple(parents), model), n=1, cutoff=0.7
         )

@@ -4,18 +4,15 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 
 
 @functools.cache
 def libc() -> ctypes.CDLL | None:
-    """The C library (errno kept for ctypes.get_errno), or None where it cannot be found
-    (`find_library` runs ldconfig: once per process, not per call)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    """The C library the interpreter already runs with (errno kept for ctypes.get_errno):
+    the process's own symbols, so no `find_library` (an ldconfig subprocess, and
+    ctypes.util with subprocess imported for good), or None where there are none."""
     try:
-        return ctypes.CDLL(name, use_errno=True)
+        return ctypes.CDLL(None, use_errno=True)
     except OSError:
         return None

@@ -26,7 +26,9 @@ from scorefetch.encoura.client import KNOWN_PRODUCT_KEYS as KNOWN_PRODUCT_KEYS  
 from scorefetch.encoura.client import UNLISTED, Encoura, Export
 from scorefetch.encoura.settings import EncouraConfig
 
-LISTING_PASS = "encoura.pass"  # noqa: S105 - not a password; positions: encoura.pass.<key>.started / .completed (ISO, UTC)
+# Positions encoura.pass.<key>.started / .completed (ISO, UTC); `status` reads them.
+from scorefetch.encoura.source import LISTING_PASS as LISTING_PASS  # tests read it here
+
 HISTORY = "encoura.history"  # positions: encoura.history.<key>: uids Delivered before we kept it
 RECOVERY_MARGIN = timedelta(days=1)  # exports may be created well before they are listable
 

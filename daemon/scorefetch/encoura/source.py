@@ -1,31 +1,30 @@
 """Encoura as a source: the poller lists each product key and lands the new exports;
-`fetch` by export uid, `sync` also lists Delivered exports."""
+`fetch` by export uid, `sync` also lists Delivered exports.
+
+The client, the poller and the doctor check are imported when Encoura is enabled (or
+its doctor check runs): a College-Board-only daemon does not carry them."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from scorefetch.config import SourceSettings
 from scorefetch.core.errors import VendorError
 from scorefetch.core.http import build_session
-from scorefetch.doctor.checks import Check, Clock
-from scorefetch.encoura.client import Encoura
-from scorefetch.encoura.doctor import check
-from scorefetch.encoura.poller import (
-    KNOWN_PRODUCT_KEYS,
-    LISTING_PASS,
-    EncouraDeliveries,
-    locate,
-    recover,
-    start_poller,
-)
 from scorefetch.encoura.settings import EncouraConfig
 from scorefetch.source import Listing, Say, SourceBase, Wiring, again
 
+if TYPE_CHECKING:
+    from scorefetch.doctor.checks import Check, Clock
+    from scorefetch.encoura.poller import EncouraDeliveries  # noqa: F401 - the base's type
 
-class EncouraSource(SourceBase[EncouraDeliveries]):
+LISTING_PASS = "encoura.pass"  # noqa: S105 - not a password: the poller's ledger positions
+
+
+class EncouraSource(SourceBase["EncouraDeliveries"]):
     vendor = "encoura"
     settings = EncouraConfig
     title = "Encoura"
@@ -33,11 +32,16 @@ class EncouraSource(SourceBase[EncouraDeliveries]):
     @classmethod
     def create(cls, section: SourceSettings, wiring: Wiring) -> EncouraSource:
         assert isinstance(section, EncouraConfig)
+        from scorefetch.encoura.client import Encoura
+        from scorefetch.encoura.poller import EncouraDeliveries
+
         return cls(wiring.lane(EncouraDeliveries, Encoura(section, build_session())))
 
     @classmethod
     def doctor(cls, section: SourceSettings, clock: Clock) -> Check | None:
         assert isinstance(section, EncouraConfig)
+        from scorefetch.encoura.doctor import check
+
         return check(section, clock)
 
     @classmethod
@@ -60,6 +64,8 @@ class EncouraSource(SourceBase[EncouraDeliveries]):
     def start(self, stop: threading.Event, running: threading.Event) -> threading.Event:
         """Log in now so that an ambiguous organization stops the start (exit 78); a vendor
         outage does not: the poller logs in again on its first pass."""
+        from scorefetch.encoura.poller import KNOWN_PRODUCT_KEYS, start_poller
+
         for key in self.deliveries.config.product_keys:
             if key not in KNOWN_PRODUCT_KEYS:
                 self._log.warning(
@@ -76,6 +82,8 @@ class EncouraSource(SourceBase[EncouraDeliveries]):
         return watching
 
     def fetch(self, keys: list[str], say: Say, *, force: bool = False) -> list[str]:
+        from scorefetch.encoura.poller import locate
+
         ready = locate(self.deliveries, keys)
         for uid in keys:
             row = self.deliveries.ledger.get(self.vendor, uid)
@@ -88,6 +96,8 @@ class EncouraSource(SourceBase[EncouraDeliveries]):
         return ready
 
     def sync(self, since: datetime, say: Say) -> list[str]:
+        from scorefetch.encoura.poller import recover
+
         uids = recover(self.deliveries, since)
         say(f"encoura: {len(uids)} exports since {since.date().isoformat()} to download")
         return uids

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, Self, TypeVar
 
 from scorefetch.config import Config, SourceSettings
 from scorefetch.core import logs
@@ -25,7 +25,9 @@ from scorefetch.core.errors import Failure, ScorefetchError, VendorError
 from scorefetch.core.events import Events
 from scorefetch.core.ledger import Ledger
 from scorefetch.core.loops import Periodic, Supervised
-from scorefetch.doctor.checks import Check, Clock
+
+if TYPE_CHECKING:  # doctor's; the daemon never loads it
+    from scorefetch.doctor.checks import Check, Clock
 
 D = TypeVar("D", bound=Deliveries[Any])
 Say = Callable[[str], None]  # a line for the person at the terminal (fetch, sync)
@@ -56,6 +58,16 @@ __all__ = [  # what a vendor's folder builds on
     "land",
     "stop_all",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """`Check` and `Clock` are doctor's: loaded when a vendor's doctor check asks for them,
+    never by the daemon."""
+    if name in ("Check", "Clock"):
+        from scorefetch.doctor import checks
+
+        return getattr(checks, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Source(Protocol):

@@ -4,20 +4,38 @@ carries it, which certificate verifies it, and which proxy it goes through."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
+import select
+import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
-from scorefetch.core.errors import describe
-from scorefetch.core.http import ConnectFailed, HttpError, StatusError, build_session, tls_context
+from scorefetch.config.sources import MicrosoftOAuth
+from scorefetch.core.answers import json_answer
+from scorefetch.core.errors import Failure, TokenError, VendorError, describe
+from scorefetch.core.http import (
+    ConnectFailed,
+    HttpError,
+    StatusError,
+    _proxy,
+    build_session,
+    deadline,
+    tls_context,
+)
+from scorefetch.mailbox.tokens import MicrosoftTokens
 from tests.standins.recorder import Recorder
 from tests.standins.tls import LoopbackTls, make_loopback_tls
+from tests.support import wait_until
 
 BIG = b"x" * (256 * 1024)
 
@@ -54,6 +72,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a refused handshake, a dropped client: what these tests make happen
 
     def __init__(self, tls: LoopbackTls | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
@@ -257,3 +278,228 @@ def test_no_proxy_names_and_networks_bypass_the_proxy(
     direct = no_proxy != "10.0.0.0/8"
     assert (len(plain.seen) == 1) is direct
     assert (proxy.connections == 0) is direct
+
+
+# --- what a hostile answer or URL cannot make of a call ---
+
+
+def test_a_header_with_a_line_break_fails_the_call_and_quotes_nothing(plain: Server) -> None:
+    """A vendor's token sent back as a header (Encoura's sessionToken, msal's telemetry of
+    an authority's error) with a line break in it: http.client refuses it quoting the
+    value; the call fails as a connection does, retried, and says only the class."""
+    token = {"Authorization": "JWT eyJ.S3SSIONSECRET.x\r\nX-Injected: 1"}
+    with pytest.raises(ConnectFailed) as caught:
+        build_session().get(f"{plain.url()}/x", headers=token)
+    assert "S3SSIONSECRET" not in repr(caught.value) + describe(caught.value)
+    with pytest.raises(VendorError) as api:
+        json_answer(build_session(), "GET", f"{plain.url()}/x", "/exports", headers=token)
+    assert api.value.kind == Failure.TRANSIENT and "S3SSIONSECRET" not in str(api.value)
+    assert plain.seen == []
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[::1/x", "http://[v1.x]/x", "http://h:99999/x", "x", "ftp://h/x", "//h/x"]
+)
+def test_an_unreadable_url_fails_the_call(url: str) -> None:
+    with pytest.raises(HttpError):
+        build_session(1.0, 1.0).get(url)
+
+
+def test_a_connection_back_in_the_pool_leaves_the_deadline(plain: Server) -> None:
+    """A download's deadline runs on through its fsync and rename, after its connection
+    went back to the pool: passing then, it must not shut that connection under the next
+    call (another thread's, in the daemon)."""
+    session = build_session()
+    with deadline(60.0) as clock:
+        session.get(f"{plain.url()}/x")
+        clock._fire()  # the deadline passes while the file is being placed
+    assert session.get(f"{plain.url()}/x").json() == {"ok": True}
+    assert len(plain.peers) == 1
+
+
+def test_the_shared_context_offers_http1_once_and_for_all(secure: Server) -> None:
+    """urllib3 sets ALPN at every connection; on the one context the threads share, that
+    would free a list another thread's handshake may be copying. It is set once."""
+    build_session().get(f"{secure.url()}/x")
+    context = tls_context(os.environ["REQUESTS_CA_BUNDLE"])
+    context.set_alpn_protocols(["h2"])  # what a later connection's call does: nothing
+    assert build_session().get(f"{secure.url('localhost')}/x").status_code == 200
+
+
+# --- proxies that speak TLS or IPv6 ---
+
+
+class TunnelProxy:
+    """A CONNECT proxy (TLS to the client when given a certificate) that sends every
+    tunnel to `target` on 127.0.0.1 and keeps each request head it was sent."""
+
+    def __init__(self, target: int, tls: LoopbackTls | None = None) -> None:
+        self.target, self.tls, self.heads = target, tls, list[bytes]()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.listener.accept()
+                threading.Thread(target=self._tunnel, args=(conn,), daemon=True).start()
+
+    def _tunnel(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError, ssl.SSLError):
+            if self.tls is not None:
+                conn = self.tls.server_context().wrap_socket(conn, server_side=True)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096) or b"\r\n\r\n"
+            self.heads.append(head)
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            pair = {conn: upstream, upstream: conn}
+            while True:
+                ready, _, _ = select.select(list(pair), [], [], 10)
+                data = ready[0].recv(65536) if ready else b""
+                if not data:
+                    return
+                pair[ready[0]].sendall(data)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_an_https_proxy_is_verified_with_the_same_bundle(
+    secure: Server, tls: LoopbackTls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTPS_PROXY=https://…: the proxy's certificate is checked against the bundle the
+    vendors' are (REQUESTS_CA_BUNDLE here), not the OS store; the tunnel carries TLS to
+    the vendor verified as ever."""
+    proxy = TunnelProxy(secure.server_address[1], tls)
+    try:
+        monkeypatch.setenv("HTTPS_PROXY", f"https://localhost:{proxy.port}")
+        answer = build_session(2.0, 5.0).get(f"{secure.url('localhost')}/x")
+    finally:
+        proxy.close()
+    assert answer.json() == {"ok": True}
+    assert proxy.heads[0].startswith(b"CONNECT localhost:")
+
+
+@pytest.mark.parametrize("no_proxy", ["::1", "[::1]", "::/64", "localhost,::1"])
+def test_no_proxy_names_an_ipv6_address_as_requests_read_it(
+    no_proxy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", no_proxy)
+    assert _proxy("http://[::1]:8080/a.csv") is None
+    beyond = None if no_proxy == "::/64" else "http://proxy.example:3128"  # ::2 in ::/64
+    assert _proxy("http://[::2]:8080/a.csv") == beyond
+
+
+# --- msal over this session (Microsoft 365) ---
+
+
+class Authority(BaseHTTPRequestHandler):
+    """An https OAuth2 authority: discovery, and client-credentials tokens that msal is
+    told to refresh after a second; `down` drops every token request, `status` answers
+    it with that status."""
+
+    protocol_version = "HTTP/1.1"
+    down = False
+    status = 200
+    issued = 0
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _json(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        port = self.server.server_address[1]  # type: ignore[index]
+        base = f"https://localhost:{port}/tenant"
+        self._json(
+            200,
+            {
+                "issuer": f"{base}/v2.0",
+                "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                "token_endpoint": f"{base}/oauth2/v2.0/token",
+            },
+        )
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if Authority.down:
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if Authority.status != 200:
+            self._json(Authority.status, {"error": "temporarily_unavailable"})
+            return
+        Authority.issued += 1
+        self._json(
+            200,
+            {
+                "token_type": "Bearer",
+                "access_token": f"AT-{Authority.issued}",
+                "expires_in": 3600,
+                "refresh_in": 1,
+            },
+        )
+
+
+@pytest.fixture
+def authority(tls: LoopbackTls, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls.ca_file))
+    tls_context.cache_clear()
+    Authority.down, Authority.status, Authority.issued = False, 200, 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Authority)
+    server.daemon_threads = True
+    server.handle_error = lambda *_: None  # type: ignore[method-assign]
+    server.socket = tls.server_context().wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"https://localhost:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        tls_context.cache_clear()
+
+
+def microsoft(authority: str) -> MicrosoftTokens:
+    config = MicrosoftOAuth(
+        method="xoauth2",
+        provider="microsoft",
+        tenant_id="tenant",
+        client_id="app",
+        client_secret=SecretStr("app-secret"),
+        authority=authority,
+    )
+    return MicrosoftTokens(config, build_session(2.0, 2.0))
+
+
+def test_msal_keeps_a_valid_token_while_its_early_refresh_fails(authority: str) -> None:
+    """msal refreshes a token early (`refresh_in`) and, when that call fails with the HTTP
+    client's exception, keeps the one it has: our session's exception must be the one it
+    knows, or an authority outage becomes a failed login while the token is still good."""
+    tokens = microsoft(authority)
+    first = tokens.fetch()
+    assert first.token == "AT-1"
+    started = time.time()
+    wait_until(lambda: time.time() > started + 1.5, timeout=10)  # past msal's refresh_on
+    Authority.down = True
+    assert tokens.fetch().token == "AT-1"
+    Authority.down = False
+    assert tokens.fetch().token == "AT-2"  # refreshed once the authority answers
+
+
+def test_a_token_service_error_is_a_passing_failure(authority: str) -> None:
+    """A 5xx at the token endpoint (msal raises its own MsalServiceError) is a TokenError
+    that a retry may cure, not a crash of the mailbox loop."""
+    Authority.status = 503
+    with pytest.raises(TokenError) as caught:
+        microsoft(authority).fetch()
+    assert caught.value.refused is False and "app-secret" not in str(caught.value)

@@ -88,6 +88,10 @@ class Deadline:
         if expired:
             _shut(sock)
 
+    def unwatch(self, sock: Any) -> None:
+        with self._lock, suppress(ValueError):
+            self._sockets.remove(sock)
+
     def _fire(self) -> None:
         with self._lock:
             self.expired = True
@@ -144,11 +148,23 @@ class _HTTPSConnection(_Watched, HTTPSConnection):
     pass
 
 
-class _HTTPPool(HTTPConnectionPool):
+class _Returned:
+    """A connection going back to the pool leaves the thread's Deadline: that deadline
+    goes on (a download's covers its fsync and rename) and must not shut the socket under
+    the next call, another thread's perhaps, that takes the connection."""
+
+    def _put_conn(self, conn: Any) -> None:
+        limit: Deadline | None = getattr(_current, "deadline", None)
+        if limit is not None and conn is not None:
+            limit.unwatch(conn.sock)
+        super()._put_conn(conn)  # type: ignore[misc]
+
+
+class _HTTPPool(_Returned, HTTPConnectionPool):
     ConnectionCls = _HTTPConnection
 
 
-class _HTTPSPool(HTTPSConnectionPool):
+class _HTTPSPool(_Returned, HTTPSConnectionPool):
     """Connections verified with the process's one context for the CA bundle in use,
     loaded when the first https pool is made (plain-http work never loads one)."""
 
@@ -197,6 +213,15 @@ class StatusError(HttpError):
         self.status = status
 
 
+def _host(url: str) -> str | None:
+    """The host `url` names, for an error's text; None when it cannot be read (the call
+    then fails as urllib3 reads it)."""
+    try:
+        return urlsplit(url).hostname
+    except ValueError:
+        return None
+
+
 def _lost(exc: BaseException, host: str | None) -> HttpError:
     if isinstance(exc, MaxRetryError) and exc.reason is not None:
         exc = exc.reason
@@ -220,7 +245,9 @@ class Response:
     `iter_content` (decoded) or `content`. Close it (or use `with`) to free the
     connection: a body not read to the end closes it rather than return it."""
 
-    def __init__(self, raw: urllib3.BaseHTTPResponse, url: str, elapsed: float) -> None:
+    def __init__(
+        self, raw: urllib3.BaseHTTPResponse, url: str, elapsed: float, host: str | None
+    ) -> None:
         self.raw = raw
         self.url = url
         self.status_code = raw.status
@@ -228,7 +255,7 @@ class Response:
         self.headers = raw.headers  # case-insensitive
         self.elapsed = elapsed  # seconds from the call to the answer's head
         self._content: bytes | None = None
-        self._host = urlsplit(url).hostname
+        self._host = host
 
     def iter_content(self, chunk_size: int) -> Iterator[bytes]:
         """The body, decoded (gzip, deflate), in chunks of at most about `chunk_size`."""
@@ -329,7 +356,9 @@ class Session:
         if kind is not None:
             sent["Content-Type"] = kind
         sent.update(headers or {})
-        host = urlsplit(url).hostname
+        host = _host(url)
+        if not url[:8].lower().startswith(("http://", "https://")):
+            raise ConnectFailed("not an http(s) URL", host)
         began = time.monotonic()
         if stream or getattr(_current, "deadline", None) is not None:
             response = self._send(method, url, body, sent, timeout, stream, host, began)
@@ -372,9 +401,11 @@ class Session:
                 preload_content=False,
                 decode_content=False,
             )
-        except (_LibraryError, OSError) as exc:
+        except (_LibraryError, OSError, ValueError) as exc:
+            # ValueError (UnicodeError too): http.client refusing a header value with a
+            # line break in it (a vendor's token, echoed), quoting the value in its message
             raise _lost(exc, host) from None
-        response = Response(raw, url, time.monotonic() - began)
+        response = Response(raw, url, time.monotonic() - began, host)
         if not stream:
             with response:
                 response.content  # noqa: B018 - read now, within the call's deadline
@@ -418,7 +449,13 @@ def _pools(proxy: str | None) -> urllib3.PoolManager:
     if proxy is None:
         manager = urllib3.PoolManager(**options)
     else:
-        manager = urllib3.ProxyManager(proxy, proxy_headers=_proxy_login(proxy), **options)
+        manager = urllib3.ProxyManager(
+            proxy,
+            proxy_headers=_proxy_login(proxy),
+            # an https proxy is verified as the vendors are (else: the OS store)
+            proxy_ssl_context=tls_context(_ca_bundle()) if proxy.startswith("https:") else None,
+            **options,
+        )
     manager.pool_classes_by_scheme = _POOLS
     return manager
 
@@ -437,6 +474,11 @@ def _proxy_login(proxy: str) -> dict[str, str]:
 def tls_context(bundle: str | None) -> ssl.SSLContext:
     """The one verifying context for a CA bundle (None: certifi's), TLS 1.2 or later."""
     context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
+    # urllib3 sets ALPN on the context at every connection: on a context the threads share,
+    # OpenSSL frees the list while another thread's SSL_new (GIL released) may copy it.
+    # It is set once, here, to what urllib3 asks for, and urllib3's later calls do nothing.
+    context.set_alpn_protocols(urllib3.util.ssl_.ALPN_PROTOCOLS)
+    context.set_alpn_protocols = _alpn_is_set  # type: ignore[method-assign,assignment]
     if bundle is None:
         import certifi  # what requests verified with
 
@@ -452,6 +494,10 @@ def tls_context(bundle: str | None) -> ssl.SSLContext:
             f"CA bundle {bundle!r} cannot be read: {describe(exc)}", errno=code
         ) from None
     return context
+
+
+def _alpn_is_set(protocols: list[str]) -> None:
+    del protocols
 
 
 def _ca_bundle() -> str | None:
@@ -494,14 +540,15 @@ def _proxy_for(scheme: str, netloc: str, environment: tuple[str | None, ...]) ->
 
 
 def _bypassed_network(host: str, proxies: Mapping[str, str]) -> bool:
-    """NO_PROXY's networks (`10.0.0.0/8`), which requests honoured for an address host."""
+    """NO_PROXY's addresses and networks (`::1`, `[::1]`, `10.0.0.0/8`) for an address
+    host, as requests honoured them (urllib compares `[::1]` with `::1` as text)."""
     try:
-        address = ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
     for entry in proxies.get("no", "").split(","):
         with suppress(ValueError):
-            if "/" in entry and address in ipaddress.ip_network(entry.strip(), strict=False):
+            if address in ipaddress.ip_network(entry.strip().strip("[]"), strict=False):
                 return True
     return False
 

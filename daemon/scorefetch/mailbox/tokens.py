@@ -131,7 +131,11 @@ class MicrosoftTokens:
         try:
             if self._app is None:
                 self._app = self._build()
-            result = self._app.acquire_token_for_client(scopes=[self._config.scope])
+            # msal answers from its cache when a refresh fails with one of these (by
+            # default requests' exceptions, which our session does not raise)
+            result = self._app.acquire_token_for_client(
+                scopes=[self._config.scope], http_exceptions=(HttpError,)
+            )
         except HttpError as exc:
             raise TokenError(
                 f"microsoft token request failed: {_http_error(exc)}", refused=False
@@ -139,6 +143,12 @@ class MicrosoftTokens:
         except ValueError as exc:  # msal: the tenant's discovery document was refused
             raise TokenError(
                 f"microsoft authority refused: {untrusted(str(exc), 200)}", refused=True
+            ) from None
+        except Exception as exc:  # msal's own: MsalServiceError for a 5xx, say
+            if not type(exc).__module__.startswith("msal"):
+                raise
+            raise TokenError(
+                f"microsoft token request failed: {_http_error(exc)}", refused=False
             ) from None
         return _grant("microsoft", result)
 

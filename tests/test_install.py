@@ -254,7 +254,7 @@ def test_readme_install_path_lands_a_file(
     assert owner(confdir / "config.yaml") == ("root", USER, 0o640)
     assert owner(statedir) == (USER, USER, 0o700)
     assert (prefix / "contrib" / "mail-office").stat().st_mode & 0o111
-    import_metrics = [str(prefix / "bin" / "python"), "-c", "import prometheus_client"]
+    import_metrics = [str(prefix / "bin" / "python"), "-c", "import scorefetch.observers.metrics"]
     assert subprocess.run(import_metrics, capture_output=True, timeout=60).returncode == 0
     # The wheel ships the demo's sandbox, never the tests' faults and hostile mode.
     where = [str(prefix / "bin" / "python"), "-c", "import scorefetch; print(scorefetch.__file__)"]

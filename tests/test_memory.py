@@ -72,16 +72,19 @@ def test_without_the_c_library_both_do_nothing(monkeypatch: pytest.MonkeyPatch) 
 
 def test_every_library_the_daemon_may_load_leaves_out_what_it_never_uses() -> None:
     """In a fresh interpreter, the daemon's modules and every library a configuration may
-    load (paramiko for a `forward`, msal for `xoauth2`, prometheus_client for `metrics`)
-    import no encoding guesser (requests'), no invoke (paramiko's, for ssh_config's `Match
-    exec`), and so no asyncio or unittest: megabytes resident for the life of the service.
+    load (paramiko for a `forward`, msal for `xoauth2`, the metrics) import no encoding
+    guesser (requests', under msal), no invoke (paramiko's, for ssh_config's `Match
+    exec`), and so no asyncio or unittest, and no prometheus_client (its http.server,
+    wsgiref, urllib.request): megabytes resident for the life of the service.
     paramiko's reading of the absence is checked too: no `Match exec`, nothing else lost."""
     script = """
 import json, sys
 import scorefetch.cli, scorefetch.service
-import msal, paramiko, prometheus_client, requests
+import msal, paramiko, requests
+import scorefetch.observers.metrics, scorefetch.observers.listener
 from paramiko.config import invoke_import_error
-unwanted = ["charset_normalizer", "chardet", "invoke", "asyncio", "unittest", "bs4", "structlog"]
+unwanted = ["charset_normalizer", "chardet", "invoke", "asyncio", "unittest", "bs4", "structlog",
+            "prometheus_client", "wsgiref"]
 print(json.dumps([[m for m in unwanted if m in sys.modules and sys.modules[m] is not None],
                   type(invoke_import_error).__name__]))
 """

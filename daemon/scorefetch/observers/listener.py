@@ -1,12 +1,13 @@
 """The metrics HTTP endpoint (`metrics.listen`): bounded whatever connects to it.
 
-prometheus_client's `start_http_server` runs a thread per connection with no timeout and
-no cap: about a thousand idle connections took every file descriptor of the daemon, and
-every vendor call failed with EMFILE. Here one thread serves every connection
-(selectors, non-blocking): a request is read within DEADLINE_S and MAX_REQUEST bytes,
-at most MAX_CONNECTIONS are open at once (the oldest is closed for a new one), and the
-answer is written with a WRITE_TIMEOUT_S bound. An idle connection costs a descriptor
-for a few seconds, never a thread, and never holds up a scrape.
+prometheus_client's `start_http_server` (what served metrics once) runs a thread per
+connection with no timeout and no cap: about a thousand idle connections took every file
+descriptor of the daemon, and every vendor call failed with EMFILE. Here one thread
+serves every connection (selectors, non-blocking): a request is read within DEADLINE_S
+and MAX_REQUEST bytes, at most MAX_CONNECTIONS are open at once (the oldest is closed
+for a new one), and the answer is written with a WRITE_TIMEOUT_S bound. An idle
+connection costs a descriptor for a few seconds, never a thread, and never holds up a
+scrape.
 """
 
 from __future__ import annotations

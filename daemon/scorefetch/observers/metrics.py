@@ -1,8 +1,8 @@
 """Prometheus metrics: counters from the delivery events, gauges read from the ledger at
 scrape time, served over HTTP (`metrics.listen`) and/or written for node_exporter's
-textfile collector (`metrics.textfile`).
+textfile collector (`metrics.textfile`), in the text format of `exposition.py`.
 
-Needs the `metrics` extra (prometheus-client); imported only when `metrics:` is configured.
+Imported only when `metrics:` is configured.
 """
 
 from __future__ import annotations
@@ -11,10 +11,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from scorefetch.config import MetricsConfig
 from scorefetch.core import files, logs
@@ -30,6 +26,7 @@ from scorefetch.core.events import (
 )
 from scorefetch.core.ledger import Ledger
 from scorefetch.observers.alarms import FAILING, watcher_key
+from scorefetch.observers.exposition import Counter, Family, GaugeFamily, Histogram, Registry
 from scorefetch.observers.listener import MetricsListener
 
 # Notification → file: seconds on loopback, minutes on a retry, hours after an outage.
@@ -42,7 +39,7 @@ def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
-class _LedgerCollector(Collector):
+class _LedgerCollector:
     """Gauges that are state, not events: read from the ledger at each scrape, so they are
     right after a restart too."""
 
@@ -55,8 +52,8 @@ class _LedgerCollector(Collector):
         self._backlog = backlog
         self._started = time.time()
 
-    def collect(self) -> Iterable[Metric]:
-        pending = GaugeMetricFamily(
+    def __call__(self) -> Iterable[Family]:
+        pending = GaugeFamily(
             "scorefetch_pending_deliveries",
             "Files announced but not landed yet (pending or retrying)",
             labels=["vendor"],
@@ -65,7 +62,7 @@ class _LedgerCollector(Collector):
         for vendor in sorted({*self._vendors, *counts}):
             pending.add_metric([vendor], counts.get(vendor, 0))
         yield pending
-        last = GaugeMetricFamily(
+        last = GaugeFamily(
             "scorefetch_last_delivery_timestamp_seconds",
             "When the vendor's latest file landed (Unix time)",
             labels=["vendor"],
@@ -74,7 +71,7 @@ class _LedgerCollector(Collector):
             last.add_metric([vendor], _epoch(at))
         yield last
         watcher = self._ledger.watcher()
-        auth = GaugeMetricFamily(
+        auth = GaugeFamily(
             "scorefetch_auth_failing",
             "1 while a vendor (or `imap`) refuses the credentials, from the first refusal to "
             "the next success",
@@ -88,13 +85,13 @@ class _LedgerCollector(Collector):
             value, at = watcher.get("connected", ("no", ""))
             # A "yes" left by an earlier run (killed while connected) is not this run's.
             current = bool(at) and _epoch(at) >= self._started - 1
-            yield GaugeMetricFamily(
+            yield GaugeFamily(
                 "scorefetch_imap_connected",
                 "1 while the IMAP folder is selected and watched",
                 value=1 if value == "yes" and current else 0,
             )
         if self._backlog is not None:
-            backlog = GaugeMetricFamily(
+            backlog = GaugeFamily(
                 "scorefetch_forward_backlog",
                 "Landed files not yet uploaded to the destination",
                 labels=["destination"],
@@ -118,39 +115,32 @@ class Metrics:
         backlog: Backlog | None = None,
     ) -> None:
         self.config = config
-        self.registry = CollectorRegistry()
+        self.registry = Registry()
         vendors = tuple(vendors)
         self._ledger = ledger
         self.deliveries = Counter(
             "scorefetch_deliveries",
             "Delivery outcomes: downloaded, failed (one per failed round), skipped",
             ["vendor", "outcome"],
-            registry=self.registry,
         )
-        self.bytes = Counter(
-            "scorefetch_delivery_bytes",
-            "Bytes of files landed",
-            ["vendor"],
-            registry=self.registry,
-        )
+        self.bytes = Counter("scorefetch_delivery_bytes", "Bytes of files landed", ["vendor"])
         self.latency = Histogram(
             "scorefetch_notification_to_file_seconds",
             "From the announcement (mail, listing) to the file under its final name",
             buckets=LATENCY_BUCKETS,
-            registry=self.registry,
         )
         self.forwards = Counter(
             "scorefetch_forward",
             "Forward outcomes per destination: uploaded, failed",
             ["destination", "outcome"],
-            registry=self.registry,
         )
         self.suspect = Counter(
             "scorefetch_suspect_files",
             "Files landed that disagree with the vendor's own size or record count",
             ["vendor"],
-            registry=self.registry,
         )
+        for metric in (self.deliveries, self.bytes, self.latency, self.forwards, self.suspect):
+            self.registry.register(metric.collect)
         for vendor in vendors:  # every series exists from the start, at 0: rate() works
             self.bytes.labels(vendor)
             self.suspect.labels(vendor)
@@ -189,7 +179,7 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The metrics in Prometheus' text format."""
-        return generate_latest(self.registry)
+        return self.registry.exposition()
 
     def start(self) -> None:
         """Listen and/or start writing the textfile; ScorefetchError when the port is taken."""

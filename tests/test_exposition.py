@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from typing import Any
 
 import prometheus_client as reference
@@ -111,3 +112,57 @@ def test_a_counter_only_goes_up() -> None:
         ours.Counter("c", "c", ["v"]).labels("x").inc(-1)
     with pytest.raises(ValueError, match="labels"):
         ours.Counter("c", "c", ["v"]).labels("x", "y")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ours.Counter("deliveries_total", "twice _total", []),
+        lambda: ours.Counter("a-b", "not a name", []),
+        lambda: ours.Counter("c", "a label named le", ["le"]),
+        lambda: ours.Histogram("h", "+Inf twice", [1, math.inf]),
+        lambda: ours.Histogram("h", "unsorted", [2, 1]),
+        lambda: ours.Histogram("h", "repeated", [1, 1]),
+        lambda: ours.Histogram("h", "negative", [-1, 1]),
+        lambda: ours.Histogram("h", "none", []),
+    ],
+)
+def test_what_prometheus_client_refused_or_wrote_otherwise_is_refused(make: Any) -> None:
+    """Metrics whose text would differ from prometheus_client's (a second `+Inf` series,
+    `_total_total`, a dropped `_sum`) are not made at all."""
+    with pytest.raises(ValueError):
+        make()
+
+
+def test_a_counter_without_series_and_concurrent_counting() -> None:
+    """No series yet: HELP and TYPE alone (a forward with no destinations). Counting from
+    threads while the text is written loses nothing."""
+    idle = ours.Counter("scorefetch_forward", "none yet", ["destination", "outcome"])
+    assert ours.render(idle.collect()) == (
+        b"# HELP scorefetch_forward_total none yet\n# TYPE scorefetch_forward_total counter\n"
+    )
+    counter = ours.Counter("c", "c", ["v"])
+    histogram = ours.Histogram("h", "h", [1.0])
+    registry = ours.Registry()
+    registry.register(counter.collect)
+    registry.register(histogram.collect)
+
+    def count() -> None:
+        for _ in range(2000):
+            counter.labels("x").inc()
+            histogram.observe(0.5)
+
+    workers = [threading.Thread(target=count) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    while any(worker.is_alive() for worker in workers):
+        registry.exposition()
+    for worker in workers:
+        worker.join()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(registry.exposition().decode())
+        for s in family.samples
+    }
+    assert samples[("c_total", (("v", "x"),))] == 8000
+    assert samples[("h_count", ())] == samples[("h_bucket", (("le", "+Inf"),))] == 8000

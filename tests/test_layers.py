@@ -201,8 +201,9 @@ def declared_modules(extras: Iterable[str]) -> set[str]:
 def test_the_daemon_imports_only_what_it_installs() -> None:
     """Every library daemon/scorefetch imports is one `make install` installs: a dependency
     or the metrics extra (`demo` may use the demo extra). A library the tests use only
-    (bs4, kept as the reference for the fileName reader) or one the daemon dropped
-    (structlog) cannot come back through an import that works only in a dev venv."""
+    (bs4 and prometheus_client, kept as references for the fileName reader and the metrics
+    text) or one the daemon dropped (structlog) cannot come back through an import that
+    works only in a dev venv."""
     runtime, demo = declared_modules(["metrics"]), declared_modules(["metrics", "demo"])
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from scorefetch.config import Config
-from scorefetch.core.errors import ConfigError
 from scorefetch.core.events import Events
 from scorefetch.core.ledger import Ledger
 from scorefetch.observers.alarms import AuthAlarm
@@ -44,13 +43,8 @@ def attach(config: Config, events: Events, ledger: Ledger, vendors: list[str]) -
         observers.hooks = Hooks(config.hooks)
         events.subscribe(observers.hooks)
     if config.metrics is not None:
-        try:
-            from scorefetch.observers.metrics import Metrics  # the optional extra
-        except ModuleNotFoundError as exc:
-            raise ConfigError(
-                f"metrics: needs the 'metrics' extra ({exc.name} is missing): "
-                "pip install 'scorefetch[metrics]'"
-            ) from None
+        from scorefetch.observers.metrics import Metrics  # only when configured
+
         metrics = Metrics(
             config.metrics,
             ledger,

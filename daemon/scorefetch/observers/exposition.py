@@ -2,7 +2,7 @@
 counters and one histogram it counts itself, gauges read from the ledger at each scrape.
 
 The output is what prometheus_client's `generate_latest` wrote for the same metrics, byte
-for byte (`tests/test_metrics.py` compares the two): series names and labels are an
+for byte (`tests/test_exposition.py` compares the two): series names and labels are an
 interface (dashboards, alert rules), and so is each `_created` series. prometheus_client
 itself is no longer imported: it brought http.server, wsgiref and urllib.request along
 (1.9 MB resident) for the fifty lines used here.
@@ -11,12 +11,23 @@ itself is no longer imported: it brought http.server, wsgiref and urllib.request
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 Labels = tuple[str, ...]
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+
+
+def _checked(name: str, labels: Sequence[str] = ()) -> str:
+    """A metric name Prometheus reads, without the suffixes the format adds itself."""
+    if not _NAME.fullmatch(name) or name.endswith(("_total", "_created", "_bucket")):
+        raise ValueError(f"{name!r}: not a metric name of ours")
+    if any(not _NAME.fullmatch(label) or label == "le" for label in labels):
+        raise ValueError(f"{name}: label names {labels!r}")
+    return name
 
 
 @dataclass
@@ -67,7 +78,8 @@ class Counter:
     """A counter with labels, exposed as NAME_total (and NAME_created)."""
 
     def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
-        self.name, self.documentation, self._labels = name, documentation, tuple(labels)
+        self.name, self.documentation = _checked(name, labels), documentation
+        self._labels = tuple(labels)
         self._series: dict[Labels, _Series] = {}
         self._lock = threading.Lock()
 
@@ -97,8 +109,13 @@ class Histogram:
     """A histogram without labels: NAME_bucket{le}, NAME_count, NAME_sum (and _created)."""
 
     def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
-        self.name, self.documentation = name, documentation
-        self._bounds = (*sorted(float(b) for b in buckets), math.inf)
+        self.name, self.documentation = _checked(name), documentation
+        bounds = [float(b) for b in buckets]
+        if not bounds or bounds != sorted(set(bounds)) or not all(map(math.isfinite, bounds)):
+            raise ValueError(f"{name}: buckets must be finite and increasing; +Inf is added")
+        if bounds[0] < 0:
+            raise ValueError(f"{name}: a negative bucket (prometheus_client then drops _sum)")
+        self._bounds = (*bounds, math.inf)
         self._counts = [0.0] * len(self._bounds)
         self._sum = 0.0
         self._created = time.time()

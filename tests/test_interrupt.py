@@ -15,6 +15,8 @@ import pytest
 
 from scorefetch.core import interrupt
 from scorefetch.core.downloads import land
+from scorefetch.core.errors import Failure, VendorError
+from scorefetch.core.throttle import honouring_retry_after
 from scorefetch.sandbox.collegeboard import CollegeBoardSimulator
 from scorefetch.sandbox.daemon import DaemonProcess, write_config
 from tests.support import wait_until
@@ -123,3 +125,23 @@ def test_a_ctrl_c_lost_after_the_last_chunk_still_leaves_no_file(tmp_path: Path)
     finally:
         interrupt._asked = False
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_ctrl_c_lost_in_a_throttled_call_ends_the_retry_after_wait() -> None:
+    """A 429 asks for a wait; a Ctrl-C lost during the call (in a finalizer) is raised
+    before the wait begins, and the call is not made again."""
+    calls: list[int] = []
+    waits: list[float] = []
+
+    def throttled() -> None:
+        calls.append(1)
+        with contextlib.suppress(KeyboardInterrupt):  # lost, as in a finalizer
+            interrupt._on_sigint(signal.SIGINT, None)
+        raise VendorError("HTTP 429", kind=Failure.TRANSIENT, status=429, retry_after=30.0)
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            honouring_retry_after(throttled, waits.append, "encoura", "/exports")
+    finally:
+        interrupt._asked = False
+    assert calls == [1] and waits == []

@@ -3,6 +3,8 @@ failures, the login field, paging that never loops; real simulators over loopbac
 
 from __future__ import annotations
 
+import contextlib
+import signal
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -12,6 +14,7 @@ import pytest
 
 from scorefetch.collegeboard.client import CollegeBoard
 from scorefetch.collegeboard.settings import CollegeBoardConfig
+from scorefetch.core import interrupt
 from scorefetch.core.answers import retry_after
 from scorefetch.core.errors import Failure, VendorError
 from scorefetch.core.http import build_session
@@ -220,3 +223,23 @@ def test_a_listed_entry_that_cannot_be_fetched_is_said_not_dropped(log_lines: Lo
     (said,) = log_lines.events("listing.unreadable")
     assert said["entries"] == 2 and said["product_key"] == "score-reporter"
     assert "\x1b" not in said["example"]
+
+
+def test_a_ctrl_c_lost_between_pages_stops_the_walk(enc_sim: EncouraSimulator) -> None:
+    """`sync` walks every page of a listing; a Ctrl-C lost meanwhile (raised in a
+    finalizer) stops the walk before the next page is asked for, after the page in hand
+    was handed over (and recorded)."""
+    for n in range(5):
+        enc_sim.add_export("score-reporter", f"{n}.csv", b"id\n1\n")
+    client = enc_client(enc_sim)
+    client.page_limit = 2
+    walk = client.pages("score-reporter", "NotDelivered")
+    assert len(next(walk)) == 2
+    try:
+        with contextlib.suppress(KeyboardInterrupt):  # lost, as in a finalizer
+            interrupt._on_sigint(signal.SIGINT, None)
+        with pytest.raises(KeyboardInterrupt):
+            next(walk)
+    finally:
+        interrupt._asked = False
+    assert enc_sim.stats.list_calls == 1

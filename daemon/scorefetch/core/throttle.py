@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from scorefetch.core import logs
+from scorefetch.core import interrupt, logs
 from scorefetch.core.errors import VendorError
 
 MAX_WAIT_S = 60.0
@@ -32,5 +32,7 @@ def honouring_retry_after(
             if exc.status != 429 or wait is None or wait > MAX_WAIT_S or tries == MAX_TRIES:
                 raise
         logs.get(vendor=vendor).warning("vendor.throttled", path=path, retry_after_s=wait)
+        interrupt.check()  # a Ctrl-C lost in the call (a finalizer) ends the wait unbegun
         sleep(wait)
+        interrupt.check()
     raise AssertionError("unreachable")  # pragma: no cover

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from scorefetch.core import logs
+from scorefetch.core import interrupt, logs
 from scorefetch.core.answers import json_answer
 from scorefetch.core.errors import ConfigError, Failure, VendorError
 from scorefetch.core.http import Session
@@ -353,6 +353,7 @@ class Encoura:
         skip, stay = 0, status == "NotDelivered"
         self.paging = paging = Paging()
         for _ in range(MAX_PAGES):
+            interrupt.check()  # `sync` walks every page: a Ctrl-C lost meanwhile stops it here
             answer = self._call(
                 "/datacenter/exports", params=params | {"Limit": self.page_limit, "Skip": skip}
             )

@@ -422,3 +422,6 @@ def test_college_board_only_daemon_loads_no_library_it_does_not_need(
     unwanted = ("/charset_normalizer/", "/cryptography/", "/bcrypt/", "/nacl/", "/_asyncio.")
     assert [p for p in paths if "/pydantic_core/" in p], "the map does not show packages"
     assert not [p for p in paths if any(part in p for part in unwanted)], sorted(paths)
+    # and its threads are told apart in top -H (core/libc.py's name_threads)
+    tasks = Path(f"/proc/{daemon.proc.pid}/task").glob("*/comm")
+    assert {"engine", "mailbox", "timers"} <= {task.read_text().strip() for task in tasks}

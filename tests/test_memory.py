@@ -90,3 +90,25 @@ print(json.dumps([[m for m in unwanted if m in sys.modules and sys.modules[m] is
 """
     out = fresh_python(script)
     assert json.loads(out.stdout) == [[], "ModuleNotFoundError"]
+
+
+def test_threads_show_their_names_to_the_os() -> None:
+    """After name_threads(), a thread's Python name is its name in /proc (top -H, ps -L),
+    cut to 15 bytes; the hook leaves no profile function behind in any thread. In a fresh
+    interpreter: threading's profile hook is process-wide from then on."""
+    script = """
+import json, sys, threading
+from scorefetch.core import libc
+libc.name_threads()
+seen = {}
+def look(key):
+    me = threading.current_thread()
+    seen[key] = [open(f"/proc/self/task/{me.native_id}/comm").read().strip(), sys.getprofile()]
+threads = [threading.Thread(target=look, args=(n,), name=n)
+           for n in ("engine", "collegeboard-mailbox", "ünïcode")]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps([seen[t.name][0] for t in threads] + [seen["engine"][1] is None]))
+"""
+    out = fresh_python(script)
+    assert json.loads(out.stdout) == ["engine", "collegeboard-ma", "?n?code", True]

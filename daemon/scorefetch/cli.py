@@ -20,7 +20,7 @@ import yaml
 from scorefetch import __version__, sources
 from scorefetch import config as config_module
 from scorefetch.config import Config
-from scorefetch.core import interrupt, logs, memory
+from scorefetch.core import interrupt, libc, logs, memory
 from scorefetch.core.deliveries import Deliveries
 from scorefetch.core.downloads import Progress
 from scorefetch.core.errors import ConfigError, RefusedError, ScorefetchError
@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             return _doctor(path, args)
         if args.command == "run":
             memory.limit_arenas()  # before any thread allocates (core/memory.py)
+            libc.name_threads()  # before any thread starts: each shows its name in top -H
         config = sources.load(path)
         handlers: dict[str, Callable[[Config, argparse.Namespace], int]] = {
             "run": _run,

@@ -3,6 +3,7 @@ next file, the state kept in the ledger across restarts."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -94,4 +95,31 @@ def test_a_refused_login_outside_a_delivery_alarms_once_per_run(tmp_path: Path) 
     events.publish(CredentialsAccepted("imap"))
     assert [e.vendor for e in heard if isinstance(e, AuthRecovered)] == ["imap"]
     assert ledger.watcher()["auth.imap"][0] == "ok"
+    ledger.close()
+
+
+def test_the_alarm_is_said_before_it_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keeping the state fails (a kill at that moment, a ledger error): the page went out
+    already, and a restart still failing pages again: twice at worst, never not at all."""
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    heard: list[Event] = []
+    events = Events()
+    events.subscribe(AuthAlarm(events, ledger))
+    events.subscribe(heard.append)
+
+    def dies(name: str, value: str) -> None:
+        raise RuntimeError("killed while keeping the alarm")
+
+    monkeypatch.setattr(ledger, "set_watcher", dies)
+    with contextlib.suppress(RuntimeError):  # however Events reports a listener's failure
+        events.publish(refused("a.csv"))
+    assert [e.filename for e in heard if isinstance(e, AuthFailing)] == ["a.csv"]
+    monkeypatch.undo()
+    restarted = Events()
+    restarted.subscribe(AuthAlarm(restarted, ledger))
+    restarted.subscribe(heard.append)
+    restarted.publish(refused("b.csv"))
+    assert [e.filename for e in heard if isinstance(e, AuthFailing)] == ["a.csv", "b.csv"]
     ledger.close()

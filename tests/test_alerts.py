@@ -131,3 +131,52 @@ def test_the_digest_runs_once_a_day_at_its_local_time(ledger: Ledger, tmp_path: 
     assert "collegeboard: landed 1" in digests[0].summary
     checker.check(day + timedelta(days=1, minutes=31))
     assert len([e for e in seen if isinstance(e, Digest)]) == 2
+
+
+class MarkFails(Exception):
+    """The process dying at the moment an alert is marked told."""
+
+
+def test_an_alert_is_said_before_it_is_marked_so_a_crash_between_repeats_it(
+    ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Overdue, quiet and the digest: when marking fails (a kill, a ledger error) the
+    alert has been said already, and the next check (a restart) says it again: told twice
+    at worst, never not at all."""
+    when = datetime.now(UTC) + timedelta(hours=2)
+    local = when.astimezone()
+    due = max(local - timedelta(minutes=1), local.replace(hour=0, minute=0))
+    sections = {
+        "alerts": {
+            "overdue_after": "1h",
+            "quiet_after": {"encoura": "1d"},
+            "digest_at": due.strftime("%H:%M"),
+        }
+    }
+    ledger.claim("collegeboard", "a.csv", "a.csv", "notification")
+    ledger.set_position("alerts.started", (datetime.now(UTC) - timedelta(days=2)).isoformat())
+    ledger.set_position("alerts.digest", (local.date() - timedelta(days=1)).isoformat())
+    checker, seen = alerts(ledger, tmp_path, **sections)
+    real_query, real_set = ledger.query, ledger.set_position
+
+    def failing_query(sql: str, *args: object) -> object:
+        if sql.startswith("UPDATE deliveries SET overdue_at"):
+            raise MarkFails
+        return real_query(sql, *args)
+
+    def failing_set(key: str, value: str) -> None:
+        if key.startswith(("alerts.quiet.", "alerts.digest")):
+            raise MarkFails
+        real_set(key, value)
+
+    monkeypatch.setattr(ledger, "query", failing_query)
+    monkeypatch.setattr(ledger, "set_position", failing_set)
+    for step in (checker._overdue, checker._quiet, checker._digest):
+        with pytest.raises(MarkFails):
+            step(when)
+    assert {type(e) for e in seen} == {Overdue, Quiet, Digest}  # said, though not marked
+    monkeypatch.undo()
+    again, repeated = alerts(ledger, tmp_path, **sections)  # the restart
+    again.check(when)
+    again.check(when + timedelta(seconds=5))
+    assert sorted(type(e).__name__ for e in repeated) == ["Digest", "Overdue", "Quiet"]

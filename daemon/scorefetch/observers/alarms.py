@@ -78,15 +78,16 @@ class AuthAlarm:
             if party in self._failing:
                 return
             self._failing.add(party)
-        self._ledger.set_watcher(watcher_key(party), f"{FAILING}: {error}")
+        # said, then kept: a kill between pages again after the restart, never not at all
         self._log.error("auth.failing", vendor=party, error=error, filename=filename or None)
         self._events.publish(AuthFailing(party, error, filename))
+        self._ledger.set_watcher(watcher_key(party), f"{FAILING}: {error}")
 
     def _accepted(self, party: str) -> None:
         with self._lock:
             if party not in self._failing:
                 return
             self._failing.discard(party)
-        self._ledger.set_watcher(watcher_key(party), "ok")
         self._log.info("auth.recovered", vendor=party)
         self._events.publish(AuthRecovered(party))
+        self._ledger.set_watcher(watcher_key(party), "ok")

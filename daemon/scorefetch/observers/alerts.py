@@ -4,7 +4,10 @@ every destination after `alerts.overdue_after` (`delivery.overdue`, once per fil
 (`source.quiet`, once per silence), and a daily digest (`hooks.on_digest`).
 
 `check()` runs on the work engine's thread every ALERTS_S; everything it decides is kept
-in the ledger, so a restart neither repeats an alert nor forgets one."""
+in the ledger, so a restart neither repeats an alert nor forgets one. Each is said (the
+log line, the event its hook is queued from) before it is marked told: a kill between
+the two says it again after the restart, never not at all. (A hook queued but not yet
+started when the process dies does not run: the log line is what stays.)"""
 
 from __future__ import annotations
 
@@ -61,10 +64,6 @@ class Alerts:
             stage, why = "download", error or f"not downloaded yet ({state})"
             if state == "downloaded":
                 stage, why = self._waiting_for(vendor, key)
-            self.ledger.query(
-                "UPDATE deliveries SET overdue_at = ? WHERE vendor = ? AND key = ?",
-                (_iso(now), vendor, key),
-            )
             name = filename or key
             self._log.error(
                 "delivery.overdue",
@@ -76,6 +75,10 @@ class Alerts:
                 error=why,
             )
             self.events.publish(Overdue(vendor, key, name, announced, stage, why))
+            self.ledger.query(  # said, then marked: a kill between says it twice, never 0
+                "UPDATE deliveries SET overdue_at = ? WHERE vendor = ? AND key = ?",
+                (_iso(now), vendor, key),
+            )
 
     def _waiting_for(self, vendor: str, key: str) -> tuple[str, str]:
         rows = self.ledger.query(
@@ -96,16 +99,16 @@ class Alerts:
             (json.dumps(list(self.destinations)),),
         )
         for vendor, key, filename, announced in rows:
-            self.ledger.query(
-                "UPDATE deliveries SET recovered_at = ? WHERE vendor = ? AND key = ?",
-                (_iso(now), vendor, key),
-            )
             late = (now - datetime.fromisoformat(announced)).total_seconds()
             name = filename or key
             self._log.info(
                 "delivery.recovered", vendor=vendor, key=key, filename=name, late_s=round(late)
             )
             self.events.publish(Recovered(vendor, key, name, late))
+            self.ledger.query(
+                "UPDATE deliveries SET recovered_at = ? WHERE vendor = ? AND key = ?",
+                (_iso(now), vendor, key),
+            )
 
     def _quiet(self, now: datetime) -> None:
         for vendor, after in self.config.quiet_after.items():
@@ -120,9 +123,9 @@ class Alerts:
                 continue
             if now - datetime.fromisoformat(last) < timedelta(seconds=after):
                 continue
-            self.ledger.set_position(f"alerts.quiet.{vendor}", last)
             self._log.warning("source.quiet", vendor=vendor, since=last)
             self.events.publish(Quiet(vendor, last))
+            self.ledger.set_position(f"alerts.quiet.{vendor}", last)
 
     def _digest(self, now: datetime) -> None:
         if self.config.digest_at is None or not self.digest_hook:
@@ -137,7 +140,6 @@ class Alerts:
             return
         if local < due or last == today:
             return
-        self.ledger.set_position("alerts.digest", today)
         counts = self.counts(now - timedelta(days=1))
         summary = (
             "; ".join(
@@ -148,6 +150,7 @@ class Alerts:
         )
         self._log.info("daemon.digest", summary=summary)
         self.events.publish(Digest(summary, counts))
+        self.ledger.set_position("alerts.digest", today)
 
     def counts(self, since: datetime) -> dict[str, dict[str, int]]:
         """Per vendor since `since`: landed, forwarded, pending, failed, overdue."""

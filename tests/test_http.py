@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 import select
 import socket
 import ssl
@@ -31,6 +30,7 @@ from scorefetch.core.http import (
     build_session,
     deadline,
     tls_context,
+    verifying_context,
 )
 from scorefetch.mailbox.tokens import MicrosoftTokens
 from tests.standins.recorder import Recorder
@@ -247,7 +247,7 @@ def test_the_default_bundle_refuses_a_private_ca(
         with pytest.raises(HttpError):
             build_session(2.0, 2.0).get(f"{server.url()}/x")
         assert server.seen == []
-    assert tls_context(None).verify_mode == ssl.CERT_REQUIRED
+    assert verifying_context().verify_mode == ssl.CERT_REQUIRED
 
 
 # --- which proxy it goes through ---
@@ -321,7 +321,7 @@ def test_the_shared_context_offers_http1_once_and_for_all(secure: Server) -> Non
     """urllib3 sets ALPN at every connection; on the one context the threads share, that
     would free a list another thread's handshake may be copying. It is set once."""
     build_session().get(f"{secure.url()}/x")
-    context = tls_context(os.environ["REQUESTS_CA_BUNDLE"])
+    context = verifying_context()
     context.set_alpn_protocols(["h2"])  # what a later connection's call does: nothing
     assert build_session().get(f"{secure.url('localhost')}/x").status_code == 200
 
@@ -503,3 +503,23 @@ def test_a_token_service_error_is_a_passing_failure(authority: str) -> None:
     with pytest.raises(TokenError) as caught:
         microsoft(authority).fetch()
     assert caught.value.refused is False and "app-secret" not in str(caught.value)
+
+
+def test_a_ca_bundle_replaced_while_running_is_read_for_the_next_connection(
+    secure: Server, tls: LoopbackTls, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """update-ca-certificates (or a new bundle file) while the daemon runs: the next
+    connection verifies with what the file says now, no restart; an unchanged file is not
+    read again."""
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(make_loopback_tls(tmp_path / "other").ca_file.read_bytes())
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    session = build_session(2.0, 5.0)
+    with pytest.raises(ConnectFailed):
+        session.get(f"{secure.url()}/x")
+    fresh = tmp_path / "fresh.pem"
+    fresh.write_bytes(tls.ca_file.read_bytes())
+    fresh.replace(bundle)  # as update-ca-certificates does: a new file in its place
+    assert session.get(f"{secure.url()}/x").json() == {"ok": True}
+    assert session.get(f"{secure.url('localhost')}/x").json() == {"ok": True}
+    assert tls_context.cache_info().misses == 2

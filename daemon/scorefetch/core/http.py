@@ -19,9 +19,10 @@ The two things an operator sets in the environment on purpose are read: proxies
 (`HTTPS_PROXY`, `NO_PROXY`, …: TLS runs through the proxy's tunnel, so it sees host names
 only) and a CA bundle (`REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE`; else certifi's).
 
-TLS: one context per CA bundle for the whole process, loaded at the first https call.
-(urllib3 left alone parses the bundle again for every new connection: ~140 certificates,
-and ~0.7 MB held by each connection a pool keeps.)
+TLS: one context per CA bundle for the whole process, loaded at the first https call and
+again only when the bundle file changes. (urllib3 left alone parses the bundle again for
+every new connection: ~140 certificates, and ~0.7 MB held by each connection a pool
+keeps.)
 """
 
 from __future__ import annotations
@@ -145,7 +146,12 @@ class _HTTPConnection(_Watched, HTTPConnection):
 
 
 class _HTTPSConnection(_Watched, HTTPSConnection):
-    pass
+    def connect(self) -> None:
+        # The process's one context for the CA bundle as it is now: one replaced since
+        # (update-ca-certificates, a new REQUESTS_CA_BUNDLE file) is read again for the
+        # next connection, as urllib3 alone did, without a restart.
+        self.ssl_context = verifying_context()
+        super().connect()
 
 
 class _Returned:
@@ -165,15 +171,7 @@ class _HTTPPool(_Returned, HTTPConnectionPool):
 
 
 class _HTTPSPool(_Returned, HTTPSConnectionPool):
-    """Connections verified with the process's one context for the CA bundle in use,
-    loaded when the first https pool is made (plain-http work never loads one)."""
-
     ConnectionCls = _HTTPSConnection
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        if kwargs.get("ssl_context") is None:
-            kwargs["ssl_context"] = tls_context(_ca_bundle())
-        super().__init__(*args, **kwargs)
 
 
 _POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
@@ -453,7 +451,7 @@ def _pools(proxy: str | None) -> urllib3.PoolManager:
             proxy,
             proxy_headers=_proxy_login(proxy),
             # an https proxy is verified as the vendors are (else: the OS store)
-            proxy_ssl_context=tls_context(_ca_bundle()) if proxy.startswith("https:") else None,
+            proxy_ssl_context=verifying_context() if proxy.startswith("https:") else None,
             **options,
         )
     manager.pool_classes_by_scheme = _POOLS
@@ -470,19 +468,34 @@ def _proxy_login(proxy: str) -> dict[str, str]:
     return {"Proxy-Authorization": f"Basic {b64encode(login).decode()}"}
 
 
+def verifying_context() -> ssl.SSLContext:
+    """The shared context for the CA bundle in use (the environment's, else certifi's), as
+    the file is now: built at the first https connection (plain-http work loads none),
+    again only once the file has changed."""
+    bundle = _ca_bundle()
+    if bundle is None:
+        import certifi  # what requests verified with
+
+        bundle = certifi.where()
+    try:
+        found = Path(bundle).stat()
+        stamp = (found.st_mtime_ns, found.st_size, found.st_ino)
+    except OSError:
+        stamp = (0, 0, 0)  # tls_context says what is wrong with it
+    return tls_context(bundle, stamp)
+
+
 @functools.lru_cache(maxsize=4)
-def tls_context(bundle: str | None) -> ssl.SSLContext:
-    """The one verifying context for a CA bundle (None: certifi's), TLS 1.2 or later."""
+def tls_context(bundle: str, stamp: tuple[int, int, int] = (0, 0, 0)) -> ssl.SSLContext:
+    """The one verifying context for a CA bundle file or folder at `stamp` (its mtime,
+    size, inode: the cache key), TLS 1.2 or later."""
+    del stamp
     context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
     # urllib3 sets ALPN on the context at every connection: on a context the threads share,
     # OpenSSL frees the list while another thread's SSL_new (GIL released) may copy it.
     # It is set once, here, to what urllib3 asks for, and urllib3's later calls do nothing.
     context.set_alpn_protocols(urllib3.util.ssl_.ALPN_PROTOCOLS)
     context.set_alpn_protocols = _alpn_is_set  # type: ignore[method-assign,assignment]
-    if bundle is None:
-        import certifi  # what requests verified with
-
-        bundle = certifi.where()
     try:
         if Path(bundle).is_dir():
             context.load_verify_locations(capath=bundle)

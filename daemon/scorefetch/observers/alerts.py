@@ -6,8 +6,10 @@ every destination after `alerts.overdue_after` (`delivery.overdue`, once per fil
 `check()` runs on the work engine's thread every ALERTS_S; everything it decides is kept
 in the ledger, so a restart neither repeats an alert nor forgets one. Each is said (the
 log line, the event its hook is queued from) before it is marked told: a kill between
-the two says it again after the restart, never not at all. (A hook queued but not yet
-started when the process dies does not run: the log line is what stays.)"""
+the two says it again after the restart, never not at all. What a process has said it
+remembers (`_said`), so a ledger that cannot be written (a full disk) does not make
+every check say it again: once per process, at most. (A hook queued but not yet started
+when the process dies does not run: the log line is what stays.)"""
 
 from __future__ import annotations
 
@@ -41,7 +43,15 @@ class Alerts:
         self.ledger = ledger
         self.events = events
         self.vendors = vendors
+        self._said: set[tuple[str, ...]] = set()  # told by this process, marked or not yet
         self._log = logs.get()
+
+    def _first_time(self, *alert: str) -> bool:
+        """Whether this process has yet to say `alert` (and now has: call it, then say)."""
+        if alert in self._said:
+            return False
+        self._said.add(alert)
+        return True
 
     def check(self, now: datetime | None = None) -> None:
         now = now or datetime.now(UTC)
@@ -65,20 +75,26 @@ class Alerts:
             if state == "downloaded":
                 stage, why = self._waiting_for(vendor, key)
             name = filename or key
-            self._log.error(
-                "delivery.overdue",
-                vendor=vendor,
-                key=key,  # what recovered says too: an export's file name is known only later
-                filename=name,
-                announced_at=announced,
-                stage=stage,
-                error=why,
-            )
-            self.events.publish(Overdue(vendor, key, name, announced, stage, why))
+            if self._first_time("overdue", vendor, key):
+                self._say_overdue(vendor, key, name, announced, stage, why)
             self.ledger.query(  # said, then marked: a kill between says it twice, never 0
                 "UPDATE deliveries SET overdue_at = ? WHERE vendor = ? AND key = ?",
                 (_iso(now), vendor, key),
             )
+
+    def _say_overdue(
+        self, vendor: str, key: str, name: str, announced: str, stage: str, why: str
+    ) -> None:
+        self._log.error(
+            "delivery.overdue",
+            vendor=vendor,
+            key=key,  # what recovered says too: an export's file name is known only later
+            filename=name,
+            announced_at=announced,
+            stage=stage,
+            error=why,
+        )
+        self.events.publish(Overdue(vendor, key, name, announced, stage, why))
 
     def _waiting_for(self, vendor: str, key: str) -> tuple[str, str]:
         rows = self.ledger.query(
@@ -101,10 +117,11 @@ class Alerts:
         for vendor, key, filename, announced in rows:
             late = (now - datetime.fromisoformat(announced)).total_seconds()
             name = filename or key
-            self._log.info(
-                "delivery.recovered", vendor=vendor, key=key, filename=name, late_s=round(late)
-            )
-            self.events.publish(Recovered(vendor, key, name, late))
+            if self._first_time("recovered", vendor, key):
+                self._log.info(
+                    "delivery.recovered", vendor=vendor, key=key, filename=name, late_s=round(late)
+                )
+                self.events.publish(Recovered(vendor, key, name, late))
             self.ledger.query(
                 "UPDATE deliveries SET recovered_at = ? WHERE vendor = ? AND key = ?",
                 (_iso(now), vendor, key),
@@ -123,8 +140,9 @@ class Alerts:
                 continue
             if now - datetime.fromisoformat(last) < timedelta(seconds=after):
                 continue
-            self._log.warning("source.quiet", vendor=vendor, since=last)
-            self.events.publish(Quiet(vendor, last))
+            if self._first_time("quiet", vendor, last):
+                self._log.warning("source.quiet", vendor=vendor, since=last)
+                self.events.publish(Quiet(vendor, last))
             self.ledger.set_position(f"alerts.quiet.{vendor}", last)
 
     def _digest(self, now: datetime) -> None:
@@ -140,6 +158,11 @@ class Alerts:
             return
         if local < due or last == today:
             return
+        if self._first_time("digest", today):
+            self._say_digest(now)
+        self.ledger.set_position("alerts.digest", today)
+
+    def _say_digest(self, now: datetime) -> None:
         counts = self.counts(now - timedelta(days=1))
         summary = (
             "; ".join(
@@ -150,7 +173,6 @@ class Alerts:
         )
         self._log.info("daemon.digest", summary=summary)
         self.events.publish(Digest(summary, counts))
-        self.ledger.set_position("alerts.digest", today)
 
     def counts(self, since: datetime) -> dict[str, dict[str, int]]:
         """Per vendor since `since`: landed, forwarded, pending, failed, overdue."""

@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import urllib3
-
 from scorefetch.core import interrupt
 from scorefetch.core.errors import (
     Failure,
@@ -276,11 +274,11 @@ def _raw_chunks(response: Response, clock: Deadline) -> Iterator[bytes]:
     """The body's bytes as they come off the wire: a `Content-Encoding: gzip` file lands as
     the gzip the vendor stored (what curl saves without --compressed), and its size is the
     Content-Length. Library errors become VendorError here, disk errors stay the caller's."""
-    reader = response.raw.stream(CHUNK, decode_content=False)
+    reader = response.iter_content(CHUNK, decoded=False)
     while True:
         try:
             chunk = next(reader, None)
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+        except HttpError as exc:
             raise _failed("download interrupted", exc, clock) from None
         if clock.passed:  # the watchdog shut the socket: what came last may be short
             raise VendorError("download exceeded its overall deadline", kind=Failure.TRANSIENT)

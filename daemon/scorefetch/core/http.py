@@ -255,12 +255,13 @@ class Response:
         self._content: bytes | None = None
         self._host = host
 
-    def iter_content(self, chunk_size: int) -> Iterator[bytes]:
-        """The body, decoded (gzip, deflate), in chunks of at most about `chunk_size`."""
-        if self._content is not None:
+    def iter_content(self, chunk_size: int, *, decoded: bool = True) -> Iterator[bytes]:
+        """The body in chunks of at most about `chunk_size`: decoded (gzip, deflate), or
+        as it comes off the wire; the library's failures as HttpError."""
+        if self._content is not None:  # read already (decoded), by `content`
             yield self._content
             return
-        reader = self.raw.stream(chunk_size, decode_content=True)
+        reader = self.raw.stream(chunk_size, decode_content=decoded)
         while True:
             try:
                 chunk = next(reader, None)
@@ -501,8 +502,8 @@ def tls_context(bundle: str, stamp: tuple[int, int, int] = (0, 0, 0)) -> ssl.SSL
             context.load_verify_locations(capath=bundle)
         else:
             context.load_verify_locations(cafile=bundle)
-    except (OSError, ssl.SSLError) as exc:  # the operator's path: a local fault, said as such
-        code = exc.errno if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) else None
+    except OSError as exc:  # the operator's path (an SSLError too): a local fault, said so
+        code = None if isinstance(exc, ssl.SSLError) else exc.errno
         raise LocalError(
             f"CA bundle {bundle!r} cannot be read: {describe(exc)}", errno=code
         ) from None

@@ -30,7 +30,7 @@ def name_threads() -> None:
     THREAD_NAME_MAX bytes, as Python 3.14 does by itself: not a screen of "scorefetch"
     threads with one of them spinning. threading's profile hook runs in each new thread
     before its run(); it names the thread and removes itself there."""
-    if getattr(libc(), "pthread_setname_np", None) is not None:
+    if _pthread_setname() is not None:
         threading.setprofile(_name_this_thread)
 
 
@@ -41,9 +41,17 @@ def _name_this_thread(frame: FrameType, event: str, arg: Any) -> None:
 
 def set_thread_name(name: str) -> bool:
     """Name the calling thread for the OS; False where the C library cannot."""
-    setname = getattr(libc(), "pthread_setname_np", None)
+    setname = _pthread_setname()
     if setname is None:
         return False
     raw = name.encode("ascii", "replace")[:THREAD_NAME_MAX]
-    setname.argtypes = [ctypes.c_ulong, ctypes.c_char_p]
     return bool(setname(threading.get_ident(), raw) == 0)
+
+
+@functools.cache
+def _pthread_setname() -> Any:
+    """pthread_setname_np with its argument types, once; None where there is none."""
+    setname = getattr(libc(), "pthread_setname_np", None)
+    if setname is not None:
+        setname.argtypes = [ctypes.c_ulong, ctypes.c_char_p]
+    return setname
